@@ -1,0 +1,445 @@
+"""The metric catalogue: every derived quantity, defined once.
+
+Each row holds its key and unit, the 9.3 row it answers, its Python computation over a
+TierWindow, the PromQL for the same quantity (``{w}`` is the window, e.g. ``5m``), its band,
+and its diagnosis. The daemon, the rule generator and the dashboard generator read this module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
+
+from .config import BandOverride, Plan
+from .model import Band, Status, Threshold
+from .window import Quantity, TierWindow
+
+Values = Mapping[str, Quantity]
+Statuses = Mapping[str, Status]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a band or a diagnosis may look at: the plan, every row's value, and their statuses."""
+
+    plan: Plan
+    values: Values
+    statuses: Statuses
+    ttft_rising: bool = False
+
+    def v(self, key: str) -> float | None:
+        q = self.values.get(key)
+        return None if q is None else q.value
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    unit: str
+    title: str  # the 9.3 (or 9.2) row it implements
+    help: str
+    compute: Callable[[TierWindow, Plan], Quantity]
+    promql: str
+    band: Callable[[Context], Band | None]
+    diagnose: Callable[[Context, Status], str | None]
+
+
+# ------------------------------------------------------------------ computations
+
+
+def _ratio(tw: TierWindow, num: str, den: str, gauge: str | None, what: str) -> Quantity:
+    n, d = tw.increase(num), tw.increase(den)
+    if d is not None and d > 0 and n is not None:
+        return Quantity(n / d, int(round(d)), source="counters")
+    if gauge is not None:
+        means = tw.gauge_means(gauge)
+        if means:
+            return Quantity(sum(means.values()) / len(means), len(means), source="gauge")
+    if d is None or n is None:
+        return Quantity(None, reason=f"the engine does not expose {what} (or fewer than two scrapes of it yet)")
+    return Quantity(None, 0, reason=f"no {what} in the window (the denominator did not increase)")
+
+
+def requests_per_second(tw: TierWindow, plan: Plan) -> Quantity:
+    finished = tw.counter_increases("requests_finished")
+    if not finished:
+        return Quantity(None, reason="no finished-request counter with two scrapes in the window yet")
+    rate = sum(v / d for v, d in finished.values() if d > 0)
+    backlog = tw.gauge_change_rate(("requests_running", "requests_waiting"))
+    rate += sum(backlog.get(i, 0.0) for i in finished)
+    return Quantity(max(rate, 0.0), int(round(sum(v for v, _ in finished.values()))))
+
+
+def _quantile(key: str, q: float) -> Callable[[TierWindow, Plan], Quantity]:
+    return lambda tw, plan: tw.quantile(key, q)
+
+
+def kv_cache_utilization(tw: TierWindow, plan: Plan) -> Quantity:
+    means = tw.gauge_means("kv_cache_usage")
+    if not means:
+        return Quantity(None, reason="the engine exposes no KV cache usage gauge")
+    return Quantity(sum(means.values()) / len(means), len(means))
+
+
+def kv_cache_eviction(tw: TierWindow, plan: Plan) -> Quantity:
+    return _ratio(tw, "preemptions", "requests_finished", None, "preemptions per finished request")
+
+
+def prefix_cache_hit(tw: TierWindow, plan: Plan) -> Quantity:
+    return _ratio(tw, "prefix_cache_hits", "prefix_cache_queries", "prefix_cache_hit_rate", "prefix cache queries")
+
+
+def queue_depth(tw: TierWindow, plan: Plan) -> Quantity:
+    means = tw.gauge_means("requests_waiting")
+    if not means:
+        return Quantity(None, reason="the engine exposes no waiting-requests gauge")
+    return Quantity(sum(means.values()), len(means))
+
+
+def fleet_utilization(tw: TierWindow, plan: Plan) -> Quantity:
+    rps = requests_per_second(tw, plan)
+    up = len(tw.up())
+    if rps.value is None:
+        return Quantity(None, reason=rps.reason)
+    if up == 0:
+        return Quantity(None, reason="no instance is up")
+    return Quantity(rps.value / (up * plan.benchmark.usable_rps_per_instance), rps.samples)
+
+
+def gpu_memory_utilization(tw: TierWindow, plan: Plan) -> Quantity:
+    ratios = []
+    for readings in tw.gpu_series().values():
+        per = [used / total for g in readings
+               if (used := g.memory_used_bytes) is not None and (total := g.memory_total_bytes)]
+        if per:
+            ratios.append(sum(per) / len(per))
+    if not ratios:
+        return Quantity(None, reason="no GPU memory readings (configure dcgm: or nvml: on the targets)")
+    return Quantity(max(ratios), len(ratios), source="worst GPU")
+
+
+_COMPUTE_SOURCES = ("sm_active", "gr_engine_active", "gpu_util")
+
+
+def gpu_compute_utilization(tw: TierWindow, plan: Plan) -> Quantity:
+    series = tw.gpu_series()
+    if not series:
+        return Quantity(None, reason="no GPU readings (configure dcgm: or nvml: on the targets)")
+    for field in _COMPUTE_SOURCES:  # the best source that every GPU of the tier has
+        per_gpu = []
+        for readings in series.values():
+            vals = [getattr(g, field) for g in readings if getattr(g, field) is not None]
+            if vals:
+                per_gpu.append(sum(vals) / len(vals))
+        if per_gpu and len(per_gpu) == len(series):
+            return Quantity(sum(per_gpu) / len(per_gpu), len(per_gpu), source=field)
+    return Quantity(None, reason="GPUs report no SM_ACTIVE, GR_ENGINE_ACTIVE or GPU_UTIL")
+
+
+def spec_decode_acceptance(tw: TierWindow, plan: Plan) -> Quantity:
+    return _ratio(tw, "spec_accepted_tokens", "spec_draft_tokens", "spec_acceptance_rate",
+                  "speculative-decoding draft tokens")
+
+
+def lora_cache_hit(tw: TierWindow, plan: Plan) -> Quantity:
+    return Quantity(None, reason="vLLM and SGLang expose no adapter cache hit counter")
+
+
+def lora_evictions(tw: TierWindow, plan: Plan) -> Quantity:
+    return tw.lora_evictions()
+
+
+def tokens_per_gpu_hour(tw: TierWindow, plan: Plan) -> Quantity:
+    rate = tw.rate("generation_tokens")
+    up = len(tw.up())
+    if rate is None:
+        return Quantity(None, reason="no generation-token counter with two scrapes in the window yet")
+    if up == 0:
+        return Quantity(None, reason="no instance is up")
+    return Quantity(rate * 3600 / (up * plan.gpus_per_instance), int(round(tw.increase("generation_tokens") or 0)))
+
+
+def cost_per_million_tokens(tw: TierWindow, plan: Plan) -> Quantity:
+    rate = tw.rate("generation_tokens")
+    if rate is None:
+        return Quantity(None, reason="no generation-token counter with two scrapes in the window yet")
+    if rate <= 0:
+        return Quantity(None, 0, reason="no tokens generated in the window")
+    per_hour = plan.gpu_hour_cost_usd * plan.gpus_per_instance * len(tw.instances)
+    return Quantity(per_hour / (rate * 3600) * 1e6, int(round(tw.increase("generation_tokens") or 0)))
+
+
+# ------------------------------------------------------------------ bands
+
+
+def _t(v: float, inclusive: bool = False) -> Threshold:
+    return Threshold(v, inclusive)
+
+
+def _slo_band(slo: Callable[[Plan], float], critical: bool) -> Callable[[Context], Band]:
+    def band(ctx: Context) -> Band:
+        s = slo(ctx.plan)
+        return Band(target=f"within SLO ({s:g}s)", warning_above=_t(0.8 * s),
+                    critical_above=_t(s) if critical else None)
+    return band
+
+
+def _fixed(band: Band) -> Callable[[Context], Band]:
+    return lambda ctx: band
+
+
+def _queue_band(ctx: Context) -> Band | None:
+    rps = ctx.v("requests_per_second")
+    if rps is None:
+        return None
+    limit = ctx.plan.slo.ttft_p99 * rps  # Little's Law: max safe queue = max wait x arrival rate
+    return Band(target=f"near zero; Little's Law limit {limit:.3g} requests", warning_above=_t(0.8 * limit, True),
+                critical_above=_t(0.9 * limit, True), ok_floor=1.0)
+
+
+def _prefix_band(ctx: Context) -> Band | None:
+    wl, pred = ctx.plan.workload, ctx.plan.benchmark.prefix_cache_hit_ratio
+    floors = []
+    if wl is not None and wl.prefix_reuse:
+        floors.append(0.30)
+    if pred is not None:
+        floors.append(0.7 * pred)
+    return Band(target="workload-dependent", warning_below=_t(max(floors)) if floors else None)
+
+
+def _compute_band(ctx: Context) -> Band:
+    rps = ctx.v("requests_per_second")
+    serving = rps is not None and rps > 0
+    # "< 60% while serving": an idle tier's low utilization is the fleet row's business, not this one's
+    return Band("60-85% during active serving", warning_below=_t(0.60) if serving else None)
+
+
+def _no_band(target: str) -> Callable[[Context], Band]:
+    return lambda ctx: Band(target=target)
+
+
+# ------------------------------------------------------------------ diagnoses
+
+
+def _bad(s: Status | None) -> bool:
+    return s in (Status.WARNING, Status.CRITICAL)
+
+
+def _ttft_diag(ctx: Context, status: Status) -> str | None:
+    if not _bad(status):
+        return None
+    p50, p99 = ctx.statuses.get("ttft_p50_seconds"), ctx.statuses.get("ttft_p99_seconds")
+    if _bad(p99) and not _bad(p50):
+        return "P99 violating but P50 fine: queue depth or prefill interference is causing tail latency."
+    if _bad(p99) and _bad(p50):
+        return "P50 and P99 both violating: the fleet is undersized or the workload has shifted beyond the benchmark."
+    return None
+
+
+def _itl_diag(ctx: Context, status: Status) -> str | None:
+    if not _bad(status):
+        return None
+    p50, p99 = ctx.statuses.get("itl_p50_seconds"), ctx.statuses.get("itl_p99_seconds")
+    if _bad(p99) and not _bad(p50):
+        return "P99 ITL spikes: prefill interference; try chunked prefill."
+    if _bad(p99) and _bad(p50):
+        return "ITL elevated at every percentile: decode batch too large or decode hardware undersized."
+    return None
+
+
+def _compute_diag(ctx: Context, status: Status) -> str | None:
+    v = ctx.v("gpu_compute_utilization_ratio")
+    if v is None:
+        return None
+    if v >= 0.95:
+        if ctx.ttft_rising:
+            return "Pegged at 100% with rising TTFT: prefill-bound and saturated; consider chunked prefill or P/D disaggregation."
+        return "Pegged at 100% with stable TTFT: prefill-bound but healthy."
+    if status is Status.WARNING:
+        return "Low during active serving: batch size too small or decode-dominated; a batching improvement opportunity."
+    return None
+
+
+def _queue_diag(ctx: Context, status: Status) -> str | None:
+    if _bad(status):
+        return "Queue growing toward the Little's Law limit: the fleet is undersized; requests queue faster than they are served."
+    q, gpu = ctx.v("queue_depth_requests"), ctx.v("gpu_compute_utilization_ratio")
+    if q is not None and q < 0.05 and gpu is not None and gpu < 0.4:
+        return "Queue consistently zero at low GPU utilization: the fleet is oversized."
+    return None
+
+
+def _by_status(warning: str, critical: str | None = None) -> Callable[[Context, Status], str | None]:
+    def diag(ctx: Context, status: Status) -> str | None:
+        if status is Status.CRITICAL:
+            return critical or warning
+        if status is Status.WARNING:
+            return warning
+        return None
+    return diag
+
+
+def _fleet_diag(ctx: Context, status: Status) -> str | None:
+    v = ctx.v("fleet_utilization_ratio")
+    if v is None or status is Status.OK:
+        return None
+    if v < 0.40:
+        return "Below 40%: the tier is in the utilization trap; cost per token is inflated by idle GPUs."
+    if v > 0.90:
+        return "Above 90%: no headroom for traffic spikes; size up or quantize to move the knee right."
+    return "Between 80% and 90%: little headroom left for spikes."
+
+
+def _memory_diag(ctx: Context, status: Status) -> str | None:
+    v = ctx.v("gpu_memory_utilization_ratio")
+    if v is None or status is Status.OK:
+        return None
+    if v < 0.70:
+        return "Below 70%: over-provisioned on memory."
+    if v > 0.95:
+        return "Above 95%: OOM risk on traffic spikes."
+    return "Above 90%: approaching the memory ceiling."
+
+
+def _none(ctx: Context, status: Status) -> str | None:
+    return None
+
+
+def _tokens_diag(ctx: Context, status: Status) -> str | None:
+    return ("The core efficiency metric: it reflects quantization, batching, KV cache efficiency and fleet "
+            "utilization in one number. Flat or falling while traffic grows means something saturates.")
+
+
+# ------------------------------------------------------------------ the rows
+
+_T = "tier"  # every PromQL aggregates by the tier label that the scrape config attaches
+
+ROWS: tuple[Row, ...] = (
+    Row("requests_per_second", "requests/s", "(load)",
+        "Arrival rate: finished-request rate plus the growth of running+waiting requests.",
+        requests_per_second,
+        f"sum by ({_T}) (rate(vllm:request_success_total[{{w}}]) or rate(sglang:num_requests_total[{{w}}]))"
+        f" + sum by ({_T}) (delta(vllm:num_requests_running[{{w}}]) + delta(vllm:num_requests_waiting[{{w}}])) / {{ws}}",
+        _no_band("load"), _none),
+    Row("ttft_p50_seconds", "s", "TTFT P50", "Median time to first token over the tier.",
+        _quantile("ttft_seconds", 0.50),
+        f"histogram_quantile(0.5, sum by ({_T}, le) (rate(vllm:time_to_first_token_seconds_bucket[{{w}}])"
+        f" or rate(sglang:time_to_first_token_seconds_bucket[{{w}}])))",
+        _slo_band(lambda p: p.slo.ttft_p99, critical=False), _ttft_diag),
+    Row("ttft_p99_seconds", "s", "TTFT P99", "99th percentile time to first token over the tier.",
+        _quantile("ttft_seconds", 0.99),
+        f"histogram_quantile(0.99, sum by ({_T}, le) (rate(vllm:time_to_first_token_seconds_bucket[{{w}}])"
+        f" or rate(sglang:time_to_first_token_seconds_bucket[{{w}}])))",
+        _slo_band(lambda p: p.slo.ttft_p99, critical=True), _ttft_diag),
+    Row("itl_p50_seconds", "s", "ITL / TPOT P50", "Median inter-token latency over the tier.",
+        _quantile("itl_seconds", 0.50),
+        f"histogram_quantile(0.5, sum by ({_T}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}])"
+        f" or rate(sglang:inter_token_latency_seconds_bucket[{{w}}])))",
+        _slo_band(lambda p: p.slo.itl_p99, critical=False), _itl_diag),
+    Row("itl_p99_seconds", "s", "ITL / TPOT P99", "99th percentile inter-token latency over the tier.",
+        _quantile("itl_seconds", 0.99),
+        f"histogram_quantile(0.99, sum by ({_T}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}])"
+        f" or rate(sglang:inter_token_latency_seconds_bucket[{{w}}])))",
+        _slo_band(lambda p: p.slo.itl_p99, critical=True), _itl_diag),
+    Row("kv_cache_utilization_ratio", "ratio", "KV cache utilization", "Mean over instances of KV cache usage.",
+        kv_cache_utilization,
+        f"avg by ({_T}) (avg_over_time(vllm:kv_cache_usage_perc[{{w}}]) or avg_over_time(sglang:token_usage[{{w}}]))",
+        _fixed(Band("75-90%", warning_above=_t(0.90), critical_above=_t(0.98, True))),
+        _by_status("Near the ceiling: evaluate KV cache quantization or offloading before it becomes the bottleneck.")),
+    Row("kv_cache_eviction_ratio", "ratio", "KV cache eviction rate",
+        "Preemptions per finished request (SGLang: retractions).",
+        kv_cache_eviction,
+        f"sum by ({_T}) (increase(vllm:num_preemptions_total[{{w}}]) or increase(sglang:num_retracted_requests_total[{{w}}]))"
+        f" / sum by ({_T}) (increase(vllm:request_success_total[{{w}}]) or increase(sglang:num_requests_total[{{w}}]))",
+        _fixed(Band("below 5%", warning_above=_t(0.05, True), critical_above=_t(0.20))),
+        _by_status("KV budget undersized for current traffic.",
+                   "Above 20%: degraded state presenting as a latency problem rather than a memory problem "
+                   "(the memory pressure cascade).")),
+    Row("prefix_cache_hit_ratio", "ratio", "Prefix cache hit rate", "Prefix-cache hit tokens over queried tokens.",
+        prefix_cache_hit,
+        f"sum by ({_T}) (rate(vllm:prefix_cache_hits_total[{{w}}]) or rate(sglang:cached_tokens_total[{{w}}]))"
+        f" / sum by ({_T}) (rate(vllm:prefix_cache_queries_total[{{w}}]) or rate(sglang:prompt_tokens_total[{{w}}]))",
+        _prefix_band,
+        _by_status("Low on a workload with known prefix reuse: routing misconfiguration or cache too small.")),
+    Row("queue_depth_requests", "requests", "Queue depth", "Window mean of waiting requests, summed over the tier.",
+        queue_depth,
+        f"sum by ({_T}) (avg_over_time(vllm:num_requests_waiting[{{w}}]) or avg_over_time(sglang:num_queue_reqs[{{w}}]))",
+        _queue_band, _queue_diag),
+    Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
+        "Arrival rate over (instances up x usable RPS per instance from the plan).",
+        fleet_utilization,
+        f"tier:fleetwatch_requests_per_second:rate{{w}} / on ({_T}) (fleetwatch_instances_up * on ({_T}) "
+        f"fleetwatch_plan_usable_rps_per_instance)",
+        _fixed(Band("60-80%", warning_below=_t(0.40), warning_above=_t(0.80), critical_above=_t(0.90))),
+        _fleet_diag),
+    Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
+        "used / (free + used + reserved) of the tier's worst GPU.",
+        gpu_memory_utilization,
+        f"max by ({_T}) (avg_over_time(DCGM_FI_DEV_FB_USED[{{w}}]) / (avg_over_time(DCGM_FI_DEV_FB_USED[{{w}}])"
+        f" + avg_over_time(DCGM_FI_DEV_FB_FREE[{{w}}]) + avg_over_time(DCGM_FI_DEV_FB_RESERVED[{{w}}])))",
+        _fixed(Band("80-90%", warning_below=_t(0.70), warning_above=_t(0.90), critical_above=_t(0.95))),
+        _memory_diag),
+    Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
+        "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
+        gpu_compute_utilization,
+        f"avg by ({_T}) (avg_over_time(DCGM_FI_PROF_SM_ACTIVE[{{w}}]) or avg_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE[{{w}}])"
+        f" or avg_over_time(DCGM_FI_DEV_GPU_UTIL[{{w}}]) / 100)",
+        _compute_band, _compute_diag),
+    Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
+        "Accepted draft tokens over proposed draft tokens.",
+        spec_decode_acceptance,
+        f"sum by ({_T}) (rate(vllm:spec_decode_num_accepted_tokens_total[{{w}}]))"
+        f" / sum by ({_T}) (rate(vllm:spec_decode_num_draft_tokens_total[{{w}}]))",
+        _fixed(Band("above 60%", warning_below=_t(0.60, True), critical_below=_t(0.50))),
+        _by_status("Draft acceptance is marginal: the draft model matches current traffic poorly.",
+                   "Below 50%: the draft model is poorly matched to current traffic; speculative decoding adds "
+                   "overhead without benefit. Disable or retune it.")),
+    Row("lora_adapter_cache_hit_ratio", "ratio", "Adapter cache hit rate",
+        "Adapter cache hits over lookups, where the engine exposes it.",
+        lora_cache_hit,
+        "",  # no engine exposes it: no PromQL
+        _fixed(Band("above 80% for stable traffic", warning_below=_t(0.80), critical_below=_t(0.60))),
+        _by_status("Adapter variants compete for GPU memory.",
+                   "Below 60%: too many simultaneous adapter variants; increase max_loras or reduce adapter rank.")),
+    Row("lora_adapter_evictions_per_second", "1/s", "Adapter eviction rate",
+        "Adapters leaving the running set while requests for them wait.",
+        lora_evictions,
+        "",  # needs set difference across scrapes: computed by fleetwatch, exported as a gauge
+        _fixed(Band("near zero", warning_above=_t(0.01))),
+        _by_status("Adapters are paged out and reloaded on demand, adding hidden latency: TTFT spikes on specific "
+                   "tenants that do not respond to chunked prefill tuning.")),
+    Row("tokens_per_gpu_hour", "tokens/GPU-hour", "Tokens/GPU-hour",
+        "Generated tokens per GPU-hour of the instances that are up.",
+        tokens_per_gpu_hour,
+        f"sum by ({_T}) (rate(vllm:generation_tokens_total[{{w}}]) or rate(sglang:generation_tokens_total[{{w}}])) * 3600"
+        f" / on ({_T}) (fleetwatch_instances_up * on ({_T}) fleetwatch_plan_gpus_per_instance)",
+        _no_band("maximize"), _tokens_diag),
+    Row("cost_per_million_tokens_usd", "USD/1M tokens", "(9.2) cost per token",
+        "Provisioned GPU cost per hour over generated tokens per hour, per million tokens.",
+        cost_per_million_tokens,
+        f"(fleetwatch_plan_gpu_hour_cost_usd * on ({_T}) fleetwatch_plan_gpus_per_instance * on ({_T})"
+        f" fleetwatch_instances_configured) / on ({_T}) (sum by ({_T}) (rate(vllm:generation_tokens_total[{{w}}])"
+        f" or rate(sglang:generation_tokens_total[{{w}}])) * 3600) * 1e6",
+        _no_band("minimize"), _none),
+)
+
+ROW_KEYS: tuple[str, ...] = tuple(r.key for r in ROWS)
+ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
+
+
+def apply_override(band: Band | None, override: BandOverride | None) -> Band | None:
+    """A tier's ``bands:`` entry replaces the thresholds it names, keeping their inclusiveness."""
+    if override is None:
+        return band
+    base = band or Band(target="overridden")
+    changes: dict[str, Threshold] = {}
+    for name in ("warning_above", "critical_above", "warning_below", "critical_below"):
+        v = getattr(override, name)
+        if v is not None:
+            old: Threshold | None = getattr(base, name)
+            changes[name] = Threshold(v, old.inclusive if old else False)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def is_finite(v: float | None) -> bool:
+    return v is not None and not math.isnan(v) and not math.isinf(v)

@@ -1,0 +1,75 @@
+"""``fleetwatch check``: scrape every target twice, ``window`` apart, and report once."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from .config import Config
+from .daemon import Pipeline
+from .model import Report
+from .scrape import Scraper
+
+
+def run_check(config: Config, window: float, *, scraper: Scraper | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> Report:
+    scraper = scraper or Scraper(config)
+    try:
+        pipeline = Pipeline(config, scraper)
+        first = scraper.scrape()
+        pipeline.ingest(first)
+        sleep(window)
+        last = scraper.scrape()
+        pipeline.ingest(last)
+        now = last[0].timestamp if last else time.time()
+        # the window spans exactly the two scrapes
+        pipeline.store.window = now - (first[0].timestamp if first else now)
+        return pipeline.evaluate(now)
+    finally:
+        scraper.close()
+
+
+def _num(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "ratio":
+        return f"{v * 100:.1f}%"
+    if unit == "s":
+        return f"{v * 1000:.0f}ms" if v < 1 else f"{v:.2f}s"
+    if abs(v) >= 1e5:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def format_table(report: Report) -> str:
+    lines: list[str] = []
+    for name, t in report.tiers.items():
+        r = t.resize
+        lines.append(f"== tier {name}: {t.instances_up}/{t.instances_total} instances up; "
+                     f"resize {r.action} (recommended {r.recommended_instances})")
+        lines.append(f"   {r.reason}")
+        lines.append(f"   {'metric':<36} {'value':>12}  {'status':<8} note")
+        for key, m in t.metrics.items():
+            note = m.diagnosis or (m.reason if m.value is None else "") or ""
+            src = f" [{m.source}]" if m.source and m.value is not None else ""
+            lines.append(f"   {key:<36} {_num(m.value, m.unit):>12}  {m.status.value:<8} {note}{src}")
+        lines.append("   plan checks:")
+        for c in t.plan_checks:
+            lines.append(f"     {c.status.value:<8} {c.check:<40} {c.message}")
+        if t.findings:
+            lines.append("   findings:")
+            for f in t.findings:
+                lines.append(f"     {f.status.value:<8} {f.kind:<28} {f.message}")
+        wl = t.workload
+        inp, out = wl.get("input_tokens"), wl.get("output_tokens")
+        if isinstance(inp, dict) and isinstance(out, dict):
+            lines.append(f"   workload: input p50/p95/p99 {_num(inp.get('p50'), '')}/{_num(inp.get('p95'), '')}/"
+                         f"{_num(inp.get('p99'), '')} tokens; output {_num(out.get('p50'), '')}/"
+                         f"{_num(out.get('p95'), '')}/{_num(out.get('p99'), '')}")
+        lines.append("")
+    lines.append("CRITICAL" if report.critical else "no critical finding")
+    return "\n".join(lines)
+
+
+def format_json(report: Report) -> str:
+    return json.dumps(report.as_dict(), allow_nan=False, sort_keys=False)

@@ -1,0 +1,87 @@
+"""Command line: parse arguments, build a validated config, dispatch. Nothing else."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, load_config, parse_duration
+
+DESCRIPTION = """\
+fleetwatch watches an LLM inference fleet (vLLM, SGLang, and their GPUs through dcgm-exporter
+or NVML) one hardware tier at a time, computes the production monitoring table, and checks it
+against the sizing plan the fleet was built from."""
+
+EPILOG = """\
+exit codes: 0 ok; 1 (check) something in the report is critical; 2 usage or config error.
+docs: README.md; the report's fields and the definitions are explained there."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetwatch", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default=os.environ.get("FLEETWATCH_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="log verbosity on stderr (default: info)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the exporter daemon: scrape every interval, serve /metrics and /healthz",
+                       description="Scrape every target each interval, evaluate the window, and serve the result "
+                                   "on /metrics (Prometheus text format) and /healthz. Stops cleanly on SIGTERM.")
+    s.add_argument("--config", "-c", required=True, help="fleet config YAML (see examples/)")
+    s.add_argument("--listen", help="host:port to serve on (overrides the config's listen:, default 0.0.0.0:9108)")
+
+    c = sub.add_parser("check", help="scrape twice, a window apart, print one report; exit 1 if anything is critical",
+                       description="Scrape every target at the start and again after --window, evaluate the "
+                                   "increases between the two scrapes and print the report. Exit 1 when anything "
+                                   "is critical, 2 on a config error.")
+    c.add_argument("--config", "-c", required=True, help="fleet config YAML")
+    c.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
+    c.add_argument("--window", type=_duration, default=15.0, help="time between the two scrapes (default: 15s)")
+
+    v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
+    v.add_argument("file", help="fleet config YAML")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "validate-config":
+            cfg = load_config(args.file)
+            n = sum(len(t.targets) for t in cfg.tiers.values())
+            print(f"{args.file}: ok ({len(cfg.tiers)} tiers, {n} targets)")
+            return 0
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"fleetwatch: {e}", file=sys.stderr)
+        return 2
+
+    if args.command == "serve":
+        from dataclasses import replace
+
+        from .daemon import serve
+
+        if args.listen:
+            cfg = replace(cfg, listen=args.listen)
+        return serve(cfg)
+    if args.command == "check":
+        from .check import format_json, format_table, run_check
+
+        report = run_check(cfg, args.window)
+        print(format_json(report) if args.format == "json" else format_table(report))
+        return 1 if report.critical else 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""fleetwatch's own exposition: a custom Collector that renders the latest snapshot.
+
+It never does I/O while being scraped: ``collect`` only reads the Report and the scrape
+statistics that the cycle thread last published.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .catalogue import ROWS
+from .config import Config, Plan
+from .model import Report, Status
+from .scrape import ScrapeStats
+
+STATUSES = [s.value for s in Status]
+ACTIONS = ("scale_up", "recharacterize", "scale_down", "hold")
+PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
+    ("instances", "Instances the plan decided (Step 11).", lambda p: p.instances),
+    ("gpus_per_instance", "GPUs per instance (TP degree).", lambda p: p.gpus_per_instance),
+    ("gpu_hour_cost_usd", "Cost of one GPU-hour in USD.", lambda p: p.gpu_hour_cost_usd),
+    ("peak_rps", "Planned peak arrival rate of the tier (Step 1), requests per second.", lambda p: p.peak_rps),
+    ("safety_factor", "Safety factor of Step 11.", lambda p: p.safety_factor),
+    ("usable_rps_per_instance", "Usable RPS per instance at SLO from the Step 10 benchmark.",
+     lambda p: p.benchmark.usable_rps_per_instance),
+    ("slo_ttft_p99_seconds", "TTFT P99 SLO.", lambda p: p.slo.ttft_p99),
+    ("slo_itl_p99_seconds", "ITL P99 SLO.", lambda p: p.slo.itl_p99),
+    ("benchmark_ttft_p99_seconds", "Benchmark TTFT P99 at the operating point.", lambda p: p.benchmark.ttft_p99),
+    ("benchmark_itl_p99_seconds", "Benchmark ITL P99 at the operating point.", lambda p: p.benchmark.itl_p99),
+    ("benchmark_gpu_utilization_ratio", "Benchmark GPU utilization at the operating point.",
+     lambda p: p.benchmark.gpu_utilization),
+)
+
+
+def metric_name(row_key: str) -> str:
+    return f"fleetwatch_{row_key}"
+
+
+@dataclass(frozen=True)
+class Published:
+    report: Report | None
+    stats: ScrapeStats
+    cycles: int
+    cycle_seconds: float | None
+    overruns: int
+
+
+class Snapshot:
+    """The hand-off between the cycle thread (writer) and the HTTP thread (reader)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = Published(None, ScrapeStats(), 0, None, 0)
+
+    def publish(self, value: Published) -> None:
+        with self._lock:
+            self._value = value
+
+    def get(self) -> Published:
+        with self._lock:
+            return self._value
+
+
+class FleetCollector(Collector):
+    def __init__(self, config: Config, snapshot: Snapshot) -> None:
+        self.config = config
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        pub = self.snapshot.get()
+        report = pub.report
+        yield from self._plan()
+        rows = {r.key: GaugeMetricFamily(metric_name(r.key), f"{r.help} ({r.unit})", labels=["tier"]) for r in ROWS}
+        status = GaugeMetricFamily("fleetwatch_metric_status",
+                                   "1 for the current status of each catalogue row per tier (ok, warning, critical, unknown).",
+                                   labels=["tier", "metric", "status"])
+        checks = GaugeMetricFamily("fleetwatch_plan_check_status",
+                                   "1 for the current status of each plan check per tier.",
+                                   labels=["tier", "check", "status"])
+        observed = GaugeMetricFamily("fleetwatch_plan_check_observed", "Observed value of a plan check.",
+                                     labels=["tier", "check"])
+        predicted = GaugeMetricFamily("fleetwatch_plan_check_predicted", "Value the plan predicts for a plan check.",
+                                      labels=["tier", "check"])
+        recommended = GaugeMetricFamily("fleetwatch_recommended_instances",
+                                        "Instances the tier needs: ceil(ceil(peak / usable) x (1 + safety)).",
+                                        labels=["tier"])
+        current = GaugeMetricFamily("fleetwatch_instances_configured", "Instances configured or discovered for the tier.",
+                                    labels=["tier"])
+        up = GaugeMetricFamily("fleetwatch_instances_up", "Instances whose engine answered the last scrape.",
+                               labels=["tier"])
+        action = GaugeMetricFamily("fleetwatch_resize_action", "1 for the tier's current resize action.",
+                                   labels=["tier", "action"])
+        peak = GaugeMetricFamily("fleetwatch_resize_peak_rps", "Peak RPS the recommendation is sized for.",
+                                 labels=["tier"])
+        findings = GaugeMetricFamily("fleetwatch_finding", "1 for each current finding.",
+                                     labels=["tier", "kind", "status", "instance"])
+        if report is not None:
+            for name, t in report.tiers.items():
+                for key, m in t.metrics.items():
+                    if m.value is not None:
+                        rows[key].add_metric([name], m.value)
+                    for s in STATUSES:
+                        status.add_metric([name, key, s], 1.0 if m.status.value == s else 0.0)
+                for c in t.plan_checks:
+                    for s in STATUSES:
+                        checks.add_metric([name, c.check, s], 1.0 if c.status.value == s else 0.0)
+                    if c.observed is not None:
+                        observed.add_metric([name, c.check], c.observed)
+                    if c.predicted is not None:
+                        predicted.add_metric([name, c.check], c.predicted)
+                if t.resize.recommended_instances is not None:
+                    recommended.add_metric([name], t.resize.recommended_instances)
+                if t.resize.peak_rps is not None:
+                    peak.add_metric([name], t.resize.peak_rps)
+                current.add_metric([name], t.instances_total)
+                up.add_metric([name], t.instances_up)
+                for a in ACTIONS:
+                    action.add_metric([name, a], 1.0 if t.resize.action == a else 0.0)
+                for f in t.findings:
+                    findings.add_metric([name, f.kind, f.status.value, f.instance or ""], 1.0)
+        yield from rows.values()
+        yield from (status, checks, observed, predicted, recommended, current, up, action, peak, findings)
+        yield from self._scrape(pub)
+
+    def _plan(self) -> Iterator[Metric]:
+        get: Callable[[Plan], float]
+        for key, help_text, get in PLAN_FIGURES:
+            g = GaugeMetricFamily(f"fleetwatch_plan_{key}", help_text, labels=["tier"])
+            for name, tier in self.config.tiers.items():
+                g.add_metric([name], float(get(tier.plan)))
+            yield g
+
+    def _scrape(self, pub: Published) -> Iterator[Metric]:
+        st = pub.stats
+        up = GaugeMetricFamily("fleetwatch_target_up", "1 if the target's last scrape succeeded.",
+                               labels=["tier", "instance", "source"])
+        dur = GaugeMetricFamily("fleetwatch_scrape_duration_seconds", "Duration of the target's last scrape.",
+                                labels=["tier", "instance", "source"])
+        for (tier, inst, src), ok in sorted(st.up.items()):
+            up.add_metric([tier, inst, src], float(ok))
+        for (tier, inst, src), seconds in sorted(st.duration.items()):
+            dur.add_metric([tier, inst, src], seconds)
+        errors = CounterMetricFamily("fleetwatch_scrape_errors", "Failed scrapes by reason.",
+                                     labels=["tier", "instance", "source", "reason"])
+        for (tier, inst, src, reason), n in sorted(st.errors.items()):
+            errors.add_metric([tier, inst, src, reason], n)
+        resets = CounterMetricFamily("fleetwatch_counter_resets", "Engine counter resets seen (restarts).",
+                                     labels=["tier", "instance"])
+        for (tier, inst), n in sorted(st.resets.items()):
+            resets.add_metric([tier, inst], n)
+        cycles = CounterMetricFamily("fleetwatch_cycles", "Completed scrape-and-evaluate cycles.")
+        cycles.add_metric([], float(pub.cycles))
+        overruns = CounterMetricFamily("fleetwatch_cycle_overruns",
+                                       "Cycles skipped because the previous one was still running.")
+        overruns.add_metric([], float(pub.overruns))
+        yield from (up, dur, errors, resets, cycles, overruns)
+        if pub.cycle_seconds is not None:
+            d = GaugeMetricFamily("fleetwatch_cycle_duration_seconds", "Duration of the last cycle.")
+            d.add_metric([], pub.cycle_seconds)
+            yield d
+        if pub.report is not None:
+            ts = GaugeMetricFamily("fleetwatch_last_cycle_timestamp_seconds",
+                                   "Unix time at which the last cycle evaluated.")
+            ts.add_metric([], pub.report.generated_at)
+            yield ts
+
+
+def make_registry(config: Config, snapshot: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(config, snapshot))
+    return registry

@@ -1,0 +1,277 @@
+"""Pure evaluation: (tier windows, config, history, now) -> Report.
+
+No I/O, no clock, no globals: everything it needs is an argument.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .catalogue import ROWS, Context, apply_override
+from .config import Config, CurvePoint, Plan, TierConfig
+from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
+from .window import Quantity, TierWindow
+
+STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
+STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
+OPERATING_POINT_TOLERANCE = 0.15  # with no curve, compare only within +-15% of the operating point
+ONE_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """What a previous cycle concluded for a tier; the daemon keeps these for peak and scale-down."""
+
+    timestamp: float
+    rps: float | None
+    recommended: int | None
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "unknown"
+    if unit == "s":
+        return f"{v:.3g}s"
+    if unit == "%":
+        return f"{v * 100:.0f}%"
+    return f"{v:.3g}"
+
+
+# ------------------------------------------------------------------ Step 13
+
+
+def predicted_at(plan: Plan, field: str, per_instance_rps: float | None) -> tuple[float | None, str]:
+    """The benchmark's prediction of ``field`` at the observed per-instance load, or (None, why)."""
+    b = plan.benchmark
+    op = CurvePoint(b.usable_rps_per_instance, b.ttft_p99, b.itl_p99, b.gpu_utilization)
+    points = {p.rps: p for p in b.curve}
+    points.setdefault(op.rps, op)
+    pts = sorted(((p.rps, getattr(p, field)) for p in points.values() if getattr(p, field) is not None))
+    if per_instance_rps is None:
+        return None, "observed RPS is unknown"
+    if len(pts) == 1:
+        lo, hi = op.rps * (1 - OPERATING_POINT_TOLERANCE), op.rps * (1 + OPERATING_POINT_TOLERANCE)
+        if lo <= per_instance_rps <= hi:
+            return pts[0][1], "operating point"
+        return None, (f"observed {per_instance_rps:.3g} RPS/instance is outside +-15% of the benchmark's operating "
+                      f"point ({op.rps:g}); add plan.benchmark.curve to compare at other loads")
+    if not pts[0][0] <= per_instance_rps <= pts[-1][0]:
+        return None, (f"observed {per_instance_rps:.3g} RPS/instance is outside the benchmark curve "
+                      f"({pts[0][0]:g}-{pts[-1][0]:g}); never extrapolated")
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= per_instance_rps <= x1:
+            y = y0 if x1 == x0 else y0 + (y1 - y0) * (per_instance_rps - x0) / (x1 - x0)
+            return y, "curve"
+    return pts[-1][1], "curve"
+
+
+def step13_checks(plan: Plan, values: Mapping[str, Quantity], up: int) -> list[PlanCheck]:
+    rps = values["requests_per_second"].value
+    per_inst = None if rps is None or up == 0 else rps / up
+    out: list[PlanCheck] = []
+
+    def latency(check: str, key: str, field: str, label: str) -> None:
+        obs = values[key].value
+        pred, how = predicted_at(plan, field, per_inst)
+        if obs is None or pred is None:
+            out.append(PlanCheck(check, obs, pred, Status.UNKNOWN,
+                                 f"{label}: {values[key].reason if obs is None else how}"))
+            return
+        over = obs / pred - 1 if pred > 0 else math.inf
+        if obs > STEP13_TTFT_FACTOR * pred:
+            out.append(PlanCheck(check, obs, pred, Status.CRITICAL,
+                                 f"{label} {_fmt(obs, 's')} is {over * 100:.0f}% above the benchmark's "
+                                 f"{_fmt(pred, 's')} at {per_inst:.3g} RPS/instance: return to Step 1 and "
+                                 f"re-characterize the workload."))
+        else:
+            out.append(PlanCheck(check, obs, pred, Status.OK,
+                                 f"{label} {_fmt(obs, 's')} vs benchmark {_fmt(pred, 's')} at {per_inst:.3g} RPS/instance."))
+
+    latency("ttft_p99_vs_benchmark", "ttft_p99_seconds", "ttft_p99", "TTFT P99")
+    latency("itl_p99_vs_benchmark", "itl_p99_seconds", "itl_p99", "ITL P99")
+
+    obs = values["gpu_compute_utilization_ratio"].value
+    pred, how = predicted_at(plan, "gpu_utilization", per_inst)
+    if obs is None or pred is None:
+        out.append(PlanCheck("gpu_utilization_vs_benchmark", obs, pred, Status.UNKNOWN,
+                             f"GPU utilization: {values['gpu_compute_utilization_ratio'].reason if obs is None else how}"))
+    elif obs < pred - STEP13_UTIL_POINTS:
+        out.append(PlanCheck("gpu_utilization_vs_benchmark", obs, pred, Status.CRITICAL,
+                             f"GPU utilization {_fmt(obs, '%')} is {(pred - obs) * 100:.0f} points below the "
+                             f"benchmark's {_fmt(pred, '%')} at equivalent RPS: return to Step 1 and "
+                             f"re-characterize the workload."))
+    else:
+        out.append(PlanCheck("gpu_utilization_vs_benchmark", obs, pred, Status.OK,
+                             f"GPU utilization {_fmt(obs, '%')} vs benchmark {_fmt(pred, '%')}."))
+
+    b = plan.benchmark
+    if b.prefix_cache_hit_ratio is not None:
+        obs = values["prefix_cache_hit_ratio"].value
+        st = Status.UNKNOWN if obs is None else (
+            Status.WARNING if obs < 0.7 * b.prefix_cache_hit_ratio else Status.OK)
+        out.append(PlanCheck("prefix_cache_hit_ratio_vs_benchmark", obs, b.prefix_cache_hit_ratio, st,
+                             f"prefix cache hit ratio {_fmt(obs, '%')} vs benchmark {_fmt(b.prefix_cache_hit_ratio, '%')}"
+                             + (" (below 70% of the prediction)" if st is Status.WARNING else "")))
+    if b.kv_cache_eviction_ratio is not None:
+        obs = values["kv_cache_eviction_ratio"].value
+        st = Status.UNKNOWN if obs is None else (
+            Status.WARNING if obs > b.kv_cache_eviction_ratio + 0.05 else Status.OK)
+        out.append(PlanCheck("kv_cache_eviction_ratio_vs_benchmark", obs, b.kv_cache_eviction_ratio, st,
+                             f"KV eviction ratio {_fmt(obs, '%')} vs benchmark {_fmt(b.kv_cache_eviction_ratio, '%')}"
+                             + (" (more than 5 points above the prediction)" if st is Status.WARNING else "")))
+    return out
+
+
+def slo_checks(plan: Plan, values: Mapping[str, Quantity]) -> list[PlanCheck]:
+    out = []
+    for check, key, slo, label in (("ttft_p99_slo", "ttft_p99_seconds", plan.slo.ttft_p99, "TTFT P99"),
+                                   ("itl_p99_slo", "itl_p99_seconds", plan.slo.itl_p99, "ITL P99")):
+        obs = values[key].value
+        if obs is None:
+            out.append(PlanCheck(check, None, slo, Status.UNKNOWN, f"{label}: {values[key].reason}"))
+        elif obs > slo:
+            out.append(PlanCheck(check, obs, slo, Status.CRITICAL, f"{label} {_fmt(obs, 's')} violates the SLO of {_fmt(slo, 's')}."))
+        else:
+            out.append(PlanCheck(check, obs, slo, Status.OK, f"{label} {_fmt(obs, 's')} within the SLO of {_fmt(slo, 's')}."))
+    return out
+
+
+def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: Status) -> PlanCheck:
+    rps, q = values["requests_per_second"].value, values["queue_depth_requests"].value
+    if rps is None or q is None:
+        return PlanCheck("queue_depth_littles_law", q, None, Status.UNKNOWN,
+                         "queue depth or arrival rate unknown")
+    limit = plan.slo.ttft_p99 * rps
+    return PlanCheck("queue_depth_littles_law", q, limit, queue_status,
+                     f"mean queue {q:.3g} vs Little's Law max safe depth {limit:.3g} "
+                     f"({_fmt(plan.slo.ttft_p99, 's')} x {rps:.3g} RPS); shed load at "
+                     f"{0.8 * limit:.3g}-{0.9 * limit:.3g} queued requests.")
+
+
+# ------------------------------------------------------------------ resize
+
+
+def recommended_instances(peak_rps: float, usable_rps: float, safety: float) -> int:
+    """ceil(ceil(P / usable) x (1 + safety)), with a tolerance for float noise."""
+    return max(0, math.ceil(math.ceil(peak_rps / usable_rps - 1e-9) * (1 + safety) - 1e-9))
+
+
+def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: Sequence[HistoryPoint],
+           now: float, step13_critical: bool) -> Resize:
+    observed = [h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else [])
+    observed_peak = max(observed) if observed else None
+    covered = now - min((h.timestamp for h in history), default=now)
+    if covered >= ONE_DAY and observed_peak is not None:
+        peak, basis = observed_peak, f"observed peak {observed_peak:.3g} RPS over the retained history"
+    else:
+        peak = max(observed_peak or 0.0, plan.peak_rps)
+        basis = (f"peak {peak:.3g} RPS (max of observed {_fmt(observed_peak)} and the plan's "
+                 f"{plan.peak_rps:g}; less than a day of history)")
+    usable = plan.benchmark.usable_rps_per_instance
+    rec = recommended_instances(peak, usable, plan.safety_factor)
+    formula = f"{basis} / {usable:g} usable RPS per instance x (1 + {plan.safety_factor:g} safety)"
+    if rec > current:
+        return Resize(current, rec, "scale_up", f"tier {tier} needs {rec} instances, has {current}: {formula}.", peak)
+    if step13_critical:
+        return Resize(current, rec, "recharacterize",
+                      f"tier {tier}: production diverges from the Step 10 benchmark (Step 13); re-characterize "
+                      f"the workload (Step 1) before resizing. Sizing math says {rec} for {current}.", peak)
+    if rec < current:
+        window = [h for h in history if h.timestamp >= now - plan.scale_down_stabilization]
+        long_enough = covered >= plan.scale_down_stabilization
+        if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
+            return Resize(current, rec, "scale_down",
+                          f"tier {tier} needs {rec} instances, has {current}, for the whole "
+                          f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}.", peak)
+        return Resize(current, rec, "hold",
+                      f"tier {tier} could run {rec} instances instead of {current}, but not yet for a whole "
+                      f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}.", peak)
+    return Resize(current, rec, "hold", f"tier {tier} has the {current} instances it needs: {formula}.", peak)
+
+
+# ------------------------------------------------------------------ workload
+
+
+def workload(tw: TierWindow) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, key in (("input_tokens", "prompt_tokens_per_request"), ("output_tokens", "generation_tokens_per_request")):
+        block: dict[str, object] = {}
+        for label, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+            block[label] = tw.quantile(key, q).value
+        block["samples"] = tw.quantile(key, 0.5).samples
+        out[name] = block
+    reasons = {k.split(":", 1)[1]: tw.increase(k) for k in tw.counter_keys("requests_finished_reason:")}
+    total = sum(v for v in reasons.values() if v)
+    out["finished_reasons"] = ({r: (v or 0.0) / total for r, v in sorted(reasons.items())} if total > 0 else {})
+    return out
+
+
+# ------------------------------------------------------------------ the tier
+
+
+def _ttft_rising(tw: TierWindow) -> bool:
+    """TTFT P99 of the window's second half more than 20% above its first half."""
+    times = [s.timestamp for ss in tw.samples.values() for s in ss]
+    if len(times) < 4:
+        return False
+    mid = (min(times) + max(times)) / 2
+    first = TierWindow(tw.tier, tw.instances, {i: tuple(s for s in ss if s.timestamp <= mid) for i, ss in tw.samples.items()})
+    second = TierWindow(tw.tier, tw.instances, {i: tuple(s for s in ss if s.timestamp >= mid) for i, ss in tw.samples.items()})
+    a, b = first.quantile("ttft_seconds", 0.99).value, second.quantile("ttft_seconds", 0.99).value
+    return a is not None and b is not None and b > 1.2 * a
+
+
+def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoint], now: float) -> TierReport:
+    plan = tier.plan
+    values = {row.key: row.compute(tw, plan) for row in ROWS}
+    bands: dict[str, Band | None] = {}
+    statuses: dict[str, Status] = {}
+    ctx = Context(plan, values, statuses, _ttft_rising(tw))
+    for row in ROWS:
+        band = apply_override(row.band(ctx), tier.bands.get(row.key))
+        bands[row.key] = band
+        statuses[row.key] = band.status(values[row.key].value) if band is not None else (
+            Status.UNKNOWN if values[row.key].value is None else Status.OK)
+    metrics = {}
+    for row in ROWS:
+        q, st = values[row.key], statuses[row.key]
+        metrics[row.key] = MetricValue(
+            key=row.key, value=q.value, unit=row.unit, status=st, band=bands[row.key],
+            diagnosis=row.diagnose(ctx, st) if q.value is not None else None,
+            samples=q.samples, source=q.source, reason=q.reason if q.value is None else None)
+
+    up = tw.up()
+    step13 = step13_checks(plan, values, len(up))
+    checks = step13 + slo_checks(plan, values) + [littles_law_check(plan, values, statuses["queue_depth_requests"])]
+    step13_critical = any(c.status is Status.CRITICAL for c in step13)
+
+    findings: list[Finding] = []
+    for inst in tw.down():
+        findings.append(Finding("target_down", Status.CRITICAL if not up else Status.WARNING,
+                                f"{inst} did not answer its last scrape", inst))
+    total = len(tw.instances)
+    if total != plan.instances:
+        findings.append(Finding("instances_differ_from_plan", Status.WARNING,
+                                f"{total} instances deployed, the plan (Step 11) decided {plan.instances}"))
+    rps_now = values["requests_per_second"].value
+    observed_peak = max([h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else []),
+                        default=None)
+    if observed_peak is not None and observed_peak > plan.peak_rps:
+        findings.append(Finding("peak_above_plan", Status.WARNING,
+                                f"observed peak {observed_peak:.3g} RPS exceeds the plan's peak of {plan.peak_rps:g} RPS "
+                                f"(Step 1): the load assumption no longer holds"))
+
+    return TierReport(
+        tier=tier.name, instances_up=len(up), instances_total=total, metrics=metrics,
+        plan_checks=tuple(checks),
+        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical),
+        workload=workload(tw), findings=tuple(findings),
+        guardrails={"max_input_tokens": None, "max_output_tokens": None, "circuit_breaker_queue_threshold": None},
+    )
+
+
+def evaluate(config: Config, windows: Mapping[str, TierWindow], history: Mapping[str, Sequence[HistoryPoint]],
+             now: float, window_seconds: float) -> Report:
+    tiers = {name: evaluate_tier(t, windows[name], history.get(name, ()), now) for name, t in config.tiers.items()}
+    return Report(generated_at=now, window_seconds=window_seconds, tiers=tiers)

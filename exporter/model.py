@@ -1,0 +1,280 @@
+"""Domain types shared by every stage: samples in, report out.
+
+Everything here is a frozen dataclass so that a snapshot handed to the HTTP
+thread can never change under it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+
+class Status(str, Enum):
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        return {"unknown": -1, "ok": 0, "warning": 1, "critical": 2}[self.value]
+
+
+def worst(statuses: list[Status]) -> Status:
+    known = [s for s in statuses if s is not Status.UNKNOWN]
+    if not known:
+        return Status.UNKNOWN
+    return max(known, key=lambda s: s.rank)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative histogram as exposed: (upper bound, cumulative count) pairs, sorted."""
+
+    buckets: tuple[tuple[float, float], ...]
+    count: float
+    sum: float
+
+    def has_inf(self) -> bool:
+        return bool(self.buckets) and math.isinf(self.buckets[-1][0])
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU (or MIG instance) at one instant, from DCGM or NVML, in base units."""
+
+    uuid: str
+    index: str
+    model: str
+    mig_instance: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+    hostname: str | None = None
+    memory_used_bytes: float | None = None
+    memory_free_bytes: float | None = None
+    memory_reserved_bytes: float | None = None
+    # compute utilisation on the 0-1 scale, one field per source so the report can say which
+    sm_active: float | None = None
+    gr_engine_active: float | None = None
+    gpu_util: float | None = None
+    up: bool = True
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.uuid, self.mig_instance)
+
+    @property
+    def memory_total_bytes(self) -> float | None:
+        parts = [self.memory_used_bytes, self.memory_free_bytes]
+        if any(p is None for p in parts):
+            return None
+        return sum(p for p in parts if p is not None) + (self.memory_reserved_bytes or 0.0)
+
+
+@dataclass(frozen=True)
+class LoraState:
+    max_lora: int
+    running: frozenset[str]
+    waiting: frozenset[str]
+
+
+@dataclass(frozen=True)
+class EngineSample:
+    """Canonical engine inputs parsed from one scrape of one instance.
+
+    Counter and gauge keys are the canonical names listed in exporter/sources/__init__.py;
+    values are already summed over the engine's own labels (engine, model_name, ...).
+    """
+
+    engine: str  # "vllm" | "sglang"
+    counters: Mapping[str, float] = field(default_factory=dict)
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    histograms: Mapping[str, Histogram] = field(default_factory=dict)
+    lora: LoraState | None = None
+    kv_capacity_tokens: float | None = None
+
+
+@dataclass(frozen=True)
+class InstanceSample:
+    """Everything read from one target in one cycle."""
+
+    tier: str
+    instance: str
+    timestamp: float
+    engine: EngineSample | None  # None when the engine scrape failed
+    gpus: tuple[GpuReading, ...] = ()
+
+    @property
+    def up(self) -> bool:
+        return self.engine is not None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    inclusive: bool = False  # True: ">=" / "<=", False: ">" / "<"
+
+    def above(self, v: float) -> bool:
+        return v >= self.value if self.inclusive else v > self.value
+
+    def below(self, v: float) -> bool:
+        return v <= self.value if self.inclusive else v < self.value
+
+
+@dataclass(frozen=True)
+class Band:
+    """Thresholds for one row on one tier. Any may be None (not defined for that row)."""
+
+    target: str
+    warning_above: Threshold | None = None
+    critical_above: Threshold | None = None
+    warning_below: Threshold | None = None
+    critical_below: Threshold | None = None
+    ok_floor: float | None = None  # values below this are ok whatever else says (queue < 1 request)
+
+    def status(self, v: float | None) -> Status:
+        if v is None or math.isnan(v):
+            return Status.UNKNOWN
+        if self.ok_floor is not None and v < self.ok_floor:
+            return Status.OK
+        if (self.critical_above and self.critical_above.above(v)) or (
+            self.critical_below and self.critical_below.below(v)
+        ):
+            return Status.CRITICAL
+        if (self.warning_above and self.warning_above.above(v)) or (
+            self.warning_below and self.warning_below.below(v)
+        ):
+            return Status.WARNING
+        return Status.OK
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"target": self.target}
+        for name in ("warning_above", "critical_above", "warning_below", "critical_below"):
+            t: Threshold | None = getattr(self, name)
+            if t is not None:
+                out[name] = t.value
+        return out
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    key: str
+    value: float | None
+    unit: str
+    status: Status
+    band: Band | None
+    diagnosis: str | None
+    samples: int
+    source: str | None
+    reason: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "status": self.status.value,
+            "band": self.band.as_dict() if self.band else None,
+            "diagnosis": self.diagnosis,
+            "samples": self.samples,
+            "source": self.source,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    check: str
+    observed: float | None
+    predicted: float | None
+    status: Status
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "check": self.check,
+            "observed": self.observed,
+            "predicted": self.predicted,
+            "status": self.status.value,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    status: Status
+    message: str
+    instance: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "status": self.status.value, "message": self.message, "instance": self.instance}
+
+
+@dataclass(frozen=True)
+class Resize:
+    current_instances: int
+    recommended_instances: int | None
+    action: str  # scale_up | recharacterize | scale_down | hold
+    reason: str
+    peak_rps: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "current_instances": self.current_instances,
+            "recommended_instances": self.recommended_instances,
+            "action": self.action,
+            "reason": self.reason,
+            "peak_rps": self.peak_rps,
+        }
+
+
+@dataclass(frozen=True)
+class TierReport:
+    tier: str
+    instances_up: int
+    instances_total: int
+    metrics: Mapping[str, MetricValue]
+    plan_checks: tuple[PlanCheck, ...]
+    resize: Resize
+    workload: Mapping[str, object]
+    findings: tuple[Finding, ...]
+    guardrails: Mapping[str, object]
+
+    def statuses(self) -> list[Status]:
+        return (
+            [m.status for m in self.metrics.values()]
+            + [c.status for c in self.plan_checks]
+            + [f.status for f in self.findings]
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "instances": {"up": self.instances_up, "total": self.instances_total},
+            "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
+            "plan_checks": [c.as_dict() for c in self.plan_checks],
+            "resize": self.resize.as_dict(),
+            "workload": dict(self.workload),
+            "findings": [f.as_dict() for f in self.findings],
+            "guardrails": dict(self.guardrails),
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    generated_at: float
+    window_seconds: float
+    tiers: Mapping[str, TierReport]
+
+    @property
+    def critical(self) -> bool:
+        return any(s is Status.CRITICAL for t in self.tiers.values() for s in t.statuses())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "generated_at": self.generated_at,
+            "window_seconds": self.window_seconds,
+            "critical": self.critical,
+            "tiers": {name: t.as_dict() for name, t in self.tiers.items()},
+        }

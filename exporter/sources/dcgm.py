@@ -1,0 +1,98 @@
+"""dcgm-exporter /metrics -> one GpuReading per GPU or MIG instance.
+
+Accepts ``Hostname``/``hostname``, ``UUID``/``uuid`` and the old and ``exported_*`` pod label
+names. Values at or above the blank sentinel (~9.22e18) and NaN are missing, never zero.
+Framebuffer values are MiB and become bytes.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from .. import exposition
+from ..config import GpuSelector
+from ..model import GpuReading
+
+PREFIXES = ("DCGM_FI_",)
+_SENTINEL = 9.2e18
+_MIB = 1024.0 * 1024.0
+
+_FIELDS = {
+    "DCGM_FI_DEV_FB_USED": ("memory_used_bytes", _MIB),
+    "DCGM_FI_DEV_FB_FREE": ("memory_free_bytes", _MIB),
+    "DCGM_FI_DEV_FB_RESERVED": ("memory_reserved_bytes", _MIB),
+    "DCGM_FI_PROF_SM_ACTIVE": ("sm_active", 1.0),
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active", 1.0),
+    "DCGM_FI_DEV_GPU_UTIL": ("gpu_util", 0.01),
+}
+
+
+def _label(labels: dict[str, str], *names: str) -> str | None:
+    for n in names:
+        v = labels.get(n)
+        if v:
+            return v
+    return None
+
+
+def parse(text: str) -> tuple[GpuReading, ...]:
+    samples = exposition.parse(text, PREFIXES)
+    if not samples:
+        raise exposition.ExpositionError("no DCGM_FI_ metrics in the body")
+    gpus: dict[tuple[str, str | None], dict[str, Any]] = defaultdict(dict)
+    for s in samples:
+        lb = s.labels
+        uuid = _label(lb, "UUID", "uuid", "gpu_uuid")
+        if uuid is None:
+            continue
+        key = (uuid, lb.get("GPU_I_ID") or None)
+        g = gpus[key]
+        g.setdefault("uuid", uuid)
+        g.setdefault("mig_instance", key[1])
+        for field, names in (("index", ("gpu",)), ("model", ("modelName", "model_name")),
+                             ("pod", ("pod", "exported_pod", "pod_name")),
+                             ("namespace", ("namespace", "exported_namespace", "pod_namespace")),
+                             ("hostname", ("Hostname", "hostname"))):
+            v = _label(lb, *names)
+            if v and not g.get(field):
+                g[field] = v
+        spec = _FIELDS.get(s.name)
+        if spec is None:
+            continue
+        value = s.value
+        if math.isnan(value) or math.isinf(value) or abs(value) >= _SENTINEL:
+            continue
+        g[spec[0]] = value * spec[1]
+    return _readings(gpus)
+
+
+def _readings(gpus: dict[tuple[str, str | None], dict[str, Any]]) -> tuple[GpuReading, ...]:
+    return tuple(
+        GpuReading(
+            uuid=g["uuid"], index=g.get("index", ""), model=g.get("model", ""), mig_instance=g.get("mig_instance"),
+            pod=g.get("pod"), namespace=g.get("namespace"), hostname=g.get("hostname"),
+            memory_used_bytes=g.get("memory_used_bytes"), memory_free_bytes=g.get("memory_free_bytes"),
+            memory_reserved_bytes=g.get("memory_reserved_bytes"), sm_active=g.get("sm_active"),
+            gr_engine_active=g.get("gr_engine_active"), gpu_util=g.get("gpu_util"),
+        )
+        for g in gpus.values()
+    )
+
+
+def select(gpus: tuple[GpuReading, ...], selector: GpuSelector | None, pod_hint: str | None = None
+           ) -> tuple[GpuReading, ...]:
+    """A target's own GPUs: its selector; else the GPUs labelled with its pod; else all, by UUID."""
+    if selector is not None and (selector.pod or selector.indices or selector.uuids):
+        return tuple(g for g in gpus
+                     if (not selector.pod or g.pod == selector.pod)
+                     and (not selector.indices or g.index in selector.indices)
+                     and (not selector.uuids or g.uuid in selector.uuids))
+    if pod_hint:
+        mine = tuple(g for g in gpus if g.pod == pod_hint)
+        if mine:
+            return mine
+    seen: dict[tuple[str, str | None], GpuReading] = {}
+    for g in gpus:
+        seen.setdefault(g.key, g)
+    return tuple(seen.values())

@@ -1,0 +1,303 @@
+"""Windowed views of samples: counter increases, histogram quantiles, gauge means.
+
+Increases are last minus first with counter resets handled the way Prometheus handles them
+(a drop means the counter restarted from zero), and no extrapolation. Quantiles follow
+Prometheus's ``histogram_quantile`` exactly, so for a reset-free window they equal
+``histogram_quantile(q, sum by (le) (x_bucket - x_bucket offset W))``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+from .model import EngineSample, GpuReading, Histogram, InstanceSample
+
+
+def counter_increase(values: Sequence[float]) -> float:
+    """Increase over consecutive counter readings; a decrease is a reset (Prometheus semantics)."""
+    if len(values) < 2:
+        return 0.0
+    total = values[-1] - values[0]
+    for prev, cur in zip(values, values[1:]):
+        if cur < prev:
+            total += prev
+    return total
+
+
+def count_resets(values: Sequence[float]) -> int:
+    return sum(1 for prev, cur in zip(values, values[1:]) if cur < prev)
+
+
+def histogram_increase(hists: Sequence[Histogram]) -> Histogram | None:
+    """Bucket-wise increase. Buckets missing from any reading are dropped (layout change)."""
+    if len(hists) < 2:
+        return None
+    bounds = set(b for b, _ in hists[0].buckets)
+    for h in hists[1:]:
+        bounds &= set(b for b, _ in h.buckets)
+    if math.inf not in bounds:
+        return None
+    per_bound: dict[float, list[float]] = defaultdict(list)
+    for h in hists:
+        for b, c in h.buckets:
+            if b in bounds:
+                per_bound[b].append(c)
+    buckets = tuple(sorted((b, counter_increase(cs)) for b, cs in per_bound.items()))
+    return Histogram(buckets, counter_increase([h.count for h in hists]), counter_increase([h.sum for h in hists]))
+
+
+def add_histograms(hists: Iterable[Histogram]) -> Histogram | None:
+    buckets: dict[float, float] = defaultdict(float)
+    count = total = 0.0
+    seen = False
+    for h in hists:
+        seen = True
+        for b, c in h.buckets:
+            buckets[b] += c
+        count += h.count
+        total += h.sum
+    if not seen:
+        return None
+    return Histogram(tuple(sorted(buckets.items())), count, total)
+
+
+def histogram_quantile(q: float, h: Histogram) -> float:
+    """Prometheus 2.42 ``bucketQuantile``: NaN when undefined."""
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    buckets = sorted(h.buckets)
+    if not buckets or not math.isinf(buckets[-1][0]):
+        return math.nan
+    # coalesce equal bounds
+    merged: list[list[float]] = []
+    for b, c in buckets:
+        if merged and merged[-1][0] == b:
+            merged[-1][1] += c
+        else:
+            merged.append([b, c])
+    # ensure monotonic cumulative counts
+    running = -math.inf
+    for m in merged:
+        running = max(running, m[1])
+        m[1] = running
+    if len(merged) < 2:
+        return math.nan
+    observations = merged[-1][1]
+    if observations == 0:
+        return math.nan
+    rank = q * observations
+    b = len(merged) - 1
+    for i in range(len(merged) - 1):  # sort.Search over all but the +Inf bucket
+        if merged[i][1] >= rank:
+            b = i
+            break
+    if b == len(merged) - 1:
+        return merged[-2][0]
+    if b == 0 and merged[0][0] <= 0:
+        return merged[0][0]
+    bucket_start = 0.0
+    bucket_end = merged[b][0]
+    count = merged[b][1]
+    if b > 0:
+        bucket_start = merged[b - 1][0]
+        count -= merged[b - 1][1]
+        rank -= merged[b - 1][1]
+    return bucket_start + (bucket_end - bucket_start) * (rank / count)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A windowed value with the evidence behind it."""
+
+    value: float | None
+    samples: int = 0
+    source: str | None = None
+    reason: str | None = None
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+@dataclass(frozen=True)
+class TierWindow:
+    """One tier's samples inside the window, per instance, oldest first."""
+
+    tier: str
+    instances: tuple[str, ...]
+    samples: Mapping[str, tuple[InstanceSample, ...]]
+
+    # -------------------------------------------------------------- instances
+    def up(self) -> tuple[str, ...]:
+        return tuple(i for i in self.instances if self.samples.get(i) and self.samples[i][-1].up)
+
+    def down(self) -> tuple[str, ...]:
+        return tuple(i for i in self.instances if i not in self.up())
+
+    def _engine_series(self, instance: str) -> list[tuple[float, EngineSample]]:
+        return [(s.timestamp, s.engine) for s in self.samples.get(instance, ()) if s.engine is not None]
+
+    # -------------------------------------------------------------- counters
+    def counter_increases(self, key: str) -> dict[str, tuple[float, float]]:
+        """instance -> (increase, seconds) for instances with >= 2 readings of ``key``."""
+        out: dict[str, tuple[float, float]] = {}
+        for inst in self.up():
+            series = [(t, e.counters[key]) for t, e in self._engine_series(inst) if key in e.counters]
+            if len(series) < 2:
+                continue
+            out[inst] = (counter_increase([v for _, v in series]), series[-1][0] - series[0][0])
+        return out
+
+    def increase(self, key: str) -> float | None:
+        inc = self.counter_increases(key)
+        return sum(v for v, _ in inc.values()) if inc else None
+
+    def rate(self, key: str) -> float | None:
+        inc = self.counter_increases(key)
+        rates = [v / d for v, d in inc.values() if d > 0]
+        return sum(rates) if rates else None
+
+    def counter_keys(self, prefix: str) -> set[str]:
+        keys: set[str] = set()
+        for inst in self.up():
+            for _, e in self._engine_series(inst):
+                keys.update(k for k in e.counters if k.startswith(prefix))
+        return keys
+
+    def resets(self) -> dict[str, int]:
+        """instance -> number of counter resets seen in the window (any canonical counter)."""
+        out: dict[str, int] = {}
+        for inst in self.instances:
+            engines = [e for _, e in self._engine_series(inst)]
+            n = 0
+            keys: set[str] = set()
+            for e in engines:
+                keys.update(e.counters)
+            for k in keys:
+                n = max(n, count_resets([e.counters[k] for e in engines if k in e.counters]))
+            out[inst] = n
+        return out
+
+    # -------------------------------------------------------------- gauges
+    def gauge_means(self, key: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for inst in self.up():
+            vals = [e.gauges[key] for _, e in self._engine_series(inst)
+                    if key in e.gauges and not math.isnan(e.gauges[key])]
+            if vals:
+                out[inst] = _mean(vals)
+        return out
+
+    def gauge_change_rate(self, keys: Sequence[str]) -> dict[str, float]:
+        """instance -> (last - first of the sum of ``keys``) / seconds."""
+        out: dict[str, float] = {}
+        for inst in self.up():
+            series = [(t, e) for t, e in self._engine_series(inst) if all(k in e.gauges for k in keys)]
+            if len(series) < 2:
+                continue
+            d = series[-1][0] - series[0][0]
+            if d <= 0:
+                continue
+            first = sum(series[0][1].gauges[k] for k in keys)
+            last = sum(series[-1][1].gauges[k] for k in keys)
+            out[inst] = (last - first) / d
+        return out
+
+    # -------------------------------------------------------------- histograms
+    def histogram_increase(self, key: str, instances: Iterable[str] | None = None) -> Histogram | None:
+        parts = []
+        for inst in (self.up() if instances is None else instances):
+            h = histogram_increase([e.histograms[key] for _, e in self._engine_series(inst) if key in e.histograms])
+            if h is not None:
+                parts.append(h)
+        return add_histograms(parts)
+
+    def quantile(self, key: str, q: float, instances: Iterable[str] | None = None) -> Quantity:
+        h = self.histogram_increase(key, instances)
+        if h is None:
+            return Quantity(None, 0, reason=f"the engine exposes no {key} histogram, or fewer than two scrapes")
+        n = int(round(h.buckets[-1][1])) if h.buckets else 0
+        if n <= 0:
+            return Quantity(None, 0, reason=f"no {key} observations in the window")
+        v = histogram_quantile(q, h)
+        if math.isnan(v):
+            return Quantity(None, n, reason="histogram quantile undefined")
+        return Quantity(v, n)
+
+    # -------------------------------------------------------------- GPUs
+    def gpu_series(self) -> dict[tuple[str, str, str | None], list[GpuReading]]:
+        """(instance, uuid, mig) -> readings in the window, for up GPUs of up instances."""
+        out: dict[tuple[str, str, str | None], list[GpuReading]] = defaultdict(list)
+        for inst in self.up():
+            for s in self.samples[inst]:
+                for g in s.gpus:
+                    if g.up:
+                        out[(inst, g.uuid, g.mig_instance)].append(g)
+        return out
+
+    def gpu_models(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for inst in self.instances:
+            for s in self.samples.get(inst, ()):
+                for g in s.gpus:
+                    if g.model:
+                        out[inst].add(g.model)
+        return out
+
+    def lora_evictions(self) -> Quantity:
+        """Adapters leaving the running set while requests for them wait, per second."""
+        events, seconds, seen = 0, 0.0, False
+        for inst in self.up():
+            series = [(t, e.lora) for t, e in self._engine_series(inst) if e.lora is not None]
+            if len(series) < 2:
+                continue
+            seen = True
+            seconds = max(seconds, series[-1][0] - series[0][0])
+            for (_, p), (_, c) in zip(series, series[1:]):
+                assert p is not None and c is not None
+                events += len((p.running - c.running) & c.waiting)
+        if not seen or seconds <= 0:
+            return Quantity(None, reason="the engine exposes no LoRA state (vllm:lora_requests_info needs --enable-lora)")
+        return Quantity(events / seconds, events)
+
+
+class WindowStore:
+    """Keeps each target's recent samples. Mutated only by the cycle thread."""
+
+    def __init__(self, window: float, tiers: Mapping[str, Sequence[str]]) -> None:
+        self.window = window
+        self._tiers = {t: tuple(insts) for t, insts in tiers.items()}
+        self._samples: dict[tuple[str, str], deque[InstanceSample]] = defaultdict(deque)
+
+    def add(self, sample: InstanceSample) -> None:
+        self._samples[(sample.tier, sample.instance)].append(sample)
+
+    def trim(self, now: float) -> None:
+        # keep one sample older than the window edge? No: increases use only samples inside it.
+        for dq in self._samples.values():
+            while dq and dq[0].timestamp < now - self.window - 1e-9:
+                dq.popleft()
+
+    def view(self, tier: str, now: float, window: float | None = None,
+             keep: Callable[[InstanceSample], bool] | None = None) -> TierWindow:
+        w = self.window if window is None else window
+        out: dict[str, tuple[InstanceSample, ...]] = {}
+        for inst in self._tiers.get(tier, ()):
+            out[inst] = tuple(s for s in self._samples.get((tier, inst), ())
+                              if s.timestamp >= now - w - 1e-9 and s.timestamp <= now and (keep is None or keep(s)))
+        return TierWindow(tier, self._tiers.get(tier, ()), out)
+
+
+def tier_window(tier: str, samples: Iterable[InstanceSample], instances: Sequence[str] | None = None) -> TierWindow:
+    """Build a TierWindow straight from samples (for check, tests and benchmarks)."""
+    by_inst: dict[str, list[InstanceSample]] = defaultdict(list)
+    for s in samples:
+        by_inst[s.instance].append(s)
+    names = tuple(instances) if instances is not None else tuple(sorted(by_inst))
+    return TierWindow(tier, names, {i: tuple(sorted(by_inst.get(i, []), key=lambda s: s.timestamp)) for i in names})

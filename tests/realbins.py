@@ -1,0 +1,54 @@
+"""Start real Prometheus binaries on loopback for integration tests."""
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from fakes import free_port
+
+
+class Prometheus:
+    def __init__(self, binary: str, config_text: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="fw-prom-")
+        cfg = Path(self.dir) / "prometheus.yml"
+        cfg.write_text(config_text)
+        self.port = free_port()
+        self.log = open(Path(self.dir) / "log.txt", "w")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir}/data",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(Path(self.dir) / 'log.txt').read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("prometheus did not become ready")
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        r = requests.get(self.url + "/api/v1/query", params=params, timeout=10)
+        body = r.json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
