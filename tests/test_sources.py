@@ -144,3 +144,14 @@ def test_exposition_escapes_and_errors() -> None:
             parse(bad)
     with pytest.raises(ExpositionError):
         vllm.parse("<html>502</html>")
+
+
+def test_data_parallel_engines_are_summed() -> None:
+    text = fixture_text("vllm/generated/vllm-0.33.0/snapshot-20.prom")
+    one = vllm.parse(text)
+    # a second DP engine core: the same series with engine="1"
+    two = vllm.parse(text + "\n".join(line.replace('engine="0"', 'engine="1"') for line in text.splitlines()
+                                      if 'engine="0"' in line and not line.startswith("#")) + "\n")
+    assert two.counters["generation_tokens"] == 2 * one.counters["generation_tokens"]
+    assert two.histograms["ttft_seconds"].count == 2 * one.histograms["ttft_seconds"].count
+    assert dict(two.histograms["ttft_seconds"].buckets)[0.1] == 2 * dict(one.histograms["ttft_seconds"].buckets)[0.1]
