@@ -113,7 +113,7 @@ class Scraper:
             for t in tier.targets:
                 engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t)
                 if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
-                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, t.bearer_token_file)
+                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, None)  # the token is the engine's
         local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
         all_futs: list[Future[object]] = [*engine_futs.values(), *dcgm_futs.values()]  # type: ignore[list-item]
         wait(all_futs, timeout=self.config.scrape_timeout + 0.5, return_when=ALL_COMPLETED)

@@ -63,3 +63,25 @@ def first_present(index: dict[str, list[Sample]], *names: str) -> str | None:
         if n in index:
             return n
     return None
+
+
+def put(target: dict[str, float], index: dict[str, list[Sample]], canonical: str, *names: str) -> None:
+    """Store the sum of the first present of ``names`` (newest first) under ``canonical``."""
+    name = first_present(index, *names)
+    if name is not None:
+        v = sum_of(index[name], name)
+        if v is not None:
+            target[canonical] = v
+
+
+def histograms(index: dict[str, list[Sample]],
+               spec: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Histogram]:
+    """canonical -> histogram of the first present family (newest first) for each spec entry."""
+    out: dict[str, Histogram] = {}
+    for canonical, families in spec:
+        fam = first_present(index, *(f + "_bucket" for f in families))
+        if fam is not None:
+            h = histogram(index, fam[: -len("_bucket")])
+            if h is not None:
+                out[canonical] = h
+    return out

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .. import exposition
 from ..model import EngineSample
-from . import by_name, first_present, histogram, sum_of
+from . import by_name, histograms, sum_of
+from . import put as put_first
 
 PREFIXES = ("sglang:",)
 
@@ -22,11 +23,7 @@ def parse(text: str) -> EngineSample:
     gauges: dict[str, float] = {}
 
     def put(target: dict[str, float], canonical: str, *names: str) -> None:
-        name = first_present(idx, *names)
-        if name is not None:
-            v = sum_of(idx[name], name)
-            if v is not None:
-                target[canonical] = v
+        put_first(target, idx, canonical, *names)
 
     # 0.4.0 has no request counter; every finished request observes the e2e latency histogram
     put(counters, "requests_finished", "sglang:num_requests_total", "sglang:e2e_request_latency_seconds_count")
@@ -49,18 +46,12 @@ def parse(text: str) -> EngineSample:
     if rates and lengths and max(lengths) > 0:
         gauges["spec_acceptance_rate"] = sum(rates) / len(rates)
 
-    hists = {}
-    for canonical, families in (
+    hists = histograms(idx, (
         ("ttft_seconds", ("sglang:time_to_first_token_seconds",)),
         ("itl_seconds", ("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds")),
         ("prompt_tokens_per_request", ("sglang:prompt_tokens_histogram",)),
         ("generation_tokens_per_request", ("sglang:generation_tokens_histogram",)),
-    ):
-        fam = first_present(idx, *(f + "_bucket" for f in families))
-        if fam is not None:
-            h = histogram(idx, fam[: -len("_bucket")])
-            if h is not None:
-                hists[canonical] = h
+    ))
     cap = sum_of(idx.get("sglang:max_total_num_tokens", []), "sglang:max_total_num_tokens")
     return EngineSample(engine="sglang", counters=counters, gauges=gauges, histograms=hists,
                         kv_capacity_tokens=cap)

@@ -12,7 +12,7 @@ import math
 
 from .. import exposition
 from ..model import EngineSample, LoraState
-from . import by_name, first_present, histogram, sum_of
+from . import by_name, first_present, histograms, put
 
 PREFIXES = ("vllm:",)
 
@@ -26,18 +26,10 @@ def parse(text: str) -> EngineSample:
     gauges: dict[str, float] = {}
 
     def counter(canonical: str, *names: str) -> None:
-        name = first_present(idx, *names)
-        if name is not None:
-            v = sum_of(idx[name], name)
-            if v is not None:
-                counters[canonical] = v
+        put(counters, idx, canonical, *names)
 
     def gauge(canonical: str, *names: str) -> None:
-        name = first_present(idx, *names)
-        if name is not None:
-            v = sum_of(idx[name], name)
-            if v is not None:
-                gauges[canonical] = v
+        put(gauges, idx, canonical, *names)
 
     for s in idx.get("vllm:request_success_total", ()):
         reason = s.labels.get("finished_reason", "unknown")
@@ -68,18 +60,12 @@ def parse(text: str) -> EngineSample:
         if rates:
             gauges["spec_acceptance_rate"] = sum(rates) / len(rates)
 
-    hists = {}
-    for canonical, families in (
+    hists = histograms(idx, (
         ("ttft_seconds", ("vllm:time_to_first_token_seconds",)),
         ("itl_seconds", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
         ("prompt_tokens_per_request", ("vllm:request_prompt_tokens",)),
         ("generation_tokens_per_request", ("vllm:request_generation_tokens",)),
-    ):
-        fam = first_present(idx, *(f + "_bucket" for f in families))
-        if fam is not None:
-            h = histogram(idx, fam[: -len("_bucket")])
-            if h is not None:
-                hists[canonical] = h
+    ))
 
     return EngineSample(engine="vllm", counters=counters, gauges=gauges, histograms=hists,
                         lora=_lora(idx), kv_capacity_tokens=_kv_capacity(idx))
