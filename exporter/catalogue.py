@@ -6,7 +6,6 @@ and its diagnosis. The daemon, the rule generator and the dashboard generator re
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
@@ -440,6 +439,3 @@ def apply_override(band: Band | None, override: BandOverride | None) -> Band | N
             changes[name] = Threshold(v, old.inclusive if old else False)
     return replace(base, **changes)  # type: ignore[arg-type]
 
-
-def is_finite(v: float | None) -> bool:
-    return v is not None and not math.isnan(v) and not math.isinf(v)

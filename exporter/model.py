@@ -22,13 +22,6 @@ class Status(str, Enum):
         return {"unknown": -1, "ok": 0, "warning": 1, "critical": 2}[self.value]
 
 
-def worst(statuses: list[Status]) -> Status:
-    known = [s for s in statuses if s is not Status.UNKNOWN]
-    if not known:
-        return Status.UNKNOWN
-    return max(known, key=lambda s: s.rank)
-
-
 @dataclass(frozen=True)
 class Histogram:
     """A cumulative histogram as exposed: (upper bound, cumulative count) pairs, sorted."""

@@ -27,6 +27,7 @@ def counter_increase(values: Sequence[float]) -> float:
 
 
 def count_resets(values: Sequence[float]) -> int:
+    """How many drops (restarts) a counter's readings show."""
     return sum(1 for prev, cur in zip(values, values[1:]) if cur < prev)
 
 
@@ -170,20 +171,6 @@ class TierWindow:
                 keys.update(k for k in e.counters if k.startswith(prefix))
         return keys
 
-    def resets(self) -> dict[str, int]:
-        """instance -> number of counter resets seen in the window (any canonical counter)."""
-        out: dict[str, int] = {}
-        for inst in self.instances:
-            engines = [e for _, e in self._engine_series(inst)]
-            n = 0
-            keys: set[str] = set()
-            for e in engines:
-                keys.update(e.counters)
-            for k in keys:
-                n = max(n, count_resets([e.counters[k] for e in engines if k in e.counters]))
-            out[inst] = n
-        return out
-
     # -------------------------------------------------------------- gauges
     def gauge_means(self, key: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -241,15 +228,6 @@ class TierWindow:
                         out[(inst, g.uuid, g.mig_instance)].append(g)
         return out
 
-    def gpu_models(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = defaultdict(set)
-        for inst in self.instances:
-            for s in self.samples.get(inst, ()):
-                for g in s.gpus:
-                    if g.model:
-                        out[inst].add(g.model)
-        return out
-
     def lora_evictions(self) -> Quantity:
         """Adapters leaving the running set while requests for them wait, per second."""
         events, seconds, seen = 0, 0.0, False
@@ -279,7 +257,7 @@ class WindowStore:
         self._samples[(sample.tier, sample.instance)].append(sample)
 
     def trim(self, now: float) -> None:
-        # keep one sample older than the window edge? No: increases use only samples inside it.
+        # increases use only samples inside the window, so nothing older is kept
         for dq in self._samples.values():
             while dq and dq[0].timestamp < now - self.window - 1e-9:
                 dq.popleft()

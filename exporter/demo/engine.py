@@ -84,7 +84,6 @@ class SimEngine:
     seed: int = 0
     waiting: deque[Request] = field(default_factory=deque)
     running: list[Request] = field(default_factory=list)
-    busy_seconds: float = 0.0  # time with work on the GPU, for the GPU utilization model
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -153,8 +152,6 @@ class SimEngine:
             nxt.prefill_left = todo / hw.prefill_tokens_per_second * (1 + load)
             nxt.prefilling = True
             self.running.append(nxt)
-        if self.running or self.waiting:
-            self.busy_seconds += dt
         decoding = [r for r in self.running if not r.prefilling]
         itl = hw.itl_base_seconds + hw.itl_per_sequence_seconds * len(decoding)
         finished: list[tuple[Request, str]] = []
@@ -207,13 +204,12 @@ def drive(engine: SimEngine, rng: random.Random, *, rate: float, prompt: Lengths
     cap = engine.hardware.max_model_len
     while t < start + seconds - 1e-9:
         # Poisson arrivals in [t, t + dt), spread uniformly inside the tick
-        n, acc = 0, rng.expovariate(rate) if rate > 0 else math.inf
+        acc = rng.expovariate(rate) if rate > 0 else math.inf
         while acc < dt:
             p = prompt.draw(rng, cap)
             cached = min(p - 1, prefix_tokens) if rng.random() < prefix_share else 0
             engine.submit(Request(arrival=t + acc, prompt=p, output=output.draw(rng, cap), max_tokens=max_tokens,
                                   cached=max(0, cached)))
-            n += 1
             acc += rng.expovariate(rate)
         engine.step(t, dt)
         t += dt

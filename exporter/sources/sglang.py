@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from .. import exposition
 from ..model import EngineSample
-from . import by_name, histograms, sum_of
-from . import put as put_first
+from . import by_name, histograms, put, sum_of
 
 PREFIXES = ("sglang:",)
 
@@ -22,21 +21,18 @@ def parse(text: str) -> EngineSample:
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
 
-    def put(target: dict[str, float], canonical: str, *names: str) -> None:
-        put_first(target, idx, canonical, *names)
-
     # 0.4.0 has no request counter; every finished request observes the e2e latency histogram
-    put(counters, "requests_finished", "sglang:num_requests_total", "sglang:e2e_request_latency_seconds_count")
-    put(counters, "prompt_tokens", "sglang:prompt_tokens_total")
-    put(counters, "generation_tokens", "sglang:generation_tokens_total")
-    put(counters, "preemptions", "sglang:num_retracted_requests_total", "sglang:total_retracted_reqs")
+    put(counters, idx, "requests_finished", "sglang:num_requests_total", "sglang:e2e_request_latency_seconds_count")
+    put(counters, idx, "prompt_tokens", "sglang:prompt_tokens_total")
+    put(counters, idx, "generation_tokens", "sglang:generation_tokens_total")
+    put(counters, idx, "preemptions", "sglang:num_retracted_requests_total", "sglang:total_retracted_reqs")
     if "sglang:cached_tokens_total" in idx and "prompt_tokens" in counters:
-        put(counters, "prefix_cache_hits", "sglang:cached_tokens_total")
+        put(counters, idx, "prefix_cache_hits", "sglang:cached_tokens_total")
         counters["prefix_cache_queries"] = counters["prompt_tokens"]
     else:
-        put(gauges, "prefix_cache_hit_rate", "sglang:cache_hit_rate")
-    put(gauges, "requests_running", "sglang:num_running_reqs")
-    put(gauges, "requests_waiting", "sglang:num_queue_reqs")
+        put(gauges, idx, "prefix_cache_hit_rate", "sglang:cache_hit_rate")
+    put(gauges, idx, "requests_running", "sglang:num_running_reqs")
+    put(gauges, idx, "requests_waiting", "sglang:num_queue_reqs")
     usage = [s.value for s in idx.get("sglang:token_usage", ())]
     if usage:  # one series per TP/DP rank: their mean is the pool's usage
         gauges["kv_cache_usage"] = sum(usage) / len(usage)
