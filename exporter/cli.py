@@ -6,7 +6,12 @@ import logging
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from .config import ConfigError, load_config, parse_duration
+
+if TYPE_CHECKING:
+    from .demo.scenarios import Scenario
 
 DESCRIPTION = """\
 fleetwatch watches an LLM inference fleet (vLLM, SGLang, and their GPUs through dcgm-exporter
@@ -46,15 +51,48 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     c.add_argument("--window", type=_duration, default=15.0, help="time between the two scrapes (default: 15s)")
 
+    d = sub.add_parser("demo", help="run a simulated two-tier fleet and fleetwatch against it (no GPU needed)",
+                       description="Start simulated vLLM instances (4 x H100 TP2, 3 x A100 TP4) and their "
+                                   "dcgm-exporters on free loopback ports, run fleetwatch against them every 5s "
+                                   "over a 30s window, and print each report. The plan comes from the "
+                                   "simulator's own concurrency sweep, shipped with the package.",
+                       epilog="scenarios:\n" + "\n".join(f"  {n:<18} {s.what_happens}; catches {s.must_catch}"
+                                                         for n, s in _scenarios().items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--scenario", default="healthy", choices=list(_scenarios()), help="what goes wrong (default: healthy)")
+    d.add_argument("--duration", type=_duration, default=None,
+                   help="stop after this long, e.g. 60s or 5m (default: run until Ctrl-C)")
+    d.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table, or one JSON report per stdout line (default: table)")
+    d.add_argument("--remeasure", action="store_true",
+                   help="rerun the simulator's concurrency sweep (about 30 s) instead of using the shipped plan")
+    d.add_argument("--engine", choices=["vllm-0.33", "vllm-0.6", "sglang-0.5"], default="vllm-0.33",
+                   help="which engine version the simulated instances emulate (default: vllm-0.33)")
+    d.add_argument("--listen", default="127.0.0.1:0",
+                   help="host:port for fleetwatch's own /metrics (default: a free loopback port)")
+
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
     v.add_argument("file", help="fleet config YAML")
     return p
+
+
+def _scenarios() -> "dict[str, Scenario]":
+    from .demo.scenarios import SCENARIOS
+
+    return dict(SCENARIOS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from .demo.run import run_demo
+
+        if args.log_level == "info":  # the reports are the output; per-cycle logs would drown them
+            logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
+        return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
+                        flavour=args.engine, listen=args.listen)
     try:
         if args.command == "validate-config":
             cfg = load_config(args.file)

@@ -18,7 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from .collector import Published, Snapshot, make_registry
 from .config import Config
-from .evaluate import HistoryPoint, evaluate
+from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
 from .scrape import Scraper
 from .window import WindowStore, count_resets
@@ -59,7 +59,8 @@ class Pipeline:
         report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now, self.config.window)
         for name, t in report.tiers.items():
             h = self.history[name]
-            h.append(HistoryPoint(now, t.metrics["requests_per_second"].value, t.resize.recommended_instances))
+            rps = peak_sample(windows[name], t.metrics["requests_per_second"].value, self.config.window)
+            h.append(HistoryPoint(now, rps, t.resize.recommended_instances))
             while h and h[0].timestamp < now - self.config.history:
                 h.popleft()
         return report

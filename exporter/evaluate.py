@@ -17,6 +17,12 @@ STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
 STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
 OPERATING_POINT_TOLERANCE = 0.15  # with no curve, compare only within +-15% of the operating point
 ONE_DAY = 86400.0
+FULL_WINDOW_SHARE = 0.9  # a rate over less of the window (just after start) is too noisy to call a peak
+
+
+def peak_sample(tw: TierWindow, rps: float | None, window_seconds: float) -> float | None:
+    """The window's RPS if it may count toward the observed peak: only over a full window."""
+    return rps if tw.span() >= FULL_WINDOW_SHARE * window_seconds else None
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,8 @@ def _ttft_rising(tw: TierWindow) -> bool:
     return a is not None and b is not None and b > 1.2 * a
 
 
-def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoint], now: float) -> TierReport:
+def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoint], now: float,
+                  window_seconds: float = 0.0) -> TierReport:
     plan = tier.plan
     values = {row.key: row.compute(tw, plan) for row in ROWS}
     bands: dict[str, Band | None] = {}
@@ -254,7 +261,7 @@ def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoi
     if total != plan.instances:
         findings.append(Finding("instances_differ_from_plan", Status.WARNING,
                                 f"{total} instances deployed, the plan (Step 11) decided {plan.instances}"))
-    rps_now = values["requests_per_second"].value
+    rps_now = peak_sample(tw, values["requests_per_second"].value, window_seconds)
     observed_peak = max([h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else []),
                         default=None)
     if observed_peak is not None and observed_peak > plan.peak_rps:
@@ -273,5 +280,6 @@ def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoi
 
 def evaluate(config: Config, windows: Mapping[str, TierWindow], history: Mapping[str, Sequence[HistoryPoint]],
              now: float, window_seconds: float) -> Report:
-    tiers = {name: evaluate_tier(t, windows[name], history.get(name, ()), now) for name, t in config.tiers.items()}
+    tiers = {name: evaluate_tier(t, windows[name], history.get(name, ()), now, window_seconds)
+             for name, t in config.tiers.items()}
     return Report(generated_at=now, window_seconds=window_seconds, tiers=tiers)

@@ -141,6 +141,11 @@ class TierWindow:
     def down(self) -> tuple[str, ...]:
         return tuple(i for i in self.instances if i not in self.up())
 
+    def span(self) -> float:
+        """Seconds between the oldest and the newest sample of the tier."""
+        times = [s.timestamp for ss in self.samples.values() for s in ss]
+        return max(times) - min(times) if times else 0.0
+
     def _engine_series(self, instance: str) -> list[tuple[float, EngineSample]]:
         return [(s.timestamp, s.engine) for s in self.samples.get(instance, ()) if s.engine is not None]
 

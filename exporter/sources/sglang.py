@@ -47,6 +47,7 @@ def parse(text: str) -> EngineSample:
         ("itl_seconds", ("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds")),
         ("prompt_tokens_per_request", ("sglang:prompt_tokens_histogram",)),
         ("generation_tokens_per_request", ("sglang:generation_tokens_histogram",)),
+        ("e2e_seconds", ("sglang:e2e_request_latency_seconds",)),
     ))
     cap = sum_of(idx.get("sglang:max_total_num_tokens", []), "sglang:max_total_num_tokens")
     return EngineSample(engine="sglang", counters=counters, gauges=gauges, histograms=hists,

@@ -65,6 +65,7 @@ def parse(text: str) -> EngineSample:
         ("itl_seconds", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
         ("prompt_tokens_per_request", ("vllm:request_prompt_tokens",)),
         ("generation_tokens_per_request", ("vllm:request_generation_tokens",)),
+        ("e2e_seconds", ("vllm:e2e_request_latency_seconds",)),
     ))
 
     return EngineSample(engine="vllm", counters=counters, gauges=gauges, histograms=hists,

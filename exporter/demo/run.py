@@ -1,0 +1,195 @@
+"""``fleetwatch demo``: the simulated fleet, the daemon against it, a report every interval.
+
+The fleet is served on free loopback ports and written into an ordinary fleet config (printed, so
+it can be reused with ``serve`` or ``check``); the daemon's pipeline scrapes it over HTTP exactly as
+it scrapes a real fleet. ``Clock`` decides how time passes: ``WallClock`` for people,
+``SimClock`` for tests, which run minutes of traffic in seconds.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, TextIO
+
+import yaml
+
+from ..check import format_json, format_table
+from ..collector import Snapshot, make_registry
+from ..config import Config, load_config
+from ..daemon import Pipeline, Server
+from ..model import Report
+from ..scrape import Scraper
+from .fleet import DEFAULT_TIERS, FleetServers, SimFleet
+from .flavours import DEFAULT_FLAVOUR, FLAVOURS
+from .scenarios import SCENARIOS
+from .sweep import PLANS_DIR, measure_all, write_plans
+
+log = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 5.0
+WINDOW_SECONDS = 30.0
+WARMUP_SECONDS = 30.0  # simulated before the run starts, so the first window sees steady traffic
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def wait_until(self, run_t: float) -> bool:
+        """Let the fleet reach run time ``run_t``; False when the run was stopped meanwhile."""
+        ...
+
+
+class SimClock:
+    """Simulated time only: ``wait_until`` advances the fleet at once. For tests and benchmarks."""
+
+    def __init__(self, fleet: SimFleet) -> None:
+        self.fleet = fleet
+
+    def now(self) -> float:
+        return self.fleet.t
+
+    def wait_until(self, run_t: float) -> bool:
+        self.fleet.advance(self.fleet.start + run_t)
+        return True
+
+
+class WallClock:
+    """Real time: a thread keeps the fleet at wall-clock time; ``wait_until`` sleeps."""
+
+    def __init__(self, fleet: SimFleet, stop: threading.Event, tick: float = 0.05) -> None:
+        self.fleet, self.stop, self.tick = fleet, stop, tick
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="sim", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.tick):
+            self.fleet.advance(self.fleet.start + time.monotonic() - self.t0)
+
+    def now(self) -> float:
+        return time.time()
+
+    def wait_until(self, run_t: float) -> bool:
+        return not self.stop.wait(max(0.0, self.t0 + run_t - time.monotonic()))
+
+
+@dataclass
+class Demo:
+    """A running simulated fleet and the fleet config that points at it."""
+
+    fleet: SimFleet
+    servers: FleetServers
+    config: Config
+    config_path: Path
+    workdir: tempfile.TemporaryDirectory[str]
+
+    def close(self) -> None:
+        self.servers.close()
+        self.workdir.cleanup()
+
+
+def start_fleet(scenario: str = "healthy", *, flavour: str = DEFAULT_FLAVOUR, seed: int = 0,
+                plans: dict[str, Path] | None = None, warmup: float = WARMUP_SECONDS,
+                listen: str = "127.0.0.1:0") -> Demo:
+    """Build the fleet for ``scenario``, warm it up, serve it, and write its config."""
+    sc = SCENARIOS[scenario]
+    workdir = tempfile.TemporaryDirectory(prefix="fleetwatch-demo-")
+    plans = plans or {spec.name: PLANS_DIR / f"{spec.name}.yaml" for spec in DEFAULT_TIERS}
+    usable = {}
+    for spec in DEFAULT_TIERS:
+        with open(plans[spec.name], encoding="utf-8") as fh:
+            usable[spec.name] = float(yaml.safe_load(fh)["benchmark"]["usable_rps_per_instance"])
+    fleet = SimFleet({spec.name: (spec, sc.behaviour(spec.name), usable[spec.name]) for spec in DEFAULT_TIERS},
+                     seed=seed, flavour=flavour, warmup=warmup)
+    fleet.advance(0.0)
+    servers = FleetServers(fleet)
+    engine_key = FLAVOURS[flavour].engine
+    tiers: dict[str, object] = {}
+    for spec in DEFAULT_TIERS:
+        targets = []
+        for inst in fleet.tiers[spec.name].instances:
+            targets.append({"name": inst.name, engine_key: servers.engines[(spec.name, inst.index)].url,
+                            "dcgm": servers.dcgm[inst.node].url,
+                            "gpus": {"indices": [str(g) for g in inst.gpu_indices]}})
+        tiers[spec.name] = {"plan": str(plans[spec.name]), "targets": targets}
+    doc = {"interval": f"{INTERVAL_SECONDS:g}s", "window": f"{WINDOW_SECONDS:g}s", "scrape_timeout": "2s",
+           "listen": listen, "tiers": tiers}
+    path = Path(workdir.name) / "fleet.yaml"
+    path.write_text(f"# fleetwatch demo, scenario {scenario}: {sc.what_happens}\n"
+                    + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return Demo(fleet, servers, load_config(str(path)), path, workdir)
+
+
+def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None
+            ) -> Iterator[tuple[float, Report]]:
+    """One (run seconds, report) per interval until ``duration`` or a stop."""
+    scraper = Scraper(demo.config, clock=clock.now)
+    pipeline = Pipeline(demo.config, scraper, clock=clock.now)
+    if snapshot is not None:
+        pipeline.snapshot = snapshot  # what the demo's own /metrics renders
+    try:
+        run_t = 0.0
+        while True:
+            yield run_t, pipeline.cycle()
+            run_t += INTERVAL_SECONDS
+            if duration is not None and run_t > duration + 1e-9:
+                return
+            if not clock.wait_until(run_t):
+                return
+    finally:
+        scraper.close()
+
+
+def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: str = "table",
+             remeasure: bool = False, flavour: str = DEFAULT_FLAVOUR, listen: str = "127.0.0.1:0",
+             out: TextIO = sys.stdout, stop: threading.Event | None = None,
+             on_ready: Callable[[str], None] | None = None) -> int:
+    """The command. Returns the exit status (0, also on Ctrl-C)."""
+    stop = stop or threading.Event()
+    plans = None
+    if remeasure:
+        log.info("re-running the simulator's concurrency sweep for every tier (about 30 s)")
+        tmp = Path(tempfile.mkdtemp(prefix="fleetwatch-plans-"))
+        plans = write_plans(tmp, measure_all())
+        log.info("measured plans written to %s", tmp)
+    demo = start_fleet(scenario, flavour=flavour, plans=plans, listen=listen)
+    snapshot = Snapshot()
+    server = Server(demo.config.listen_host, demo.config.listen_port, make_registry(demo.config, snapshot),
+                    lambda: True)
+    server.start()
+    url = f"http://{demo.config.listen_host}:{server.port}/metrics"
+    sc = SCENARIOS[scenario]
+    print(f"fleetwatch demo: scenario {scenario}: {sc.what_happens}.\n"
+          f"  fleetwatch should catch: {sc.must_catch}.\n"
+          f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}\n"
+          f"  a report every {INTERVAL_SECONDS:g}s over a {WINDOW_SECONDS:g}s window; Ctrl-C to stop.",
+          file=sys.stderr, flush=True)
+    if on_ready is not None:
+        on_ready(url)
+    clock = WallClock(demo.fleet, stop)
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
+    try:
+        for run_t, report in reports(demo, clock, duration, snapshot):
+            if fmt == "json":
+                print(format_json(report), file=out, flush=True)
+            else:
+                print(f"--- t={run_t:.0f}s scenario={scenario} ---\n{format_table(report)}\n", file=out, flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a demo ends
+    finally:
+        stop.set()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        server.stop()
+        demo.close()
+    return 0
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
