@@ -60,6 +60,11 @@ def format_table(report: Report) -> str:
             lines.append("   findings:")
             for f in t.findings:
                 lines.append(f"     {f.status.value:<8} {f.kind:<28} {f.message}")
+        g = t.guardrails
+        parts = [f"{k} {v['value']} ({v['low']}-{v['high']})" for k, v in g.items()
+                 if isinstance(v, dict) and v.get("value") is not None]
+        if parts:
+            lines.append(f"   guardrails (9.4): {'; '.join(parts)}")
         wl = t.workload
         inp, out = wl.get("input_tokens"), wl.get("output_tokens")
         if isinstance(inp, dict) and isinstance(out, dict):

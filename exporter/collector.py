@@ -101,8 +101,16 @@ class FleetCollector(Collector):
                                  labels=["tier"])
         findings = GaugeMetricFamily("fleetwatch_finding", "1 for each current finding.",
                                      labels=["tier", "kind", "status", "instance"])
+        guardrails = GaugeMetricFamily(
+            "fleetwatch_guardrail_recommended", "Recommended gateway guardrail (9.4), from the observed "
+            "histograms: bound=value is the middle of the low-high range.", labels=["tier", "guardrail", "bound"])
         if report is not None:
             for name, t in report.tiers.items():
+                for g, rec in t.guardrails.items():
+                    if isinstance(rec, dict):
+                        for bound in ("value", "low", "high"):
+                            if isinstance(rec.get(bound), (int, float)):
+                                guardrails.add_metric([name, g, bound], float(rec[bound]))
                 for key, m in t.metrics.items():
                     if m.value is not None:
                         rows[key].add_metric([name], m.value)
@@ -126,7 +134,7 @@ class FleetCollector(Collector):
                 for f in t.findings:
                     findings.add_metric([name, f.kind, f.status.value, f.instance or ""], 1.0)
         yield from rows.values()
-        yield from (status, checks, observed, predicted, recommended, current, up, action, peak, findings)
+        yield from (status, checks, observed, predicted, recommended, current, up, action, peak, findings, guardrails)
         yield from self._scrape(pub)
 
     def _plan(self) -> Iterator[Metric]:

@@ -83,6 +83,7 @@ class Workload:
     input_tokens: LengthProfile | None = None
     output_tokens: LengthProfile | None = None
     prefix_reuse: bool | None = None
+    drift_tolerance: float = 0.25  # a length percentile moving more than this share is drift
 
 
 @dataclass(frozen=True)
@@ -299,11 +300,13 @@ def _lengths(c: _Ctx, v: Any, path: str) -> LengthProfile:
 
 
 def _workload(c: _Ctx, v: Any, path: str) -> Workload:
-    m = c.mapping(v, path, {"input_tokens", "output_tokens", "prefix_reuse"})
+    m = c.mapping(v, path, {"input_tokens", "output_tokens", "prefix_reuse", "drift_tolerance"})
+    tol = c.optional(m, "drift_tolerance", path, lambda x, p: c.number(x, p, minimum=0, strict_min=True))
     return Workload(
         input_tokens=c.optional(m, "input_tokens", path, lambda x, p: _lengths(c, x, p)),
         output_tokens=c.optional(m, "output_tokens", path, lambda x, p: _lengths(c, x, p)),
         prefix_reuse=c.optional(m, "prefix_reuse", path, c.boolean),
+        drift_tolerance=tol if tol is not None else 0.25,
     )
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .catalogue import ROWS, Context, apply_override
+from .guardrails import drift_findings, recommendations, runaway_finding
+from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .config import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .window import Quantity, TierWindow
@@ -218,12 +220,9 @@ def workload(tw: TierWindow) -> dict[str, object]:
 
 def _ttft_rising(tw: TierWindow) -> bool:
     """TTFT P99 of the window's second half more than 20% above its first half."""
-    times = [s.timestamp for ss in tw.samples.values() for s in ss]
-    if len(times) < 4:
+    if sum(len(ss) for ss in tw.samples.values()) < 4:
         return False
-    mid = (min(times) + max(times)) / 2
-    first = TierWindow(tw.tier, tw.instances, {i: tuple(s for s in ss if s.timestamp <= mid) for i, ss in tw.samples.items()})
-    second = TierWindow(tw.tier, tw.instances, {i: tuple(s for s in ss if s.timestamp >= mid) for i, ss in tw.samples.items()})
+    first, second = tw.halves()
     a, b = first.quantile("ttft_seconds", 0.99).value, second.quantile("ttft_seconds", 0.99).value
     return a is not None and b is not None and b > 1.2 * a
 
@@ -269,12 +268,16 @@ def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoi
                                 f"observed peak {observed_peak:.3g} RPS exceeds the plan's peak of {plan.peak_rps:g} RPS "
                                 f"(Step 1): the load assumption no longer holds"))
 
+    findings += drift_findings(tw, plan)
+    findings += [f for f in (runaway_finding(tw), mixed_models(tw), fp8_on_a100(tw, plan)) if f is not None]
+    findings += latency_outliers(tw)
+
     return TierReport(
         tier=tier.name, instances_up=len(up), instances_total=total, metrics=metrics,
         plan_checks=tuple(checks),
         resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical),
         workload=workload(tw), findings=tuple(findings),
-        guardrails={"max_input_tokens": None, "max_output_tokens": None, "circuit_breaker_queue_threshold": None},
+        guardrails=recommendations(tw, plan),
     )
 
 

@@ -141,6 +141,23 @@ class TierWindow:
     def down(self) -> tuple[str, ...]:
         return tuple(i for i in self.instances if i not in self.up())
 
+    def halves(self) -> tuple["TierWindow", "TierWindow"]:
+        """The window split at its middle instant (the middle scrape belongs to both)."""
+        times = [s.timestamp for ss in self.samples.values() for s in ss]
+        mid = (min(times) + max(times)) / 2 if times else 0.0
+        first = {i: tuple(s for s in ss if s.timestamp <= mid) for i, ss in self.samples.items()}
+        second = {i: tuple(s for s in ss if s.timestamp >= mid) for i, ss in self.samples.items()}
+        return TierWindow(self.tier, self.instances, first), TierWindow(self.tier, self.instances, second)
+
+    def gpu_models(self) -> dict[str, set[str]]:
+        """instance -> the GPU model names its latest sample reported."""
+        out: dict[str, set[str]] = {}
+        for inst in self.up():
+            models = {g.model for g in self.samples[inst][-1].gpus if g.model}
+            if models:
+                out[inst] = models
+        return out
+
     def span(self) -> float:
         """Seconds between the oldest and the newest sample of the tier."""
         times = [s.timestamp for ss in self.samples.values() for s in ss]

@@ -81,6 +81,9 @@ SCENARIOS: dict[str, tuple[str, Callable[[TierReport], bool]]] = {
     "undersized": ("a100", lambda t: t.resize.action == "scale_up"
                    and t.resize.recommended_instances > t.resize.current_instances
                    and t.metrics["queue_depth_requests"].status is Status.CRITICAL),
+    "mixed-tier": ("h100", lambda t: any(f.kind == "mixed_tier" and f.instance == "h100-3" for f in t.findings)),
+    "length-drift": ("a100", lambda t: any(f.kind == "input_length_drift" for f in t.findings)),
+    "runaway": ("h100", lambda t: any(f.kind == "runaway_generation" for f in t.findings)),
     "dead-instance": ("h100", lambda t: any(f.kind == "target_down" and f.instance == "h100-3" for f in t.findings)
                       and t.instances_up == 3),
 }

@@ -22,12 +22,13 @@ import yaml
 
 from ..config import Slo
 from ..evaluate import recommended_instances
-from ..model import InstanceSample
+from ..model import Histogram, InstanceSample
 from ..planner.curve import Curve, SweepPoint, usable_rps_at_slo
 from ..sources import vllm
-from ..window import tier_window
+from ..window import histogram_quantile, tier_window
 from .engine import Request, SimEngine
 from .fleet import DEFAULT_TIERS, TierSpec
+from .flavours import request_token_buckets
 
 PLANS_DIR = Path(__file__).parent / "plans"
 # offered load as shares of the instance's saturation throughput (found by a closed-loop probe)
@@ -114,6 +115,23 @@ def sweep(spec: TierSpec, rates: tuple[float, ...] | None = None, *, seed: int =
     return usable_rps_at_slo([p for p, _, _ in runs], slo), runs
 
 
+def workload_profile(spec: TierSpec, n: int = 20000, seed: int = 0) -> dict[str, Any]:
+    """Step 1's length profile, read the way fleetwatch reads production: through vLLM's token
+    histogram buckets and histogram_quantile, so bucket interpolation is the same on both sides."""
+    rng = random.Random(seed)
+    buckets = request_token_buckets(spec.hardware.max_model_len) + (math.inf,)
+    new_request = _requests(spec, rng)
+    reqs = [new_request(0.0) for _ in range(n)]
+    out: dict[str, Any] = {}
+    for name, values in (("input_tokens", [r.prompt for r in reqs]),
+                         ("output_tokens", [min(r.output, r.max_tokens) for r in reqs])):
+        counts = [sum(1 for v in values if v <= b) for b in buckets]
+        h = Histogram(tuple(zip(buckets, map(float, counts))), float(n), float(sum(values)))
+        out[name] = {k: round(histogram_quantile(q, h)) for k, q in (("p50", .5), ("p95", .95), ("p99", .99))}
+    out["prefix_reuse"] = spec.workload.prefix_share > 0
+    return out
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.6g}ms"
 
@@ -129,7 +147,6 @@ def plan_document(spec: TierSpec, curve: Curve, runs: list[tuple[SweepPoint, flo
                          f"RPS each, but the demo deploys {spec.instances}; change PEAK_SHARE")
     passing = [r for r in runs if r[0].rps <= usable + 1e-9]
     at_usable = passing[-1] if passing else runs[0]
-    wl = spec.workload
     bench = curve.as_benchmark()
     if at_usable[1] is not None:
         bench["prefix_cache_hit_ratio"] = round(at_usable[1], 4)
@@ -143,11 +160,7 @@ def plan_document(spec: TierSpec, curve: Curve, runs: list[tuple[SweepPoint, flo
         "safety_factor": spec.safety_factor,
         "slo": {"ttft_p99": _ms(spec.ttft_slo_seconds), "itl_p99": _ms(spec.itl_slo_seconds)},
         "benchmark": bench,
-        "workload": {
-            "input_tokens": {k: round(wl.prompt.quantile(q)) for k, q in (("p50", .5), ("p95", .95), ("p99", .99))},
-            "output_tokens": {k: round(wl.output.quantile(q)) for k, q in (("p50", .5), ("p95", .95), ("p99", .99))},
-            "prefix_reuse": wl.prefix_share > 0,
-        },
+        "workload": workload_profile(spec),
         "precision": {"weights": spec.weights, "kv_cache": "fp16"},
     }
 

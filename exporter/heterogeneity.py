@@ -1,0 +1,94 @@
+"""9.5: is a tier really one tier? Pure checks over a tier's window.
+
+- GPU model names that differ inside a tier (DCGM ``modelName`` or NVML name);
+- an instance whose TTFT or ITL P99 sits far above the tier's median in both halves of the
+  window (sustained, not one bad scrape), with how much it drags the tier's P99;
+- FP8 weights planned on A100s, which run without the FP8 tensor-core path.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+from .config import Plan
+from .model import Finding, Status
+from .window import TierWindow
+
+OUTLIER_FACTOR = 1.3  # instance P99 over the tier's median P99
+# per instance and half-window: a P99 from fewer requests jumps between histogram buckets
+MIN_SAMPLES = {"ttft_seconds": 200, "itl_seconds": 1000}
+MIN_INSTANCES = 3  # a median of two says nothing about which one is odd
+_LABELS = {"ttft_seconds": "TTFT", "itl_seconds": "ITL"}
+
+
+def mixed_models(tw: TierWindow) -> Finding | None:
+    per_instance = tw.gpu_models()
+    counts = Counter(m for models in per_instance.values() for m in models)
+    if len(counts) < 2:
+        return None
+    majority = counts.most_common(1)[0][0]
+    odd = sorted(i for i, models in per_instance.items() if models != {majority})
+    detail = "; ".join(f"{i} runs {', '.join(sorted(per_instance[i]))}" for i in odd)
+    n_major = sum(1 for models in per_instance.values() if models == {majority})
+    return Finding("mixed_tier", Status.WARNING,
+                   f"tier mixes GPU models: {detail}, while {n_major} instance(s) run {majority}. The slower "
+                   f"model sets the tier's P99 (9.5); give it its own tier, benchmark curve and plan.",
+                   odd[0] if len(odd) == 1 else None)
+
+
+def _p99(tw: TierWindow, key: str, instances: list[str]) -> tuple[float | None, int]:
+    q = tw.quantile(key, 0.99, instances)
+    return q.value, q.samples
+
+
+def _sustained_outlier(tw: TierWindow, halves: tuple[TierWindow, TierWindow], key: str, inst: str,
+                       up: list[str]) -> str | None:
+    """How ``inst`` drags the tier's P99 of ``key``, if it sits above the median in both halves."""
+    label = _LABELS[key]
+    known = {i: v for i in up if (v := _p99(tw, key, [i])[0]) is not None}
+    if len(known) < MIN_INSTANCES or inst not in known:
+        return None
+    median = statistics.median(known.values())
+    if median <= 0 or known[inst] < OUTLIER_FACTOR * median:
+        return None
+    for half in halves:
+        hv, n = _p99(half, key, [inst])
+        others = [x for x in (_p99(half, key, [o])[0] for o in up if o != inst) if x is not None]
+        if hv is None or n < MIN_SAMPLES[key] or not others or hv < OUTLIER_FACTOR * statistics.median(others):
+            return None
+    text = f"{label} P99 {known[inst]:.3g}s is {known[inst] / median:.2f}x the tier median {median:.3g}s"
+    tier_p99, without = _p99(tw, key, up)[0], _p99(tw, key, [i for i in up if i != inst])[0]
+    if tier_p99 is not None and without is not None:
+        text += f" (without it the tier's {label} P99 would be {without:.3g}s instead of {tier_p99:.3g}s)"
+    return text
+
+
+def latency_outliers(tw: TierWindow) -> list[Finding]:
+    """One finding per instance whose TTFT or ITL P99 stays far above the tier's median."""
+    up = list(tw.up())
+    if len(up) < MIN_INSTANCES:
+        return []
+    halves = tw.halves()
+    out: list[Finding] = []
+    for inst in sorted(up):
+        parts = [t for key in _LABELS if (t := _sustained_outlier(tw, halves, key, inst, up)) is not None]
+        if parts:
+            out.append(Finding("mixed_tier", Status.WARNING,
+                               f"{inst} drags the tier's P99 in both halves of the window: {'; '.join(parts)}. "
+                               f"It does not behave like its tier: check its hardware, placement and config (9.5).",
+                               inst))
+    return out
+
+
+def fp8_on_a100(tw: TierWindow, plan: Plan) -> Finding | None:
+    weights = (plan.precision.weights if plan.precision else None) or ""
+    if not weights.lower().startswith("fp8"):
+        return None
+    a100 = sorted(i for i, models in tw.gpu_models().items() if any("A100" in m.upper() for m in models))
+    if not a100:
+        return None
+    return Finding("fp8_on_a100", Status.WARNING,
+                   f"the plan's weights are {weights} but {', '.join(a100)} run(s) on A100: FP8 tensor-core "
+                   f"acceleration is H100/Blackwell-only, so an FP8 artefact runs there without it (about INT8 "
+                   f"speed, without INT8's memory saving). Build and validate an INT8 artefact for A100 (9.5).",
+                   a100[0] if len(a100) == 1 else None)
