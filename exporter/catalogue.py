@@ -317,8 +317,11 @@ ROWS: tuple[Row, ...] = (
     Row("requests_per_second", "requests/s", "(load)",
         "Arrival rate: finished-request rate plus the growth of running+waiting requests.",
         requests_per_second,
+        # finished rate + backlog growth; "or (finished * 0)" keeps tiers whose engine has no gauges
         f"sum by ({_T}) (rate(vllm:request_success_total[{{w}}]) or rate(sglang:num_requests_total[{{w}}]))"
-        f" + sum by ({_T}) (delta(vllm:num_requests_running[{{w}}]) + delta(vllm:num_requests_waiting[{{w}}])) / {{ws}}",
+        f" + (sum by ({_T}) (delta(vllm:num_requests_running[{{w}}]) + delta(vllm:num_requests_waiting[{{w}}])"
+        f" or delta(sglang:num_running_reqs[{{w}}]) + delta(sglang:num_queue_reqs[{{w}}])) / {{ws}}"
+        f" or sum by ({_T}) (rate(vllm:request_success_total[{{w}}]) or rate(sglang:num_requests_total[{{w}}])) * 0)",
         _no_band("load"), _none),
     Row("ttft_p50_seconds", "s", "TTFT P50", "Median time to first token over the tier.",
         _quantile("ttft_seconds", 0.50),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, load_config, parse_duration
 
 if TYPE_CHECKING:
+    from .config import Config
     from .demo.scenarios import Scenario
 
 DESCRIPTION = """\
@@ -71,9 +72,51 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--listen", default="127.0.0.1:0",
                    help="host:port for fleetwatch's own /metrics (default: a free loopback port)")
 
+    r = sub.add_parser("rules", help="generate Prometheus recording/alerting rules, their promtool tests and runbook",
+                       description="Generate, from the metric catalogue and each tier's plan: recording rules "
+                                   "(tier:fleetwatch_<quantity>:<op><window>), alerting rules (every 9.3 band with "
+                                   "the tier's overrides, Step 13, Little's Law, findings, resize triggers), a "
+                                   "PrometheusRule rendering of the same groups, promtool tests for every alert, and "
+                                   "runbook.md. --check compares instead of writing and exits 1 on drift.")
+    r.add_argument("--config", "-c", required=True, help="fleet config YAML")
+    r.add_argument("-o", "--out", required=True, help="output directory (e.g. rules/)")
+    r.add_argument("--runbook", default="runbook.md",
+                   help="where runbook.md is written (default: runbook.md); --runbook-url is what alerts link")
+    r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/runbook.md",
+                   help="base URL of the runbook in alerts' runbook_url")
+    r.add_argument("--for", dest="for_", default="5m", help="'for:' of every alert (default: 5m)")
+    r.add_argument("--eval-interval", default=None, help="rule group interval (default: the config's interval)")
+    r.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
+
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
     v.add_argument("file", help="fleet config YAML")
     return p
+
+
+def _rules(cfg: "Config", args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .render.rules import build, runbook
+
+    try:
+        _duration(args.for_)
+    except argparse.ArgumentTypeError as e:
+        print(f"fleetwatch: --for: {e}", file=sys.stderr)
+        return 2
+    files = {Path(args.out) / name: text for name, text in build(cfg, for_=args.for_, runbook_base=args.runbook_url,
+                                                                  eval_interval=args.eval_interval).items()}
+    files[Path(args.runbook)] = runbook(cfg)
+    if args.check:
+        stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for p in stale:
+            print(f"{p}: differs from what `fleetwatch rules` generates from {cfg.path}; regenerate and commit",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    for p, text in files.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        print(f"wrote {p}")
+    return 0
 
 
 def _scenarios() -> "dict[str, Scenario]":
@@ -112,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.listen:
             cfg = replace(cfg, listen=args.listen)
         return serve(cfg)
+    if args.command == "rules":
+        return _rules(cfg, args)
     if args.command == "check":
         from .check import format_json, format_table, run_check
 

@@ -1,0 +1,1 @@
+"""Generators: catalogue and plans -> rules, runbook (and later dashboards)."""

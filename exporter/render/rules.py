@@ -1,0 +1,431 @@
+"""Catalogue + plans -> Prometheus recording and alerting rules, their promtool tests, a runbook.
+
+Pure: ``build(config, ...)`` returns file name -> text. Every alert is an ``AlertSpec``: the rule,
+its runbook entry and its two promtool test cases (a series that fires it, one at the boundary that
+must not) come from that one object, so none of them can miss an alert. Only what Prometheus 2.42
+accepts: no group ``labels``, no ``query_offset``, no native histograms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import yaml
+
+from ..catalogue import ROWS, Context, apply_override
+from ..config import Config, TierConfig, format_duration
+from ..model import Band, Threshold
+from ..window import Quantity
+
+PREFIX = "Fleetwatch"
+RUNBOOK = "runbook.md"
+# the aggregation in each recording rule's name: tier:fleetwatch_<key>:<op><window>
+OPS = {"requests_per_second": "rate", "ttft_p50_seconds": "rate", "ttft_p99_seconds": "rate",
+       "itl_p50_seconds": "rate", "itl_p99_seconds": "rate", "kv_cache_utilization_ratio": "avg",
+       "kv_cache_eviction_ratio": "increase", "prefix_cache_hit_ratio": "rate", "queue_depth_requests": "avg",
+       "fleet_utilization_ratio": "rate", "gpu_memory_utilization_ratio": "avg",
+       "gpu_compute_utilization_ratio": "avg", "spec_decode_acceptance_ratio": "rate",
+       "tokens_per_gpu_hour": "rate", "cost_per_million_tokens_usd": "rate"}
+
+# 9.3 "what it tells you", what to check, what to do: the runbook, per band alert
+ROW_TEXT: dict[str, tuple[str, str, str, str]] = {
+    # key: (alert stem, meaning, check, do)
+    "ttft_p50_seconds": ("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
+                         "workload shifted beyond the benchmark (P50 and P99 both violating).",
+                         "Queue depth and fleet utilization of the tier; input length P95 against the plan.",
+                         "Scale the tier up if utilization is high; otherwise re-characterize the workload (Step 1)."),
+    "ttft_p99_seconds": ("TTFTP99High", "Tail time to first token violates or approaches the SLO. P99 bad with P50 "
+                         "fine means queueing or prefill interference.",
+                         "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
+                         "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker."),
+    "itl_p50_seconds": ("ITLP50High", "Inter-token latency is elevated at the median: decode batch too large or "
+                        "decode hardware undersized.", "Running batch size, KV cache usage, GPU compute utilization.",
+                        "Lower max_num_seqs or scale the tier; consider P/D disaggregation."),
+    "itl_p99_seconds": ("ITLP99High", "Inter-token latency spikes at P99: prefill interference.",
+                        "Prefill tokens per step (max_num_batched_tokens), long prompts in the mix.",
+                        "Try chunked prefill with a smaller token budget, or separate long-prompt traffic."),
+    "kv_cache_utilization_ratio": ("KVCacheUtilizationHigh", "KV cache near the ceiling: it becomes the bottleneck "
+                                   "before compute does.", "KV usage per instance, eviction ratio, input lengths.",
+                                   "Evaluate KV cache quantization or offloading; cap max_input_tokens at the gateway."),
+    "kv_cache_eviction_ratio": ("KVCacheEvictionHigh", "Requests are preempted for KV space: above 5% the KV budget "
+                                "is undersized; above 20% it is the memory pressure cascade, which shows up as "
+                                "latency.", "Preemptions per finished request, KV usage, prompt P95 against the plan.",
+                                "Add KV capacity (instances, quantized KV, offload) or cap input length; "
+                                "re-characterize if prompts grew."),
+    "prefix_cache_hit_ratio": ("PrefixCacheHitLow", "Low prefix cache hits on a workload with known prefix reuse: "
+                               "routing misconfiguration or a cache too small.",
+                               "Prefix-aware routing, cache size, whether the shared prefixes changed.",
+                               "Fix routing (session or prefix affinity) or give the cache more room."),
+    "queue_depth_requests": ("QueueDepthHigh", "The queue nears Little's Law's limit (max wait x arrival rate): "
+                             "requests queue faster than they are served.",
+                             "Arrival rate against the plan's peak, fleet utilization, instances up.",
+                             "Scale up; make sure the gateway circuit breaker sheds load at 80-90% of the limit."),
+    "fleet_utilization_ratio": ("Utilization", "Load against usable capacity: below 40% is the utilization trap "
+                                "(idle GPUs inflate cost per token); above 80% leaves little headroom; above 90% "
+                                "none.", "Requests per second against the plan's peak and the instances up.",
+                                "Below 40%: scale down or consolidate. Above 80-90%: scale up or quantize."),
+    "gpu_memory_utilization_ratio": ("GPUMemory", "GPU memory: below 70% is over-provisioned; above 90-95% risks "
+                                     "OOM on spikes.", "gpu_memory_utilization setting, weights and KV pool sizes.",
+                                     "Resize the KV pool or the model's footprint; pick a smaller GPU if far below."),
+    "gpu_compute_utilization_ratio": ("GPUComputeLow", "Low compute during active serving: batches too small or "
+                                      "the workload is decode-dominated.", "Running batch size, max_num_seqs.",
+                                      "Raise batch size / concurrency; consider a cheaper tier for decode."),
+    "spec_decode_acceptance_ratio": ("SpecDecodeAcceptanceLow", "The draft model matches current traffic poorly: "
+                                     "below 50% speculative decoding costs more than it saves.",
+                                     "Acceptance by traffic type; draft model version.",
+                                     "Disable speculative decoding or retune the draft model."),
+    "lora_adapter_cache_hit_ratio": ("LoRAAdapterCacheHitLow", "Adapter variants compete for GPU memory.",
+                                     "Adapters per instance, max_loras, adapter ranks.",
+                                     "Increase max_loras or reduce adapter rank; route adapters to fewer instances."),
+    "lora_adapter_evictions_per_second": ("LoRAAdapterEvictions", "Adapters are paged out and reloaded on demand: "
+                                          "TTFT spikes on specific tenants.", "Running vs waiting adapters.",
+                                          "Increase max_loras or pin hot adapters to dedicated instances."),
+}
+
+# rows without PromQL of their own read fleetwatch's exported per-tier gauge instead
+GAUGE_ROWS = {"lora_adapter_cache_hit_ratio", "lora_adapter_evictions_per_second"}
+
+FINDINGS: dict[str, tuple[str, str, str, str]] = {
+    "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's Step 1 "
+                           "profile.", "The workload block of the report against the plan.",
+                           "Return to Step 1: re-characterize the workload, then re-run Steps 7-11."),
+    "output_length_drift": ("OutputLengthDrift", "Output length P95/P99 moved beyond the tolerance from the plan.",
+                            "Output P99, finished_reason shares.", "Return to Step 1; set max_output_tokens."),
+    "runaway_generation": ("RunawayGeneration", "A growing share of requests stops at max_tokens: runaway "
+                           "generation holds decode slots.", "finished_reason=length share; prompts that loop.",
+                           "Enforce max_new_tokens at the gateway; add runaway pattern detection (9.4)."),
+    "mixed_tier": ("MixedTier", "An instance does not behave like its tier (different GPU model, or its P99 far "
+                   "above the tier's median).", "GPU model of each instance; the named instance's placement.",
+                   "Move it to its own tier with its own benchmark curve and plan (9.5)."),
+    "fp8_on_a100": ("FP8OnA100", "FP8 weights on A100s run without the FP8 tensor-core path.",
+                    "plan.precision.weights and the tier's GPU models.", "Build and validate an INT8 artefact."),
+    "peak_above_plan": ("PeakAbovePlan", "The observed peak exceeds the plan's Step 1 peak.",
+                        "Requests per second history.", "Re-run Step 1 with the new peak; resize."),
+    "instances_differ_from_plan": ("InstancesDifferFromPlan", "Deployed instances differ from the plan (Step 11).",
+                                   "Targets configured or discovered.", "Deploy what the plan says or re-plan."),
+}
+
+
+@dataclass(frozen=True)
+class TestCase:
+    series: tuple[tuple[str, str], ...]  # (series, values); the first is the one compared
+    fires: bool
+    labels: dict[str, str] = field(default_factory=dict)  # labels the alert keeps from its series
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    name: str
+    severity: str
+    tier: str
+    expr: str
+    summary: str
+    description: str  # may use {{ $value | printf "%.4g" }}
+    runbook: tuple[str, str, str]  # meaning, check, do
+    cases: tuple[TestCase, ...] = ()
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    op: str = "=="  # fires when the first test series' value <op> th (the promtool cases' arithmetic)
+    th: float = 1.0
+
+    def rule(self, for_: str, runbook_base: str) -> dict[str, Any]:
+        return {"alert": self.name, "expr": self.expr, "for": for_,
+                "labels": {"severity": self.severity, "tier": self.tier, **self.extra_labels},
+                "annotations": {"summary": self.summary, "description": self.description,
+                                "runbook_url": f"{runbook_base}#{self.name.lower()}"}}
+
+
+def _g(v: float) -> str:
+    """Go's printf "%.4g" for the values the tests use (same as Python's)."""
+    return "%.4g" % v
+
+
+VALUE = '{{ $value | printf "%.4g" }}'
+
+
+def record_name(key: str, window: str) -> str:
+    return f"tier:fleetwatch_{key}:{OPS[key]}{window}"
+
+
+def recording_rules(window: float) -> list[dict[str, str]]:
+    w = format_duration(window)
+    out = []
+    for row in ROWS:
+        if not row.promql:
+            continue
+        expr = row.promql.replace("{w}", w).replace("{ws}", f"{window:g}")
+        out.append({"record": record_name(row.key, w), "expr": expr})
+    return out
+
+
+def _threshold_cases(series: str, t: Threshold, above: bool) -> tuple[TestCase, TestCase]:
+    """Fire beyond the threshold; at the boundary (or just inside an inclusive one) it must not."""
+    step = max(abs(t.value) * 0.5, 0.01)
+    fire = t.value + step if above else max(t.value - step, t.value / 2)
+    edge = t.value if not t.inclusive else (t.value - step / 10 if above else t.value + step / 10)
+    return TestCase(((series, f"{_g(fire)}x40"),), True), TestCase(((series, f"{_g(edge)}x40"),), False)
+
+
+def _band(tier: TierConfig, key: str) -> Band | None:
+    row = next(r for r in ROWS if r.key == key)
+    values = {r.key: Quantity(None) for r in ROWS}
+    values["requests_per_second"] = Quantity(1.0)  # "while serving": rules add the serving condition themselves
+    ctx = Context(tier.plan, values, {})
+    return apply_override(row.band(ctx), tier.bands.get(key))
+
+
+def band_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
+    out: list[AlertSpec] = []
+    t = tier.name
+    for row in ROWS:
+        if row.key not in ROW_TEXT or row.key == "queue_depth_requests":
+            continue
+        band = _band(tier, row.key)
+        if band is None:
+            continue
+        stem, meaning, check, do = ROW_TEXT[row.key]
+        if row.key in GAUGE_ROWS:
+            series = f'fleetwatch_{row.key}{{tier="{t}"}}'
+        else:
+            series = f'{record_name(row.key, window)}{{tier="{t}"}}'
+        serving = ""
+        if row.key == "gpu_compute_utilization_ratio":
+            serving = f' and on (tier) {record_name("requests_per_second", window)}{{tier="{t}"}} > 0'
+        for attr, severity, above in (("warning_above", "warning", True), ("critical_above", "critical", True),
+                                      ("warning_below", "warning", False), ("critical_below", "critical", False)):
+            th: Threshold | None = getattr(band, attr)
+            if th is None:
+                continue
+            op = (">=" if th.inclusive else ">") if above else ("<=" if th.inclusive else "<")
+            name = _alert_name(row.key, stem, above, severity)
+            fire, edge = _threshold_cases(series, th, above)
+            extra: tuple[tuple[str, str], ...] = ()
+            if serving:
+                extra = ((f'{record_name("requests_per_second", window)}{{tier="{t}"}}', "5x40"),)
+            fire = TestCase(fire.series + extra, True)
+            edge = TestCase(edge.series + extra, False)
+            out.append(AlertSpec(
+                name, severity, t, f"{series} {op} {th.value:g}{serving}",
+                summary=f"Tier {t}: {row.title} {'above' if above else 'below'} {th.value:g} ({severity})",
+                description=f"{row.title} of tier {t} is {VALUE} {row.unit}, {'above' if above else 'below'} the "
+                            f"{severity} threshold {th.value:g} (target: {band.target}). {meaning}",
+                runbook=(meaning, check, do), cases=(fire, edge),
+                op=op, th=th.value))
+    return out
+
+
+def _alert_name(key: str, stem: str, above: bool, severity: str) -> str:
+    if key == "fleet_utilization_ratio":
+        if not above:
+            return f"{PREFIX}UtilizationTrap"
+        return f"{PREFIX}NoHeadroom" if severity == "critical" else f"{PREFIX}UtilizationHigh"
+    if key == "gpu_memory_utilization_ratio":
+        return f"{PREFIX}{stem}{'High' if above else 'Low'}"
+    return f"{PREFIX}{stem}"
+
+
+def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
+    t, plan = tier.name, tier.plan
+    out: list[AlertSpec] = []
+    rps = f'{record_name("requests_per_second", window)}{{tier="{t}"}}'
+    queue = f'{record_name("queue_depth_requests", window)}{{tier="{t}"}}'
+    stem, meaning, check, do = ROW_TEXT["queue_depth_requests"]
+    for severity, share in (("warning", 0.8), ("critical", 0.9)):
+        limit = share * plan.slo.ttft_p99  # x arrival rate; ok below one queued request
+        out.append(AlertSpec(
+            f"{PREFIX}{stem}", severity, t, f"{queue} >= {limit:g} * {rps} and {queue} >= 1",
+            summary=f"Tier {t}: queue at {share * 100:.0f}% of Little's Law's limit ({severity})",
+            description=f"Mean queue of tier {t} is {VALUE} requests, at or above {share * 100:.0f}% of the "
+                        f"max safe depth {plan.slo.ttft_p99:g}s TTFT SLO x arrival rate. {meaning}",
+            runbook=(meaning, check, do),
+            cases=(TestCase(((queue, "50x40"), (rps, "10x40")), True),
+                   TestCase(((queue, f"{_g(limit * 10 - 0.01)}x40"), (rps, "10x40")), False)), op=">=", th=max(1.0, limit * 10)))
+    # the gateway circuit breaker recommended by fleetwatch (9.4): the queue passed its low end
+    br = f'fleetwatch_guardrail_recommended{{tier="{t}",guardrail="circuit_breaker_queue_threshold",bound="low"}}'
+    out.append(AlertSpec(
+        f"{PREFIX}QueueAboveCircuitBreaker", "warning", t, f"{queue} > on (tier) {br}",
+        summary=f"Tier {t}: queue above the recommended circuit-breaker threshold",
+        description=f"Mean queue of tier {t} is {VALUE} requests, above the breaker threshold fleetwatch "
+                    f"recommends (80% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak RPS): requests a gateway "
+                    f"breaker would have shed with a 429.",
+        runbook=("The queue passed the circuit-breaker threshold of 9.4: without a breaker, a spike becomes an "
+                 "OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
+                 "Configure the breaker at the recommended threshold; scale up if this persists."),
+        cases=(TestCase(((queue, "100x40"), (br, "80x40")), True), TestCase(((queue, "80x40"), (br, "80x40")), False)), op=">", th=80.0))
+    # Step 13: production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
+    checks = "ttft_p99_vs_benchmark|itl_p99_vs_benchmark|gpu_utilization_vs_benchmark"
+    status = f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}}'
+    observed = f'fleetwatch_plan_check_observed{{tier="{t}",check=~"{checks}"}}'
+    b = plan.benchmark
+
+    def one(series: str) -> str:
+        return series.replace(f'=~"{checks}"', '="ttft_p99_vs_benchmark"')
+
+    out.append(AlertSpec(
+        f"{PREFIX}Recharacterize", "warning", t, f"{observed} and on (tier, check) ({status} == 1)",
+        summary=f"Tier {t}: {{{{ $labels.check }}}} diverges from the benchmark (Step 13)",
+        description=f"{{{{ $labels.check }}}} of tier {t} is {VALUE}, beyond Step 13's limit against the "
+                    f"benchmark at equivalent RPS (operating point: {b.usable_rps_per_instance:g} RPS/instance, "
+                    f"TTFT P99 {b.ttft_p99:g}s, ITL P99 {b.itl_p99:g}s, GPU {b.gpu_utilization:g}). Return to "
+                    f"Step 1 and re-characterize the workload before resizing.",
+        runbook=("Production diverges from the Step 10 benchmark: TTFT P99 more than 30% above it, or GPU "
+                 "utilization more than 20 points below it, at the same RPS per instance.",
+                 "The plan checks in the report: which one, observed against predicted; the workload block.",
+                 "Return to Step 1: re-characterize the workload and re-benchmark (Steps 7-10)."),
+        cases=(TestCase(((one(status), "1x40"), (one(observed), "2.5x40")), True, {"check": "ttft_p99_vs_benchmark"}),
+               TestCase(((one(status), "0x40"), (one(observed), "2.5x40")), False, {"check": "ttft_p99_vs_benchmark"}))))
+    # target down: Prometheus's own up for engine jobs, and fleetwatch's view
+    up = f'up{{tier="{t}"}}'
+    out.append(AlertSpec(
+        f"{PREFIX}TargetDown", "warning", t, f"{up} == 0",
+        summary=f"Tier {t}: a target is down", description=f"{{{{ $labels.instance }}}} of tier {t} did not "
+        f"answer its scrape (up = {VALUE}). The tier serves with fewer instances than planned.",
+        runbook=("An engine or dcgm-exporter target does not answer.", "The pod, its logs, the node.",
+                 "Restart or replace the instance; the remaining instances carry its load meanwhile."),
+        cases=(TestCase(((up.replace("}", ',instance="x"}'), "0x40"),), True, {"instance": "x"}),
+               TestCase(((up.replace("}", ',instance="x"}'), "1x40"),), False, {"instance": "x"})), op="==", th=0.0))
+    # resize triggers carry the recommended count as $value
+    for action, severity in (("scale_up", "critical"), ("scale_down", "info")):
+        rec = f'fleetwatch_recommended_instances{{tier="{t}"}}'
+        act = f'fleetwatch_resize_action{{tier="{t}",action="{action}"}}'
+        name = f"{PREFIX}{'ScaleUp' if action == 'scale_up' else 'ScaleDown'}"
+        out.append(AlertSpec(
+            name, severity, t, f"{rec} and on (tier) ({act} == 1)",
+            summary=f"Tier {t}: resize to {{{{ $value }}}} instances ({action})",
+            description=f"Tier {t} needs {{{{ $value }}}} instances, has {len(tier.targets)} configured: "
+                        f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
+                        f"(1 + {plan.safety_factor:g} safety) (Step 11).",
+            runbook=("The sizing arithmetic of Step 11 asks for a different instance count.",
+                     "The resize reason in fleetwatch's report; the observed peak against the plan's.",
+                     "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
+            cases=(TestCase(((rec, "7x40"), (act, "1x40")), True), TestCase(((rec, "7x40"), (act, "0x40")), False)), extra_labels={"action": action}))
+    # findings fleetwatch computes (guardrails, drift, mixed tiers)
+    for kind, (fstem, meaning, check, do) in FINDINGS.items():
+        for severity in ("warning", "critical"):
+            f = f'fleetwatch_finding{{tier="{t}",kind="{kind}",status="{severity}"}}'
+            out.append(AlertSpec(
+                f"{PREFIX}{fstem}", severity, t, f"{f} == 1",
+                summary=f"Tier {t}: {kind.replace('_', ' ')} ({severity})",
+                description=f"fleetwatch found {kind} on tier {t}{{{{ if $labels.instance }}}} (instance "
+                            f"{{{{ $labels.instance }}}}){{{{ end }}}}. {meaning}",
+                runbook=(meaning, check, do),
+                cases=(TestCase(((f.replace("}", ',instance=""}'), "1x40"),), True, {"kind": kind, "status": severity}),
+                       TestCase(((f.replace("}", ',instance=""}'), "0x40"),), False, {"kind": kind, "status": severity}))))
+    return out
+
+
+def alerts(config: Config) -> list[AlertSpec]:
+    w = format_duration(config.window)
+    out: list[AlertSpec] = []
+    for tier in config.tiers.values():
+        out += band_alerts(tier, w) + special_alerts(tier, w)
+    return out
+
+
+def _dump(doc: Any) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
+
+
+def rule_groups(config: Config, for_: str, runbook_base: str, eval_interval: str | None = None
+                ) -> list[dict[str, Any]]:
+    interval = eval_interval or format_duration(config.interval)
+    return [
+        {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config.window)},
+        {"name": "fleetwatch-alerts", "interval": interval,
+         "rules": [a.rule(for_, runbook_base) for a in alerts(config)]},
+    ]
+
+
+def prometheus_rule(groups: list[dict[str, Any]], name: str = "fleetwatch") -> dict[str, Any]:
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "fleetwatch",
+                                                  "app.kubernetes.io/component": "rules"}},
+            "spec": {"groups": groups}}
+
+
+def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str) -> dict[str, Any]:
+    """One test per alert and case: the fire case expects exactly the rules that fire on it."""
+    specs = alerts(config)
+    interval = format_duration(config.interval)
+    eval_time = format_duration(max(config.interval * 4, _seconds(for_) + config.interval * 4))
+    tests = []
+    for spec in specs:
+        for case in spec.cases:
+            expected = []
+            for other in specs:  # the same alert name on the same inputs: every severity that fires
+                if other.name == spec.name and other.tier == spec.tier and _fires(other, case, spec):
+                    expected.append({"exp_labels": {"severity": other.severity, "tier": other.tier,
+                                                    **other.extra_labels, **case.labels},
+                                     "exp_annotations": _annotations(other, case, runbook_base)})
+            tests.append({"interval": interval,
+                          "input_series": [{"series": s, "values": v} for s, v in case.series],
+                          "alert_rule_test": [{"eval_time": eval_time, "alertname": spec.name,
+                                               "exp_alerts": expected}]})
+    return {"rule_files": [rule_file], "evaluation_interval": interval, "tests": tests}
+
+
+def _seconds(d: str) -> float:
+    from ..config import parse_duration
+
+    return parse_duration(d)
+
+
+def _first_value(case: TestCase) -> float:
+    return float(case.series[0][1].split("x")[0])
+
+
+def _fires(spec: AlertSpec, case: TestCase, origin: AlertSpec) -> bool:
+    if spec is origin:
+        return case.fires
+    if not spec.cases or spec.cases[0].series[0][0] != case.series[0][0]:
+        return False  # compares another series
+    v, th = _first_value(case), spec.th
+    return {">=": v >= th, "<=": v <= th, ">": v > th, "<": v < th, "==": v == th}[spec.op]
+
+
+def _render(template: str, case: TestCase, spec: AlertSpec) -> str:
+    # $value is the sample of the series the expression returns: the observed value for Step 13
+    returned = case.series[1] if spec.name.endswith("Recharacterize") else case.series[0]
+    v = float(returned[1].split("x")[0])
+    out = template.replace(VALUE, _g(v)).replace("{{ $value }}", _g(v))
+    for k, val in case.labels.items():
+        out = out.replace(f"{{{{ $labels.{k} }}}}", val)
+    if "{{ if $labels.instance }}" in out:
+        inst = case.labels.get("instance", "")
+        head, rest = out.split("{{ if $labels.instance }}", 1)
+        inner, tail = rest.split("{{ end }}", 1)
+        out = head + (inner.replace("{{ $labels.instance }}", inst) if inst else "") + tail
+    return out
+
+
+def _annotations(spec: AlertSpec, case: TestCase, runbook_base: str) -> dict[str, str]:
+    return {"summary": _render(spec.summary, case, spec), "description": _render(spec.description, case, spec),
+            "runbook_url": f"{runbook_base}#{spec.name.lower()}"}
+
+
+def runbook(config: Config) -> str:
+    seen: dict[str, AlertSpec] = {}
+    severities: dict[str, set[str]] = {}
+    for a in alerts(config):
+        seen.setdefault(a.name, a)
+        severities.setdefault(a.name, set()).add(a.severity)
+    lines = ["# fleetwatch runbook", "",
+             "Generated by `fleetwatch rules` with the rules in `rules/`; every alert has an entry. Each says",
+             "what the alert means (the 9.3 \"what it tells you\"), what to check, and what to do.", ""]
+    for name in sorted(seen):
+        meaning, check, do = seen[name].runbook
+        lines += [f"## {name}", "", f"Severity: {', '.join(sorted(severities[name]))}.", "",
+                  f"- **Meaning.** {meaning}", f"- **Check.** {check}", f"- **Do.** {do}", ""]
+    return "\n".join(lines)
+
+
+def build(config: Config, *, for_: str = "5m", runbook_base: str = RUNBOOK,
+          eval_interval: str | None = None) -> dict[str, str]:
+    """file name (relative to the output directory) -> contents."""
+    groups = rule_groups(config, for_, runbook_base, eval_interval)
+    header = "# Generated by `fleetwatch rules`; do not edit. Regenerate and commit.\n"
+    return {
+        "fleetwatch.rules.yml": header + _dump({"groups": groups}),
+        "fleetwatch-prometheusrule.yaml": header + _dump(prometheus_rule(groups)),
+        "tests/fleetwatch_test.yml": header + _dump(promtool_tests(config, for_, runbook_base,
+                                                                    "../fleetwatch.rules.yml")),
+    }
