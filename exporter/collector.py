@@ -13,6 +13,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.registry import Collector
 
 from .catalogue import ROWS
+from .alertmanager import NotifyStats
 from .config import Config, Plan
 from .model import Report, Status
 from .scrape import ScrapeStats
@@ -47,6 +48,7 @@ class Published:
     cycles: int
     cycle_seconds: float | None
     overruns: int
+    notify: NotifyStats | None = None  # None when no Alertmanager is configured
 
 
 class Snapshot:
@@ -169,6 +171,22 @@ class FleetCollector(Collector):
                                        "Cycles skipped because the previous one was still running.")
         overruns.add_metric([], float(pub.overruns))
         yield from (up, dur, errors, resets, cycles, overruns)
+        if pub.notify is not None:
+            ns = pub.notify
+            for key, help_text, values in (
+                    ("sent", "Alerts delivered to the Alertmanager.", ns.sent),
+                    ("failed", "POSTs to the Alertmanager that failed (the alerts stay queued).", ns.failed),
+                    ("dropped", "Alerts pushed out of the Alertmanager's full retry queue.", ns.dropped)):
+                c = CounterMetricFamily(f"fleetwatch_alertmanager_notifications_{key}", help_text,
+                                        labels=["alertmanager"])
+                for url, v in sorted(values.items()):
+                    c.add_metric([url], float(v))
+                yield c
+            q = GaugeMetricFamily("fleetwatch_alertmanager_queue_length", "Alerts waiting to be delivered.",
+                                  labels=["alertmanager"])
+            for url, v in sorted(ns.queued.items()):
+                q.add_metric([url], float(v))
+            yield q
         if pub.cycle_seconds is not None:
             d = GaugeMetricFamily("fleetwatch_cycle_duration_seconds", "Duration of the last cycle.")
             d.add_metric([], pub.cycle_seconds)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from .alertmanager import AlertmanagerClient, alerts_from_report
 from .collector import Published, Snapshot, make_registry
 from .config import Config
 from .evaluate import HistoryPoint, evaluate, peak_sample
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 class Pipeline:
     """The state a daemon carries between cycles. ``cycle`` is called from one thread at a time."""
 
-    def __init__(self, config: Config, scraper: Scraper, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, scraper: Scraper, clock: Callable[[], float] = time.time,
+                 notifier: AlertmanagerClient | None = None) -> None:
         self.config = config
+        self.notifier = notifier
         self.scraper = scraper
         self.clock = clock
         self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()})
@@ -72,8 +75,14 @@ class Pipeline:
         now = samples[0].timestamp if samples else self.clock()
         report = self.evaluate(now)
         self.cycles += 1
+        if self.notifier is not None:
+            try:
+                self.notifier.update(alerts_from_report(report))
+                self.notifier.flush()  # bounded by its timeout; failures stay queued
+            except Exception:  # noqa: BLE001 - notification trouble must not stop evaluation
+                log.exception("notifying Alertmanager failed")
         self.snapshot.publish(Published(report, self.scraper.stats.copy(), self.cycles, time.monotonic() - t0,
-                                        self.overruns))
+                                        self.overruns, self.notifier.stats() if self.notifier else None))
         worst = [f"{n}:{t.resize.action}" for n, t in report.tiers.items()]
         log.info("cycle %d done in %.2fs; %s", self.cycles, time.monotonic() - t0, " ".join(worst))
         return report
@@ -145,7 +154,12 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
-    pipeline = Pipeline(config, scraper)
+    notifier = None
+    if config.alertmanagers:
+        verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
+        notifier = AlertmanagerClient(config.alertmanagers, interval=config.interval, verify=verify,
+                                      timeout=min(5.0, config.interval / 2))
+    pipeline = Pipeline(config, scraper, notifier=notifier)
     registry = make_registry(config, pipeline.snapshot)
     server = Server(config.listen_host, config.listen_port, registry, pipeline.healthy)
     server.start()
@@ -180,6 +194,8 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     scheduler.shutdown(wait=True)  # lets a running cycle finish; it is bounded by scrape_timeout
     server.stop()
     scraper.close()
+    if notifier is not None:
+        notifier.close()
     log.info("stopped")
     return 0
 

@@ -35,3 +35,13 @@ def binary(name: str) -> str:
     need(path is not None, f"{name} not installed (apt-get install prometheus prometheus-alertmanager)")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def alertmanager():  # type: ignore[no-untyped-def]
+    """One real Alertmanager for the whole test session."""
+    from realbins import Alertmanager
+
+    am = Alertmanager(binary("prometheus-alertmanager"))
+    yield am
+    am.stop()

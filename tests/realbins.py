@@ -52,3 +52,64 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+ALERTMANAGER_CONFIG = """\
+route:
+  receiver: "null"
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: "null"
+"""
+
+
+class Alertmanager:
+    """A real prometheus-alertmanager on a loopback port, clustering off. ``restart`` keeps the port."""
+
+    def __init__(self, binary: str, config_text: str = ALERTMANAGER_CONFIG, port: int | None = None) -> None:
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="fw-am-")
+        self.cfg = Path(self.dir) / "alertmanager.yml"
+        self.cfg.write_text(config_text)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(Path(self.dir) / "log.txt", "a")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.cfg}", f"--storage.path={self.dir}/data",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"alertmanager exited: {(Path(self.dir) / 'log.txt').read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("alertmanager did not become ready")
+
+    def alerts(self, **labels: str) -> list[dict[str, Any]]:
+        r = requests.get(self.url + "/api/v2/alerts", timeout=5)
+        r.raise_for_status()
+        return [a for a in r.json() if all(a["labels"].get(k) == v for k, v in labels.items())]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def wipe(self) -> None:
+        """Forget every alert (a fresh data directory), as a replaced Alertmanager pod would."""
+        import shutil
+
+        shutil.rmtree(Path(self.dir) / "data", ignore_errors=True)

@@ -1,0 +1,174 @@
+"""Alertmanager API v2 client: fleetwatch posts its own fleet-level verdicts.
+
+It behaves as Prometheus does towards Alertmanager:
+- every alert has a stable label set, so its fingerprint stays the same while it fires;
+- firing alerts are re-sent every ``resend_delay`` with ``endsAt = now + 4 x max(interval, resend_delay)``;
+- an alert that stops firing is sent with ``endsAt = now`` and re-sent for 15 minutes;
+- it posts to every configured Alertmanager (an HA set), never through a load balancer;
+- each Alertmanager has its own bounded queue holding the latest state of each alert, so an outage
+  loses nothing but the oldest alerts beyond ``max_queue`` (counted as dropped).
+``alerts_from_report`` is pure; ``AlertmanagerClient`` does the I/O.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+import requests
+
+from .model import Report, Status
+
+log = logging.getLogger(__name__)
+
+RESEND_DELAY_SECONDS = 60.0  # Prometheus's --rules.alert.resend-delay
+RESOLVED_RESEND_SECONDS = 900.0  # Prometheus keeps sending resolved alerts for 15 minutes
+_SEVERITY = {Status.CRITICAL: "critical", Status.WARNING: "warning"}
+
+
+def _camel(kind: str) -> str:
+    special = {"fp8": "FP8", "a100": "A100"}
+    return "".join(special.get(p, p.capitalize()) for p in kind.split("_"))
+
+
+@dataclass(frozen=True)
+class Alert:
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(self.labels.items()))
+
+
+def alerts_from_report(report: Report) -> list[Alert]:
+    """What is firing now: resize triggers and every warning or critical finding, per tier."""
+    out: list[Alert] = []
+    for name, t in report.tiers.items():
+        r = t.resize
+        breaker = t.guardrails.get("circuit_breaker_queue_threshold")
+        breaker_value = breaker.get("value") if isinstance(breaker, dict) else None
+        if r.action in ("scale_up", "scale_down", "recharacterize"):
+            out.append(Alert(
+                {"alertname": "FleetwatchResizeTrigger", "tier": name, "action": r.action,
+                 "severity": "critical" if r.action == "scale_up" else "warning"},
+                {"summary": f"tier {name}: {r.action.replace('_', ' ')} to {r.recommended_instances} instances"
+                 if r.action != "recharacterize" else f"tier {name}: re-characterize the workload",
+                 "description": r.reason,
+                 "recommended_instances": str(r.recommended_instances),
+                 "current_instances": str(r.current_instances),
+                 "circuit_breaker_queue_threshold": "" if breaker_value is None else str(breaker_value)}))
+        for f in t.findings:
+            if f.status not in _SEVERITY:
+                continue
+            labels = {"alertname": f"Fleetwatch{_camel(f.kind)}", "tier": name, "severity": _SEVERITY[f.status]}
+            if f.instance:
+                labels["instance"] = f.instance
+            out.append(Alert(labels, {"summary": f"tier {name}: {f.kind.replace('_', ' ')}",
+                                      "description": f.message}))
+    return out
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _State:
+    alert: Alert
+    starts_at: float
+    last_sent: float | None = None
+    resolved_at: float | None = None
+
+
+@dataclass
+class NotifyStats:
+    sent: dict[str, int] = field(default_factory=dict)  # alerts delivered, per Alertmanager
+    failed: dict[str, int] = field(default_factory=dict)  # POSTs that failed
+    dropped: dict[str, int] = field(default_factory=dict)  # alerts pushed out of a full queue
+    queued: dict[str, int] = field(default_factory=dict)
+
+
+class AlertmanagerClient:
+    def __init__(self, urls: Iterable[str], *, interval: float, session: requests.Session | None = None,
+                 timeout: float = 5.0, resend_delay: float = RESEND_DELAY_SECONDS, max_queue: int = 10000,
+                 generator_url: str = "", verify: bool | str = True, clock: Callable[[], float] = time.time) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.interval, self.timeout, self.resend_delay = interval, timeout, resend_delay
+        self.max_queue, self.generator_url, self.verify, self.clock = max_queue, generator_url, verify, clock
+        self.session = session or requests.Session()
+        self.session.trust_env = False
+        self.active: dict[tuple[tuple[str, str], ...], _State] = {}
+        self.queues: dict[str, OrderedDict[tuple[tuple[str, str], ...], dict[str, Any]]] = {
+            u: OrderedDict() for u in self.urls}
+        self._stats = NotifyStats({u: 0 for u in self.urls}, {u: 0 for u in self.urls}, {u: 0 for u in self.urls})
+        self._lock = threading.Lock()
+
+    def stats(self) -> NotifyStats:
+        with self._lock:
+            return NotifyStats(dict(self._stats.sent), dict(self._stats.failed), dict(self._stats.dropped),
+                               {u: len(q) for u, q in self.queues.items()})
+
+    def update(self, firing: Iterable[Alert], now: float | None = None) -> None:
+        """Record what fires now and queue what is due for (re-)sending."""
+        now = self.clock() if now is None else now
+        current = {a.fingerprint: a for a in firing}
+        for fp, a in current.items():
+            st = self.active.get(fp)
+            if st is None or st.resolved_at is not None:
+                self.active[fp] = _State(a, now)  # a new alert, or one firing again after it resolved
+            else:
+                st.alert = a  # annotations may change; the labels, and so the fingerprint, do not
+        for fp, st in list(self.active.items()):
+            if fp not in current and st.resolved_at is None:
+                st.resolved_at, st.last_sent = now, None  # send the resolution at once
+            if st.resolved_at is not None and now - st.resolved_at > RESOLVED_RESEND_SECONDS:
+                del self.active[fp]
+        ends_firing = now + 4 * max(self.interval, self.resend_delay)
+        for fp, st in self.active.items():
+            if st.last_sent is not None and now - st.last_sent < self.resend_delay:
+                continue
+            st.last_sent = now
+            payload = {"labels": dict(st.alert.labels), "annotations": dict(st.alert.annotations),
+                       "startsAt": _iso(st.starts_at),
+                       "endsAt": _iso(ends_firing if st.resolved_at is None else st.resolved_at)}
+            if self.generator_url:
+                payload["generatorURL"] = self.generator_url
+            for url, q in self.queues.items():
+                q[fp] = payload  # the latest state of an alert replaces an undelivered older one
+                q.move_to_end(fp)
+                while len(q) > self.max_queue:
+                    q.popitem(last=False)
+                    with self._lock:
+                        self._stats.dropped[url] += 1
+
+    def flush(self) -> None:
+        """POST each Alertmanager's queue; what fails stays queued for the next flush."""
+        for url, q in self.queues.items():
+            if not q:
+                continue
+            batch = list(q.items())
+            try:
+                r = self.session.post(f"{url}/api/v2/alerts", json=[p for _, p in batch], timeout=self.timeout,
+                                      verify=self.verify, allow_redirects=False)
+                ok = 200 <= r.status_code < 300
+                reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
+            except requests.RequestException as e:
+                ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            with self._lock:
+                if ok:
+                    for fp, p in batch:
+                        if q.get(fp) is p:  # not replaced meanwhile
+                            del q[fp]
+                    self._stats.sent[url] += len(batch)
+                else:
+                    self._stats.failed[url] += 1
+            if not ok:
+                log.warning("alertmanager %s: %d alerts not delivered, kept for retry: %s", url, len(batch), reason)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,109 @@
+"""fleetwatch's own notifications reach a real Alertmanager, resolve, and survive an outage."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from exporter.alertmanager import Alert, AlertmanagerClient, alerts_from_report
+from exporter.model import Finding, Report, Resize, Status, TierReport
+
+from conftest import binary
+from realbins import Alertmanager
+
+
+def report(action: str, findings: tuple[Finding, ...] = ()) -> Report:
+    tier = TierReport("h100", 5, 5, {}, (), Resize(5, 7, action, "tier h100 needs 7 instances, has 5: ...", 40.0),
+                      {}, findings, {"circuit_breaker_queue_threshold": {"value": 85, "low": 80, "high": 90}})
+    return Report(generated_at=time.time(), window_seconds=300, tiers={"h100": tier})
+
+
+def _time(s: str) -> float:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def wait_for(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_alerts_from_a_report_have_stable_labels() -> None:
+    a = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),
+                                                Finding("target_down", Status.OK, "fine"))))
+    names = {x.labels["alertname"]: x for x in a}
+    assert set(names) == {"FleetwatchResizeTrigger", "FleetwatchMixedTier"}
+    assert names["FleetwatchResizeTrigger"].annotations["recommended_instances"] == "7"
+    assert names["FleetwatchMixedTier"].labels["instance"] == "h100-3"
+    again = alerts_from_report(report("scale_up"))
+    assert again[0].fingerprint == names["FleetwatchResizeTrigger"].fingerprint  # the count is not a label
+
+
+def test_resize_trigger_round_trip_through_a_real_alertmanager(alertmanager: Alertmanager) -> None:
+    client = AlertmanagerClient([alertmanager.url], interval=1.0)
+    client.update(alerts_from_report(report("scale_up")))
+    client.flush()
+    got = wait_for(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100"))
+    assert len(got) == 1, got
+    a = got[0]
+    assert a["labels"] == {"alertname": "FleetwatchResizeTrigger", "tier": "h100", "action": "scale_up",
+                           "severity": "critical"}
+    assert a["annotations"]["recommended_instances"] == "7" and "needs 7 instances" in a["annotations"]["description"]
+    assert a["status"]["state"] == "active"
+    assert _time(a["endsAt"]) - _time(a["startsAt"]) >= 4 * 60 - 5  # 4 x max(interval, resend delay)
+    # the trigger clears: the same labels are sent with endsAt = now and Alertmanager resolves it
+    client.update([])
+    client.flush()
+    resolved = wait_for(lambda: not alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100")
+                        or all(_time(x["endsAt"]) <= time.time() + 1 for x in
+                               alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100")))
+    assert resolved
+    assert client.stats().sent[alertmanager.url] == 2 and client.stats().failed[alertmanager.url] == 0
+
+
+def test_an_outage_loses_nothing() -> None:
+    am = Alertmanager(binary("prometheus-alertmanager"))
+    try:
+        client = AlertmanagerClient([am.url], interval=1.0, timeout=1.0)
+        am.stop()
+        am.wipe()
+        firing = [Alert({"alertname": "FleetwatchResizeTrigger", "tier": "a100", "action": "scale_up",
+                         "severity": "critical"}, {"summary": "scale up", "description": "needs 4"})]
+        client.update(firing)
+        client.flush()  # refused: kept
+        assert client.stats().failed[am.url] == 1 and client.stats().queued[am.url] == 1
+        client.update(firing)  # still firing while Alertmanager is away; nothing new is due yet
+        client.flush()
+        am.start()  # back, with no memory of the alert
+        client.update(firing)
+        client.flush()
+        got = wait_for(lambda: am.alerts(alertname="FleetwatchResizeTrigger", tier="a100"))
+        assert len(got) == 1 and got[0]["annotations"]["description"] == "needs 4"
+        assert client.stats().queued[am.url] == 0 and client.stats().dropped[am.url] == 0
+    finally:
+        am.stop()
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_it() -> None:
+    client = AlertmanagerClient(["http://127.0.0.1:9"], interval=1.0, max_queue=2, timeout=0.2)
+    client.update([Alert({"alertname": "A", "tier": str(i)}, {}) for i in range(3)])
+    assert client.stats().dropped["http://127.0.0.1:9"] == 1 and client.stats().queued["http://127.0.0.1:9"] == 2
+
+
+def test_resolved_alerts_are_resent_for_15_minutes_then_forgotten() -> None:
+    now = [1000.0]
+    client = AlertmanagerClient(["http://127.0.0.1:9"], interval=15.0, clock=lambda: now[0])
+    a = Alert({"alertname": "A", "tier": "t"}, {})
+    client.update([a])
+    client.update([])  # resolved at 1000
+    queued = client.queues["http://127.0.0.1:9"]
+    assert next(iter(queued.values()))["endsAt"].startswith("1970-01-01T00:16:40")
+    for t in (1061.0, 1500.0, 1899.0):
+        now[0] = t
+        client.update([])
+        assert a.fingerprint in client.active
+    now[0] = 1901.0
+    client.update([])
+    assert a.fingerprint not in client.active
