@@ -27,7 +27,7 @@ from ..model import Report
 from ..scrape import Scraper
 from .fleet import DEFAULT_TIERS, FleetServers, SimFleet
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS, Scenario
 from .sweep import PLANS_DIR, measure_all, write_plans
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,12 @@ class Demo:
         self.workdir.cleanup()
 
 
-def start_fleet(scenario: str = "healthy", *, flavour: str = DEFAULT_FLAVOUR, seed: int = 0,
+def start_fleet(scenario: str | Scenario = "healthy", *, flavour: str = DEFAULT_FLAVOUR, seed: int = 0,
                 plans: dict[str, Path] | None = None, warmup: float = WARMUP_SECONDS,
-                listen: str = "127.0.0.1:0") -> Demo:
+                listen: str = "127.0.0.1:0", interval: float = INTERVAL_SECONDS, window: float = WINDOW_SECONDS,
+                alertmanagers: tuple[str, ...] = ()) -> Demo:
     """Build the fleet for ``scenario``, warm it up, serve it, and write its config."""
-    sc = SCENARIOS[scenario]
+    sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     workdir = tempfile.TemporaryDirectory(prefix="fleetwatch-demo-")
     plans = plans or {spec.name: PLANS_DIR / f"{spec.name}.yaml" for spec in DEFAULT_TIERS}
     usable = {}
@@ -118,10 +119,12 @@ def start_fleet(scenario: str = "healthy", *, flavour: str = DEFAULT_FLAVOUR, se
                             "dcgm": servers.dcgm[inst.node].url,
                             "gpus": {"indices": [str(g) for g in inst.gpu_indices]}})
         tiers[spec.name] = {"plan": str(plans[spec.name]), "targets": targets}
-    doc = {"interval": f"{INTERVAL_SECONDS:g}s", "window": f"{WINDOW_SECONDS:g}s", "scrape_timeout": "2s",
-           "listen": listen, "tiers": tiers}
+    doc: dict[str, object] = {"interval": f"{interval:g}s", "window": f"{window:g}s",
+                              "scrape_timeout": f"{min(2.0, interval * 0.8):g}s", "listen": listen, "tiers": tiers}
+    if alertmanagers:
+        doc["alertmanagers"] = list(alertmanagers)
     path = Path(workdir.name) / "fleet.yaml"
-    path.write_text(f"# fleetwatch demo, scenario {scenario}: {sc.what_happens}\n"
+    path.write_text(f"# fleetwatch demo, scenario {sc.name}: {sc.what_happens}\n"
                     + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return Demo(fleet, servers, load_config(str(path)), path, workdir)
 

@@ -1,0 +1,116 @@
+"""End to end: a real Prometheus, configured from deploy/prometheus/prometheus.example.yml with the
+rules `fleetwatch rules` generates, scrapes a simulated two-tier fleet and fleetwatch itself and
+sends to a real Alertmanager, to which fleetwatch also posts its own verdicts.
+
+- a100's KV cache runs short: its KV-eviction critical alert reaches Alertmanager, h100's does not;
+- h100 is undersized: a resize trigger reaches Alertmanager, from the rules and from fleetwatch.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from exporter.daemon import Server, serve
+from exporter.demo.fleet import TierBehaviour
+from exporter.demo.run import WallClock, start_fleet
+from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
+from exporter.render.rules import build
+
+from conftest import binary
+from realbins import Alertmanager, Prometheus
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW, INTERVAL = 10.0, 1.0
+
+E2E = Scenario("e2e", "h100 undersized, a100 short of KV cache", "scale_up on h100, KV eviction on a100", {
+    "h100": TierBehaviour(load=lambda t: 1.4),
+    "a100": TierBehaviour(load=HEALTHY_LOAD["a100"], kv_scale=0.04),
+})
+
+
+def host(url: str) -> str:
+    return urlparse(url).netloc
+
+
+def prometheus_config(demo: Any, fleetwatch_url: str, rules: Path, am_url: str) -> str:
+    """The deploy example with this test's targets: static tier labels kept, Kubernetes jobs dropped."""
+    doc = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.example.yml").read_text())
+    doc["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    doc["rule_files"] = [str(rules)]
+    doc["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [host(am_url)]}]}]
+    jobs = {j["job_name"]: j for j in doc["scrape_configs"] if "kubernetes_sd_configs" not in j}
+    engines, dcgm = [], []
+    for name, tier in demo.config.tiers.items():
+        engines.append({"targets": [host(t.url) for t in tier.targets], "labels": {"tier": name}})
+        dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name}})
+    jobs["llm-engines"]["static_configs"] = engines
+    jobs["dcgm"]["static_configs"] = dcgm
+    jobs["fleetwatch"]["static_configs"] = [{"targets": [host(fleetwatch_url)]}]
+    for j in jobs.values():
+        j["scrape_timeout"] = "900ms"
+    doc["scrape_configs"] = list(jobs.values())
+    return yaml.safe_dump(doc)
+
+
+def wait_until(check, timeout: float) -> Any:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    return check()
+
+
+@pytest.mark.integration
+def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    prometheus_bin = binary("prometheus")
+    demo = start_fleet(E2E, interval=INTERVAL, window=WINDOW, alertmanagers=(alertmanager.url,))
+    stop = threading.Event()
+    clock = WallClock(demo.fleet, stop)
+    ready: list[Server] = []
+    daemon = threading.Thread(target=serve, args=(demo.config,),
+                              kwargs={"stop": stop, "on_ready": ready.append}, daemon=True)
+    daemon.start()
+    prom = None
+    try:
+        assert wait_until(lambda: ready, 10), "fleetwatch did not start"
+        fleetwatch_url = f"http://127.0.0.1:{ready[0].port}/metrics"
+        rules = tmp_path / "rules"
+        for name, text in build(demo.config, for_="2s", eval_interval="1s").items():
+            (rules / name).parent.mkdir(parents=True, exist_ok=True)
+            (rules / name).write_text(text)
+        prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml",
+                                                           alertmanager.url))
+
+        def kv(tier: str) -> list[dict[str, Any]]:
+            return alertmanager.alerts(alertname="FleetwatchKVCacheEvictionHigh", tier=tier, severity="critical")
+
+        # case 1: the KV eviction critical band, crossed by a100 only
+        assert wait_until(lambda: kv("a100"), 60), (
+            f"no KV alert; recorded: {prom.query('tier:fleetwatch_kv_cache_eviction_ratio:increase10s')}")
+        # case 2: h100 is undersized: the rules' resize trigger and fleetwatch's own reach Alertmanager
+        scale_up = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"), 60)
+        assert scale_up, f"no ScaleUp; fleetwatch says {prom.query('fleetwatch_resize_action == 1')}"
+        assert scale_up[0]["labels"]["action"] == "scale_up" and scale_up[0]["labels"]["severity"] == "critical"
+        recommended = prom.query('fleetwatch_recommended_instances{tier="h100"}')[0]["value"][1]
+        assert f"needs {recommended} instances" in scale_up[0]["annotations"]["description"]
+        own = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100",
+                                                     action="scale_up"), 30)
+        assert own and int(own[0]["annotations"]["recommended_instances"]) > 4
+        # the other tier stayed out of it
+        assert kv("h100") == []
+        assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
+    finally:
+        stop.set()
+        daemon.join(20)
+        if prom is not None:
+            prom.stop()
+        clock.thread.join(5)
+        demo.close()
