@@ -19,7 +19,9 @@ SNAPSHOTS = 21
 FOLDERS = {"a": "vllm/generated/vllm-0.33.0", "b": "vllm/generated/vllm-0.11.0-features"}
 
 
-def test_quantiles_and_rates_match_prometheus() -> None:
+@pytest.fixture(scope="module")
+def scraped():  # type: ignore[no-untyped-def]
+    """A real Prometheus that scraped replayed vLLM snapshots, and fleetwatch's window on the same samples."""
     prom_bin = binary("prometheus")
     texts = {k: [fixture_text(f"{d}/snapshot-{i:02d}.prom") for i in range(SNAPSHOTS)] for k, d in FOLDERS.items()}
     # each scrape gets the next snapshot, so Prometheus's k-th sample of a target is snapshot k
@@ -29,7 +31,7 @@ def test_quantiles_and_rates_match_prometheus() -> None:
 global: {{scrape_interval: 1s, scrape_timeout: 900ms}}
 scrape_configs:
   - job_name: fake
-    static_configs: [{{targets: [{static}]}}]
+    static_configs: [{{targets: [{static}], labels: {{tier: h100}}}}]
 """)
     try:
         deadline = time.monotonic() + 60
@@ -54,7 +56,18 @@ scrape_configs:
             for i in range(first, last + 1):
                 samples.append(InstanceSample("h100", k, ts[i] / 1000, vllm.parse(texts[k][i])))
         tw = tier_window("h100", samples)
+        # what a range selector [W] at T reads: the samples inside [T - W, T]
+        in_range = [s for s in samples if T_ms - W_ms <= round(s.timestamp * 1000) <= T_ms]
+        yield prom, tw, T, W_ms, tier_window("h100", in_range)
+    finally:
+        prom.stop()
+        for t in targets.values():
+            t.close()
 
+
+def test_quantiles_and_rates_match_prometheus(scraped) -> None:  # type: ignore[no-untyped-def]
+    prom, tw, T, W_ms, _ = scraped
+    if True:
         for q in (0.5, 0.9, 0.99):
             for family, key in (("vllm:time_to_first_token_seconds", "ttft_seconds"),
                                 ("vllm:inter_token_latency_seconds", "itl_seconds")):
@@ -69,7 +82,30 @@ scrape_configs:
         ours = tw.rate("generation_tokens")
         assert ours is not None and theirs > 0
         assert abs(ours - theirs) / theirs < 0.02, (ours, theirs)
-    finally:
-        prom.stop()
-        for t in targets.values():
-            t.close()
+
+
+# rows whose PromQL reads only engine series (the others need dcgm-exporter or fleetwatch's gauges).
+# Over the same samples they agree exactly, except a ratio of two sums over instances: rate()
+# extrapolates each instance's series by its own factor (measured 1-4% apart here, with scrape timing)
+ENGINE_ROWS = {"requests_per_second": 1e-6, "ttft_p50_seconds": 1e-6, "ttft_p99_seconds": 1e-6,
+               "itl_p50_seconds": 1e-6, "itl_p99_seconds": 1e-6, "kv_cache_utilization_ratio": 1e-6,
+               "kv_cache_eviction_ratio": 0.10, "prefix_cache_hit_ratio": 1e-6, "queue_depth_requests": 1e-6}
+
+
+def test_catalogue_promql_matches_fleetwatch_on_the_same_data(scraped) -> None:  # type: ignore[no-untyped-def]
+    """The recording rules' PromQL, run by Prometheus, against fleetwatch's Python for each row."""
+    from exporter.catalogue import ROWS_BY_KEY
+    from exporter.config import Benchmark, Plan, Slo
+
+    prom, _, T, W_ms, tw = scraped
+    plan = Plan(gpus_per_instance=1, instances=2, gpu_hour_cost_usd=1.0, peak_rps=10, safety_factor=0.2,
+                slo=Slo(2.0, 0.1), benchmark=Benchmark(5.0, 1.0, 0.05, 0.7))
+    for key, tol in ENGINE_ROWS.items():
+        row = ROWS_BY_KEY[key]
+        expr = row.promql.replace("{w}", f"{W_ms}ms").replace("{ws}", f"{W_ms / 1000:g}")
+        res = prom.query(expr, at=T)
+        assert len(res) == 1 and res[0]["metric"] == {"tier": "h100"}, (key, res)
+        theirs = float(res[0]["value"][1])
+        ours = row.compute(tw, plan).value
+        assert ours is not None, key
+        assert math.isclose(ours, theirs, rel_tol=tol, abs_tol=1e-9), (key, ours, theirs)
