@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["table", "json"], default="table",
                    help="table, or one JSON report per stdout line (default: table)")
     d.add_argument("--remeasure", action="store_true",
-                   help="rerun the simulator's concurrency sweep (about 30 s) instead of using the shipped plan")
+                   help="rerun the simulator's load sweep (about 45 s) instead of using the shipped plan")
     d.add_argument("--engine", choices=["vllm-0.33", "vllm-0.6", "sglang-0.5"], default="vllm-0.33",
                    help="which engine version the simulated instances emulate (default: vllm-0.33)")
     d.add_argument("--listen", default="127.0.0.1:0",

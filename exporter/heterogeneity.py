@@ -41,26 +41,36 @@ def _p99(tw: TierWindow, key: str, instances: list[str]) -> tuple[float | None, 
     return q.value, q.samples
 
 
-def _sustained_outlier(tw: TierWindow, halves: tuple[TierWindow, TierWindow], key: str, inst: str,
-                       up: list[str]) -> str | None:
-    """How ``inst`` drags the tier's P99 of ``key``, if it sits above the median in both halves."""
+def _outliers(tw: TierWindow, halves: tuple[TierWindow, TierWindow], key: str, up: list[str]) -> dict[str, str]:
+    """instance -> how it drags the tier's P99 of ``key``, for instances above the median in both halves.
+
+    Each instance's P99 is computed once per window and half (n quantiles, not n squared)."""
     label = _LABELS[key]
-    known = {i: v for i in up if (v := _p99(tw, key, [i])[0]) is not None}
-    if len(known) < MIN_INSTANCES or inst not in known:
-        return None
-    median = statistics.median(known.values())
-    if median <= 0 or known[inst] < OUTLIER_FACTOR * median:
-        return None
-    for half in halves:
-        hv, n = _p99(half, key, [inst])
-        others = [x for x in (_p99(half, key, [o])[0] for o in up if o != inst) if x is not None]
-        if hv is None or n < MIN_SAMPLES[key] or not others or hv < OUTLIER_FACTOR * statistics.median(others):
-            return None
-    text = f"{label} P99 {known[inst]:.3g}s is {known[inst] / median:.2f}x the tier median {median:.3g}s"
-    tier_p99, without = _p99(tw, key, up)[0], _p99(tw, key, [i for i in up if i != inst])[0]
-    if tier_p99 is not None and without is not None:
-        text += f" (without it the tier's {label} P99 would be {without:.3g}s instead of {tier_p99:.3g}s)"
-    return text
+    whole = {i: v for i in up if (v := _p99(tw, key, [i])[0]) is not None}
+    if len(whole) < MIN_INSTANCES:
+        return {}
+    median = statistics.median(whole.values())
+    if median <= 0:
+        return {}
+    per_half = [{i: _p99(h, key, [i]) for i in up} for h in halves]
+    out: dict[str, str] = {}
+    for inst, v in sorted(whole.items()):
+        if v < OUTLIER_FACTOR * median:
+            continue
+        sustained = True
+        for half in per_half:
+            hv, n = half[inst]
+            others = [x for o, (x, _) in half.items() if o != inst and x is not None]
+            if hv is None or n < MIN_SAMPLES[key] or not others or hv < OUTLIER_FACTOR * statistics.median(others):
+                sustained = False
+        if not sustained:
+            continue
+        text = f"{label} P99 {v:.3g}s is {v / median:.2f}x the tier median {median:.3g}s"
+        tier_p99, without = _p99(tw, key, up)[0], _p99(tw, key, [i for i in up if i != inst])[0]
+        if tier_p99 is not None and without is not None:
+            text += f" (without it the tier's {label} P99 would be {without:.3g}s instead of {tier_p99:.3g}s)"
+        out[inst] = text
+    return out
 
 
 def latency_outliers(tw: TierWindow) -> list[Finding]:
@@ -69,9 +79,10 @@ def latency_outliers(tw: TierWindow) -> list[Finding]:
     if len(up) < MIN_INSTANCES:
         return []
     halves = tw.halves()
+    found = [_outliers(tw, halves, key, up) for key in _LABELS]
     out: list[Finding] = []
     for inst in sorted(up):
-        parts = [t for key in _LABELS if (t := _sustained_outlier(tw, halves, key, inst, up)) is not None]
+        parts = [f[inst] for f in found if inst in f]
         if parts:
             out.append(Finding("mixed_tier", Status.WARNING,
                                f"{inst} drags the tier's P99 in both halves of the window: {'; '.join(parts)}. "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from .model import EngineSample, GpuReading, Histogram, InstanceSample
@@ -133,6 +133,8 @@ class TierWindow:
     tier: str
     instances: tuple[str, ...]
     samples: Mapping[str, tuple[InstanceSample, ...]]
+    # per-instance histogram increases, computed once: rows, checks and findings ask many times
+    _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- instances
     def up(self) -> tuple[str, ...]:
@@ -222,7 +224,10 @@ class TierWindow:
     def histogram_increase(self, key: str, instances: Iterable[str] | None = None) -> Histogram | None:
         parts = []
         for inst in (self.up() if instances is None else instances):
-            h = histogram_increase([e.histograms[key] for _, e in self._engine_series(inst) if key in e.histograms])
+            if (key, inst) not in self._increases:
+                self._increases[(key, inst)] = histogram_increase(
+                    [e.histograms[key] for _, e in self._engine_series(inst) if key in e.histograms])
+            h = self._increases[(key, inst)]
             if h is not None:
                 parts.append(h)
         return add_histograms(parts)

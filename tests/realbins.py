@@ -12,6 +12,29 @@ import requests
 from fakes import free_port
 
 
+def wait_ready(proc: "subprocess.Popen[bytes]", url: str, log: Path, name: str) -> None:
+    """Poll ``url``/-/ready until the binary answers; fail with its log if it exits."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(url + "/-/ready", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)  # waiting for an external process to come up, not simulating time
+    raise RuntimeError(f"{name} did not become ready")
+
+
+def terminate(proc: "subprocess.Popen[bytes]") -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class Prometheus:
     def __init__(self, binary: str, config_text: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="fw-prom-")
@@ -24,17 +47,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(Path(self.dir) / 'log.txt').read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("prometheus did not become ready")
+        wait_ready(self.proc, self.url, Path(self.dir) / "log.txt", "prometheus")
 
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": expr}
@@ -46,11 +59,7 @@ class Prometheus:
         return list(body["data"]["result"])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc)
         self.log.close()
 
 
@@ -83,17 +92,7 @@ class Alertmanager:
             [self.binary, f"--config.file={self.cfg}", f"--storage.path={self.dir}/data",
              f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited: {(Path(self.dir) / 'log.txt').read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("alertmanager did not become ready")
+        wait_ready(self.proc, self.url, Path(self.dir) / "log.txt", "alertmanager")
 
     def alerts(self, **labels: str) -> list[dict[str, Any]]:
         r = requests.get(self.url + "/api/v2/alerts", timeout=5)
@@ -101,11 +100,7 @@ class Alertmanager:
         return [a for a in r.json() if all(a["labels"].get(k) == v for k, v in labels.items())]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc)
         self.log.close()
 
     def wipe(self) -> None:

@@ -156,11 +156,12 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
     """The command. Returns the exit status (0, also on Ctrl-C)."""
     stop = stop or threading.Event()
     plans = None
+    plans_dir: tempfile.TemporaryDirectory[str] | None = None
     if remeasure:
-        log.info("re-running the simulator's concurrency sweep for every tier (about 30 s)")
-        tmp = Path(tempfile.mkdtemp(prefix="fleetwatch-plans-"))
-        plans = write_plans(tmp, measure_all())
-        log.info("measured plans written to %s", tmp)
+        log.info("re-running the simulator's load sweep for every tier (about 45 s)")
+        plans_dir = tempfile.TemporaryDirectory(prefix="fleetwatch-plans-")
+        plans = write_plans(Path(plans_dir.name), measure_all())
+        log.info("measured plans written to %s (removed when the demo ends)", plans_dir.name)
     demo = start_fleet(scenario, flavour=flavour, plans=plans, listen=listen)
     snapshot = Snapshot()
     server = Server(demo.config.listen_host, demo.config.listen_port, make_registry(demo.config, snapshot),
@@ -191,6 +192,8 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
             signal.signal(signal.SIGTERM, previous)
         server.stop()
         demo.close()
+        if plans_dir is not None:
+            plans_dir.cleanup()
     return 0
 
 

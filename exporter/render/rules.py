@@ -14,6 +14,7 @@ import yaml
 
 from ..catalogue import ROWS, Context, apply_override
 from ..config import Config, TierConfig, format_duration
+from ..guardrails import BREAKER_RANGE
 from ..model import Band, Threshold
 from ..window import Quantity
 
@@ -229,23 +230,31 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     rps = f'{record_name("requests_per_second", window)}{{tier="{t}"}}'
     queue = f'{record_name("queue_depth_requests", window)}{{tier="{t}"}}'
     stem, meaning, check, do = ROW_TEXT["queue_depth_requests"]
-    for severity, share in (("warning", 0.8), ("critical", 0.9)):
-        limit = share * plan.slo.ttft_p99  # x arrival rate; ok below one queued request
+    # the catalogue's Little's Law band at 1 RPS gives the queue per unit of arrival rate
+    band = _band(tier, "queue_depth_requests")
+    assert band is not None
+    floor = band.ok_floor if band.ok_floor is not None else 0.0
+    for severity, th in (("warning", band.warning_above), ("critical", band.critical_above)):
+        if th is None:
+            continue
+        share = th.value / plan.slo.ttft_p99
         out.append(AlertSpec(
-            f"{PREFIX}{stem}", severity, t, f"{queue} >= {limit:g} * {rps} and {queue} >= 1",
+            f"{PREFIX}{stem}", severity, t, f"{queue} >= {th.value:g} * {rps} and {queue} >= {floor:g}",
             summary=f"Tier {t}: queue at {share * 100:.0f}% of Little's Law's limit ({severity})",
             description=f"Mean queue of tier {t} is {VALUE} requests, at or above {share * 100:.0f}% of the "
                         f"max safe depth {plan.slo.ttft_p99:g}s TTFT SLO x arrival rate. {meaning}",
             runbook=(meaning, check, do),
             cases=(TestCase(((queue, "50x40"), (rps, "10x40")), True),
-                   TestCase(((queue, f"{_g(limit * 10 - 0.01)}x40"), (rps, "10x40")), False)), op=">=", th=max(1.0, limit * 10)))
+                   TestCase(((queue, f"{_g(th.value * 10 - 0.01)}x40"), (rps, "10x40")), False)),
+            op=">=", th=max(floor, th.value * 10)))
     # the gateway circuit breaker recommended by fleetwatch (9.4): the queue passed its low end
     br = f'fleetwatch_guardrail_recommended{{tier="{t}",guardrail="circuit_breaker_queue_threshold",bound="low"}}'
     out.append(AlertSpec(
         f"{PREFIX}QueueAboveCircuitBreaker", "warning", t, f"{queue} > on (tier) {br}",
         summary=f"Tier {t}: queue above the recommended circuit-breaker threshold",
         description=f"Mean queue of tier {t} is {VALUE} requests, above the breaker threshold fleetwatch "
-                    f"recommends (80% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak RPS): requests a gateway "
+                    f"recommends ({BREAKER_RANGE[0] * 100:.0f}% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak "
+                    f"RPS): requests a gateway "
                     f"breaker would have shed with a 429.",
         runbook=("The queue passed the circuit-breaker threshold of 9.4: without a breaker, a spike becomes an "
                  "OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
@@ -297,7 +306,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
             runbook=("The sizing arithmetic of Step 11 asks for a different instance count.",
                      "The resize reason in fleetwatch's report; the observed peak against the plan's.",
                      "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
-            cases=(TestCase(((rec, "7x40"), (act, "1x40")), True), TestCase(((rec, "7x40"), (act, "0x40")), False)), extra_labels={"action": action}))
+            cases=(TestCase(((rec, "7x40"), (act, "1x40")), True), TestCase(((rec, "7x40"), (act, "0x40")), False)),
+            extra_labels={"action": action}))
     # findings fleetwatch computes (guardrails, drift, mixed tiers)
     for kind, (fstem, meaning, check, do) in FINDINGS.items():
         for severity in ("warning", "critical"):
