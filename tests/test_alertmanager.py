@@ -107,3 +107,26 @@ def test_resolved_alerts_are_resent_for_15_minutes_then_forgotten() -> None:
     now[0] = 1901.0
     client.update([])
     assert a.fingerprint not in client.active
+
+
+def test_notification_counters_on_metrics_pass_promtool() -> None:
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    from exporter.alertmanager import NotifyStats
+    from exporter.collector import Published, Snapshot, make_registry
+    from exporter.config import load_config
+    from exporter.scrape import ScrapeStats
+    from pathlib import Path
+
+    config = load_config(str(Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"))
+    snap = Snapshot()
+    url = "http://am-0:9093"
+    snap.publish(Published(report("scale_up"), ScrapeStats(), 1, 0.1, 0, NotifyStats({url: 3}, {url: 1}, {url: 0},
+                                                                                      {url: 2})))
+    text = generate_latest(make_registry(config, snap)).decode()
+    assert f'fleetwatch_alertmanager_notifications_failed_total{{alertmanager="{url}"}} 1.0' in text
+    assert 'fleetwatch_guardrail_recommended{bound="value",guardrail="circuit_breaker_queue_threshold",tier="h100"} 85.0' in text
+    r = subprocess.run([binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()

@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client import generate_latest
 
-from exporter.collector import Published, Snapshot, make_registry
+from exporter.collector import Snapshot, make_registry
 from exporter.config import load_config
 from exporter.daemon import Pipeline
 from exporter.exposition import parse

@@ -54,11 +54,6 @@ class Lengths:
     p50: float
     p95: float
 
-    def quantile(self, q: float) -> float:
-        from statistics import NormalDist
-
-        return math.exp(math.log(self.p50) + self.sigma * NormalDist().inv_cdf(q))
-
     @property
     def sigma(self) -> float:
         return math.log(self.p95 / self.p50) / 1.6448536269514722
@@ -102,7 +97,6 @@ class SimEngine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.kv_used = 0
-        self.rejected = 0
         # GPU activity, exponentially averaged in simulated time
         self.busy_avg = 0.0
         self.sm_avg = 0.0
@@ -180,7 +174,6 @@ class SimEngine:
     def submit(self, req: Request) -> bool:
         """A request reaches the server at ``req.arrival``. False when the queue is full (rejected)."""
         if len(self.waiting) + len(self.inbox) >= self.max_waiting:
-            self.rejected += 1
             return False
         self.inbox.append(req)
         return True

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from .engine import Hardware, Lengths, Request, SimEngine
-from .flavours import FLAVOURS
 
 TICK_SECONDS = 0.1  # arrivals are generated and routed in slices this long
 GPUS_PER_NODE = 8
@@ -129,8 +128,6 @@ class SimTier:
     usable_rps_per_instance: float
     instances: list[SimInstance] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
-    offered: int = 0
-    rejected: int = 0
 
     def rate(self, run_t: float) -> float:
         return max(0.0, self.behaviour.load(run_t)) * self.spec.instances * self.usable_rps_per_instance
@@ -212,9 +209,7 @@ class SimFleet:
         while t < t1:
             req = wl.request(rng, t, cap, prompt_scale=scale, runaway=runaway > 0 and rng.random() < runaway)
             target = min(live, key=lambda i: i.engine.load())  # least outstanding requests
-            tier.offered += 1
-            if not target.engine.submit(req):
-                tier.rejected += 1
+            target.engine.submit(req)  # a full queue rejects it, as the gateway would (429)
             t += rng.expovariate(rate)
 
     # ------------------------------------------------------------------ what scrapers see
@@ -330,6 +325,3 @@ class FleetServers:
     def close(self) -> None:
         for ep in [*self.engines.values(), *self.dcgm.values()]:
             ep.close()
-
-    def engine_key(self) -> str:
-        return FLAVOURS[self.fleet.flavour].engine

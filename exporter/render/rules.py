@@ -8,7 +8,7 @@ accepts: no group ``labels``, no ``query_offset``, no native histograms.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
