@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from .config import BandOverride, Plan
+from .guardrails import BREAKER_RANGE
 from .model import Band, Status, Threshold
 from .window import Quantity, TierWindow
 
@@ -192,8 +193,10 @@ def _queue_band(ctx: Context) -> Band | None:
     if rps is None:
         return None
     limit = ctx.plan.slo.ttft_p99 * rps  # Little's Law: max safe queue = max wait x arrival rate
-    return Band(target=f"near zero; Little's Law limit {limit:.3g} requests", warning_above=_t(0.8 * limit, True),
-                critical_above=_t(0.9 * limit, True), ok_floor=1.0)
+    # warn and page where 9.4 sets the circuit breaker: 80% and 90% of the limit
+    return Band(target=f"near zero; Little's Law limit {limit:.3g} requests",
+                warning_above=_t(BREAKER_RANGE[0] * limit, True), critical_above=_t(BREAKER_RANGE[1] * limit, True),
+                ok_floor=1.0)
 
 
 def _prefix_band(ctx: Context) -> Band | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .catalogue import ROWS, Context, apply_override
-from .guardrails import drift_findings, recommendations, runaway_finding
+from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .config import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
@@ -154,7 +154,7 @@ def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: 
     return PlanCheck("queue_depth_littles_law", q, limit, queue_status,
                      f"mean queue {q:.3g} vs Little's Law max safe depth {limit:.3g} "
                      f"({_fmt(plan.slo.ttft_p99, 's')} x {rps:.3g} RPS); shed load at "
-                     f"{0.8 * limit:.3g}-{0.9 * limit:.3g} queued requests.")
+                     f"{BREAKER_RANGE[0] * limit:.3g}-{BREAKER_RANGE[1] * limit:.3g} queued requests.")
 
 
 # ------------------------------------------------------------------ resize

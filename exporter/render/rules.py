@@ -14,6 +14,7 @@ import yaml
 
 from ..catalogue import ROWS, Context, apply_override
 from ..config import Config, TierConfig, format_duration
+from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
 from ..model import Band, Threshold
 from ..window import Quantity
@@ -276,8 +277,9 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                     f"benchmark at equivalent RPS (operating point: {b.usable_rps_per_instance:g} RPS/instance, "
                     f"TTFT P99 {b.ttft_p99:g}s, ITL P99 {b.itl_p99:g}s, GPU {b.gpu_utilization:g}). Return to "
                     f"Step 1 and re-characterize the workload before resizing.",
-        runbook=("Production diverges from the Step 10 benchmark: TTFT P99 more than 30% above it, or GPU "
-                 "utilization more than 20 points below it, at the same RPS per instance.",
+        runbook=(f"Production diverges from the Step 10 benchmark: TTFT P99 more than "
+                 f"{(STEP13_TTFT_FACTOR - 1) * 100:.0f}% above it, or GPU utilization more than "
+                 f"{STEP13_UTIL_POINTS * 100:.0f} points below it, at the same RPS per instance.",
                  "The plan checks in the report: which one, observed against predicted; the workload block.",
                  "Return to Step 1: re-characterize the workload and re-benchmark (Steps 7-10)."),
         cases=(TestCase(((one(status), "1x40"), (one(observed), "2.5x40")), True, {"check": "ttft_p99_vs_benchmark"}),
