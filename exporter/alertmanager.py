@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
+from .config import redact_url
+
 from .model import Report, Status
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,8 @@ class AlertmanagerClient:
                 else:
                     self._stats.failed[url] += 1
             if not ok:
-                log.warning("alertmanager %s: %d alerts not delivered, kept for retry: %s", url, len(batch), reason)
+                log.warning("alertmanager %s: %d alerts not delivered, kept for retry: %s", redact_url(url), len(batch),
+                            reason)
 
     def close(self) -> None:
         self.session.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from .config import BandOverride, Plan
+from . import inputs as I
+from .model import BandOverride, Plan
 from .guardrails import BREAKER_RANGE
 from .model import Band, Status, Threshold
-from .window import Quantity, TierWindow
+from .window import Quantity, TierWindow, evidence
 
 Values = Mapping[str, Quantity]
 Statuses = Mapping[str, Status]
@@ -42,6 +43,7 @@ class Row:
     promql: str
     band: Callable[[Context], Band | None]
     diagnose: Callable[[Context, Status], str | None]
+    inputs: tuple[str, ...] = ()  # the canonical engine inputs it reads (exporter/inputs.py)
 
 
 # ------------------------------------------------------------------ computations
@@ -50,7 +52,7 @@ class Row:
 def _ratio(tw: TierWindow, num: str, den: str, gauge: str | None, what: str) -> Quantity:
     n, d = tw.increase(num), tw.increase(den)
     if d is not None and d > 0 and n is not None:
-        return Quantity(n / d, int(round(d)), source="counters")
+        return Quantity(n / d, evidence(d), source="counters")
     if gauge is not None:
         means = tw.gauge_means(gauge)
         if means:
@@ -67,7 +69,7 @@ def requests_per_second(tw: TierWindow, plan: Plan) -> Quantity:
     rate = sum(v / d for v, d in finished.values() if d > 0)
     backlog = tw.gauge_change_rate(("requests_running", "requests_waiting"))
     rate += sum(backlog.get(i, 0.0) for i in finished)
-    return Quantity(max(rate, 0.0), int(round(sum(v for v, _ in finished.values()))))
+    return Quantity(max(rate, 0.0), evidence(sum(v for v, _ in finished.values())))
 
 
 def _quantile(key: str, q: float) -> Callable[[TierWindow, Plan], Quantity]:
@@ -108,13 +110,22 @@ def fleet_utilization(tw: TierWindow, plan: Plan) -> Quantity:
 
 def gpu_memory_utilization(tw: TierWindow, plan: Plan) -> Quantity:
     ratios = []
-    for readings in tw.gpu_series().values():
+    series = tw.gpu_series()
+    for readings in series.values():
         per = [used / total for g in readings
                if (used := g.memory_used_bytes) is not None and (total := g.memory_total_bytes)]
         if per:
             ratios.append(sum(per) / len(per))
     if not ratios:
-        return Quantity(None, reason="no GPU memory readings (configure dcgm: or nvml: on the targets)")
+        if not series:
+            return Quantity(None, reason="no GPU readings (configure dcgm: or nvml: on the targets)")
+        readings = [g for rs in series.values() for g in rs]
+        missing = [f for f, attr in (("DCGM_FI_DEV_FB_USED", "memory_used_bytes"),
+                                     ("DCGM_FI_DEV_FB_FREE", "memory_free_bytes"))
+                   if all(getattr(g, attr) is None for g in readings)]
+        return Quantity(None, reason=f"{len(series)} GPUs are read but report no framebuffer memory: missing "
+                                     f"{' and '.join(missing) or 'usable FB values'} (add the field to "
+                                     f"dcgm-exporter's counters CSV; NVML reports it without setup)")
     return Quantity(max(ratios), len(ratios), source="worst GPU")
 
 
@@ -156,7 +167,7 @@ def tokens_per_gpu_hour(tw: TierWindow, plan: Plan) -> Quantity:
         return Quantity(None, reason="no generation-token counter with two scrapes in the window yet")
     if up == 0:
         return Quantity(None, reason="no instance is up")
-    return Quantity(rate * 3600 / (up * plan.gpus_per_instance), int(round(tw.increase("generation_tokens") or 0)))
+    return Quantity(rate * 3600 / (up * plan.gpus_per_instance), evidence(tw.increase("generation_tokens")))
 
 
 def cost_per_million_tokens(tw: TierWindow, plan: Plan) -> Quantity:
@@ -166,7 +177,7 @@ def cost_per_million_tokens(tw: TierWindow, plan: Plan) -> Quantity:
     if rate <= 0:
         return Quantity(None, 0, reason="no tokens generated in the window")
     per_hour = plan.gpu_hour_cost_usd * plan.gpus_per_instance * len(tw.instances)
-    return Quantity(per_hour / (rate * 3600) * 1e6, int(round(tw.increase("generation_tokens") or 0)))
+    return Quantity(per_hour / (rate * 3600) * 1e6, evidence(tw.increase("generation_tokens")))
 
 
 # ------------------------------------------------------------------ bands
@@ -316,89 +327,124 @@ def _tokens_diag(ctx: Context, status: Status) -> str | None:
 
 _T = "tier"  # every PromQL aggregates by the tier label that the scrape config attaches
 
+
+def _sum(expr: str) -> str:
+    return f"sum by ({_T}) ({expr})"
+
+
+def _q(q: float, canonical: str) -> str:
+    return f"histogram_quantile({q:g}, sum by ({_T}, le) ({I.bucket_rate(canonical)}))"
+
+
+def _rate_gauge(canonical: str) -> str:
+    """A rate gauge of engines without the counters, per tier; V0 reads -1 for "no data"."""
+    return f"avg by ({_T}) ({I.avg_over_time(canonical)} >= 0)"
+
+
+# The GPU rows select the GPUs fleetwatch selects. A node-wide dcgm-exporter labels each GPU with
+# the pod that holds it: a GPU held by an engine pod belongs to that pod's tier (the engine series
+# carry tier, namespace and pod), whatever the exporter's own tier label says, and GPUs of other
+# pods or of no pod are left out, as a target's `gpus: {pod: ...}` selector leaves them out.
+_HAS_POD = '{pod!=""}'
+_ENGINE_PODS = f"group by (namespace, pod, {_T}) ({I.instant('requests_running', _HAS_POD)})"
+
+
+# An exporter with no pod labels at all (no Kubernetes mapping: static configs) covers its node's
+# GPUs, all of them, in the tier its scrape job gives it.
+_PODDED_EXPORTERS = 'group by (instance) ({__name__=~"DCGM_FI_.+", pod!=""})'
+
+
+def _per_gpu(template: str) -> str:
+    """``template`` (with ``{sel}`` where each DCGM selector goes) over the GPUs of each tier."""
+    owned = template.replace("{sel}", _HAS_POD)
+    unmapped = template.replace("{sel}", '{pod=""}')
+    return (f"(({owned}) * on (namespace, pod) group_left ({_T}) {_ENGINE_PODS}"
+            f" or (({unmapped}) unless on (instance) {_PODDED_EXPORTERS}))")
+
+
+def _dcgm(field: str) -> str:
+    return f"avg_over_time(DCGM_FI_{field}{{sel}}[{{w}}])"
+
+
+_FB_USED, _FB_FREE, _FB_RESERVED = _dcgm("DEV_FB_USED"), _dcgm("DEV_FB_FREE"), _dcgm("DEV_FB_RESERVED")
+# FB_RESERVED is missing from older exporters: count it as 0 there, as fleetwatch does
+_GPU_MEMORY = _per_gpu(f"{_FB_USED} / ({_FB_USED} + {_FB_FREE} + ({_FB_RESERVED} or {_FB_USED} * 0))")
+_GPU_COMPUTE = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_ENGINE_ACTIVE')} or {_dcgm('DEV_GPU_UTIL')} / 100")
+
+_FINISHED = I.rate("requests_finished")
+
 ROWS: tuple[Row, ...] = (
     Row("requests_per_second", "requests/s", "(load)",
         "Arrival rate: finished-request rate plus the growth of running+waiting requests.",
         requests_per_second,
         # finished rate + backlog growth; "or (finished * 0)" keeps tiers whose engine has no gauges
-        f"sum by ({_T}) (rate(vllm:request_success_total[{{w}}]) or rate(sglang:num_requests_total[{{w}}]))"
-        f" + (sum by ({_T}) (delta(vllm:num_requests_running[{{w}}]) + delta(vllm:num_requests_waiting[{{w}}])"
-        f" or delta(sglang:num_running_reqs[{{w}}]) + delta(sglang:num_queue_reqs[{{w}}])) / {{ws}}"
-        f" or sum by ({_T}) (rate(vllm:request_success_total[{{w}}]) or rate(sglang:num_requests_total[{{w}}])) * 0)",
-        _no_band("load"), _none),
+        f"{_sum(_FINISHED)} + ({_sum(I.delta('requests_running') + ' + ' + I.delta('requests_waiting'))} / {{ws}}"
+        f" or {_sum(_FINISHED)} * 0)",
+        _no_band("load"), _none, ("requests_finished", "requests_running", "requests_waiting")),
     Row("ttft_p50_seconds", "s", "TTFT P50", "Median time to first token over the tier.",
-        _quantile("ttft_seconds", 0.50),
-        f"histogram_quantile(0.5, sum by ({_T}, le) (rate(vllm:time_to_first_token_seconds_bucket[{{w}}])"
-        f" or rate(sglang:time_to_first_token_seconds_bucket[{{w}}])))",
-        _slo_band(lambda p: p.slo.ttft_p99, critical=False), _ttft_diag),
+        _quantile("ttft_seconds", 0.50), _q(0.5, "ttft_seconds"),
+        _slo_band(lambda p: p.slo.ttft_p99, critical=False), _ttft_diag, ("ttft_seconds",)),
     Row("ttft_p99_seconds", "s", "TTFT P99", "99th percentile time to first token over the tier.",
-        _quantile("ttft_seconds", 0.99),
-        f"histogram_quantile(0.99, sum by ({_T}, le) (rate(vllm:time_to_first_token_seconds_bucket[{{w}}])"
-        f" or rate(sglang:time_to_first_token_seconds_bucket[{{w}}])))",
-        _slo_band(lambda p: p.slo.ttft_p99, critical=True), _ttft_diag),
+        _quantile("ttft_seconds", 0.99), _q(0.99, "ttft_seconds"),
+        _slo_band(lambda p: p.slo.ttft_p99, critical=True), _ttft_diag, ("ttft_seconds",)),
     Row("itl_p50_seconds", "s", "ITL / TPOT P50", "Median inter-token latency over the tier.",
-        _quantile("itl_seconds", 0.50),
-        f"histogram_quantile(0.5, sum by ({_T}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}])"
-        f" or rate(sglang:inter_token_latency_seconds_bucket[{{w}}])))",
-        _slo_band(lambda p: p.slo.itl_p99, critical=False), _itl_diag),
+        _quantile("itl_seconds", 0.50), _q(0.5, "itl_seconds"),
+        _slo_band(lambda p: p.slo.itl_p99, critical=False), _itl_diag, ("itl_seconds",)),
     Row("itl_p99_seconds", "s", "ITL / TPOT P99", "99th percentile inter-token latency over the tier.",
-        _quantile("itl_seconds", 0.99),
-        f"histogram_quantile(0.99, sum by ({_T}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}])"
-        f" or rate(sglang:inter_token_latency_seconds_bucket[{{w}}])))",
-        _slo_band(lambda p: p.slo.itl_p99, critical=True), _itl_diag),
+        _quantile("itl_seconds", 0.99), _q(0.99, "itl_seconds"),
+        _slo_band(lambda p: p.slo.itl_p99, critical=True), _itl_diag, ("itl_seconds",)),
     Row("kv_cache_utilization_ratio", "ratio", "KV cache utilization", "Mean over instances of KV cache usage.",
-        kv_cache_utilization,
-        f"avg by ({_T}) (avg_over_time(vllm:kv_cache_usage_perc[{{w}}]) or avg_over_time(sglang:token_usage[{{w}}]))",
+        kv_cache_utilization, f"avg by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
         _fixed(Band("75-90%", warning_above=_t(0.90), critical_above=_t(0.98, True))),
-        _by_status("Near the ceiling: evaluate KV cache quantization or offloading before it becomes the bottleneck.")),
+        _by_status("Near the ceiling: evaluate KV cache quantization or offloading before it becomes the bottleneck."),
+        ("kv_cache_usage",)),
     Row("kv_cache_eviction_ratio", "ratio", "KV cache eviction rate",
         "Preemptions per finished request (SGLang: retractions).",
         kv_cache_eviction,
-        f"sum by ({_T}) (increase(vllm:num_preemptions_total[{{w}}]) or increase(sglang:num_retracted_requests_total[{{w}}]))"
-        f" / sum by ({_T}) (increase(vllm:request_success_total[{{w}}]) or increase(sglang:num_requests_total[{{w}}]))",
+        f"{_sum(I.increase('preemptions'))} / {_sum(I.increase('requests_finished'))}",
         _fixed(Band("below 5%", warning_above=_t(0.05, True), critical_above=_t(0.20))),
         _by_status("KV budget undersized for current traffic.",
                    "Above 20%: degraded state presenting as a latency problem rather than a memory problem "
-                   "(the memory pressure cascade).")),
+                   "(the memory pressure cascade)."),
+        ("preemptions", "requests_finished")),
     Row("prefix_cache_hit_ratio", "ratio", "Prefix cache hit rate", "Prefix-cache hit tokens over queried tokens.",
         prefix_cache_hit,
-        f"sum by ({_T}) (rate(vllm:prefix_cache_hits_total[{{w}}]) or rate(sglang:cached_tokens_total[{{w}}]))"
-        f" / sum by ({_T}) (rate(vllm:prefix_cache_queries_total[{{w}}]) or rate(sglang:prompt_tokens_total[{{w}}]))",
+        f"{_sum(I.rate('prefix_cache_hits'))} / {_sum(I.rate('prefix_cache_queries'))}"
+        f" or {_rate_gauge('prefix_cache_hit_rate')}",
         _prefix_band,
-        _by_status("Low on a workload with known prefix reuse: routing misconfiguration or cache too small.")),
+        _by_status("Low on a workload with known prefix reuse: routing misconfiguration or cache too small."),
+        ("prefix_cache_hits", "prefix_cache_queries", "prefix_cache_hit_rate")),
     Row("queue_depth_requests", "requests", "Queue depth", "Window mean of waiting requests, summed over the tier.",
-        queue_depth,
-        f"sum by ({_T}) (avg_over_time(vllm:num_requests_waiting[{{w}}]) or avg_over_time(sglang:num_queue_reqs[{{w}}]))",
-        _queue_band, _queue_diag),
+        queue_depth, _sum(I.avg_over_time("requests_waiting")),
+        _queue_band, _queue_diag, ("requests_waiting",)),
     Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
         "Arrival rate over (instances up x usable RPS per instance from the plan).",
         fleet_utilization,
         f"tier:fleetwatch_requests_per_second:rate{{w}} / on ({_T}) (fleetwatch_instances_up * on ({_T}) "
         f"fleetwatch_plan_usable_rps_per_instance)",
         _fixed(Band("60-80%", warning_below=_t(0.40), warning_above=_t(0.80), critical_above=_t(0.90))),
-        _fleet_diag),
+        _fleet_diag, ("requests_finished", "requests_running", "requests_waiting")),
     Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
         "used / (free + used + reserved) of the tier's worst GPU.",
-        gpu_memory_utilization,
-        f"max by ({_T}) (avg_over_time(DCGM_FI_DEV_FB_USED[{{w}}]) / (avg_over_time(DCGM_FI_DEV_FB_USED[{{w}}])"
-        f" + avg_over_time(DCGM_FI_DEV_FB_FREE[{{w}}]) + avg_over_time(DCGM_FI_DEV_FB_RESERVED[{{w}}])))",
+        gpu_memory_utilization, f"max by ({_T}) ({_GPU_MEMORY})",
         _fixed(Band("80-90%", warning_below=_t(0.70), warning_above=_t(0.90), critical_above=_t(0.95))),
         _memory_diag),
     Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
         "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
-        gpu_compute_utilization,
-        f"avg by ({_T}) (avg_over_time(DCGM_FI_PROF_SM_ACTIVE[{{w}}]) or avg_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE[{{w}}])"
-        f" or avg_over_time(DCGM_FI_DEV_GPU_UTIL[{{w}}]) / 100)",
+        gpu_compute_utilization, f"avg by ({_T}) ({_GPU_COMPUTE})",
         _compute_band, _compute_diag),
     Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
         "Accepted draft tokens over proposed draft tokens.",
         spec_decode_acceptance,
-        f"sum by ({_T}) (rate(vllm:spec_decode_num_accepted_tokens_total[{{w}}]))"
-        f" / sum by ({_T}) (rate(vllm:spec_decode_num_draft_tokens_total[{{w}}]))",
+        f"{_sum(I.rate('spec_accepted_tokens'))} / {_sum(I.rate('spec_draft_tokens'))}"
+        # SGLang's rate gauge reads 0 while speculative decoding is off: only with drafts
+        f" or avg by ({_T}) (avg_over_time(vllm:spec_decode_draft_acceptance_rate[{{w}}]) >= 0"
+        f" or (avg_over_time(sglang:spec_accept_rate[{{w}}]) and avg_over_time(sglang:spec_accept_length[{{w}}]) > 0))",
         _fixed(Band("above 60%", warning_below=_t(0.60, True), critical_below=_t(0.50))),
         _by_status("Draft acceptance is marginal: the draft model matches current traffic poorly.",
                    "Below 50%: the draft model is poorly matched to current traffic; speculative decoding adds "
-                   "overhead without benefit. Disable or retune it.")),
+                   "overhead without benefit. Disable or retune it."),
+        ("spec_accepted_tokens", "spec_draft_tokens", "spec_acceptance_rate")),
     Row("lora_adapter_cache_hit_ratio", "ratio", "Adapter cache hit rate",
         "Adapter cache hits over lookups, where the engine exposes it.",
         lora_cache_hit,
@@ -416,16 +462,15 @@ ROWS: tuple[Row, ...] = (
     Row("tokens_per_gpu_hour", "tokens/GPU-hour", "Tokens/GPU-hour",
         "Generated tokens per GPU-hour of the instances that are up.",
         tokens_per_gpu_hour,
-        f"sum by ({_T}) (rate(vllm:generation_tokens_total[{{w}}]) or rate(sglang:generation_tokens_total[{{w}}])) * 3600"
+        f"{_sum(I.rate('generation_tokens'))} * 3600"
         f" / on ({_T}) (fleetwatch_instances_up * on ({_T}) fleetwatch_plan_gpus_per_instance)",
-        _no_band("maximize"), _tokens_diag),
+        _no_band("maximize"), _tokens_diag, ("generation_tokens",)),
     Row("cost_per_million_tokens_usd", "USD/1M tokens", "(9.2) cost per token",
         "Provisioned GPU cost per hour over generated tokens per hour, per million tokens.",
         cost_per_million_tokens,
         f"(fleetwatch_plan_gpu_hour_cost_usd * on ({_T}) fleetwatch_plan_gpus_per_instance * on ({_T})"
-        f" fleetwatch_instances_configured) / on ({_T}) (sum by ({_T}) (rate(vllm:generation_tokens_total[{{w}}])"
-        f" or rate(sglang:generation_tokens_total[{{w}}])) * 3600) * 1e6",
-        _no_band("minimize"), _none),
+        f" fleetwatch_instances_configured) / on ({_T}) ({_sum(I.rate('generation_tokens'))} * 3600) * 1e6",
+        _no_band("minimize"), _none, ("generation_tokens",)),
 )
 
 ROW_KEYS: tuple[str, ...] = tuple(r.key for r in ROWS)

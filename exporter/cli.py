@@ -8,7 +8,7 @@ import sys
 
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config, parse_duration
+from .config import ConfigError, load_config, parse_duration, validate_listen
 
 if TYPE_CHECKING:
     from .config import Config
@@ -80,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runbook.md. --check compares instead of writing and exits 1 on drift.")
     r.add_argument("--config", "-c", required=True, help="fleet config YAML")
     r.add_argument("-o", "--out", required=True, help="output directory (e.g. rules/)")
-    r.add_argument("--runbook", default="runbook.md",
-                   help="where runbook.md is written (default: runbook.md); --runbook-url is what alerts link")
-    r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/runbook.md",
+    r.add_argument("--runbook", default=None,
+                   help="where the runbook is written (default: OUT/runbook.md); --runbook-url is what alerts link")
+    r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/rules/runbook.md",
                    help="base URL of the runbook in alerts' runbook_url")
     r.add_argument("--for", dest="for_", default="5m", help="'for:' of every alert (default: 5m)")
     r.add_argument("--eval-interval", default=None, help="rule group interval (default: the config's interval)")
@@ -105,7 +105,8 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
         return 2
     files = {Path(args.out) / name: text for name, text in build(cfg, for_=args.for_, runbook_base=args.runbook_url,
                                                                   eval_interval=args.eval_interval).items()}
-    files[Path(args.runbook)] = runbook(cfg)
+    # everything goes under -o unless the runbook is given its own path: never into the cwd
+    files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg)
     if args.check:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         for p in stale:
@@ -153,15 +154,28 @@ def main(argv: list[str] | None = None) -> int:
         from .daemon import serve
 
         if args.listen:
+            bad = validate_listen(args.listen)
+            if bad:
+                print(f"fleetwatch: --listen: {bad}", file=sys.stderr)
+                return 2
             cfg = replace(cfg, listen=args.listen)
-        return serve(cfg)
+        try:
+            return serve(cfg)
+        except OSError as e:  # the listen address is taken or not ours: a usage error, not a crash
+            print(f"fleetwatch: cannot listen on {cfg.listen}: {e.strerror or e}", file=sys.stderr)
+            return 2
     if args.command == "rules":
         return _rules(cfg, args)
     if args.command == "check":
         from .check import format_json, format_table, run_check
 
         report = run_check(cfg, args.window)
-        print(format_json(report) if args.format == "json" else format_table(report))
+        try:
+            text = format_json(report) if args.format == "json" else format_table(report)
+        except ValueError as e:  # a number JSON cannot carry: a bug, said in one line, never half a document
+            print(f"fleetwatch: cannot write the report: {e}", file=sys.stderr)
+            return 2
+        print(text)
         return 1 if report.critical else 0
     return 2
 

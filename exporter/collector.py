@@ -6,15 +6,16 @@ statistics that the cycle thread last published.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .catalogue import ROWS
 from .alertmanager import NotifyStats
-from .config import Config, Plan
+from .config import redact_url
+from .model import Config, Plan
 from .model import Report, Status
 from .scrape import ScrapeStats
 
@@ -49,6 +50,10 @@ class Published:
     cycle_seconds: float | None
     overruns: int
     notify: NotifyStats | None = None  # None when no Alertmanager is configured
+    failures: int = 0
+    evaluation_errors: Mapping[str, int] = field(default_factory=dict)
+    state_errors: Mapping[str, int] = field(default_factory=dict)
+    http_rejected: int = 0
 
 
 class Snapshot:
@@ -165,12 +170,33 @@ class FleetCollector(Collector):
                                      labels=["tier", "instance"])
         for (tier, inst), n in sorted(st.resets.items()):
             resets.add_metric([tier, inst], n)
+        invalid = CounterMetricFamily("fleetwatch_invalid_samples",
+                                      "Scrapes in which an engine input was NaN, infinite or negative (not used).",
+                                      labels=["tier", "instance", "input"])
+        for (tier, inst, key), n in sorted(st.invalid.items()):
+            invalid.add_metric([tier, inst, key], n)
         cycles = CounterMetricFamily("fleetwatch_cycles", "Completed scrape-and-evaluate cycles.")
         cycles.add_metric([], float(pub.cycles))
         overruns = CounterMetricFamily("fleetwatch_cycle_overruns",
                                        "Cycles skipped because the previous one was still running.")
         overruns.add_metric([], float(pub.overruns))
-        yield from (up, dur, errors, resets, cycles, overruns)
+        failures = CounterMetricFamily("fleetwatch_cycle_failures",
+                                       "Cycles that failed as a whole (the previous snapshot stays served).")
+        failures.add_metric([], float(pub.failures))
+        evaluation = CounterMetricFamily("fleetwatch_evaluation_errors",
+                                         "Cycles in which evaluating a tier raised; its rows were unknown.",
+                                         labels=["tier"])
+        for tier in self.config.tiers:
+            evaluation.add_metric([tier], float(pub.evaluation_errors.get(tier, 0)))
+        state_errors = CounterMetricFamily("fleetwatch_state_errors",
+                                           "State file trouble: corrupt or too_large (moved aside), unreadable, write.",
+                                           labels=["reason"])
+        for reason, n in sorted(pub.state_errors.items()):
+            state_errors.add_metric([reason], float(n))
+        rejected = CounterMetricFamily("fleetwatch_http_connections_rejected",
+                                       "Connections to /metrics closed at once because every handler was busy.")
+        rejected.add_metric([], float(pub.http_rejected))
+        yield from (up, dur, errors, resets, invalid, cycles, overruns, failures, evaluation, state_errors, rejected)
         if pub.notify is not None:
             ns = pub.notify
             for key, help_text, values in (
@@ -180,12 +206,12 @@ class FleetCollector(Collector):
                 c = CounterMetricFamily(f"fleetwatch_alertmanager_notifications_{key}", help_text,
                                         labels=["alertmanager"])
                 for url, v in sorted(values.items()):
-                    c.add_metric([url], float(v))
+                    c.add_metric([redact_url(url)], float(v))  # this page is unauthenticated
                 yield c
             q = GaugeMetricFamily("fleetwatch_alertmanager_queue_length", "Alerts waiting to be delivered.",
                                   labels=["alertmanager"])
             for url, v in sorted(ns.queued.items()):
-                q.add_metric([url], float(v))
+                q.add_metric([redact_url(url)], float(v))
             yield q
         if pub.cycle_seconds is not None:
             d = GaugeMetricFamily("fleetwatch_cycle_duration_seconds", "Duration of the last cycle.")

@@ -1,20 +1,37 @@
-"""YAML config -> frozen dataclasses, validated strictly.
+"""YAML config -> the frozen dataclasses of exporter.model, validated strictly.
 
-Every error is a ConfigError whose text is one line: ``file: key.path: reason``.
-Only ``yaml.safe_load`` is used.
+Every error is a ConfigError whose text is one line: ``file: key.path: reason``. The YAML is
+read with a SafeLoader that also refuses what safe_load lets through: duplicate keys, deep
+nesting and aliases that expand without bound. A file is size-checked before it is parsed, and
+no message echoes more than a short prefix of a value.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
+from .model import (BandOverride, Benchmark, Config, CurvePoint, GpuSelector, LengthProfile, Plan, Precision,
+                    Slo, Target, TierConfig, Workload)
+
+__all__ = ["BandOverride", "Benchmark", "Config", "ConfigError", "CurvePoint", "GpuSelector", "LengthProfile",
+           "Plan", "Precision", "Slo", "Target", "TierConfig", "Workload", "format_duration", "load_config",
+           "parse_duration", "redact_url", "validate_listen"]
+
 T = TypeVar("T")
+
+MAX_FILE_BYTES = 1 << 20  # a config for a thousand targets is a few hundred kB
+MAX_DEPTH = 32  # the deepest real config nests 7 levels
+MAX_NODES = 100_000  # YAML nodes after aliases are expanded (a "billion laughs" file has 1e9)
+MAX_SHOWN = 80  # characters of a value an error message may echo
+# upper bounds that keep every duration a number the scheduler and the clock can use
+MAX_DURATION = 366 * 86400.0
+MAX_INTERVAL = 3600.0
+CYCLE_SHARE = 0.8  # scrape_timeout may use at most this share of interval; the rest is evaluation
 
 
 class ConfigError(Exception):
@@ -30,9 +47,38 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 def parse_duration(text: str) -> float:
     """Prometheus-style duration ('15s', '5m', '1h30m', '250ms'; decimals allowed) -> seconds."""
-    if not isinstance(text, str) or not _DURATION_RE.match(text.strip()):
-        raise ValueError(f"expected a duration like 1.2s, got {text!r}")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text.strip()))
+    if not isinstance(text, str) or len(text) > 40 or not _DURATION_RE.match(text.strip()):
+        raise ValueError(f"expected a duration like 1.2s, got {show(text)}")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text.strip()))
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"must be at most 366d, got {show(text)}")
+    return seconds
+
+
+def show(value: Any) -> str:
+    """A value for an error message: never more than MAX_SHOWN characters, and never the repr
+    of a whole structure (an alias bomb's repr is gigabytes)."""
+    if isinstance(value, str):
+        return repr(value[:MAX_SHOWN]) + ("..." if len(value) > MAX_SHOWN else "")
+    if isinstance(value, (bool, int, float)) or value is None:
+        text = repr(value)
+        return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+    return _kind(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@``: for labels, logs and reports."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
+
+
+def validate_listen(listen: str) -> str | None:
+    """None when ``listen`` is a usable host:port, else why not."""
+    m = re.match(r"^([^\s]*):(\d{1,5})$", listen)
+    if not m:
+        return f"expected host:port, got {show(listen)}"
+    if int(m.group(2)) > 65535:
+        return f"port must be 0-65535, got {m.group(2)}"
+    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -41,126 +87,6 @@ def format_duration(seconds: float) -> str:
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{int(round(seconds * 1000))}ms"
-
-
-# ---------------------------------------------------------------- domain
-
-
-@dataclass(frozen=True)
-class Slo:
-    ttft_p99: float
-    itl_p99: float
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    rps: float
-    ttft_p99: float | None = None
-    itl_p99: float | None = None
-    gpu_utilization: float | None = None
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    usable_rps_per_instance: float
-    ttft_p99: float
-    itl_p99: float
-    gpu_utilization: float
-    curve: tuple[CurvePoint, ...] = ()
-    prefix_cache_hit_ratio: float | None = None
-    kv_cache_eviction_ratio: float | None = None
-
-
-@dataclass(frozen=True)
-class LengthProfile:
-    p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-
-
-@dataclass(frozen=True)
-class Workload:
-    input_tokens: LengthProfile | None = None
-    output_tokens: LengthProfile | None = None
-    prefix_reuse: bool | None = None
-    drift_tolerance: float = 0.25  # a length percentile moving more than this share is drift
-
-
-@dataclass(frozen=True)
-class Precision:
-    weights: str | None = None
-    kv_cache: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    gpus_per_instance: int
-    instances: int
-    gpu_hour_cost_usd: float
-    peak_rps: float
-    safety_factor: float
-    slo: Slo
-    benchmark: Benchmark
-    workload: Workload | None = None
-    precision: Precision | None = None
-    scale_down_stabilization: float = 1800.0
-
-
-@dataclass(frozen=True)
-class GpuSelector:
-    pod: str | None = None
-    indices: tuple[str, ...] = ()
-    uuids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    engine: str  # "vllm" | "sglang"
-    url: str
-    dcgm: str | None = None
-    nvml: bool = False
-    gpus: GpuSelector | None = None
-    bearer_token_file: str | None = None
-
-
-@dataclass(frozen=True)
-class BandOverride:
-    warning_above: float | None = None
-    critical_above: float | None = None
-    warning_below: float | None = None
-    critical_below: float | None = None
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    name: str
-    plan: Plan
-    targets: tuple[Target, ...]
-    bands: Mapping[str, BandOverride] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    interval: float = 15.0
-    window: float = 300.0
-    listen: str = "0.0.0.0:9108"
-    scrape_timeout: float = 5.0
-    max_body_bytes: int = 16 * 1024 * 1024
-    tls_verify: bool = True
-    ca_file: str | None = None
-    history: float = 7 * 86400.0
-    alertmanagers: tuple[str, ...] = ()
-    tiers: Mapping[str, TierConfig] = field(default_factory=dict)
-
-    @property
-    def listen_host(self) -> str:
-        return self.listen.rsplit(":", 1)[0] or "0.0.0.0"
-
-    @property
-    def listen_port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -180,7 +106,7 @@ class _Ctx:
             raise self.err(path, f"expected a mapping, got {_kind(value)}")
         for k in value:
             if not isinstance(k, str):
-                raise self.err(path, f"keys must be strings, got {k!r}")
+                raise self.err(path, f"keys must be strings, got {show(k)}")
             if k not in allowed:
                 raise self.err(_join(path, k), f"unknown key (allowed: {', '.join(sorted(allowed))})")
         for k in sorted(required):
@@ -191,44 +117,46 @@ class _Ctx:
     def number(self, value: Any, path: str, *, minimum: float | None = None, maximum: float | None = None,
                strict_min: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-            raise self.err(path, f"expected a number, got {value!r}")
+            raise self.err(path, f"expected a number, got {show(value)}")
         v = float(value)
         if minimum is not None and (v < minimum or (strict_min and v == minimum)):
-            raise self.err(path, f"must be {'>' if strict_min else '>='} {minimum:g}, got {value!r}")
+            raise self.err(path, f"must be {'>' if strict_min else '>='} {minimum:g}, got {show(value)}")
         if maximum is not None and v > maximum:
-            raise self.err(path, f"must be <= {maximum:g}, got {value!r}")
+            raise self.err(path, f"must be <= {maximum:g}, got {show(value)}")
         return v
 
     def integer(self, value: Any, path: str, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.err(path, f"expected a whole number, got {value!r}")
+            raise self.err(path, f"expected a whole number, got {show(value)}")
         if value < minimum:
-            raise self.err(path, f"must be >= {minimum}, got {value!r}")
+            raise self.err(path, f"must be >= {minimum}, got {show(value)}")
         return value
 
-    def duration(self, value: Any, path: str, *, positive: bool = True) -> float:
+    def duration(self, value: Any, path: str, *, positive: bool = True, maximum: float = MAX_DURATION) -> float:
         try:
             seconds = parse_duration(value)
         except ValueError as e:
             raise self.err(path, str(e)) from None
         if positive and seconds <= 0:
-            raise self.err(path, f"must be longer than 0s, got {value!r}")
+            raise self.err(path, f"must be longer than 0s, got {show(value)}")
+        if seconds > maximum:
+            raise self.err(path, f"must be at most {format_duration(maximum)}, got {show(value)}")
         return seconds
 
     def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not value:
-            raise self.err(path, f"expected a non-empty string, got {value!r}")
+            raise self.err(path, f"expected a non-empty string, got {show(value)}")
         return value
 
     def boolean(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool):
-            raise self.err(path, f"expected true or false, got {value!r}")
+            raise self.err(path, f"expected true or false, got {show(value)}")
         return value
 
     def url(self, value: Any, path: str) -> str:
         s = self.string(value, path)
         if not re.match(r"^https?://[^/\s]+", s):
-            raise self.err(path, f"expected an http:// or https:// URL, got {s!r}")
+            raise self.err(path, f"expected an http:// or https:// URL, got {show(s)}")
         return s
 
     def optional(self, m: Mapping[str, Any], key: str, path: str, fn: Callable[[Any, str], T]) -> T | None:
@@ -371,7 +299,8 @@ def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
 
 
 def _default_name(url: str) -> str:
-    return re.sub(r"^https?://", "", url).split("/", 1)[0]
+    """The URL's host:port: never its user:password@, which would reach labels and logs."""
+    return re.sub(r"^https?://", "", redact_url(url)).split("/", 1)[0]
 
 
 _BAND_KEYS = {"warning_above", "critical_above", "warning_below", "critical_below"}
@@ -387,23 +316,95 @@ def _bands(c: _Ctx, v: Any, path: str, known_rows: set[str]) -> dict[str, BandOv
     return out
 
 
+class _Refused(yaml.YAMLError):
+    """What _Loader refuses, with the line it refused at."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        self.line, self.reason = line, reason
+        super().__init__(reason)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, deep nesting and unbounded alias expansion."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0  # nodes so far, each alias counted as the whole subtree it repeats
+        self._weights: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._weights.get(id(node), 1), node)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _Refused(mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels")
+        before = self._nodes
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, node)
+        self._weights[id(node)] = self._nodes - before
+        return node
+
+    def _count(self, n: int, node: Any) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise _Refused(node.start_mark.line + 1, f"the document expands to more than {MAX_NODES} nodes "
+                                                     f"(aliases repeating aliases?)")
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if dup:
+                raise _Refused(key_node.start_mark.line + 1, f"duplicate key {show(key)}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load_yaml(file: str) -> Any:
     try:
-        with open(file, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        size = os.stat(file).st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(file, "", f"{size} bytes is more than the {MAX_FILE_BYTES} byte limit for a config")
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(file, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, "", f"not UTF-8 text (byte {e.start}); is it a binary file?") from None
     except OSError as e:
         raise ConfigError(file, "", f"cannot read: {e.strerror}") from None
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError(file, "", f"nesting deeper than {MAX_DEPTH} levels") from None
+    except _Refused as e:
+        raise ConfigError(file, f"line {e.line}", e.reason) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(file, where, f"invalid YAML: {problem}") from None
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["invalid"])[0]
+        raise ConfigError(file, where, f"invalid YAML: {str(problem)[:120]}") from None
+    finally:
+        loader.dispose()
 
 
 _TOP = {"interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
-        "history", "alertmanagers", "tiers"}
+        "history", "alertmanagers", "tiers", "state_dir"}
 
 
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
@@ -418,14 +419,21 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         raise c.err("", "the file is empty")
     m = c.mapping(raw, "", _TOP, {"tiers"})
     base = Path(file).resolve().parent
-    interval = c.optional(m, "interval", "", c.duration) or 15.0
-    window = c.optional(m, "window", "", c.duration) or 300.0
-    timeout = c.optional(m, "scrape_timeout", "", c.duration) or min(5.0, interval * 0.8)
-    if timeout >= interval:
-        raise c.err("scrape_timeout", f"must be shorter than interval ({format_duration(interval)})")
+    interval = c.optional(m, "interval", "", lambda v, p: c.duration(v, p, maximum=MAX_INTERVAL)) or 15.0
+    if interval < 0.1:
+        raise c.err("interval", f"must be at least 100ms, got {format_duration(interval)}")
+    window = c.optional(m, "window", "", lambda v, p: c.duration(v, p, maximum=86400.0)) or 300.0
+    if window < interval:
+        raise c.err("window", f"must be at least one interval ({format_duration(interval)}): a rate needs two scrapes")
+    timeout = c.optional(m, "scrape_timeout", "", c.duration) or min(5.0, interval * CYCLE_SHARE)
+    if timeout > interval * CYCLE_SHARE + 1e-9:
+        # a cycle is the scrape (bounded by scrape_timeout) plus evaluation: it must fit the interval
+        raise c.err("scrape_timeout", f"must be at most {CYCLE_SHARE:.0%} of interval ({format_duration(interval)}), "
+                                      f"leaving the rest of the cycle for evaluation; got {format_duration(timeout)}")
     listen = c.optional(m, "listen", "", c.string) or "0.0.0.0:9108"
-    if not re.match(r"^[^\s]*:\d{1,5}$", listen):
-        raise c.err("listen", f"expected host:port, got {listen!r}")
+    bad_listen = validate_listen(listen)
+    if bad_listen:
+        raise c.err("listen", bad_listen)
     ams = m.get("alertmanagers") or []
     if not isinstance(ams, list):
         raise c.err("alertmanagers", f"expected a list of URLs, got {_kind(ams)}")
@@ -465,7 +473,18 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         max_body_bytes=int(c.optional(m, "max_body_bytes", "", lambda v, p: c.integer(v, p, minimum=1024)) or 16 << 20),
         tls_verify=True if m.get("tls_verify") is None else c.boolean(m["tls_verify"], "tls_verify"),
         ca_file=c.optional(m, "ca_file", "", c.string),
-        history=c.optional(m, "history", "", c.duration) or 7 * 86400.0,
+        history=c.optional(m, "history", "", lambda v, p: c.duration(v, p, maximum=90 * 86400.0)) or 7 * 86400.0,
         alertmanagers=tuple(c.url(u, _join("alertmanagers", i)) for i, u in enumerate(ams)),
         tiers=tiers,
+        state_dir=_state_dir(c, m, base),
     )
+
+
+def _state_dir(c: _Ctx, m: Mapping[str, Any], base: Path) -> str | None:
+    raw = c.optional(m, "state_dir", "", c.string)
+    if raw is None:
+        return None
+    path = Path(raw) if os.path.isabs(raw) else (base / raw)
+    if path.exists() and not path.is_dir():
+        raise c.err("state_dir", f"{show(str(path))} exists and is not a directory")
+    return str(path)

@@ -5,6 +5,7 @@ means a slow cycle is never overlapped by the next; the skipped run is counted a
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import signal
 import threading
@@ -13,7 +14,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from .alertmanager import AlertmanagerClient, alerts_from_report
@@ -23,8 +24,12 @@ from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
 from .scrape import Scraper
 from .window import WindowStore, count_resets
+from . import state
 
 log = logging.getLogger(__name__)
+
+
+STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdown
 
 
 class Pipeline:
@@ -36,12 +41,58 @@ class Pipeline:
         self.notifier = notifier
         self.scraper = scraper
         self.clock = clock
-        self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()})
+        self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
+                                 slack=config.interval / 2)
         self.history: dict[str, deque[HistoryPoint]] = {n: deque() for n in config.tiers}
         self.snapshot = Snapshot()
         self.cycles = 0
         self.overruns = 0
+        self.failures = 0  # cycles that raised (the previous snapshot stays published)
+        self.evaluation_errors: dict[str, int] = {}
+        self.state_errors: dict[str, int] = {}
+        self.started_at = clock()
+        self._saved_at: float | None = None
+        self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
+        if config.state_dir is not None:
+            self._load_state(config.state_dir)
+
+    # ------------------------------------------------------------------ state across restarts
+    def _load_state(self, state_dir: str) -> None:
+        loaded = state.load(state_dir, list(self.config.tiers), self.clock())
+        if loaded.error is not None:
+            self.state_errors[loaded.error.reason] = self.state_errors.get(loaded.error.reason, 0) + 1
+            where = f"; moved aside to {loaded.moved_to}" if loaded.moved_to else ""
+            log.error("state file in %s not used (%s: %s)%s; history starts empty", state_dir, loaded.error.reason,
+                      loaded.error, where)
+        horizon = self.clock() - self.config.history
+        for name, points in loaded.history.items():
+            self.history[name] = deque(p for p in points if p.timestamp >= horizon)
+        n = sum(len(h) for h in self.history.values())
+        if n:
+            log.info("loaded %d history points from %s", n, state_dir)
+
+    def save_state(self, force: bool = False) -> None:
+        if self.config.state_dir is None:
+            return
+        now = self.clock()
+        if not force and self._saved_at is not None and now - self._saved_at < STATE_SAVE_EVERY:
+            return
+        try:
+            state.save(self.config.state_dir, self.history, now)
+            self._saved_at = now
+        except OSError as e:
+            self.state_errors["write"] = self.state_errors.get("write", 0) + 1
+            log.error("cannot write the state file in %s: %s", self.config.state_dir, e.strerror or e)
+
+    def history_note(self) -> dict[str, object]:
+        """What the report says about the history behind the observed peak and scale-down."""
+        if self.config.state_dir is None:
+            return {"persisted": False, "since": self.started_at,
+                    "note": "no state_dir: the history is in memory only and started empty when fleetwatch "
+                            "started; scale_down waits for a whole stabilization window observed since then"}
+        return {"persisted": True, "since": min((h[0].timestamp for h in self.history.values() if h),
+                                                 default=self.started_at), "state_dir": self.config.state_dir}
 
     def ingest(self, samples: list[InstanceSample]) -> None:
         for s in samples:
@@ -59,8 +110,13 @@ class Pipeline:
     def evaluate(self, now: float) -> Report:
         self.store.trim(now)
         windows = {name: self.store.view(name, now) for name in self.config.tiers}
-        report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now, self.config.window)
+        report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now, self.config.window,
+                          history_note=self.history_note())
         for name, t in report.tiers.items():
+            if t.error is not None:
+                self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
+                log.error("evaluating tier %s failed, its rows are unknown this cycle: %s", name, t.error)
+                continue
             h = self.history[name]
             rps = peak_sample(windows[name], t.metrics["requests_per_second"].value, self.config.window)
             h.append(HistoryPoint(now, rps, t.resize.recommended_instances))
@@ -81,17 +137,29 @@ class Pipeline:
                 self.notifier.flush()  # bounded by its timeout; failures stay queued
             except Exception:  # noqa: BLE001 - notification trouble must not stop evaluation
                 log.exception("notifying Alertmanager failed")
-        self.snapshot.publish(Published(report, self.scraper.stats.copy(), self.cycles, time.monotonic() - t0,
-                                        self.overruns, self.notifier.stats() if self.notifier else None))
+        self.save_state()
+        self.publish(report, time.monotonic() - t0)
         worst = [f"{n}:{t.resize.action}" for n, t in report.tiers.items()]
         log.info("cycle %d done in %.2fs; %s", self.cycles, time.monotonic() - t0, " ".join(worst))
         return report
 
+    def publish(self, report: Report | None, seconds: float | None) -> None:
+        prev = self.snapshot.get()
+        self.snapshot.publish(Published(
+            report if report is not None else prev.report, self.scraper.stats.copy(), self.cycles,
+            seconds if seconds is not None else prev.cycle_seconds, self.overruns,
+            self.notifier.stats() if self.notifier else None, failures=self.failures,
+            evaluation_errors=dict(self.evaluation_errors), state_errors=dict(self.state_errors),
+            http_rejected=self.http_rejected()))
+
     def safe_cycle(self) -> None:
         try:
             self.cycle()
-        except Exception:  # noqa: BLE001 - the daemon keeps serving the last good snapshot
-            log.exception("cycle failed; serving the previous snapshot")
+        except Exception as e:  # noqa: BLE001 - the daemon keeps serving the last good snapshot
+            self.failures += 1
+            log.error("cycle failed, serving the previous snapshot: %s: %s", type(e).__name__, str(e)[:200])
+            log.debug("cycle failure", exc_info=True)
+            self.publish(None, None)
 
     def healthy(self) -> bool:
         pub = self.snapshot.get()
@@ -100,14 +168,24 @@ class Pipeline:
         return self.clock() - pub.report.generated_at < 3 * self.config.interval + self.config.scrape_timeout
 
 
+HTTP_IDLE_TIMEOUT = 10.0  # seconds a connection may sit without sending a full request
+HTTP_MAX_CONNECTIONS = 32  # handler threads at most; more connections are closed at once
+
+
 def make_handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "fleetwatch"
+        timeout = HTTP_IDLE_TIMEOUT  # socket timeout: an idle or slow client is dropped, its thread ends
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
+            encoding = ""
             if path == "/metrics":
-                body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                # content negotiation (OpenMetrics or text) and gzip, as prometheus_client serves it
+                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+                body, code = encoder(registry), 200
+                if "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body, encoding = gzip.compress(body, compresslevel=1), "gzip"
             elif path == "/healthz":
                 ok = healthy()
                 body, ctype, code = (b"ok\n" if ok else b"stale: no cycle finished recently\n"), "text/plain", (
@@ -118,6 +196,8 @@ def make_handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> ty
                 body, ctype, code = b"not found\n", "text/plain", 404
             self.send_response(code)
             self.send_header("Content-Type", ctype)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -128,17 +208,51 @@ def make_handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> ty
     return Handler
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but at most ``limit`` of them: past that a connection is closed
+    at once and counted, so idle clients cannot grow the process without bound."""
+
+    daemon_threads = True
+    request_queue_size = 128  # accept promptly, then refuse past the limit, rather than stall in backlog
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self.rejected = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class Server:
     """HTTP server for /metrics and /healthz on a daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool]) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(registry, healthy))
-        self.httpd.daemon_threads = True
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
+                 max_connections: int = HTTP_MAX_CONNECTIONS) -> None:
+        self.httpd = _BoundedHTTPServer((host, port), make_handler(registry, healthy), max_connections)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
     @property
     def port(self) -> int:
         return int(self.httpd.server_address[1])
+
+    @property
+    def rejected(self) -> int:
+        return self.httpd.rejected
 
     def start(self) -> None:
         self.thread.start()
@@ -162,6 +276,7 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     pipeline = Pipeline(config, scraper, notifier=notifier)
     registry = make_registry(config, pipeline.snapshot)
     server = Server(config.listen_host, config.listen_port, registry, pipeline.healthy)
+    pipeline.http_rejected = lambda: server.rejected
     server.start()
     log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %d targets)",
              config.listen_host, server.port, config.interval, config.window, len(config.tiers),
@@ -192,6 +307,7 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         on_ready(server)
     stop.wait()
     scheduler.shutdown(wait=True)  # lets a running cycle finish; it is bounded by scrape_timeout
+    pipeline.save_state(force=True)
     server.stop()
     scraper.close()
     if notifier is not None:

@@ -5,14 +5,15 @@ No I/O, no clock, no globals: everything it needs is an argument.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from .catalogue import ROWS, Context, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
-from .config import Config, CurvePoint, Plan, TierConfig
+from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
+from .inputs import INPUTS
 from .window import Quantity, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
@@ -165,8 +166,18 @@ def recommended_instances(peak_rps: float, usable_rps: float, safety: float) -> 
     return max(0, math.ceil(math.ceil(peak_rps / usable_rps - 1e-9) * (1 + safety) - 1e-9))
 
 
+def observed_throughout(history: Sequence[HistoryPoint], start: float, now: float, max_gap: float) -> bool:
+    """Whether the history has a point at least every ``max_gap`` seconds from ``start`` to ``now``
+    (a restart or an outage leaves a gap that must not count as observed)."""
+    times = [h.timestamp for h in history if start - max_gap <= h.timestamp <= now]
+    if not times or times[0] > start + max_gap:
+        return False
+    edges = [*times, now]
+    return all(b - a <= max_gap for a, b in zip(edges, edges[1:]))
+
+
 def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: Sequence[HistoryPoint],
-           now: float, step13_critical: bool) -> Resize:
+           now: float, step13_critical: bool, max_gap: float = math.inf) -> Resize:
     observed = [h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else [])
     observed_peak = max(observed) if observed else None
     covered = now - min((h.timestamp for h in history), default=now)
@@ -186,8 +197,9 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
                       f"tier {tier}: production diverges from the Step 10 benchmark (Step 13); re-characterize "
                       f"the workload (Step 1) before resizing. Sizing math says {rec} for {current}.", peak)
     if rec < current:
-        window = [h for h in history if h.timestamp >= now - plan.scale_down_stabilization]
-        long_enough = covered >= plan.scale_down_stabilization
+        start = now - plan.scale_down_stabilization
+        window = [h for h in history if h.timestamp >= start]
+        long_enough = covered >= plan.scale_down_stabilization and observed_throughout(history, start, now, max_gap)
         if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
             return Resize(current, rec, "scale_down",
                           f"tier {tier} needs {rec} instances, has {current}, for the whole "
@@ -227,10 +239,23 @@ def _ttft_rising(tw: TierWindow) -> bool:
     return a is not None and b is not None and b > 1.2 * a
 
 
+def _usable(q: Quantity, tw: TierWindow, inputs: Sequence[str]) -> Quantity:
+    """A row's value as computed, unless an input was unusable in the window or the value is."""
+    for key in inputs:
+        bad = tw.invalid(key)
+        if bad:
+            what = INPUTS[key].what if key in INPUTS else key
+            return Quantity(None, 0, reason=f"{', '.join(bad)} reported a NaN, infinite or negative {what} in the "
+                                            f"window; the row is unknown until that reading leaves the window")
+    if q.value is not None and (not math.isfinite(q.value) or q.value < 0):
+        return Quantity(None, 0, reason="the inputs produce a value that is not a finite, non-negative number")
+    return q
+
+
 def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoint], now: float,
-                  window_seconds: float = 0.0) -> TierReport:
+                  window_seconds: float = 0.0, max_gap: float = math.inf) -> TierReport:
     plan = tier.plan
-    values = {row.key: row.compute(tw, plan) for row in ROWS}
+    values = {row.key: _usable(row.compute(tw, plan), tw, row.inputs) for row in ROWS}
     bands: dict[str, Band | None] = {}
     statuses: dict[str, Status] = {}
     ctx = Context(plan, values, statuses, _ttft_rising(tw))
@@ -275,14 +300,38 @@ def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoi
     return TierReport(
         tier=tier.name, instances_up=len(up), instances_total=total, metrics=metrics,
         plan_checks=tuple(checks),
-        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical),
+        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical, max_gap),
         workload=workload(tw), findings=tuple(findings),
         guardrails=recommendations(tw, plan),
     )
 
 
+def failed_tier(tier: TierConfig, tw: TierWindow, error: str) -> TierReport:
+    """What a tier reports when its evaluation raised: every row unknown, the error said once."""
+    reason = f"evaluation of this tier failed: {error}"
+    metrics = {row.key: MetricValue(row.key, None, row.unit, Status.UNKNOWN, None, None, 0, None, reason)
+               for row in ROWS}
+    total = len(tw.instances)
+    return TierReport(
+        tier=tier.name, instances_up=len(tw.up()), instances_total=total, metrics=metrics, plan_checks=(),
+        resize=Resize(total, None, "hold", f"tier {tier.name}: no resize verdict ({reason}).", None),
+        workload={}, findings=(), guardrails={}, error=error)
+
+
+def history_gap(config: Config) -> float:
+    """The longest pause between cycles that still counts as observing without a break."""
+    return max(3 * config.interval, 60.0)
+
+
 def evaluate(config: Config, windows: Mapping[str, TierWindow], history: Mapping[str, Sequence[HistoryPoint]],
-             now: float, window_seconds: float) -> Report:
-    tiers = {name: evaluate_tier(t, windows[name], history.get(name, ()), now, window_seconds)
-             for name, t in config.tiers.items()}
+             now: float, window_seconds: float, history_note: Mapping[str, object] | None = None) -> Report:
+    tiers: dict[str, TierReport] = {}
+    for name, t in config.tiers.items():
+        hist = history.get(name, ())
+        try:
+            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config))
+        except Exception as e:  # noqa: BLE001 - one tier's bug must never take the others down
+            tr = failed_tier(t, windows[name], f"{type(e).__name__}: {str(e)[:200]}")
+        oldest = min((h.timestamp for h in hist), default=now)
+        tiers[name] = replace(tr, history={**(history_note or {}), "points": len(hist), "covers_seconds": now - oldest})
     return Report(generated_at=now, window_seconds=window_seconds, tiers=tiers)

@@ -1,9 +1,24 @@
-"""The one HTTP GET every source uses: size cap, timeout, TLS verification, bearer token."""
+"""The one HTTP GET every source uses: size cap, whole-fetch deadline, TLS verification, bearer token.
+
+The deadline bounds the whole fetch, bytes included. A socket timeout only bounds each read, so
+a target that drips one byte a second would never trip it; instead one watchdog thread shuts
+down the socket of every fetch whose deadline has passed, which wakes its blocked read at once.
+No scrape thread can therefore outlive its cycle, whatever the target does.
+"""
 from __future__ import annotations
 
+import heapq
+import itertools
+import socket
+import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class FetchError(Exception):
@@ -14,11 +29,162 @@ class FetchError(Exception):
         super().__init__(message)
 
 
+# ---------------------------------------------------------------- the deadline watchdog
+
+
+@dataclass(eq=False)
+class _Fetch:
+    """One in-flight fetch: its deadline and the sockets it has used so far."""
+
+    deadline: float
+    socks: list[socket.socket] = field(default_factory=list)
+    expired: bool = False
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self.lock:
+            self.socks.append(sock)
+            if self.expired:  # the deadline passed while this socket was being made
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self.lock:  # held while cutting, so a finished fetch's kept-alive socket is never cut
+            if self.done:
+                return
+            self.expired = True
+            for sock in self.socks:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        # the plain socket's shutdown, also for an SSLSocket: it must not touch the TLS state
+        # that the reading thread is using
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Watchdog:
+    """A single daemon thread that expires fetches at their deadlines (a heap, not a timer each)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Fetch]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, f: _Fetch) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (f.deadline, next(self._seq), f))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, _, f = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            f.expire()
+
+
+_WATCHDOG = _Watchdog()
+_current = threading.local()  # the fetch running on this thread, for the connections it opens
+
+
+# The socket is recorded when it is made and again when a kept-alive one is reused: http.client
+# drops conn.sock once a response says "close", while the response still reads from it.
+
+
+class _DeadlineMixin:
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _attach(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # a kept-alive connection skips connect()
+        _attach(self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineMixin, HTTPSConnection):
+    pass
+
+
+def _attach(sock: socket.socket | None) -> None:
+    f: _Fetch | None = getattr(_current, "fetch", None)
+    if f is not None:
+        f.attach(sock)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections the watchdog can cut; keep-alive is kept."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def new_session() -> requests.Session:
+    """A session for scraping: deadline-aware connections, no proxies or netrc from the environment."""
+    s = requests.Session()
+    s.trust_env = False  # in-cluster scrapes never go through an HTTP(S)_PROXY
+    adapter = DeadlineAdapter()
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+# ---------------------------------------------------------------- tokens
+
+
 def read_token(path: str | None) -> str | None:
+    """The bearer token in ``path``, re-read on every fetch so rotation works.
+
+    A trailing line break is stripped. Anything else that cannot go into an HTTP header is an
+    error whose message never contains the token: requests would otherwise echo the header.
+    """
     if not path:
         return None
-    with open(path, encoding="utf-8") as fh:
-        return fh.read().strip()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read(65536).strip()
+    except UnicodeDecodeError:
+        raise FetchError("token", f"bearer token file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise FetchError("token", f"cannot read bearer token file {path}: {e.strerror}") from None
+    bad = next((i for i, ch in enumerate(token) if not 0x20 < ord(ch) < 0x7F), None)
+    if bad is not None:
+        raise FetchError("token", f"bearer token file {path} holds a line break, space, control or non-ASCII "
+                                  f"character at offset {bad}; a token is one line of printable ASCII")
+    return token or None
+
+
+# ---------------------------------------------------------------- the fetch
 
 
 def fetch_text(
@@ -32,19 +198,38 @@ def fetch_text(
 ) -> str:
     """GET ``url`` and return its body as text, or raise FetchError.
 
-    ``timeout`` bounds the whole fetch, not each socket read, so a target that drips bytes
-    cannot hold a cycle open.
+    ``timeout`` bounds the whole fetch (connect, headers and every byte of the body) when
+    ``session`` comes from ``new_session``; with another session it bounds each read.
     """
-    deadline = time.monotonic() + timeout
     headers = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"}
-    try:
-        token = read_token(bearer_token_file)
-    except OSError as e:
-        raise FetchError("token", f"cannot read bearer token file: {e.strerror}") from None
+    token = read_token(bearer_token_file)
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    f = _Fetch(time.monotonic() + timeout)
+    _current.fetch = f
+    _WATCHDOG.watch(f)
     try:
-        with session.get(url, headers=headers, timeout=(min(timeout, 3.0), timeout), stream=True,
+        body = _get(session, url, headers, timeout, max_bytes, verify)
+    except FetchError:
+        if f.expired:
+            raise FetchError("timeout", f"not complete within {timeout:g}s") from None
+        raise
+    finally:
+        with f.lock:
+            f.done = True
+        _current.fetch = None
+    if f.expired:  # a body read until the server closed may look complete when it was cut
+        raise FetchError("timeout", f"not complete within {timeout:g}s")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FetchError("malformed", "body is not UTF-8 text") from None
+
+
+def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: float, max_bytes: int,
+         verify: bool | str) -> bytes:
+    try:
+        with session.get(url, headers=headers, timeout=(timeout, timeout), stream=True,
                          verify=verify, allow_redirects=False) as resp:
             if resp.status_code != 200:
                 raise FetchError("http_status", f"HTTP {resp.status_code}")
@@ -53,33 +238,28 @@ def fetch_text(
                 raise FetchError("too_large", f"body of {int(declared)} bytes exceeds the {max_bytes} byte cap")
             chunks: list[bytes] = []
             size = 0
-            for chunk in resp.iter_content(chunk_size=65536):
+            for chunk in resp.iter_content(chunk_size=65536):  # decoded: the cap also bounds gzip expansion
                 size += len(chunk)
                 if size > max_bytes:
                     raise FetchError("too_large", f"body exceeds the {max_bytes} byte cap")
-                if time.monotonic() > deadline:
-                    raise FetchError("timeout", f"body not complete after {timeout:g}s")
                 chunks.append(chunk)
-            body = b"".join(chunks)
+            return b"".join(chunks)
     except FetchError:
         raise
     except requests.exceptions.SSLError as e:
         raise FetchError("tls", f"TLS error: {_first_line(e)}") from None
     except requests.exceptions.ConnectTimeout:
-        raise FetchError("timeout", f"connect timed out after {min(timeout, 3.0):g}s") from None
+        raise FetchError("timeout", f"connect timed out after {timeout:g}s") from None
     except requests.exceptions.ReadTimeout:
         raise FetchError("timeout", f"no response within {timeout:g}s") from None
     except requests.exceptions.ConnectionError as e:
-        text = str(e)
-        if "timed out" in text.lower():
+        if "timed out" in str(e).lower():
             raise FetchError("timeout", f"timed out after {timeout:g}s") from None
         raise FetchError("refused", f"connection failed: {_first_line(e)}") from None
     except requests.exceptions.RequestException as e:
         raise FetchError("other", _first_line(e)) from None
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FetchError("malformed", "body is not UTF-8 text") from None
+    except OSError as e:  # a socket cut by the watchdog can surface as a bare OSError
+        raise FetchError("other", f"{type(e).__name__}: {e.strerror or e}") from None
 
 
 def _first_line(e: BaseException) -> str:

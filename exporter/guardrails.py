@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import LengthProfile, Plan
+from .model import LengthProfile, Plan
 from .model import Finding, Status
 from .window import Quantity, TierWindow
 

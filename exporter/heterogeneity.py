@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from .config import Plan
+from .model import Plan
 from .model import Finding, Status
 from .window import TierWindow
 

@@ -17,10 +17,6 @@ class Status(str, Enum):
     CRITICAL = "critical"
     UNKNOWN = "unknown"
 
-    @property
-    def rank(self) -> int:
-        return {"unknown": -1, "ok": 0, "warning": 1, "critical": 2}[self.value]
-
 
 @dataclass(frozen=True)
 class Histogram:
@@ -87,6 +83,7 @@ class EngineSample:
     histograms: Mapping[str, Histogram] = field(default_factory=dict)
     lora: LoraState | None = None
     kv_capacity_tokens: float | None = None
+    invalid: frozenset[str] = frozenset()  # canonical names whose samples were NaN, infinite or negative
 
 
 @dataclass(frozen=True)
@@ -234,6 +231,8 @@ class TierReport:
     workload: Mapping[str, object]
     findings: tuple[Finding, ...]
     guardrails: Mapping[str, object]
+    error: str | None = None  # set when evaluating this tier raised; every row is then unknown
+    history: Mapping[str, object] = field(default_factory=dict)  # what the observed peak rests on
 
     def statuses(self) -> list[Status]:
         return (
@@ -251,6 +250,8 @@ class TierReport:
             "workload": dict(self.workload),
             "findings": [f.as_dict() for f in self.findings],
             "guardrails": dict(self.guardrails),
+            "error": self.error,
+            "history": dict(self.history),
         }
 
 
@@ -271,3 +272,125 @@ class Report:
             "critical": self.critical,
             "tiers": {name: t.as_dict() for name, t in self.tiers.items()},
         }
+
+
+# ---------------------------------------------------------------- the plan and the config
+# (built and validated by exporter/config.py; here so that pure modules need not import it)
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_p99: float
+    itl_p99: float
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    rps: float
+    ttft_p99: float | None = None
+    itl_p99: float | None = None
+    gpu_utilization: float | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    usable_rps_per_instance: float
+    ttft_p99: float
+    itl_p99: float
+    gpu_utilization: float
+    curve: tuple[CurvePoint, ...] = ()
+    prefix_cache_hit_ratio: float | None = None
+    kv_cache_eviction_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class LengthProfile:
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    input_tokens: LengthProfile | None = None
+    output_tokens: LengthProfile | None = None
+    prefix_reuse: bool | None = None
+    drift_tolerance: float = 0.25  # a length percentile moving more than this share is drift
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: str | None = None
+    kv_cache: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpus_per_instance: int
+    instances: int
+    gpu_hour_cost_usd: float
+    peak_rps: float
+    safety_factor: float
+    slo: Slo
+    benchmark: Benchmark
+    workload: Workload | None = None
+    precision: Precision | None = None
+    scale_down_stabilization: float = 1800.0
+
+
+@dataclass(frozen=True)
+class GpuSelector:
+    pod: str | None = None
+    indices: tuple[str, ...] = ()
+    uuids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    engine: str  # "vllm" | "sglang"
+    url: str
+    dcgm: str | None = None
+    nvml: bool = False
+    gpus: GpuSelector | None = None
+    bearer_token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class BandOverride:
+    warning_above: float | None = None
+    critical_above: float | None = None
+    warning_below: float | None = None
+    critical_below: float | None = None
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    name: str
+    plan: Plan
+    targets: tuple[Target, ...]
+    bands: Mapping[str, BandOverride] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    interval: float = 15.0
+    window: float = 300.0
+    listen: str = "0.0.0.0:9108"
+    scrape_timeout: float = 5.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    tls_verify: bool = True
+    ca_file: str | None = None
+    history: float = 7 * 86400.0
+    alertmanagers: tuple[str, ...] = ()
+    tiers: Mapping[str, TierConfig] = field(default_factory=dict)
+    state_dir: str | None = None  # where the per-tier history survives restarts; None: memory only
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rsplit(":", 1)[0] or "0.0.0.0"
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])

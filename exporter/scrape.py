@@ -10,9 +10,9 @@ from typing import Callable
 
 import requests
 
-from .config import Config, Target
+from .model import Config, Target
 from .exposition import ExpositionError
-from .fetch import FetchError, fetch_text
+from .fetch import FetchError, fetch_text, new_session
 from .model import EngineSample, GpuReading, InstanceSample
 from .sources import dcgm, sglang, vllm
 from .sources.nvml import NvmlReader
@@ -20,6 +20,7 @@ from .sources.nvml import NvmlReader
 log = logging.getLogger(__name__)
 
 _PARSERS: dict[str, Callable[[str], EngineSample]] = {"vllm": vllm.parse, "sglang": sglang.parse}
+WAIT_GRACE = 0.1  # seconds past the scrape deadline that a cycle waits for parsers to finish
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ScrapeStats:
     duration: dict[tuple[str, str, str], float] = field(default_factory=dict)
     up: dict[tuple[str, str, str], int] = field(default_factory=dict)
     resets: dict[tuple[str, str], int] = field(default_factory=dict)
+    invalid: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tier, instance, canonical input
 
     def error(self, tier: str, instance: str, source: str, reason: str) -> None:
         with self.lock:
@@ -46,10 +48,15 @@ class ScrapeStats:
         with self.lock:
             self.resets[(tier, instance)] = self.resets.get((tier, instance), 0) + n
 
+    def invalid_seen(self, tier: str, instance: str, keys: frozenset[str]) -> None:
+        with self.lock:
+            for k in keys:
+                self.invalid[(tier, instance, k)] = self.invalid.get((tier, instance, k), 0) + 1
+
     def copy(self) -> "ScrapeStats":
         with self.lock:
             return ScrapeStats(errors=dict(self.errors), duration=dict(self.duration), up=dict(self.up),
-                               resets=dict(self.resets))
+                               resets=dict(self.resets), invalid=dict(self.invalid))
 
 
 class Scraper:
@@ -58,11 +65,12 @@ class Scraper:
     def __init__(self, config: Config, *, session: requests.Session | None = None,
                  nvml: NvmlReader | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.session = session or requests.Session()
+        self.session = session or new_session()
         self.session.trust_env = False  # no proxies from the environment for in-cluster scrapes
         self.nvml = nvml
         self.clock = clock
         self.stats = ScrapeStats()
+        self._invalid: dict[tuple[str, str], frozenset[str]] = {}  # per target, what its last scrape held
         n = sum(len(t.targets) for t in config.tiers.values())
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(64, 2 * n)), thread_name_prefix="scrape")
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
@@ -71,14 +79,18 @@ class Scraper:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.session.close()
 
-    def _get(self, url: str, token_file: str | None) -> str:
-        return fetch_text(self.session, url, timeout=self.config.scrape_timeout,
-                          max_bytes=self.config.max_body_bytes, verify=self._verify, bearer_token_file=token_file)
+    def _get(self, url: str, token_file: str | None, deadline: float) -> str:
+        # every fetch ends by the cycle's deadline, also one that waited in the pool's queue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("timeout", "the cycle's scrape deadline passed before this fetch could start")
+        return fetch_text(self.session, url, timeout=remaining, max_bytes=self.config.max_body_bytes,
+                          verify=self._verify, bearer_token_file=token_file)
 
-    def _engine(self, tier: str, target: Target) -> EngineSample | None:
+    def _engine(self, tier: str, target: Target, deadline: float) -> EngineSample | None:
         t0 = time.monotonic()
         try:
-            sample = _PARSERS[target.engine](self._get(target.url, target.bearer_token_file))
+            sample = _PARSERS[target.engine](self._get(target.url, target.bearer_token_file, deadline))
         except FetchError as e:
             self._fail(tier, target.name, target.engine, e.reason, str(e), t0)
             return None
@@ -86,9 +98,17 @@ class Scraper:
             self._fail(tier, target.name, target.engine, "malformed", str(e), t0)
             return None
         except Exception as e:  # noqa: BLE001 - one bad target must never stop the cycle
-            self._fail(tier, target.name, target.engine, "other", f"{type(e).__name__}: {e}", t0)
+            self._fail(tier, target.name, target.engine, "other", f"{type(e).__name__}: {str(e)[:200]}", t0)
             return None
         self.stats.observe(tier, target.name, target.engine, time.monotonic() - t0, True)
+        if sample.invalid:
+            self.stats.invalid_seen(tier, target.name, sample.invalid)
+            # one line when an instance starts sending bad values, not one per scrape
+            new = sample.invalid - self._invalid.get((tier, target.name), frozenset())
+            (log.warning if new else log.debug)(
+                "tier=%s instance=%s sent NaN, infinite or negative values for %s; those rows are unknown",
+                tier, target.name, ", ".join(sorted(sample.invalid)))
+        self._invalid[(tier, target.name)] = sample.invalid
         return sample
 
     def _fail(self, tier: str, instance: str, source: str, reason: str, message: str, t0: float) -> None:
@@ -97,26 +117,31 @@ class Scraper:
         log.warning("scrape failed: tier=%s instance=%s source=%s reason=%s: %s", tier, instance, source, reason,
                     message.splitlines()[0] if message else reason)
 
-    def _dcgm(self, url: str, token_file: str | None) -> tuple[GpuReading, ...] | FetchError | ExpositionError:
+    def _dcgm(self, url: str, token_file: str | None, deadline: float
+              ) -> tuple[GpuReading, ...] | FetchError | ExpositionError:
         try:
-            return dcgm.parse(self._get(url, token_file))
+            return dcgm.parse(self._get(url, token_file, deadline))
         except (FetchError, ExpositionError) as e:
             return e
+        except Exception as e:  # noqa: BLE001 - one bad exporter must never stop the cycle
+            return FetchError("other", f"{type(e).__name__}: {str(e)[:200]}")
 
     def scrape(self) -> list[InstanceSample]:
         """Scrape every target once. Returns within about scrape_timeout, whatever the targets do."""
         now = self.clock()
         started = time.monotonic()
+        deadline = started + self.config.scrape_timeout
         engine_futs: dict[tuple[str, str], Future[EngineSample | None]] = {}
         dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError]] = {}
         for tier in self.config.tiers.values():
             for t in tier.targets:
-                engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t)
+                engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t, deadline)
                 if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
-                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, None)  # the token is the engine's
+                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, None, deadline)
         local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
         all_futs: list[Future[object]] = [*engine_futs.values(), *dcgm_futs.values()]  # type: ignore[list-item]
-        wait(all_futs, timeout=self.config.scrape_timeout + 0.5, return_when=ALL_COMPLETED)
+        # the fetches end at the deadline by themselves (exporter/fetch.py); the grace is for parsing
+        wait(all_futs, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE, return_when=ALL_COMPLETED)
         out: list[InstanceSample] = []
         dcgm_t = time.monotonic() - started
         for tier in self.config.tiers.values():
@@ -130,7 +155,7 @@ class Scraper:
                     df = dcgm_futs[t.dcgm]
                     res = df.result() if df.done() else FetchError("timeout", "cycle deadline passed")
                     if isinstance(res, tuple):
-                        gpus = dcgm.select(res, t.gpus, pod_hint=None)
+                        gpus = dcgm.select(res, t.gpus)
                         self.stats.observe(tier.name, t.name, "dcgm", dcgm_t, True)
                     else:
                         reason = res.reason if isinstance(res, FetchError) else "malformed"

@@ -126,6 +126,11 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def evidence(x: float | None) -> int:
+    """A count of observations as a whole number; 0 for one that overflowed."""
+    return int(round(x)) if x is not None and math.isfinite(x) else 0
+
+
 @dataclass(frozen=True)
 class TierWindow:
     """One tier's samples inside the window, per instance, oldest first."""
@@ -188,6 +193,10 @@ class TierWindow:
         rates = [v / d for v, d in inc.values() if d > 0]
         return sum(rates) if rates else None
 
+    def invalid(self, key: str) -> tuple[str, ...]:
+        """Up instances that reported a NaN, infinite or negative ``key`` inside the window."""
+        return tuple(i for i in self.up() if any(key in e.invalid for _, e in self._engine_series(i)))
+
     def counter_keys(self, prefix: str) -> set[str]:
         keys: set[str] = set()
         for inst in self.up():
@@ -200,7 +209,7 @@ class TierWindow:
         out: dict[str, float] = {}
         for inst in self.up():
             vals = [e.gauges[key] for _, e in self._engine_series(inst)
-                    if key in e.gauges and not math.isnan(e.gauges[key])]
+                    if key in e.gauges and math.isfinite(e.gauges[key])]
             if vals:
                 out[inst] = _mean(vals)
         return out
@@ -236,7 +245,10 @@ class TierWindow:
         h = self.histogram_increase(key, instances)
         if h is None:
             return Quantity(None, 0, reason=f"the engine exposes no {key} histogram, or fewer than two scrapes")
-        n = int(round(h.buckets[-1][1])) if h.buckets else 0
+        total = h.buckets[-1][1] if h.buckets else 0.0
+        if not math.isfinite(total):
+            return Quantity(None, 0, reason=f"{key} bucket counts overflow")
+        n = int(round(total))
         if n <= 0:
             return Quantity(None, 0, reason=f"no {key} observations in the window")
         v = histogram_quantile(q, h)
@@ -273,29 +285,41 @@ class TierWindow:
 
 
 class WindowStore:
-    """Keeps each target's recent samples. Mutated only by the cycle thread."""
+    """Keeps each target's recent samples. Mutated only by the cycle thread.
 
-    def __init__(self, window: float, tiers: Mapping[str, Sequence[str]]) -> None:
+    The window's oldest edge sits ``slack`` (half a scrape interval) before ``now - window``:
+    a reading taken nominally one window ago is inside whether its scrape ran a little early or
+    late, and the one before it is outside. With scrapes every interval, a window therefore holds
+    window / interval + 1 readings per target, every cycle, whatever the jitter below slack.
+    """
+
+    def __init__(self, window: float, tiers: Mapping[str, Sequence[str]], slack: float = 0.0) -> None:
         self.window = window
+        self.slack = slack
         self._tiers = {t: tuple(insts) for t, insts in tiers.items()}
         self._samples: dict[tuple[str, str], deque[InstanceSample]] = defaultdict(deque)
 
     def add(self, sample: InstanceSample) -> None:
         self._samples[(sample.tier, sample.instance)].append(sample)
 
+    def oldest(self, now: float, window: float | None = None) -> float:
+        """The earliest timestamp a reading may have to be in the window ending at ``now``."""
+        return now - (self.window if window is None else window) - self.slack - 1e-9
+
     def trim(self, now: float) -> None:
         # increases use only samples inside the window, so nothing older is kept
+        edge = self.oldest(now)
         for dq in self._samples.values():
-            while dq and dq[0].timestamp < now - self.window - 1e-9:
+            while dq and dq[0].timestamp < edge:
                 dq.popleft()
 
     def view(self, tier: str, now: float, window: float | None = None,
              keep: Callable[[InstanceSample], bool] | None = None) -> TierWindow:
-        w = self.window if window is None else window
+        edge = self.oldest(now, window)
         out: dict[str, tuple[InstanceSample, ...]] = {}
         for inst in self._tiers.get(tier, ()):
             out[inst] = tuple(s for s in self._samples.get((tier, inst), ())
-                              if s.timestamp >= now - w - 1e-9 and s.timestamp <= now and (keep is None or keep(s)))
+                              if edge <= s.timestamp <= now and (keep is None or keep(s)))
         return TierWindow(tier, self._tiers.get(tier, ()), out)
 
 

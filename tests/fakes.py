@@ -1,6 +1,7 @@
 """Fake engines on loopback: real HTTP servers that replay exposition text or misbehave."""
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,10 @@ class FakeTarget:
     """Serves ``bodies`` in order, one per request, then repeats the last.
 
     ``mode`` makes it misbehave: "hang" never answers, "garbage" returns non-exposition text,
-    "huge" streams ``huge_bytes`` of valid-looking lines.
+    "huge" streams ``huge_bytes`` of valid-looking lines, "drip" sends a valid body one byte a
+    second, "header-drip" does the same with its headers, "chunked" never ends its chunked body,
+    "gzip-bomb" sends a small gzip body that inflates past any cap, "redirect" answers 302,
+    "http-500" answers 500, "bad-utf8" sends bytes that are not UTF-8.
     """
 
     def __init__(self, bodies: Sequence[str] = (), mode: str = "replay", huge_bytes: int = 50 * 1024 * 1024,
@@ -44,6 +48,12 @@ class FakeTarget:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return
+                if outer.mode in _HOSTILE:
+                    try:
+                        _HOSTILE[outer.mode](self, outer)
+                    except (BrokenPipeError, ConnectionResetError, OSError):
+                        pass
+                    return
                 if outer.mode == "garbage":
                     body = "<html><body>502 Bad Gateway</body></html>\n{{{ not metrics"
                 elif outer.body_fn is not None:
@@ -73,6 +83,89 @@ class FakeTarget:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+_DRIP_BODY = b'vllm:num_requests_running{engine="0",model_name="m"} 1.0\n' * 4
+
+
+def _drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    h.send_response(200)
+    h.send_header("Content-Type", "text/plain")
+    h.send_header("Content-Length", str(len(_DRIP_BODY)))
+    h.end_headers()
+    h.wfile.flush()
+    for i in range(len(_DRIP_BODY)):
+        if t.release.wait(1.0):
+            return
+        h.wfile.write(_DRIP_BODY[i:i + 1])
+        h.wfile.flush()
+
+
+def _header_drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    for i in range(len(head)):
+        if t.release.wait(1.0):
+            return
+        h.wfile.write(head[i:i + 1])
+        h.wfile.flush()
+
+
+def _chunked(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    h.protocol_version = "HTTP/1.1"
+    h.send_response(200)
+    h.send_header("Content-Type", "text/plain")
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    line = b'vllm:num_requests_running{engine="0",model_name="m"} 1.0\n'
+    while not t.release.wait(0.01):  # valid chunks, forever, slowly enough to stay small
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        h.wfile.flush()
+
+
+@functools.lru_cache(maxsize=1)
+def _bomb() -> bytes:
+    import gzip
+
+    return gzip.compress(b"# " + b" " * (64 * 1024 * 1024) + b"\n", compresslevel=9)  # 64 MiB from ~64 kB
+
+
+def _gzip_bomb(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    data = _bomb()
+    h.send_response(200)
+    h.send_header("Content-Type", "text/plain")
+    h.send_header("Content-Encoding", "gzip")
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    h.wfile.write(data)
+
+
+def _redirect(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    h.send_response(302)
+    h.send_header("Location", "http://127.0.0.1:1/metrics")
+    h.send_header("Content-Length", "0")
+    h.end_headers()
+
+
+def _http_500(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    body = b"internal error\n"
+    h.send_response(500)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    body = b'vllm:num_requests_running{engine="0",model_name="\xff\xfe"} 1.0\n'
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+_HOSTILE: dict[str, Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]] = {
+    "drip": _drip, "header-drip": _header_drip, "chunked": _chunked, "gzip-bomb": _gzip_bomb,
+    "redirect": _redirect, "http-500": _http_500, "bad-utf8": _bad_utf8,
+}
 
 
 def refused_url() -> str:

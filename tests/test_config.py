@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_smallest_config_defaults(tmp_path: Path) -> None:
     (lambda s: s.replace("instances: 4", "instances: four"), "tiers.h100.plan.instances", "expected a whole number"),
     (lambda s: s.replace('{vllm: "http://10.0.0.5:8000/metrics"}', "{vllm: nope}"), "tiers.h100.targets[0].vllm",
      "expected an http:// or https:// URL"),
-    (lambda s: "interval: 5s\nscrape_timeout: 10s\n" + s, "scrape_timeout", "must be shorter than interval"),
+    (lambda s: "interval: 5s\nscrape_timeout: 10s\n" + s, "scrape_timeout", "must be at most 80% of interval"),
     (lambda s: s + "    bands:\n      no_such_row: {warning_above: 1}\n", "tiers.h100.bands.no_such_row", "unknown key"),
 ])
 def test_errors_name_file_key_path_and_reason(tmp_path: Path, mutate, path: str, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -88,3 +89,78 @@ def test_plan_file_errors_name_the_plan_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert str(e.value).startswith(str(tmp_path / "p.yaml") + ": ")
+
+
+# ---------------------------------------------------------------- hostile files (hardening issue, defect 7)
+
+def _minimal() -> str:
+    return (ROOT / "examples" / "minimal.yaml").read_text()
+
+
+def _alias_bomb(levels: int) -> str:
+    text = 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels + 1):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    return text + _minimal().replace("tiers:", f"interval: *a{levels}\ntiers:", 1)
+
+
+def _write_bytes(tmp_path: Path, name: str, data: bytes) -> str:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+HOSTILE = {
+    "non-utf8": (lambda: b"\xff\xfe\x00t\x00i\x00e\x00r\x00s\x00:\x00", "not UTF-8"),
+    "binary": (lambda: bytes(range(256)) * 64, "not UTF-8"),
+    "nested-5000": (lambda: ("tiers: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "nesting deeper than"),
+    "nested-maps": (lambda: "".join("  " * i + f"k{i}:\n" for i in range(200)).encode(), "nesting deeper than"),
+    "alias-bomb-7": (lambda: _alias_bomb(7).encode(), "expands to more than"),
+    "alias-bomb-9": (lambda: _alias_bomb(9).encode(), "expands to more than"),
+    "port-99999": (lambda: _minimal().replace("tiers:", "listen: 0.0.0.0:99999\ntiers:", 1).encode(), "port must be"),
+    "absurd-interval": (lambda: _minimal().replace("tiers:", "interval: " + "9" * 300 + "y\ntiers:", 1).encode(),
+                        "interval"),
+    "huge-interval": (lambda: _minimal().replace("tiers:", "interval: 99999y\ntiers:", 1).encode(), "at most"),
+    "50MB": (lambda: (_minimal() + ("# " + "x" * 1022 + "\n") * (50 * 1024)).encode(), "byte limit"),
+    "duplicate-key": (lambda: _minimal().replace("tiers:", "interval: 15s\ninterval: 30s\ntiers:", 1).encode(),
+                      "duplicate key 'interval'"),
+    "timeout-overruns-interval": (lambda: _minimal().replace("tiers:", "interval: 2s\nscrape_timeout: 1.9s\ntiers:", 1)
+                                  .encode(), "scrape_timeout: must be at most 80% of interval"),
+}
+
+# peak resident memory from /proc (VmHWM, kB): getrusage's maxrss would carry over pytest's own
+# peak through fork and exec
+_MEASURE = """
+import sys
+from exporter.cli import main
+rc = main(sys.argv[2:])
+hwm = next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+with open(sys.argv[1], "w") as fh:
+    fh.write(hwm)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_config_exits_2_with_one_short_line_quickly(case: str, tmp_path: Path) -> None:
+    make, expect = HOSTILE[case]
+    f = _write_bytes(tmp_path, "fleet.yaml", make())
+    rss = tmp_path / "rss"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", _MEASURE, str(rss), "validate-config", f], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
+    took = time.monotonic() - t0
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, (case, r.returncode, r.stderr[-500:])
+    assert len(lines) == 1 and lines[0].startswith(f"fleetwatch: {f}: ") and expect in lines[0], (case, r.stderr[:500])
+    assert len(lines[0]) < 300, f"{case}: the message echoes too much ({len(lines[0])} characters)"
+    assert r.stdout == ""
+    assert took < 1.0, f"{case}: {took:.2f}s"  # the interpreter's own start is part of it
+    assert int(rss.read_text()) < 100 * 1024, f"{case}: {int(rss.read_text()) // 1024} MB"
+
+
+def test_serve_refuses_a_bad_listen_flag_without_a_traceback(tmp_path: Path) -> None:
+    f = write(tmp_path, GOOD)
+    r = subprocess.run([sys.executable, "-m", "exporter", "serve", "--config", f, "--listen", "0.0.0.0:99999"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["fleetwatch: --listen: port must be 0-65535, got 99999"]

@@ -111,3 +111,137 @@ def test_faulty_targets_are_contained(tmp_path: Path) -> None:
     finally:
         for t in (*good, hang, garbage, huge, reset):
             t.close()
+
+
+# ---------------------------------------------------------------- every hostile kind against `fleetwatch serve`
+
+def _mutated(text: str, name: str, value: str) -> str:
+    return "\n".join(ln.rsplit(" ", 1)[0] + " " + value if ln.startswith(name + "{") else ln
+                     for ln in text.splitlines()) + "\n"
+
+
+HOSTILE_MODES = {  # target name -> (FakeTarget mode, the reason its errors are counted under)
+    "hang": ("hang", "timeout"), "drip": ("drip", "timeout"), "chunked": ("chunked", "timeout"),
+    "huge": ("huge", "too_large"), "gzip-bomb": ("gzip-bomb", "too_large"), "redirect": ("redirect", "http_status"),
+    "http-500": ("http-500", "http_status"), "bad-utf8": ("bad-utf8", "malformed"),
+}
+INTERVAL = 2.0  # scrape_timeout is left to its documented default, 0.8 x interval
+CYCLES = 20
+
+
+def _metrics(url: str) -> dict[str, float]:
+    out = {}
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(ln.split()[1] for ln in fh if ln.startswith("Threads:")))
+
+
+def _start_serve(cfg_path: str) -> tuple["subprocess.Popen[str]", str]:
+    import subprocess
+    import sys
+
+    from fakes import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", cfg_path, "--listen",
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _at_cycle(proc: "subprocess.Popen[str]", url: str, n: int, threads: list[int]) -> dict[str, float]:
+    """/metrics as it reads once cycle ``n`` has been published (polling a real process)."""
+    deadline = time.monotonic() + n * INTERVAL + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            m = _metrics(url)
+        except requests.RequestException:
+            m = {}
+        cycles = m.get("fleetwatch_cycles_total", 0)
+        if cycles >= 1:
+            threads.append(_threads(proc.pid))
+        if cycles == n:
+            return m
+        assert cycles < n, f"missed cycle {n} (at {cycles})"
+        time.sleep(0.1)  # polling an external process between its cycles, not simulating time
+    raise AssertionError(f"cycle {n} never came")
+
+
+def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
+    import signal
+
+    texts = snapshots()
+    good_alone = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
+    good_mixed = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
+    hostile = {name: FakeTarget(mode=mode) for name, (mode, _) in HOSTILE_MODES.items()}
+    hostile["plus-inf"] = FakeTarget(body_fn=lambda n: _mutated(texts[min(n, 20)], "vllm:kv_cache_usage_perc", "+Inf"))
+    hostile["nan"] = FakeTarget(body_fn=lambda n: _mutated(texts[min(n, 20)], "vllm:num_requests_waiting", "NaN"))
+    hostile["negative"] = FakeTarget(body_fn=lambda n: _mutated(texts[min(n, 20)], "vllm:num_preemptions_total", "-7"))
+    hostile["reset"] = FakeTarget(body_fn=lambda n: texts[(4 * n) % 21])  # drops back every few scrapes
+    extra = f"interval: {INTERVAL:g}s\nwindow: 10s"
+    alone_cfg = write_config(str(tmp_path / "alone.yaml"), {"good": [{"vllm": good_alone.url, "name": "good"}]},
+                             extra=extra)
+    bad = [{"vllm": refused_url(), "name": "refused"}] + [{"vllm": t.url, "name": n} for n, t in hostile.items()]
+    mixed_cfg = write_config(str(tmp_path / "mixed.yaml"), {"good": [{"vllm": good_mixed.url, "name": "good"}],
+                                                           "bad": bad}, extra=extra)
+    procs = []
+    try:
+        alone, alone_url = _start_serve(alone_cfg)
+        procs.append(alone)
+        mixed, mixed_url = _start_serve(mixed_cfg)
+        procs.append(mixed)
+        threads: list[int] = []
+        m_alone = _at_cycle(alone, alone_url, CYCLES, [])
+        m = _at_cycle(mixed, mixed_url, CYCLES, threads)
+
+        # the healthy tier's numbers are those of a run without the hostile targets (every row that
+        # does not divide by wall-clock seconds, which differ between two processes)
+        rows = [k for k in m_alone if k.startswith("fleetwatch_") and '{tier="good"}' in k
+                and not any(r in k for r in ("per_second", "per_gpu_hour", "cost_per", "fleet_utilization", "_peak_"))
+                and not k.startswith(("fleetwatch_scrape_duration", "fleetwatch_plan_check_observed",
+                                      "fleetwatch_plan_check_predicted", "fleetwatch_guardrail"))]
+        assert "fleetwatch_ttft_p99_seconds{tier=\"good\"}" in rows and len(rows) >= 8, rows
+        assert {k: m.get(k) for k in rows} == {k: m_alone[k] for k in rows}
+
+        assert m["fleetwatch_cycle_overruns_total"] == 0 and m["fleetwatch_cycle_failures_total"] == 0
+        assert m['fleetwatch_evaluation_errors_total{tier="bad"}'] == 0
+        # threads: a fixed pool plus the HTTP, scheduler and watchdog threads, and not growing
+        assert max(threads) <= 2 * (len(bad) + 1) + 8, threads
+        assert threads[-1] <= threads[len(threads) // 4] + 2, threads
+
+        def errors(inst: str, reason: str) -> float:
+            return m.get(f'fleetwatch_scrape_errors_total{{instance="{inst}",reason="{reason}",source="vllm",'
+                         f'tier="bad"}}', 0)
+
+        assert errors("refused", "refused") >= CYCLES - 1
+        for name, (_, reason) in HOSTILE_MODES.items():
+            assert errors(name, reason) >= CYCLES - 1, (name, reason, {k: v for k, v in m.items() if name in k})
+        for inst, key in (("plus-inf", "kv_cache_usage"), ("nan", "requests_waiting"), ("negative", "preemptions")):
+            assert m[f'fleetwatch_invalid_samples_total{{input="{key}",instance="{inst}",tier="bad"}}'] >= CYCLES - 1
+        assert m['fleetwatch_counter_resets_total{instance="reset",tier="bad"}'] >= 3
+        assert requests.get(mixed_url + "/healthz", timeout=5).status_code == 200
+
+        # SIGTERM: exit 0 within interval + scrape_timeout, whatever the targets are doing
+        t0 = time.monotonic()
+        mixed.send_signal(signal.SIGTERM)
+        rc = mixed.wait(timeout=30)
+        took = time.monotonic() - t0
+        assert rc == 0, mixed.communicate()[1][-2000:]
+        assert took <= INTERVAL + 0.8 * INTERVAL, f"stopped {took:.2f}s after SIGTERM"
+        stderr = mixed.stderr.read() if mixed.stderr else ""
+        assert "Traceback" not in stderr, stderr[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+        for t in (good_alone, good_mixed, *hostile.values()):
+            t.close()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from exporter.config import GpuSelector
 from exporter.exposition import ExpositionError, parse
 from exporter.sources import dcgm, sglang, vllm
 
@@ -105,7 +106,7 @@ def test_dcgm_h100_k8s() -> None:
     assert g0.pod == "vllm-agg-0-vllmdecodeworker-s65j5" and g0.hostname == "gpu-node-1"
     assert g0.gpu_util == 0.0
     # selecting by pod returns the one GPU that pod owns
-    assert [g.index for g in dcgm.select(gpus, None, pod_hint=g0.pod)] == ["0"]
+    assert [g.index for g in dcgm.select(gpus, GpuSelector(pod=g0.pod))] == ["0"]
 
 
 def test_dcgm_mib_to_bytes_and_reserved() -> None:

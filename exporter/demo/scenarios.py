@@ -25,10 +25,6 @@ HEALTHY_LOAD: dict[str, Callable[[float], float]] = {
 }
 
 
-def _ramp(start: float, end: float, over: float) -> Callable[[float], float]:
-    return lambda t: start + (end - start) * min(1.0, max(0.0, t) / over)
-
-
 @dataclass(frozen=True)
 class Scenario:
     name: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import Slo
+from ..model import Slo
 
 LITTLES_LAW_MAX_GAP = 2.0  # Step 7: "a gap over 2x means benchmark inputs do not match production"
 

@@ -8,24 +8,41 @@ counters   requests_finished, requests_finished_reason:<reason>, prompt_tokens,
 gauges     requests_running, requests_waiting, kv_cache_usage, prefix_cache_hit_rate
            (engines with only a gauge), spec_acceptance_rate (engines with only a gauge)
 histograms ttft_seconds, itl_seconds, prompt_tokens_per_request, generation_tokens_per_request
+
+A counter, gauge or histogram with a NaN, infinite or negative sample is not stored: its
+canonical name goes into ``invalid`` instead, so the rows that read it say why they are unknown
+and no such number ever reaches a report.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..exposition import Sample
+from ..inputs import INPUTS
 from ..model import Histogram
 
 
+def valid(v: float) -> bool:
+    """A counter, gauge or bucket value fleetwatch may use: finite and not negative."""
+    return math.isfinite(v) and v >= 0
+
+
 def sum_of(samples: Iterable[Sample], name: str) -> float | None:
-    """Sum every series of ``name`` (over engine, model_name, ...); None when absent."""
+    """Sum every series of ``name`` (over engine, model_name, ...); None when absent.
+
+    Raises ValueError when a series is NaN, infinite or negative, or the sum overflows."""
     total, seen = 0.0, False
     for s in samples:
-        if s.name == name and not math.isnan(s.value):
+        if s.name == name:
+            if not valid(s.value):
+                raise ValueError(name)
             total += s.value
             seen = True
+    if not math.isfinite(total):
+        raise ValueError(name)
     return total if seen else None
 
 
@@ -37,23 +54,28 @@ def by_name(samples: list[Sample]) -> dict[str, list[Sample]]:
 
 
 def histogram(index: dict[str, list[Sample]], family: str) -> Histogram | None:
-    """Sum a histogram family over all its non-``le`` labels. None when it has no +Inf bucket."""
+    """Sum a histogram family over all its non-``le`` labels. None when it has no +Inf bucket.
+
+    Raises ValueError when a bucket, the count or the sum is NaN, infinite or negative."""
     buckets: dict[float, float] = defaultdict(float)
     for s in index.get(family + "_bucket", ()):
         le = s.labels.get("le")
-        if le is None or math.isnan(s.value):
+        if le is None:
             continue
         try:
             bound = float(le)
         except ValueError:
             continue
+        if math.isnan(bound) or not valid(s.value):
+            raise ValueError(family)
         buckets[bound] += s.value
     if not buckets or math.inf not in buckets:
         return None
-    count = sum(s.value for s in index.get(family + "_count", ()))
-    total = sum(s.value for s in index.get(family + "_sum", ()))
-    return Histogram(tuple(sorted(buckets.items())), count if index.get(family + "_count") else buckets[math.inf],
-                     total)
+    count = sum_of(index.get(family + "_count", ()), family + "_count")
+    total = sum_of(index.get(family + "_sum", ()), family + "_sum")
+    if not all(math.isfinite(v) for v in buckets.values()):
+        raise ValueError(family)
+    return Histogram(tuple(sorted(buckets.items())), buckets[math.inf] if count is None else count, total or 0.0)
 
 
 def first_present(index: dict[str, list[Sample]], *names: str) -> str | None:
@@ -65,23 +87,83 @@ def first_present(index: dict[str, list[Sample]], *names: str) -> str | None:
     return None
 
 
-def put(target: dict[str, float], index: dict[str, list[Sample]], canonical: str, *names: str) -> None:
-    """Store the sum of the first present of ``names`` (newest first) under ``canonical``."""
+def put(target: dict[str, float], index: dict[str, list[Sample]], canonical: str, *names: str,
+        invalid: set[str]) -> None:
+    """Store the sum of the first present of ``names`` (newest first) under ``canonical``;
+    a NaN, infinite or negative value marks ``canonical`` invalid instead."""
     name = first_present(index, *names)
     if name is not None:
-        v = sum_of(index[name], name)
+        try:
+            v = sum_of(index[name], name)
+        except ValueError:
+            invalid.add(canonical)
+            return
         if v is not None:
             target[canonical] = v
 
 
-def histograms(index: dict[str, list[Sample]],
-               spec: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Histogram]:
+def histograms(index: dict[str, list[Sample]], spec: tuple[tuple[str, tuple[str, ...]], ...],
+               invalid: set[str]) -> dict[str, Histogram]:
     """canonical -> histogram of the first present family (newest first) for each spec entry."""
     out: dict[str, Histogram] = {}
     for canonical, families in spec:
         fam = first_present(index, *(f + "_bucket" for f in families))
         if fam is not None:
-            h = histogram(index, fam[: -len("_bucket")])
+            try:
+                h = histogram(index, fam[: -len("_bucket")])
+            except ValueError:
+                invalid.add(canonical)
+                continue
             if h is not None:
                 out[canonical] = h
+    return out
+
+
+def mean_of_valid(samples: Iterable[Sample]) -> float | None:
+    """Mean of a per-rank gauge's usable values (a negative value is an engine's "no data")."""
+    vals = [s.value for s in samples if valid(s.value)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def mean_gauge(target: dict[str, float], index: dict[str, list[Sample]], canonical: str, *names: str,
+               invalid: set[str]) -> None:
+    """Store the mean over series (TP/DP ranks) of the first present of ``names``; a NaN,
+    infinite or negative value marks ``canonical`` invalid."""
+    name = first_present(index, *names)
+    if name is None:
+        return
+    series = index[name]
+    try:
+        total = sum_of(series, name)
+    except ValueError:
+        invalid.add(canonical)
+        return
+    if total is not None:
+        target[canonical] = total / len(series)
+
+
+@dataclass
+class Canonical:
+    """An engine scrape's canonical inputs while its parser fills them in."""
+
+    counters: dict[str, float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    invalid: set[str] = field(default_factory=set)
+
+
+def read_inputs(index: dict[str, list[Sample]], engine: str, *, skip: frozenset[str] = frozenset()) -> Canonical:
+    """Every input of exporter.inputs that ``engine`` exposes, summed over the engine's own labels,
+    first present name first; the parsers handle the inputs in ``skip`` themselves."""
+    out = Canonical()
+    for inp in INPUTS.values():
+        raw = inp.names.get(engine, ())
+        if not raw or inp.canonical in skip:
+            continue
+        if inp.kind == "counter":
+            put(out.counters, index, inp.canonical, *raw, invalid=out.invalid)
+        elif inp.kind == "gauge":
+            put(out.gauges, index, inp.canonical, *raw, invalid=out.invalid)
+    out.histograms = histograms(index, tuple((i.canonical, i.names[engine]) for i in INPUTS.values()
+                                             if i.kind == "histogram" and engine in i.names), out.invalid)
     return out

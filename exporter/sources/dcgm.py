@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from .. import exposition
-from ..config import GpuSelector
+from ..model import GpuSelector
 from ..model import GpuReading
 
 PREFIXES = ("DCGM_FI_",)
@@ -61,7 +61,7 @@ def parse(text: str) -> tuple[GpuReading, ...]:
         if spec is None:
             continue
         value = s.value
-        if math.isnan(value) or math.isinf(value) or abs(value) >= _SENTINEL:
+        if not math.isfinite(value) or value < 0 or value >= _SENTINEL:  # blank, or not a reading
             continue
         g[spec[0]] = value * spec[1]
     return _readings(gpus)
@@ -80,18 +80,13 @@ def _readings(gpus: dict[tuple[str, str | None], dict[str, Any]]) -> tuple[GpuRe
     )
 
 
-def select(gpus: tuple[GpuReading, ...], selector: GpuSelector | None, pod_hint: str | None = None
-           ) -> tuple[GpuReading, ...]:
-    """A target's own GPUs: its selector; else the GPUs labelled with its pod; else all, by UUID."""
+def select(gpus: tuple[GpuReading, ...], selector: GpuSelector | None) -> tuple[GpuReading, ...]:
+    """A target's own GPUs: its selector (by pod, index or UUID); else all of them, by UUID."""
     if selector is not None and (selector.pod or selector.indices or selector.uuids):
         return tuple(g for g in gpus
                      if (not selector.pod or g.pod == selector.pod)
                      and (not selector.indices or g.index in selector.indices)
                      and (not selector.uuids or g.uuid in selector.uuids))
-    if pod_hint:
-        mine = tuple(g for g in gpus if g.pod == pod_hint)
-        if mine:
-            return mine
     seen: dict[tuple[str, str | None], GpuReading] = {}
     for g in gpus:
         seen.setdefault(g.key, g)

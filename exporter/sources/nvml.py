@@ -16,7 +16,6 @@ from ..model import GpuReading
 log = logging.getLogger(__name__)
 
 NOT_SUPPORTED = 3
-NOT_FOUND = 6
 FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
 UNKNOWN = 999

@@ -1,10 +1,8 @@
 """vLLM /metrics (V0 and V1, 0.4 -> 0.33) -> canonical engine inputs.
 
-Renames handled (newest first, the old one ignored when both exist):
-  kv_cache_usage_perc <- gpu_cache_usage_perc (0.9)
-  prefix_cache_{queries,hits}_total <- gpu_prefix_cache_{queries,hits}_total (0.9)
-  inter_token_latency_seconds <- time_per_output_token_seconds (0.10.2; the V1 TPOT was ITL)
-V0's gpu_prefix_cache_hit_rate gauge reads -1 for "no data" and is treated as missing.
+The names read, and the renames between versions (newest first, the old one ignored when both
+exist), are the table in exporter/inputs.py. V0's gpu_prefix_cache_hit_rate gauge reads -1 for
+"no data" and is treated as missing.
 """
 from __future__ import annotations
 
@@ -12,7 +10,8 @@ import math
 
 from .. import exposition
 from ..model import EngineSample, LoraState
-from . import by_name, first_present, histograms, put
+from ..inputs import names
+from . import by_name, mean_of_valid, read_inputs
 
 PREFIXES = ("vllm:",)
 
@@ -22,54 +21,24 @@ def parse(text: str) -> EngineSample:
     if not samples:
         raise exposition.ExpositionError("no vllm: metrics in the body")
     idx = by_name(samples)
-    counters: dict[str, float] = {}
-    gauges: dict[str, float] = {}
+    c = read_inputs(idx, "vllm", skip=_OWN)
+    finished = idx.get("vllm:request_success_total", [])
+    if "requests_finished" in c.counters:  # the same series, split by finished_reason
+        for s in finished:
+            key = f"requests_finished_reason:{s.labels.get('finished_reason', 'unknown')}"
+            c.counters[key] = c.counters.get(key, 0.0) + s.value
+    # V0's rate gauges read -1 for "no data": only usable values are averaged, and only
+    # where the counters that replaced them are absent
+    for gauge, counter in (("prefix_cache_hit_rate", "prefix_cache_queries"), ("spec_acceptance_rate", "spec_draft_tokens")):
+        if counter not in c.counters and counter not in c.invalid:
+            rate = mean_of_valid(idx.get(names(gauge, "vllm")[0], ()))
+            if rate is not None:
+                c.gauges[gauge] = rate
+    return EngineSample(engine="vllm", counters=c.counters, gauges=c.gauges, histograms=c.histograms,
+                        lora=_lora(idx), kv_capacity_tokens=_kv_capacity(idx), invalid=frozenset(c.invalid))
 
-    def counter(canonical: str, *names: str) -> None:
-        put(counters, idx, canonical, *names)
 
-    def gauge(canonical: str, *names: str) -> None:
-        put(gauges, idx, canonical, *names)
-
-    for s in idx.get("vllm:request_success_total", ()):
-        reason = s.labels.get("finished_reason", "unknown")
-        key = f"requests_finished_reason:{reason}"
-        counters[key] = counters.get(key, 0.0) + s.value
-    if "vllm:request_success_total" in idx:
-        counters["requests_finished"] = sum(s.value for s in idx["vllm:request_success_total"])
-    counter("prompt_tokens", "vllm:prompt_tokens_total")
-    counter("generation_tokens", "vllm:generation_tokens_total")
-    counter("preemptions", "vllm:num_preemptions_total")
-    qname = first_present(idx, "vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
-    if qname is not None:
-        hname = qname.replace("queries", "hits")
-        counter("prefix_cache_queries", qname)
-        counter("prefix_cache_hits", hname)
-    counter("spec_draft_tokens", "vllm:spec_decode_num_draft_tokens_total")
-    counter("spec_accepted_tokens", "vllm:spec_decode_num_accepted_tokens_total")
-
-    gauge("requests_running", "vllm:num_requests_running")
-    gauge("requests_waiting", "vllm:num_requests_waiting")
-    gauge("kv_cache_usage", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-    if "prefix_cache_queries" not in counters:
-        rates = [s.value for s in idx.get("vllm:gpu_prefix_cache_hit_rate", ()) if s.value >= 0]
-        if rates:
-            gauges["prefix_cache_hit_rate"] = sum(rates) / len(rates)
-    if "spec_draft_tokens" not in counters:
-        rates = [s.value for s in idx.get("vllm:spec_decode_draft_acceptance_rate", ()) if s.value >= 0]
-        if rates:
-            gauges["spec_acceptance_rate"] = sum(rates) / len(rates)
-
-    hists = histograms(idx, (
-        ("ttft_seconds", ("vllm:time_to_first_token_seconds",)),
-        ("itl_seconds", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
-        ("prompt_tokens_per_request", ("vllm:request_prompt_tokens",)),
-        ("generation_tokens_per_request", ("vllm:request_generation_tokens",)),
-        ("e2e_seconds", ("vllm:e2e_request_latency_seconds",)),
-    ))
-
-    return EngineSample(engine="vllm", counters=counters, gauges=gauges, histograms=hists,
-                        lora=_lora(idx), kv_capacity_tokens=_kv_capacity(idx))
+_OWN = frozenset({"prefix_cache_hit_rate", "spec_acceptance_rate"})
 
 
 def _lora(idx: dict[str, list[exposition.Sample]]) -> LoraState | None:
@@ -78,10 +47,13 @@ def _lora(idx: dict[str, list[exposition.Sample]]) -> LoraState | None:
         return None
     # A new series appears for each adapter set; the newest has the largest timestamp value.
     s = max(series, key=lambda x: x.value)
+    raw = s.labels.get("max_lora", "0")
     try:
-        max_lora = int(float(s.labels.get("max_lora", "0")))
-    except ValueError:
-        max_lora = 0
+        max_lora = int(float(raw))
+    except (ValueError, OverflowError):  # "inf" overflows int(); "nan" is a ValueError
+        raise exposition.ExpositionError(f"vllm:lora_requests_info has max_lora={raw[:40]!r}, not a count") from None
+    if max_lora < 0:
+        raise exposition.ExpositionError(f"vllm:lora_requests_info has max_lora={raw[:40]!r}, not a count")
     if max_lora == 0:  # V0 always exposes the family, with max_lora="0" when LoRA is off
         return None
 
@@ -103,4 +75,4 @@ def _kv_capacity(idx: dict[str, list[exposition.Sample]]) -> float | None:
                 total += float(lb["num_gpu_blocks"]) * float(lb["block_size"])
         except (KeyError, ValueError):
             continue
-    return total if total > 0 and not math.isnan(total) else None
+    return total if total > 0 and math.isfinite(total) else None

@@ -1,0 +1,256 @@
+"""Regression tests for the hardening issue: each one failed before its fix."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter.check import format_json
+from exporter.config import load_config
+from exporter.evaluate import evaluate
+from exporter.exposition import ExpositionError
+from exporter.fetch import FetchError, fetch_text, new_session, read_token
+from exporter.model import InstanceSample, Status
+from exporter.sources import dcgm, sglang, vllm
+from exporter.window import tier_window
+
+from conftest import fixture_text
+from fakes import FakeTarget, write_config
+
+V033 = "vllm/generated/vllm-0.33.0"
+
+
+# ---------------------------------------------------------------- 1. the deadline bounds the whole fetch
+
+@pytest.mark.parametrize("mode", ["drip", "header-drip", "chunked", "hang"])
+def test_a_slow_target_cannot_hold_a_fetch_past_its_deadline(mode: str) -> None:
+    target = FakeTarget(mode=mode)
+    session = new_session()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FetchError) as e:
+            fetch_text(session, target.url, timeout=0.5, max_bytes=1 << 20)
+        took = time.monotonic() - t0
+        assert e.value.reason == "timeout"
+        # a drip at 1 byte/s never trips a per-read timeout; only a whole-fetch deadline ends it
+        assert took < 0.5 + 0.3, f"{mode}: the fetch took {took:.2f}s against a 0.5s deadline"
+    finally:
+        session.close()
+        target.close()
+
+
+def test_keep_alive_survives_the_watchdog() -> None:
+    """A fetch that finished in time keeps its connection; the next one on it is not cut."""
+    body = fixture_text(f"{V033}/snapshot-05.prom")
+    target = FakeTarget([body])
+    session = new_session()
+    try:
+        for _ in range(3):
+            assert fetch_text(session, target.url, timeout=0.3, max_bytes=16 << 20) == body
+            time.sleep(0.35)  # let the earlier fetch's deadline pass while its connection is idle
+        assert fetch_text(session, target.url, timeout=0.3, max_bytes=16 << 20) == body
+    finally:
+        session.close()
+        target.close()
+
+
+# ---------------------------------------------------------------- 2-4. non-finite and negative samples
+
+def _mutate(text: str, name: str, value: str) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            line = line.rsplit(" ", 1)[0] + " " + value
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("value", ["+Inf", "NaN", "-3"])
+def test_a_bad_counter_makes_its_rows_unknown_on_its_tier_alone(value: str, tmp_path: Path) -> None:
+    texts = [fixture_text(f"{V033}/snapshot-{i:02d}.prom") for i in (5, 10)]
+    bad = [_mutate(t, "vllm:num_preemptions_total", value) for t in texts]
+    cfg = load_config(write_config(str(tmp_path / "c.yaml"), {
+        "good": [{"vllm": "http://127.0.0.1:1/metrics", "name": "g"}],
+        "bad": [{"vllm": "http://127.0.0.1:2/metrics", "name": "b"}]}))
+    windows = {
+        "good": tier_window("good", [InstanceSample("good", "g", 100.0 + 15 * i, vllm.parse(t))
+                                     for i, t in enumerate(texts)]),
+        "bad": tier_window("bad", [InstanceSample("bad", "b", 100.0 + 15 * i, vllm.parse(t))
+                                   for i, t in enumerate(bad)]),
+    }
+    report = evaluate(cfg, windows, {}, 115.0, 15.0)
+    bad_row = report.tiers["bad"].metrics["kv_cache_eviction_ratio"]
+    assert bad_row.value is None and bad_row.status is Status.UNKNOWN
+    assert "b reported a NaN, infinite or negative preemption" in (bad_row.reason or "")
+    # the rest of the bad tier, and the whole good tier, are computed as without the bad value
+    assert report.tiers["bad"].metrics["ttft_p99_seconds"].value == report.tiers["good"].metrics["ttft_p99_seconds"].value
+    assert report.tiers["good"].metrics["kv_cache_eviction_ratio"].value is not None
+    json.loads(format_json(report))  # serialisable with allow_nan=False
+
+
+def test_an_infinite_gauge_cannot_break_check_json(tmp_path: Path) -> None:
+    texts = [_mutate(fixture_text(f"{V033}/snapshot-{i:02d}.prom"), "vllm:kv_cache_usage_perc", "+Inf")
+             for i in (5, 10)]
+    cfg = load_config(write_config(str(tmp_path / "c.yaml"), {"t": [{"vllm": "http://127.0.0.1:1/metrics"}]}))
+    tw = tier_window("t", [InstanceSample("t", "127.0.0.1:1", 100.0 + 15 * i, vllm.parse(x)) for i, x in enumerate(texts)])
+    report = evaluate(cfg, {"t": tw}, {}, 115.0, 15.0)
+    doc = json.loads(format_json(report))
+    assert doc["tiers"]["t"]["metrics"]["kv_cache_utilization_ratio"]["value"] is None
+    assert doc["tiers"]["t"]["metrics"]["queue_depth_requests"]["value"] is not None
+
+
+def test_max_lora_inf_is_an_exposition_error_not_an_overflow() -> None:
+    text = 'vllm:lora_requests_info{max_lora="inf",running_lora_adapters="",waiting_lora_adapters=""} 1.7e9\n'
+    with pytest.raises(ExpositionError, match="max_lora"):
+        vllm.parse(text)
+
+
+def test_sglang_and_dcgm_drop_non_finite_values() -> None:
+    text = _mutate(fixture_text("sglang/generated/sglang-0.5.23/snapshot-05.prom"), "sglang:token_usage", "NaN")
+    sample = sglang.parse(text)
+    assert "kv_cache_usage" in sample.invalid and "kv_cache_usage" not in sample.gauges
+    gpus = dcgm.parse(_mutate(fixture_text("dcgm/dcgm_t4_dcp_ericsson-ccd.prom"), "DCGM_FI_DEV_FB_USED", "-5"))
+    assert all(g.memory_used_bytes is None for g in gpus)
+
+
+def test_one_tier_raising_never_stops_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import exporter.evaluate as ev
+
+    texts = [fixture_text(f"{V033}/snapshot-{i:02d}.prom") for i in (5, 10)]
+    cfg = load_config(write_config(str(tmp_path / "c.yaml"), {
+        "a": [{"vllm": "http://127.0.0.1:1/metrics", "name": "x"}],
+        "b": [{"vllm": "http://127.0.0.1:2/metrics", "name": "x"}]}))
+    windows = {n: tier_window(n, [InstanceSample(n, "x", 100.0 + 15 * i, vllm.parse(t)) for i, t in enumerate(texts)])
+               for n in ("a", "b")}
+    expected = evaluate(cfg, windows, {}, 115.0, 15.0).tiers["b"]
+    real = ev.workload
+
+    def broken_for_a(tw):  # type: ignore[no-untyped-def]
+        if tw.tier == "a":
+            raise ZeroDivisionError("boom")
+        return real(tw)
+
+    monkeypatch.setattr(ev, "workload", broken_for_a)
+    report = evaluate(cfg, windows, {}, 115.0, 15.0)
+    assert report.tiers["a"].error == "ZeroDivisionError: boom"
+    assert all(m.status is Status.UNKNOWN for m in report.tiers["a"].metrics.values())
+    assert report.tiers["b"].error is None
+    assert {k: m.value for k, m in report.tiers["b"].metrics.items()} == {k: m.value for k, m in expected.metrics.items()}
+    json.loads(format_json(report))
+
+
+# ---------------------------------------------------------------- 5-6. secrets
+
+def test_a_token_with_a_line_break_inside_is_refused_without_echoing_it(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    secret = "s3cr3t-token-value"
+    f = tmp_path / "token"
+    f.write_text(f"{secret}\nX-Injected: 1\n")
+    with pytest.raises(FetchError) as e:
+        read_token(str(f))
+    assert e.value.reason == "token" and secret not in str(e.value)
+    f.write_text(secret + "\n")  # a trailing newline, as editors write it, is fine
+    assert read_token(str(f)) == secret
+
+    # through the scraper: the error is logged and counted, the token never appears
+    from exporter.scrape import Scraper
+
+    f.write_text(f"{secret}\r\nmore")
+    target = FakeTarget([fixture_text(f"{V033}/snapshot-05.prom")])
+    try:
+        cfg = load_config(write_config(str(tmp_path / "c.yaml"), {"t": [{"vllm": target.url, "name": "i",
+                                                                          "bearer_token_file": str(f)}]}))
+        scraper = Scraper(cfg)
+        with caplog.at_level(logging.DEBUG):
+            (sample,) = scraper.scrape()
+        scraper.close()
+        assert sample.engine is None
+        assert scraper.stats.errors == {("t", "i", "vllm", "token"): 1}
+        assert secret not in caplog.text and "token" in caplog.text
+    finally:
+        target.close()
+
+
+def test_userinfo_never_reaches_a_label_or_the_metrics_page(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from exporter.collector import Published, Snapshot, make_registry
+    from exporter.alertmanager import NotifyStats
+    from exporter.scrape import ScrapeStats
+
+    cfg = load_config(write_config(str(tmp_path / "c.yaml"), {"t": [{"vllm": "http://admin:hunter2@10.0.0.5:8000/metrics"}]},
+                                   extra="alertmanagers: ['http://am:pw0rd@10.0.0.9:9093']"))
+    assert cfg.tiers["t"].targets[0].name == "10.0.0.5:8000"
+    snap = Snapshot()
+    url = cfg.alertmanagers[0]
+    snap.publish(Published(None, ScrapeStats(up={("t", "10.0.0.5:8000", "vllm"): 0}), 1, 0.1, 0,
+                           NotifyStats({url: 1}, {url: 0}, {url: 0}, {url: 0})))
+    page = generate_latest(make_registry(cfg, snap)).decode()
+    assert "hunter2" not in page and "admin" not in page and "pw0rd" not in page
+    assert 'instance="10.0.0.5:8000"' in page and 'alertmanager="http://10.0.0.9:9093"' in page
+
+
+# ---------------------------------------------------------------- 14. the GPU memory reason
+
+def test_gpu_memory_unknown_names_the_missing_fields() -> None:
+    from exporter.catalogue import gpu_memory_utilization
+
+    gpus = dcgm.parse(fixture_text("dcgm/dcgm_h100x8_k8s_aicr.prom"))  # GPU_UTIL only, no FB_* fields
+    engine = vllm.parse(fixture_text(f"{V033}/snapshot-05.prom"))
+    tw = tier_window("t", [InstanceSample("t", "i", 100.0 + 15 * k, engine, gpus) for k in range(2)])
+    q = gpu_memory_utilization(tw, None)  # type: ignore[arg-type]
+    assert q.value is None
+    assert "DCGM_FI_DEV_FB_USED and DCGM_FI_DEV_FB_FREE" in (q.reason or "") and "configure dcgm" not in (q.reason or "")
+
+
+# ---------------------------------------------------------------- 9. the listener
+
+def test_idle_connections_are_bounded_and_time_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import requests
+
+    import exporter.daemon as d
+    from prometheus_client.core import CollectorRegistry
+
+    monkeypatch.setattr(d, "HTTP_IDLE_TIMEOUT", 0.5)
+    server = d.Server("127.0.0.1", 0, CollectorRegistry(), lambda: True, max_connections=8)
+    server.start()
+    socks = []
+    try:
+        before = threading.active_count()
+        for _ in range(40):  # idle clients that never send a request
+            socks.append(socket.create_connection(("127.0.0.1", server.port)))
+        deadline = time.monotonic() + 0.4
+        most = 0
+        while time.monotonic() < deadline:
+            most = max(most, threading.active_count() - before)
+            time.sleep(0.02)  # sampling the thread count while the server accepts, not simulating time
+        assert most <= 8, f"{most} handler threads for 40 idle connections: one per connection"
+        assert server.rejected >= 20, server.rejected
+        deadline = time.monotonic() + 3
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.05)  # idle handlers must end by their socket timeout
+        assert threading.active_count() <= before
+        r = requests.get(f"http://127.0.0.1:{server.port}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert r.status_code == 200 and r.headers.get("Content-Encoding") == "gzip"
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_math_isfinite_guard_on_quantities() -> None:
+    """A histogram whose summed buckets overflow is unknown, not inf."""
+    from exporter.model import EngineSample, Histogram
+
+    h = lambda c: Histogram(((1.0, c), (math.inf, c)), c, 0.0)  # noqa: E731
+    samples = [InstanceSample("t", f"i{k}", t, EngineSample("vllm", histograms={"ttft_seconds": h(c)}))
+               for k in range(2) for t, c in ((0.0, 0.0), (15.0, 1.7e308))]
+    q = tier_window("t", samples).quantile("ttft_seconds", 0.99)
+    assert q.value is None and "overflow" in (q.reason or "")
