@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import requests
 
 from .config import redact_url
+from .fetch import deadline, new_session
 
 from .model import Report, Status
 
@@ -102,7 +103,7 @@ class AlertmanagerClient:
         self.urls = [u.rstrip("/") for u in urls]
         self.interval, self.timeout, self.resend_delay = interval, timeout, resend_delay
         self.max_queue, self.generator_url, self.verify, self.clock = max_queue, generator_url, verify, clock
-        self.session = session or requests.Session()
+        self.session = session or new_session()
         self.session.trust_env = False
         self.active: dict[tuple[tuple[str, str], ...], _State] = {}
         self.queues: dict[str, OrderedDict[tuple[tuple[str, str], ...], dict[str, Any]]] = {
@@ -155,12 +156,15 @@ class AlertmanagerClient:
                 continue
             batch = list(q.items())
             try:
-                r = self.session.post(f"{url}/api/v2/alerts", json=[p for _, p in batch], timeout=self.timeout,
-                                      verify=self.verify, allow_redirects=False)
-                ok = 200 <= r.status_code < 300
-                reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
-            except requests.RequestException as e:
+                with deadline(self.timeout) as d:  # the whole POST, even from an Alertmanager that drips
+                    r = self.session.post(f"{url}/api/v2/alerts", json=[p for _, p in batch], timeout=self.timeout,
+                                          verify=self.verify, allow_redirects=False)
+                    ok = 200 <= r.status_code < 300
+                    reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
+            except (requests.RequestException, OSError) as e:
                 ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if d.expired:
+                    reason = f"no answer within {self.timeout:g}s"
             with self._lock:
                 if ok:
                     for fp, p in batch:

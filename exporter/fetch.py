@@ -12,8 +12,9 @@ import itertools
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -159,6 +160,21 @@ def new_session() -> requests.Session:
     return s
 
 
+@contextmanager
+def deadline(seconds: float) -> Iterator[_Fetch]:
+    """Bound every request this thread makes inside the block, on a ``new_session`` session, to
+    ``seconds`` in all; ``expired`` on the yielded object says whether the watchdog cut it."""
+    f = _Fetch(time.monotonic() + seconds)
+    _current.fetch = f
+    _WATCHDOG.watch(f)
+    try:
+        yield f
+    finally:
+        with f.lock:
+            f.done = True
+        _current.fetch = None
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -205,19 +221,13 @@ def fetch_text(
     token = read_token(bearer_token_file)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    f = _Fetch(time.monotonic() + timeout)
-    _current.fetch = f
-    _WATCHDOG.watch(f)
-    try:
-        body = _get(session, url, headers, timeout, max_bytes, verify)
-    except FetchError:
-        if f.expired:
-            raise FetchError("timeout", f"not complete within {timeout:g}s") from None
-        raise
-    finally:
-        with f.lock:
-            f.done = True
-        _current.fetch = None
+    with deadline(timeout) as f:
+        try:
+            body = _get(session, url, headers, timeout, max_bytes, verify)
+        except FetchError:
+            if f.expired:
+                raise FetchError("timeout", f"not complete within {timeout:g}s") from None
+            raise
     if f.expired:  # a body read until the server closed may look complete when it was cut
         raise FetchError("timeout", f"not complete within {timeout:g}s")
     try:

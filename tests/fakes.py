@@ -67,6 +67,8 @@ class FakeTarget:
                 self.end_headers()
                 self.wfile.write(data)
 
+            do_POST = do_GET  # noqa: N815 - a hostile Alertmanager misbehaves the same way
+
             def log_message(self, *args: object) -> None:
                 pass
 

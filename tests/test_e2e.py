@@ -49,7 +49,10 @@ def prometheus_config(demo: Any, fleetwatch_url: str, rules: Path, am_url: str) 
     jobs = {j["job_name"]: j for j in doc["scrape_configs"] if "kubernetes_sd_configs" not in j}
     engines, dcgm = [], []
     for name, tier in demo.config.tiers.items():
-        engines.append({"targets": [host(t.url) for t in tier.targets], "labels": {"tier": name}})
+        # the simulated dcgm-exporters label GPUs with their pod, as in Kubernetes: the engines carry
+        # namespace and pod, as the Kubernetes job's relabeling gives them, so the GPU rows can join
+        for inst, t in zip(demo.fleet.tiers[name].instances, tier.targets):
+            engines.append({"targets": [host(t.url)], "labels": {"tier": name, "namespace": "llm", "pod": inst.pod}})
         dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name}})
     jobs["llm-engines"]["static_configs"] = engines
     jobs["dcgm"]["static_configs"] = dcgm

@@ -254,3 +254,24 @@ def test_math_isfinite_guard_on_quantities() -> None:
                for k in range(2) for t, c in ((0.0, 0.0), (15.0, 1.7e308))]
     q = tier_window("t", samples).quantile("ttft_seconds", 0.99)
     assert q.value is None and "overflow" in (q.reason or "")
+
+
+def test_an_alertmanager_that_drips_cannot_hold_the_cycle() -> None:
+    """The POST is bounded by the client's timeout in all, and the alert stays queued."""
+    from exporter.alertmanager import Alert, AlertmanagerClient
+
+    am = FakeTarget(mode="header-drip")
+    # 1.5 s: longer than the drip's one byte a second, so a per-read timeout alone would never trip
+    client = AlertmanagerClient([am.url.rsplit("/metrics", 1)[0]], interval=15, timeout=1.5)
+    try:
+        client.update([Alert({"alertname": "FleetwatchResizeTrigger", "tier": "h100"}, {"summary": "x"})],
+                      now=1000.0)
+        t0 = time.monotonic()
+        client.flush()
+        took = time.monotonic() - t0
+        stats = client.stats()
+        assert took < 1.5 + 0.3, f"the POST took {took:.2f}s against a 1.5s timeout"
+        assert list(stats.failed.values()) == [1] and list(stats.queued.values()) == [1]
+    finally:
+        client.close()
+        am.close()
