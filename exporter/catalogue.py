@@ -368,8 +368,8 @@ def _dcgm(field: str) -> str:
 
 _FB_USED, _FB_FREE, _FB_RESERVED = _dcgm("DEV_FB_USED"), _dcgm("DEV_FB_FREE"), _dcgm("DEV_FB_RESERVED")
 # FB_RESERVED is missing from older exporters: count it as 0 there, as fleetwatch does
-_GPU_MEMORY = _per_gpu(f"{_FB_USED} / ({_FB_USED} + {_FB_FREE} + ({_FB_RESERVED} or {_FB_USED} * 0))")
-_GPU_COMPUTE = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_ENGINE_ACTIVE')} or {_dcgm('DEV_GPU_UTIL')} / 100")
+GPU_MEMORY_PER_GPU = _per_gpu(f"{_FB_USED} / ({_FB_USED} + {_FB_FREE} + ({_FB_RESERVED} or {_FB_USED} * 0))")
+GPU_COMPUTE_PER_GPU = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_ENGINE_ACTIVE')} or {_dcgm('DEV_GPU_UTIL')} / 100")
 
 _FINISHED = I.rate("requests_finished")
 
@@ -426,12 +426,12 @@ ROWS: tuple[Row, ...] = (
         _fleet_diag, ("requests_finished", "requests_running", "requests_waiting")),
     Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
         "used / (free + used + reserved) of the tier's worst GPU.",
-        gpu_memory_utilization, f"max by ({_T}) ({_GPU_MEMORY})",
+        gpu_memory_utilization, f"max by ({_T}) ({GPU_MEMORY_PER_GPU})",
         _fixed(Band("80-90%", warning_below=_t(0.70), warning_above=_t(0.90), critical_above=_t(0.95))),
         _memory_diag),
     Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
         "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
-        gpu_compute_utilization, f"avg by ({_T}) ({_GPU_COMPUTE})",
+        gpu_compute_utilization, f"avg by ({_T}) ({GPU_COMPUTE_PER_GPU})",
         _compute_band, _compute_diag),
     Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
         "Accepted draft tokens over proposed draft tokens.",

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, load_config, parse_duration, validate_listen
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .config import Config
     from .demo.scenarios import Scenario
 
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-interval", default=None, help="rule group interval (default: the config's interval)")
     r.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
 
+    g = sub.add_parser("dashboards", help="generate the Grafana dashboards (fleet overview, tier drill-down, plan)",
+                       description="Write the Grafana dashboards, generated from the metric catalogue, as JSON "
+                                   "files for import or provisioning. They need no config: the data source, tiers "
+                                   "and instances are template variables. --check compares instead of writing and "
+                                   "exits 1 on drift.")
+    g.add_argument("-o", "--out", required=True, help="output directory (e.g. grafana/)")
+    g.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
+
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
     v.add_argument("file", help="fleet config YAML")
     return p
@@ -107,11 +117,14 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
                                                                   eval_interval=args.eval_interval).items()}
     # everything goes under -o unless the runbook is given its own path: never into the cwd
     files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg)
-    if args.check:
+    return _write_or_check(files, f"`fleetwatch rules` generates from {cfg.path}", args.check)
+
+
+def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
+    if check:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         for p in stale:
-            print(f"{p}: differs from what `fleetwatch rules` generates from {cfg.path}; regenerate and commit",
-                  file=sys.stderr)
+            print(f"{p}: differs from what {source}; regenerate and commit", file=sys.stderr)
         return 1 if stale else 0
     for p, text in files.items():
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
         return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
                         flavour=args.engine, listen=args.listen)
+    if args.command == "dashboards":
+        from pathlib import Path
+
+        from .render.dashboards import build as dashboards
+
+        return _write_or_check({Path(args.out) / n: t for n, t in dashboards().items()},
+                               "`fleetwatch dashboards` generates", args.check)
     try:
         if args.command == "validate-config":
             cfg = load_config(args.file)

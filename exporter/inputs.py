@@ -99,29 +99,30 @@ def names(canonical: str, engine: str) -> tuple[str, ...]:
 # ``{w}`` stays a placeholder for the window, filled in by the rule generator.
 
 
-def _either(template: str, canonical: str, suffix: str = "") -> str:
-    parts = [template.format(m=n + suffix) for n in INPUTS[canonical].all_names()]
+def _either(template: str, canonical: str, suffix: str = "", selector: str = "") -> str:
+    parts = [template.replace("{m}", n + suffix + selector) for n in INPUTS[canonical].all_names()]
     return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
 
 
 def rate(canonical: str) -> str:
-    return _either("rate({m}[{{w}}])", canonical)
+    return _either("rate({m}[{w}])", canonical)
 
 
 def increase(canonical: str) -> str:
-    return _either("increase({m}[{{w}}])", canonical)
+    return _either("increase({m}[{w}])", canonical)
 
 
 def delta(canonical: str) -> str:
-    return _either("delta({m}[{{w}}])", canonical)
+    return _either("delta({m}[{w}])", canonical)
 
 
 def avg_over_time(canonical: str) -> str:
-    return _either("avg_over_time({m}[{{w}}])", canonical)
+    return _either("avg_over_time({m}[{w}])", canonical)
 
 
-def bucket_rate(canonical: str) -> str:
-    return _either("rate({m}[{{w}}])", canonical, "_bucket")
+def bucket_rate(canonical: str, selector: str = "") -> str:
+    """``selector`` (``{instance=~"..."}``) narrows every name, for per-instance panels."""
+    return _either("rate({m}[{w}])", canonical, "_bucket", selector)
 
 
 def instant(canonical: str, selector: str = "") -> str:

@@ -1,0 +1,266 @@
+"""Catalogue -> Grafana dashboards (fleet overview, tier drill-down, plan validation).
+
+Pure: ``build()`` returns file name -> JSON text, and needs no config: tiers and instances come
+from template variables, the data source from a ``datasource`` variable. Every engine query is a
+catalogue row's own PromQL with ``$__rate_interval`` for its window, so a panel and a recording
+rule can never define a quantity twice. Plain Python data rather than grafana-foundation-sdk:
+the classic dashboard JSON is small, its every field is checked against Grafana's own schema
+(``@grafana/schema`` with ``tsc``, tests/test_dashboards.py), and no dependency pins a Grafana
+version for us.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import inputs as I
+from ..catalogue import GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, ROWS, ROWS_BY_KEY, Context
+from ..model import Band, Benchmark, Plan, Slo
+
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+TIER = 'tier=~"$tier"'
+UNITS = {"s": "s", "ratio": "percentunit", "requests/s": "reqps", "requests": "short", "1/s": "short",
+         "tokens/GPU-hour": "short", "USD/1M tokens": "currencyUSD"}
+# a tier filter for expressions that already aggregate by tier
+_TIER_ONLY = f'group by (tier) (fleetwatch_plan_instances{{{TIER}}})'
+
+
+def for_tiers(expr: str) -> str:
+    """``expr`` (a result labelled with tier) kept for the tiers selected in ``$tier``."""
+    return f"({expr}) and on (tier) {_TIER_ONLY}"
+
+
+def row_query(key: str) -> str:
+    """A catalogue row's PromQL over ``$__rate_interval``, for the selected tiers."""
+    promql = ROWS_BY_KEY[key].promql.replace("{w}", "$__rate_interval").replace("{ws}", "($__rate_interval_ms / 1000)")
+    return for_tiers(promql)
+
+
+@dataclass
+class _Board:
+    uid: str
+    title: str
+    description: str
+    panels: list[dict[str, Any]] = field(default_factory=list)
+    _y: int = 0
+    _x: int = 0
+    _h: int = 0
+
+    def add(self, panel: dict[str, Any], w: int, h: int) -> None:
+        if self._x + w > 24:
+            self._x, self._y = 0, self._y + self._h
+            self._h = 0
+        panel["id"] = len(self.panels) + 1
+        panel["gridPos"] = {"x": self._x, "y": self._y, "w": w, "h": h}
+        self.panels.append(panel)
+        self._x += w
+        self._h = max(self._h, h)
+
+    def row(self, title: str, repeat: str | None = None) -> None:
+        self._x, self._y, self._h = 0, self._y + self._h, 0
+        panel: dict[str, Any] = {"type": "row", "title": title, "collapsed": False, "panels": []}
+        if repeat:
+            panel["repeat"] = repeat
+        self.add(panel, 24, 1)
+        self._x = 24  # the next panel starts a new line
+
+    def json(self, variables: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "uid": self.uid, "title": self.title, "description": self.description,
+            "tags": ["fleetwatch", "llm"], "editable": True, "graphTooltip": 1, "schemaVersion": SCHEMA_VERSION,
+            "version": 1, "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
+            "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+            "templating": {"list": variables}, "annotations": {"list": []}, "links": [
+                {"title": "fleetwatch", "type": "dashboards", "tags": ["fleetwatch"], "asDropdown": True,
+                 "icon": "external link", "includeVars": True, "keepTime": True, "targetBlank": False,
+                 "tooltip": "", "url": ""}],
+            "panels": self.panels,
+        }
+
+
+def _target(expr: str, legend: str, ref: str, instant: bool = False, table: bool = False) -> dict[str, Any]:
+    t: dict[str, Any] = {"refId": ref, "datasource": DS, "expr": expr, "legendFormat": legend,
+                         "range": not instant, "instant": instant}
+    if table:
+        t["format"] = "table"
+    return t
+
+
+def _thresholds(band: Band | None) -> dict[str, Any]:
+    """The row's 9.3 band as color steps (base green); bands that depend on the plan get none."""
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    if band is not None:
+        if band.critical_below is not None or band.warning_below is not None:
+            steps = [{"color": "red" if band.critical_below else "yellow", "value": None}]
+            if band.critical_below and band.warning_below:
+                steps.append({"color": "yellow", "value": band.critical_below.value})
+            steps.append({"color": "green", "value": (band.warning_below or band.critical_below).value})  # type: ignore[union-attr]
+        if band.warning_above is not None:
+            steps.append({"color": "yellow", "value": band.warning_above.value})
+        if band.critical_above is not None:
+            steps.append({"color": "red", "value": band.critical_above.value})
+    return {"mode": "absolute", "steps": steps}
+
+
+def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]], unit: str,
+           thresholds: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit}
+    if thresholds is not None:
+        defaults["thresholds"] = thresholds
+        defaults["color"] = {"mode": "thresholds"}
+    p: dict[str, Any] = {"type": kind, "title": title, "description": description, "datasource": DS,
+                         "targets": targets, "fieldConfig": {"defaults": defaults, "overrides": []}, "options": {}}
+    p.update(extra)
+    return p
+
+
+# the plan-independent default bands (SLO, queue and prefix bands depend on the tier's plan)
+_PLAN_FREE = ("kv_cache_utilization_ratio", "kv_cache_eviction_ratio", "fleet_utilization_ratio",
+              "gpu_memory_utilization_ratio", "spec_decode_acceptance_ratio", "lora_adapter_cache_hit_ratio",
+              "lora_adapter_evictions_per_second")
+_ANY_PLAN = Plan(1, 1, 1.0, 1.0, 0.0, Slo(1.0, 1.0), Benchmark(1.0, 1.0, 1.0, 1.0))
+
+
+def _default_band(key: str) -> Band | None:
+    if key not in _PLAN_FREE:
+        return None
+    return ROWS_BY_KEY[key].band(Context(_ANY_PLAN, {}, {}))
+
+
+def _variables() -> list[dict[str, Any]]:
+    def query(name: str, label: str, q: str) -> dict[str, Any]:
+        return {"type": "query", "name": name, "label": label, "datasource": DS,
+                "query": {"query": q, "refId": f"{name}-var", "qryType": 1}, "refresh": 2,
+                "includeAll": True, "multi": True, "allValue": ".*", "sort": 1,
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}
+
+    return [
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0, "options": [], "refresh": 1, "regex": "", "includeAll": False, "multi": False},
+        query("tier", "Tier", "label_values(fleetwatch_plan_instances, tier)"),
+        query("instance", "Instance", f"label_values(fleetwatch_target_up{{{TIER}}}, instance)"),
+    ]
+
+
+def fleet_overview() -> dict[str, Any]:
+    b = _Board("fleetwatch-fleet", "fleetwatch / Fleet overview",
+               "One row per hardware tier: the 9.3 production monitoring table with its bands, the efficiency "
+               "figures, and the instances the tier needs against those it has. Nothing is averaged across tiers.")
+    b.row("Tier $tier", repeat="tier")
+    one = 'tier="$tier"'
+    b.add(_panel("table", "Status of every row", "The current status of each catalogue row on this tier "
+                 "(ok, warning, critical, unknown), as fleetwatch evaluated it against the tier's own bands.",
+                 [_target(f'fleetwatch_metric_status{{{one}}} == 1', "{{metric}}", "A", instant=True, table=True)],
+                 "short", transformations=[{"id": "organize", "options": {
+                     "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True,
+                                       "tier": True}, "indexByName": {}, "renameByName": {}}}]), 8, 12)
+    for row in ROWS:
+        if row.key in ("lora_adapter_cache_hit_ratio",):
+            continue  # no engine exposes it: a panel that is always empty helps nobody
+        b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the 9.3 table (README, Definitions).",
+                     [_target(f"fleetwatch_{row.key}{{{one}}}", row.key, "A", instant=True)], UNITS[row.unit],
+                     _thresholds(_default_band(row.key)),
+                     options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                              "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
+                              "orientation": "auto", "wideLayout": True, "showPercentChange": False}), 4, 4)
+    b.add(_panel("timeseries", "Instances: needed, configured, up", "Recommended = ceil(ceil(peak / usable) x "
+                 "(1 + safety)) (Step 11) against the instances configured and up. A recommendation above the "
+                 "configured count is a scale-up trigger.",
+                 [_target(f"fleetwatch_recommended_instances{{{one}}}", "recommended", "A"),
+                  _target(f"fleetwatch_instances_configured{{{one}}}", "configured", "B"),
+                  _target(f"fleetwatch_instances_up{{{one}}}", "up", "C")], "short"), 24, 8)
+    return b.json(_variables())
+
+
+def tier_drilldown() -> dict[str, Any]:
+    b = _Board("fleetwatch-tier", "fleetwatch / Tier drill-down",
+               "Latency, KV cache, queue and GPUs of the selected tiers, from the engines' own series over "
+               "$__rate_interval, against the SLO and the plan's benchmark.")
+    for key, slo, bench, what in (("ttft", "slo_ttft_p99_seconds", "benchmark_ttft_p99_seconds", "TTFT"),
+                                  ("itl", "slo_itl_p99_seconds", "benchmark_itl_p99_seconds", "ITL")):
+        b.add(_panel("timeseries", f"{what} P50 and P99", f"Tier quantiles of {what} (histogram_quantile over the "
+                     f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99 (Step 10).",
+                     [_target(row_query(f"{key}_p50_seconds"), "{{tier}} P50", "A"),
+                      _target(row_query(f"{key}_p99_seconds"), "{{tier}} P99", "B"),
+                      _target(f"fleetwatch_plan_{slo}{{{TIER}}}", "{{tier}} SLO", "C"),
+                      _target(f"fleetwatch_plan_{bench}{{{TIER}}}", "{{tier}} benchmark", "D")], "s"), 12, 8)
+    sel = '{tier=~"$tier", instance=~"$instance"}'
+    b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99: an instance far "
+                 "above the others is a mixed-tier or straggler suspect (9.5).",
+                 [_target(f"histogram_quantile(0.99, sum by (tier, instance, le) "
+                          f"({I.bucket_rate('ttft_seconds', sel).replace('{w}', '$__rate_interval')}))",
+                          "{{instance}}", "A")], "s"), 12, 8)
+    b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 against the observed RPS per "
+                 "instance, beside the benchmark's prediction at the same load (Step 13): points above the "
+                 "prediction by more than 30% ask to re-characterize the workload.",
+                 [_target(for_tiers('fleetwatch_requests_per_second / on (tier) fleetwatch_instances_up'),
+                          "{{tier}} RPS per instance", "A"),
+                  _target(f'fleetwatch_plan_check_observed{{{TIER}, check="ttft_p99_vs_benchmark"}}',
+                          "{{tier}} observed", "B"),
+                  _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="ttft_p99_vs_benchmark"}}',
+                          "{{tier}} benchmark", "C")], "s",
+                 options={"mapping": "auto", "series": [], "legend": {"showLegend": True, "displayMode": "list",
+                                                                      "placement": "bottom", "calcs": []}}), 12, 8)
+    b.add(_panel("timeseries", "KV cache utilization", "Mean KV cache usage over the tier's instances; above 90% "
+                 "the KV cache becomes the bottleneck.",
+                 [_target(row_query("kv_cache_utilization_ratio"), "{{tier}}", "A")], "percentunit",
+                 _thresholds(_default_band("kv_cache_utilization_ratio"))), 12, 8)
+    b.add(_panel("timeseries", "KV cache eviction", "Preemptions (SGLang: retractions) per finished request: above "
+                 "5% the KV budget is undersized, above 20% the memory pressure cascade.",
+                 [_target(row_query("kv_cache_eviction_ratio"), "{{tier}}", "A")], "percentunit",
+                 _thresholds(_default_band("kv_cache_eviction_ratio"))), 12, 8)
+    b.add(_panel("timeseries", "Queue depth and the Little's Law limit", "Waiting requests summed over the tier, "
+                 "against Little's Law's maximum safe depth (SLO TTFT P99 x arrival rate, 9.4): warn at 80%, "
+                 "page at 90%.",
+                 [_target(row_query("queue_depth_requests"), "{{tier}} waiting", "A"),
+                  _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="queue_depth_littles_law"}}',
+                          "{{tier}} Little's Law limit", "B")], "short"), 12, 8)
+    per_gpu = {"memory": GPU_MEMORY_PER_GPU, "compute": GPU_COMPUTE_PER_GPU}
+    for what, expr in per_gpu.items():
+        q = for_tiers(expr.replace("{w}", "$__rate_interval"))
+        b.add(_panel("timeseries", f"GPU {what} per GPU", f"Each GPU of the selected tiers (the GPUs of the tier's "
+                     f"engine pods on a node-wide dcgm-exporter): {what} utilization, "
+                     + ("used / (used + free + reserved)." if what == "memory" else
+                        "SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL / 100."),
+                     [_target(q, "{{tier}} {{Hostname}} GPU {{gpu}}", "A")], "percentunit"), 12, 8)
+    return b.json(_variables())
+
+
+_STEP13 = ("ttft_p99_vs_benchmark", "itl_p99_vs_benchmark", "gpu_utilization_vs_benchmark",
+           "prefix_cache_hit_ratio_vs_benchmark", "kv_cache_eviction_ratio_vs_benchmark")
+
+
+def plan_validation() -> dict[str, Any]:
+    b = _Board("fleetwatch-plan", "fleetwatch / Plan validation",
+               "Step 13 over time: every check of production against the sizing plan's benchmark at equivalent "
+               "RPS, the SLOs and Little's Law; the findings; the 9.4 guardrails fleetwatch recommends.")
+    for check in _STEP13:
+        unit = "s" if check.startswith(("ttft", "itl")) else "percentunit"
+        b.add(_panel("timeseries", check.replace("_", " "), f"Observed against the benchmark's prediction at the "
+                     f"observed RPS per instance ({check}); critical beyond Step 13's limits.",
+                     [_target(f'fleetwatch_plan_check_observed{{{TIER}, check="{check}"}}', "{{tier}} observed", "A"),
+                      _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="{check}"}}', "{{tier}} predicted",
+                              "B")], unit), 12, 8)
+    b.add(_panel("table", "Plan checks not ok", "Every plan check whose status is warning or critical now.",
+                 [_target(f'fleetwatch_plan_check_status{{{TIER}, status=~"warning|critical"}} == 1', "", "A",
+                          instant=True, table=True)], "short"), 12, 8)
+    b.add(_panel("table", "Findings", "Current findings (target down, drift, runaway generation, mixed tier, ...) "
+                 "with the instance to blame.",
+                 [_target(f"fleetwatch_finding{{{TIER}}} == 1", "", "A", instant=True, table=True)], "short"), 12, 8)
+    b.add(_panel("table", "Resize verdict", "The tier's resize action now: scale_up, recharacterize, scale_down "
+                 "or hold.", [_target(f"fleetwatch_resize_action{{{TIER}}} == 1", "", "A", instant=True, table=True)],
+                 "short"), 12, 8)
+    b.add(_panel("table", "Guardrails (9.4)", "Gateway limits recommended from the observed histograms: "
+                 "max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the circuit breaker at "
+                 "80-90% of Little's Law's limit.",
+                 [_target(f"fleetwatch_guardrail_recommended{{{TIER}}}", "", "A", instant=True, table=True)],
+                 "short"), 12, 8)
+    return b.json(_variables())
+
+
+def build() -> dict[str, str]:
+    """File name -> dashboard JSON."""
+    boards = {"fleetwatch-fleet.json": fleet_overview(), "fleetwatch-tier.json": tier_drilldown(),
+              "fleetwatch-plan.json": plan_validation()}
+    return {name: json.dumps(doc, indent=2, sort_keys=False) + "\n" for name, doc in boards.items()}

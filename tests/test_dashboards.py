@@ -1,0 +1,140 @@
+"""`fleetwatch dashboards`: committed files match the generator, pass Grafana's own schema (tsc
+against @grafana/schema), and follow the import rules. tests/test_e2e.py runs every panel query
+against a real Prometheus."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from exporter.render.dashboards import build
+
+from conftest import need
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAFANA = ROOT / "grafana"
+SCHEMA = ROOT / "tests" / "grafana-schema"  # package.json pins @grafana/schema and typescript; `npm ci` there
+BOARDS = {name: json.loads(text) for name, text in build().items()}
+
+
+def fleetwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for p in board["panels"]:
+        yield p
+        yield from p.get("panels", [])
+
+
+def queries(board: dict[str, Any]) -> Iterator[str]:
+    for p in panels(board):
+        for t in p.get("targets", []):
+            yield t["expr"]
+
+
+def test_committed_dashboards_match_the_generator(tmp_path: Path) -> None:
+    r = fleetwatch("dashboards", "-o", "grafana", "--check")
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(GRAFANA, tmp_path / "grafana")
+    f = tmp_path / "grafana" / "fleetwatch-tier.json"
+    f.write_text(f.read_text().replace("$__rate_interval", "5m", 1))
+    r = fleetwatch("dashboards", "-o", str(tmp_path / "grafana"), "--check")
+    assert r.returncode == 1 and "fleetwatch-tier.json: differs" in r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_dashboards_follow_the_import_rules(name: str) -> None:
+    board = BOARDS[name]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert {"tier", "instance"} <= set(variables)
+    assert re.fullmatch(r"fleetwatch-[a-z]+", board["uid"])
+    for p in panels(board):
+        if p["type"] == "row":
+            continue
+        assert p.get("description"), f"{name}: panel {p['title']!r} has no description"
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["fieldConfig"]["defaults"].get("unit"), f"{name}: panel {p['title']!r} has no unit"
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}"
+    for expr in queries(board):
+        windows = re.findall(r"\[([^\]]+)\]", expr)
+        assert all(w == "$__rate_interval" for w in windows), (name, expr)
+        assert "$tier" in expr, f"{name}: a query not narrowed to the selected tiers: {expr}"
+
+
+def test_uids_are_unique_and_stable() -> None:
+    uids = [b["uid"] for b in BOARDS.values()]
+    assert len(set(uids)) == len(uids)
+    assert {json.loads((GRAFANA / n).read_text())["uid"] for n in BOARDS} == set(uids)
+    for b in BOARDS.values():
+        ids = [p["id"] for p in panels(b)]
+        assert len(set(ids)) == len(ids)
+
+
+def _enums() -> dict[str, dict[str, str]]:
+    """The string enums of Grafana's dashboard types: enum -> value -> member."""
+    d_ts = (SCHEMA / "node_modules/@grafana/schema/dist/types/raw/dashboard/x/types.gen.d.ts").read_text()
+    out = {}
+    for name, body in re.findall(r"export declare enum (\w+) \{([^}]*)\}", d_ts):
+        out[name] = {v: m for m, v in re.findall(r'(\w+) = "([^"]*)"', body)}
+    return out
+
+
+# string-enum fields of the JSON model (TypeScript does not take a string literal for a string enum)
+_ENUM_FIELDS = {("thresholds", "mode"): "ThresholdsMode", ("color", "mode"): "FieldColorModeId"}
+
+
+def _ts(v: Any, enums: dict[str, dict[str, str]], parent: str = "", key: str = "") -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_ts(x, enums, key, k)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_ts(x, enums, parent, key) for x in v) + "]"
+    enum = _ENUM_FIELDS.get((parent, key))
+    if enum and isinstance(v, str) and v in enums.get(enum, {}):
+        return f"{enum}.{enums[enum][v]}"
+    return json.dumps(v)  # a value outside the enum stays a string, and tsc rejects it
+
+
+def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
+    """tsc --noEmit --strict on ``source``, written beside tests/grafana-schema/node_modules."""
+    tsc = SCHEMA / "node_modules" / ".bin" / "tsc"
+    need(tsc.exists(), f"{tsc} missing (npm ci --prefix tests/grafana-schema)")
+    check = SCHEMA / name
+    check.write_text(source)
+    try:
+        return subprocess.run([str(tsc), "--noEmit", "--strict", "--module", "esnext", "--moduleResolution", "bundler",
+                               "--target", "es2020", check.name], cwd=SCHEMA, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        check.unlink()
+
+
+@pytest.mark.integration
+def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
+    need((SCHEMA / "node_modules").exists(), "tests/grafana-schema/node_modules missing (npm ci there)")
+    enums = _enums()
+    lines = ["import type { Dashboard } from '@grafana/schema';",
+             f"import {{ {', '.join(sorted(set(_ENUM_FIELDS.values())))} }} from '@grafana/schema';"]
+    for i, (name, board) in enumerate(sorted(BOARDS.items())):
+        lines.append(f"// {name}\nexport const d{i}: Dashboard = {_ts(board, enums)};")
+    r = _tsc("check.generated.ts", "\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+
+
+@pytest.mark.integration
+def test_the_schema_check_catches_a_bad_field() -> None:
+    """The check above can fail: a dashboard whose field has a type Grafana's does not allow."""
+    need((SCHEMA / "node_modules").exists(), "tests/grafana-schema/node_modules missing (npm ci there)")
+    bad = dict(BOARDS["fleetwatch-plan.json"], graphTooltip="shared")
+    r = _tsc("bad.generated.ts", "import type { Dashboard } from '@grafana/schema';\n"
+                                 f"export const d: Dashboard = {_ts(bad, _enums())};\n")
+    assert r.returncode != 0 and "DashboardCursorSync" in r.stdout, r.stdout
