@@ -61,3 +61,23 @@ def test_rates_sum_over_instances_and_skip_down_ones() -> None:
     ])
     assert tw.up() == ("a", "b") and tw.down() == ("c",)
     assert tw.rate("x") == 7.0
+
+
+def test_scrape_jitter_cannot_change_how_many_readings_a_window_holds() -> None:
+    """Scrapes every 15 s, each up to 3 s early or late: a 5m window holds 21 readings, every
+    cycle (with the edge exactly at now - window it held 20 or 21 as the jitter fell)."""
+    import random
+
+    from exporter.model import EngineSample, InstanceSample
+    from exporter.window import WindowStore
+
+    rnd = random.Random(7)
+    store = WindowStore(300.0, {"t": ["i"]}, slack=15.0 / 2)
+    counts = set()
+    for k in range(200):
+        now = 1_000.0 + 15.0 * k + rnd.uniform(-3.0, 3.0)  # the cycle's own scrape time
+        store.add(InstanceSample("t", "i", now, EngineSample("vllm")))
+        store.trim(now)
+        if k >= 25:
+            counts.add(len(store.view("t", now).samples["i"]))
+    assert counts == {21}
