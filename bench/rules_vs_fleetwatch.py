@@ -15,7 +15,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import requests  # noqa: E402
 
-from exporter.daemon import Server, serve  # noqa: E402
-from exporter.demo.run import WallClock, start_fleet  # noqa: E402
 from exporter.demo.scenarios import SCENARIOS  # noqa: E402
 from exporter.render.rules import build  # noqa: E402
 
 from realbins import Prometheus  # noqa: E402
-from test_e2e import prometheus_config  # noqa: E402
+from test_e2e import fleet_and_fleetwatch, prometheus_config  # noqa: E402
 
 ROWS = ("requests_per_second", "ttft_p50_seconds", "ttft_p99_seconds", "itl_p50_seconds", "itl_p99_seconds",
         "kv_cache_utilization_ratio", "kv_cache_eviction_ratio", "prefix_cache_hit_ratio", "queue_depth_requests",
@@ -58,48 +55,35 @@ def main() -> int:
     if prom_bin is None:
         print("prometheus not installed (apt-get install prometheus)", file=sys.stderr)
         return 2
-    demo = start_fleet(SCENARIOS["healthy"], interval=args.interval, window=args.window)
-    stop = threading.Event()
-    clock = WallClock(demo.fleet, stop)
-    ready: list[Server] = []
-    daemon = threading.Thread(target=serve, args=(demo.config,), kwargs={"stop": stop, "on_ready": ready.append},
-                              daemon=True)
-    daemon.start()
-    prom = None
     tmp = Path(tempfile.mkdtemp(prefix="fw-bench-"))
     diffs: dict[tuple[str, bool], list[float]] = {}
-    try:
-        while not ready:
-            time.sleep(0.1)
-        fw_url = f"http://127.0.0.1:{ready[0].port}/metrics"
-        ivl = f"{int(args.interval * 1000)}ms"
-        for name, text in build(demo.config, for_="1m", eval_interval=ivl).items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text)
-        cfg = prometheus_config(demo, fw_url, tmp / "fleetwatch.rules.yml", "http://127.0.0.1:1")
-        cfg = cfg.replace("scrape_interval: 1s", f"scrape_interval: {ivl}").replace(
-            "evaluation_interval: 1s", f"evaluation_interval: {ivl}")
-        prom = Prometheus(prom_bin, cfg)
-        started = time.monotonic()
-        while time.monotonic() - started < args.seconds:
-            time.sleep(args.every)  # sampling two running processes, not simulating time
-            first_window = time.monotonic() - started < 2 * args.window
-            ours = _fleetwatch(fw_url)
-            for r in prom.query('{__name__=~"tier:fleetwatch_.+"}'):
-                name = r["metric"]["__name__"]
-                row = name.split(":")[1][len("fleetwatch_"):]
-                key = (row, r["metric"]["tier"])
-                if row in ROWS and key in ours:
-                    theirs = float(r["value"][1])
-                    if ours[key] != 0 and theirs == theirs:
-                        diffs.setdefault((row, first_window), []).append(theirs / ours[key] - 1)
-    finally:
-        stop.set()
-        daemon.join(20)
-        if prom is not None:
-            prom.stop()
-        clock.thread.join(5)
-        demo.close()
+    with fleet_and_fleetwatch(SCENARIOS["healthy"], args.interval, args.window) as (demo, fw_url):
+        prom = None
+        try:
+            ivl = f"{int(args.interval * 1000)}ms"
+            for name, text in build(demo.config, for_="1m", eval_interval=ivl).items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_text(text)
+            cfg = prometheus_config(demo, fw_url, tmp / "fleetwatch.rules.yml", "http://127.0.0.1:1")
+            cfg = cfg.replace("scrape_interval: 1s", f"scrape_interval: {ivl}").replace(
+                "evaluation_interval: 1s", f"evaluation_interval: {ivl}")
+            prom = Prometheus(prom_bin, cfg)
+            started = time.monotonic()
+            while time.monotonic() - started < args.seconds:
+                time.sleep(args.every)  # sampling two running processes, not simulating time
+                first_window = time.monotonic() - started < 2 * args.window
+                ours = _fleetwatch(fw_url)
+                for r in prom.query('{__name__=~"tier:fleetwatch_.+"}'):
+                    name = r["metric"]["__name__"]
+                    row = name.split(":")[1][len("fleetwatch_"):]
+                    key = (row, r["metric"]["tier"])
+                    if row in ROWS and key in ours:
+                        theirs = float(r["value"][1])
+                        if ours[key] != 0 and theirs == theirs:
+                            diffs.setdefault((row, first_window), []).append(theirs / ours[key] - 1)
+        finally:
+            if prom is not None:
+                prom.stop()
     print(f"rules / fleetwatch - 1, per tier and sample; interval {args.interval:g}s, window {args.window:g}s, "
           f"{args.seconds:g}s")
     print(f"{'row':<32} {'first window: median':>21} {'max |d|':>8} {'after: median':>14} {'max |d|':>8} {'n':>4}")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -97,58 +98,67 @@ def wait_until(check, timeout: float) -> Any:  # type: ignore[no-untyped-def]
     return check()
 
 
-@pytest.mark.integration
-def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager, tmp_path: Path) -> None:
-    prometheus_bin = binary("prometheus")
-    demo = start_fleet(E2E, interval=INTERVAL, window=WINDOW, alertmanagers=(alertmanager.url,))
+@contextmanager
+def fleet_and_fleetwatch(scenario: Scenario, interval: float, window: float,
+                         alertmanagers: tuple[str, ...] = ()) -> Iterator[tuple[Any, str]]:
+    """The simulated fleet on wall-clock time and `serve` watching it: (demo, fleetwatch's /metrics URL)."""
+    demo = start_fleet(scenario, interval=interval, window=window, alertmanagers=alertmanagers)
     stop = threading.Event()
     clock = WallClock(demo.fleet, stop)
     ready: list[Server] = []
     daemon = threading.Thread(target=serve, args=(demo.config,),
                               kwargs={"stop": stop, "on_ready": ready.append}, daemon=True)
     daemon.start()
-    prom = None
     try:
         assert wait_until(lambda: ready, 10), "fleetwatch did not start"
-        fleetwatch_url = f"http://127.0.0.1:{ready[0].port}/metrics"
-        rules = tmp_path / "rules"
-        for name, text in build(demo.config, for_="2s", eval_interval="1s").items():
-            (rules / name).parent.mkdir(parents=True, exist_ok=True)
-            (rules / name).write_text(text)
-        prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml",
-                                                           alertmanager.url))
-
-        def kv(tier: str) -> list[dict[str, Any]]:
-            return alertmanager.alerts(alertname="FleetwatchKVCacheEvictionHigh", tier=tier, severity="critical")
-
-        # case 1: the KV eviction critical band, crossed by a100 only
-        assert wait_until(lambda: kv("a100"), 60), (
-            f"no KV alert; recorded: {prom.query('tier:fleetwatch_kv_cache_eviction_ratio:increase10s')}")
-        # case 2: h100 is undersized: the rules' resize trigger and fleetwatch's own reach Alertmanager
-        scale_up = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"), 60)
-        assert scale_up, f"no ScaleUp; fleetwatch says {prom.query('fleetwatch_resize_action == 1')}"
-        assert scale_up[0]["labels"]["action"] == "scale_up" and scale_up[0]["labels"]["severity"] == "critical"
-        # Prometheus re-sends a firing alert only once a minute, so the annotation holds the value at
-        # the last send, not now (the demo's observed peak, hence the count, can grow in between):
-        # compare with what fleetwatch exported in the seconds before Alertmanager received it
-        received = datetime.fromisoformat(scale_up[0]["updatedAt"]).timestamp()
-        (exported,) = prom.query('fleetwatch_recommended_instances{tier="h100"}[10s]', at=received)
-        needs = re.search(r"needs (\S+) instances, has (\S+) configured", scale_up[0]["annotations"]["description"])
-        assert needs and needs.group(1) in {v for _, v in exported["values"]}, (needs, exported)
-        assert int(needs.group(1)) > int(needs.group(2)) == len(demo.config.tiers["h100"].targets), needs
-        own = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100",
-                                                     action="scale_up"), 30)
-        assert own and int(own[0]["annotations"]["recommended_instances"]) > 4
-        # the other tier stayed out of it
-        assert kv("h100") == []
-        assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
-        # every dashboard panel's query, its variables substituted, returns data from this Prometheus
-        empty = [(name, expr) for name, expr in dashboard_queries() if not prom.query(expr)]
-        assert empty == [], empty
+        yield demo, f"http://127.0.0.1:{ready[0].port}/metrics"
     finally:
         stop.set()
         daemon.join(20)
-        if prom is not None:
-            prom.stop()
         clock.thread.join(5)
         demo.close()
+
+
+@pytest.mark.integration
+def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager, tmp_path: Path) -> None:
+    prometheus_bin = binary("prometheus")
+    with fleet_and_fleetwatch(E2E, INTERVAL, WINDOW, (alertmanager.url,)) as (demo, fleetwatch_url):
+        prom = None
+        try:
+            rules = tmp_path / "rules"
+            for name, text in build(demo.config, for_="2s", eval_interval="1s").items():
+                (rules / name).parent.mkdir(parents=True, exist_ok=True)
+                (rules / name).write_text(text)
+            prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml",
+                                                               alertmanager.url))
+
+            def kv(tier: str) -> list[dict[str, Any]]:
+                return alertmanager.alerts(alertname="FleetwatchKVCacheEvictionHigh", tier=tier, severity="critical")
+
+            # case 1: the KV eviction critical band, crossed by a100 only
+            assert wait_until(lambda: kv("a100"), 60), (
+                f"no KV alert; recorded: {prom.query('tier:fleetwatch_kv_cache_eviction_ratio:increase10s')}")
+            # case 2: h100 is undersized: the rules' resize trigger and fleetwatch's own reach Alertmanager
+            scale_up = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"), 60)
+            assert scale_up, f"no ScaleUp; fleetwatch says {prom.query('fleetwatch_resize_action == 1')}"
+            assert scale_up[0]["labels"]["action"] == "scale_up" and scale_up[0]["labels"]["severity"] == "critical"
+            # Prometheus re-sends a firing alert only once a minute, so the annotation holds the value at
+            # the last send, not now (the demo's observed peak, hence the count, can grow in between):
+            # compare with what fleetwatch exported in the seconds before Alertmanager received it
+            received = datetime.fromisoformat(scale_up[0]["updatedAt"]).timestamp()
+            (exported,) = prom.query('fleetwatch_recommended_instances{tier="h100"}[10s]', at=received)
+            needs = re.search(r"needs (\S+) instances, has (\S+) configured", scale_up[0]["annotations"]["description"])
+            assert needs and needs.group(1) in {v for _, v in exported["values"]}, (needs, exported)
+            assert int(needs.group(1)) > int(needs.group(2)) == len(demo.config.tiers["h100"].targets), needs
+            own = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100",
+                                                         action="scale_up"), 30)
+            assert own and int(own[0]["annotations"]["recommended_instances"]) > 4
+            # the other tier stayed out of it
+            assert kv("h100") == []
+            assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
+            # every dashboard panel's query, its variables substituted, returns data from this Prometheus
+            empty = [(name, expr) for name, expr in dashboard_queries() if not prom.query(expr)]
+            assert empty == [], empty
+        finally:
+            if prom is not None:
+                prom.stop()
