@@ -332,6 +332,49 @@ def _sum(expr: str) -> str:
     return f"sum by ({_T}) ({expr})"
 
 
+# Fleet-level series, recorded before the rows that read them. They come from the engines' own
+# `up` and from the plan gauges alone, so they mean the same whether one fleet-mode fleetwatch or
+# one sidecar per instance exports the plan (max: every sidecar of a tier exports the same plan).
+# An engine target is one that exposed an engine series within ENGINE_SEEN: a target down longer
+# than that is no longer counted as deployed.
+ENGINE_SEEN = "1h"
+_ENGINES = (f'group by (job, instance) (last_over_time({{__name__=~"{"|".join(I.INPUTS["requests_running"].all_names())}"}}'
+            f"[{ENGINE_SEEN}]))")
+INSTANCES_UP = "tier:fleetwatch_instances_up:sum"
+INSTANCES = "tier:fleetwatch_instances:count"
+RECOMMENDED = "tier:fleetwatch_recommended_instances:ceil"  # Step 11, recorded by the rules (render/rules.py)
+
+
+def plan_series(key: str) -> str:
+    return f"tier:fleetwatch_plan_{key}:max"
+
+
+# the plan's figures, exported as fleetwatch_plan_<key>{tier} gauges for the rules and dashboards
+PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
+    ("instances", "Instances the plan decided (Step 11).", lambda p: p.instances),
+    ("gpus_per_instance", "GPUs per instance (TP degree).", lambda p: p.gpus_per_instance),
+    ("gpu_hour_cost_usd", "Cost of one GPU-hour in USD.", lambda p: p.gpu_hour_cost_usd),
+    ("peak_rps", "Planned peak arrival rate of the tier (Step 1), requests per second.", lambda p: p.peak_rps),
+    ("safety_factor", "Safety factor of Step 11.", lambda p: p.safety_factor),
+    ("usable_rps_per_instance", "Usable RPS per instance at SLO from the Step 10 benchmark.",
+     lambda p: p.benchmark.usable_rps_per_instance),
+    ("slo_ttft_p99_seconds", "TTFT P99 SLO.", lambda p: p.slo.ttft_p99),
+    ("slo_itl_p99_seconds", "ITL P99 SLO.", lambda p: p.slo.itl_p99),
+    ("benchmark_ttft_p99_seconds", "Benchmark TTFT P99 at the operating point.", lambda p: p.benchmark.ttft_p99),
+    ("benchmark_itl_p99_seconds", "Benchmark ITL P99 at the operating point.", lambda p: p.benchmark.itl_p99),
+    ("benchmark_gpu_utilization_ratio", "Benchmark GPU utilization at the operating point.",
+     lambda p: p.benchmark.gpu_utilization),
+)
+
+
+def fleet_series() -> dict[str, str]:
+    """Recorded name -> PromQL of the plan and instance series, in the order they must be recorded."""
+    out = {plan_series(k): f"max by ({_T}) (fleetwatch_plan_{k})" for k, _, _ in PLAN_FIGURES}
+    out[INSTANCES_UP] = f"sum by ({_T}) (up and on (job, instance) {_ENGINES})"
+    out[INSTANCES] = f"count by ({_T}) (up and on (job, instance) {_ENGINES})"
+    return out
+
+
 def _q(q: float, canonical: str) -> str:
     return f"histogram_quantile({q:g}, sum by ({_T}, le) ({I.bucket_rate(canonical)}))"
 
@@ -420,8 +463,8 @@ ROWS: tuple[Row, ...] = (
     Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
         "Arrival rate over (instances up x usable RPS per instance from the plan).",
         fleet_utilization,
-        f"tier:fleetwatch_requests_per_second:rate{{w}} / on ({_T}) (fleetwatch_instances_up * on ({_T}) "
-        f"fleetwatch_plan_usable_rps_per_instance)",
+        f"tier:fleetwatch_requests_per_second:rate{{w}} / on ({_T}) ({INSTANCES_UP} * on ({_T}) "
+        f"{plan_series('usable_rps_per_instance')})",
         _fixed(Band("60-80%", warning_below=_t(0.40), warning_above=_t(0.80), critical_above=_t(0.90))),
         _fleet_diag, ("requests_finished", "requests_running", "requests_waiting")),
     Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
@@ -463,13 +506,13 @@ ROWS: tuple[Row, ...] = (
         "Generated tokens per GPU-hour of the instances that are up.",
         tokens_per_gpu_hour,
         f"{_sum(I.rate('generation_tokens'))} * 3600"
-        f" / on ({_T}) (fleetwatch_instances_up * on ({_T}) fleetwatch_plan_gpus_per_instance)",
+        f" / on ({_T}) ({INSTANCES_UP} * on ({_T}) {plan_series('gpus_per_instance')})",
         _no_band("maximize"), _tokens_diag, ("generation_tokens",)),
     Row("cost_per_million_tokens_usd", "USD/1M tokens", "(9.2) cost per token",
         "Provisioned GPU cost per hour over generated tokens per hour, per million tokens.",
         cost_per_million_tokens,
-        f"(fleetwatch_plan_gpu_hour_cost_usd * on ({_T}) fleetwatch_plan_gpus_per_instance * on ({_T})"
-        f" fleetwatch_instances_configured) / on ({_T}) ({_sum(I.rate('generation_tokens'))} * 3600) * 1e6",
+        f"({plan_series('gpu_hour_cost_usd')} * on ({_T}) {plan_series('gpus_per_instance')} * on ({_T})"
+        f" {INSTANCES}) / on ({_T}) ({_sum(I.rate('generation_tokens'))} * 3600) * 1e6",
         _no_band("minimize"), _none, ("generation_tokens",)),
 )
 

@@ -8,7 +8,7 @@ import sys
 
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config, parse_duration, validate_listen
+from .config import ConfigError, load_config, parse_duration, require_targets, validate_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Scrape every target each interval, evaluate the window, and serve the result "
                                    "on /metrics (Prometheus text format) and /healthz. Stops cleanly on SIGTERM.")
     s.add_argument("--config", "-c", required=True, help="fleet config YAML (see examples/)")
-    s.add_argument("--listen", help="host:port to serve on (overrides the config's listen:, default 0.0.0.0:9108)")
+    s.add_argument("--listen", default=os.environ.get("FLEETWATCH_LISTEN") or None,
+                   help="host:port to serve on (env FLEETWATCH_LISTEN; overrides the config's listen:, "
+                        "default 0.0.0.0:9108)")
+    side = s.add_argument_group(
+        "sidecar mode", "With --tier, fleetwatch watches one engine on localhost and its own GPUs, beside it in its "
+        "pod, and leaves the fleet verdicts (instances up, peak, recommended count, resize alerts) to the generated "
+        "rules in Prometheus. The config supplies the tier's plan; its targets are not used. The flags override the "
+        "config's sidecar: block. POD_NAME and POD_NAMESPACE (downward API) name the instance and select its GPUs "
+        "on a node-wide dcgm-exporter.")
+    side.add_argument("--tier", default=os.environ.get("FLEETWATCH_TIER") or None,
+                      help="run as a sidecar of an instance of this tier (env FLEETWATCH_TIER)")
+    side.add_argument("--engine", choices=["vllm", "sglang"], default=os.environ.get("FLEETWATCH_ENGINE") or None,
+                      help="the engine beside it (env FLEETWATCH_ENGINE; default vllm)")
+    side.add_argument("--engine-url", default=os.environ.get("FLEETWATCH_ENGINE_URL") or None,
+                      help="its /metrics URL (env FLEETWATCH_ENGINE_URL; default http://127.0.0.1:8000/metrics, "
+                           "SGLang :30000)")
+    side.add_argument("--dcgm-url", default=os.environ.get("FLEETWATCH_DCGM_URL") or None,
+                      help="the node's dcgm-exporter /metrics URL (env FLEETWATCH_DCGM_URL)")
+    side.add_argument("--dcgm-bearer-token-file", default=os.environ.get("FLEETWATCH_DCGM_BEARER_TOKEN_FILE") or None,
+                      help="bearer token file for that dcgm-exporter (env FLEETWATCH_DCGM_BEARER_TOKEN_FILE)")
+    side.add_argument("--nvml", action="store_true", default=None,
+                      help="read the GPUs visible to this container through NVML instead of dcgm-exporter")
 
     c = sub.add_parser("check", help="scrape twice, a window apart, print one report; exit 1 if anything is critical",
                        description="Scrape every target at the start and again after --window, evaluate the "
@@ -81,13 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PrometheusRule rendering of the same groups, promtool tests for every alert, and "
                                    "runbook.md. --check compares instead of writing and exits 1 on drift.")
     r.add_argument("--config", "-c", required=True, help="fleet config YAML")
-    r.add_argument("-o", "--out", required=True, help="output directory (e.g. rules/)")
+    r.add_argument("-o", "--out", help="output directory (e.g. rules/); may be left out with --prometheusrule")
     r.add_argument("--runbook", default=None,
                    help="where the runbook is written (default: OUT/runbook.md); --runbook-url is what alerts link")
     r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/rules/runbook.md",
                    help="base URL of the runbook in alerts' runbook_url")
     r.add_argument("--for", dest="for_", default="5m", help="'for:' of every alert (default: 5m)")
     r.add_argument("--eval-interval", default=None, help="rule group interval (default: the config's interval)")
+    r.add_argument("--prometheusrule", default=None, metavar="FILE",
+                   help="also write the PrometheusRule here (e.g. deploy/kubernetes/base/prometheusrule.yaml: "
+                        "kustomize reads only files inside its base)")
     r.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
 
     g = sub.add_parser("dashboards", help="generate the Grafana dashboards (fleet overview, tier drill-down, plan)",
@@ -96,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and instances are template variables. --check compares instead of writing and "
                                    "exits 1 on drift.")
     g.add_argument("-o", "--out", required=True, help="output directory (e.g. grafana/)")
+    g.add_argument("--configmap", default=None, metavar="FILE",
+                   help="also write them as one ConfigMap labelled grafana_dashboard: \"1\" for Grafana's sidecar "
+                        "(e.g. deploy/kubernetes/base/dashboards-configmap.yaml)")
     g.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
 
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
@@ -113,11 +140,35 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"fleetwatch: --for: {e}", file=sys.stderr)
         return 2
-    files = {Path(args.out) / name: text for name, text in build(cfg, for_=args.for_, runbook_base=args.runbook_url,
-                                                                  eval_interval=args.eval_interval).items()}
-    # everything goes under -o unless the runbook is given its own path: never into the cwd
-    files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg)
+    if not args.out and not args.prometheusrule:
+        print("fleetwatch: rules: give -o DIR, --prometheusrule FILE, or both", file=sys.stderr)
+        return 2
+    built = build(cfg, for_=args.for_, runbook_base=args.runbook_url, eval_interval=args.eval_interval)
+    files: dict[Path, str] = {}
+    if args.out:
+        files = {Path(args.out) / name: text for name, text in built.items()}
+        # everything goes under -o unless the runbook is given its own path: never into the cwd
+        files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg)
+    if args.prometheusrule:
+        files[Path(args.prometheusrule)] = built["fleetwatch-prometheusrule.yaml"]
     return _write_or_check(files, f"`fleetwatch rules` generates from {cfg.path}", args.check)
+
+
+def _serve_config(cfg: "Config", args: argparse.Namespace) -> "Config":
+    """Fleet mode as configured, or with --tier the config of one sidecar."""
+    if not args.tier:
+        if args.engine or args.engine_url or args.dcgm_url or args.nvml or args.dcgm_bearer_token_file:
+            raise ConfigError(cfg.path, "", "--engine, --engine-url, --dcgm-url, --nvml and "
+                                            "--dcgm-bearer-token-file need --tier (sidecar mode)")
+        require_targets(cfg)
+        return cfg
+    from .model import SidecarSettings
+    from .sidecar import sidecar_config
+
+    flags = SidecarSettings(engine=args.engine, url=args.engine_url, dcgm=args.dcgm_url, nvml=args.nvml,
+                            dcgm_bearer_token_file=args.dcgm_bearer_token_file)
+    return sidecar_config(cfg, args.tier, flags, pod=os.environ.get("POD_NAME") or None,
+                          namespace=os.environ.get("POD_NAMESPACE") or None)
 
 
 def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
@@ -153,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dashboards":
         from pathlib import Path
 
-        from .render.dashboards import build as dashboards
+        from .render.dashboards import build as dashboards, configmap
 
-        return _write_or_check({Path(args.out) / n: t for n, t in dashboards().items()},
-                               "`fleetwatch dashboards` generates", args.check)
+        boards = dashboards()
+        files = {Path(args.out) / n: t for n, t in boards.items()}
+        if args.configmap:
+            files[Path(args.configmap)] = configmap(boards)
+        return _write_or_check(files, "`fleetwatch dashboards` generates", args.check)
     try:
         if args.command == "validate-config":
             cfg = load_config(args.file)
@@ -173,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
 
         from .daemon import serve
 
+        try:
+            cfg = _serve_config(cfg, args)
+        except ConfigError as e:
+            print(f"fleetwatch: {e}", file=sys.stderr)
+            return 2
         if args.listen:
             bad = validate_listen(args.listen)
             if bad:
@@ -188,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         return _rules(cfg, args)
     if args.command == "check":
         from .check import format_json, format_table, run_check
+
+        try:
+            require_targets(cfg)
+        except ConfigError as e:
+            print(f"fleetwatch: {e}", file=sys.stderr)
+            return 2
 
         report = run_check(cfg, args.window)
         try:

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .catalogue import ROWS
+from .catalogue import PLAN_FIGURES, ROWS
 from .alertmanager import NotifyStats
 from .config import redact_url
 from .model import Config, Plan
@@ -21,21 +21,10 @@ from .scrape import ScrapeStats
 
 STATUSES = [s.value for s in Status]
 ACTIONS = ("scale_up", "recharacterize", "scale_down", "hold")
-PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
-    ("instances", "Instances the plan decided (Step 11).", lambda p: p.instances),
-    ("gpus_per_instance", "GPUs per instance (TP degree).", lambda p: p.gpus_per_instance),
-    ("gpu_hour_cost_usd", "Cost of one GPU-hour in USD.", lambda p: p.gpu_hour_cost_usd),
-    ("peak_rps", "Planned peak arrival rate of the tier (Step 1), requests per second.", lambda p: p.peak_rps),
-    ("safety_factor", "Safety factor of Step 11.", lambda p: p.safety_factor),
-    ("usable_rps_per_instance", "Usable RPS per instance at SLO from the Step 10 benchmark.",
-     lambda p: p.benchmark.usable_rps_per_instance),
-    ("slo_ttft_p99_seconds", "TTFT P99 SLO.", lambda p: p.slo.ttft_p99),
-    ("slo_itl_p99_seconds", "ITL P99 SLO.", lambda p: p.slo.itl_p99),
-    ("benchmark_ttft_p99_seconds", "Benchmark TTFT P99 at the operating point.", lambda p: p.benchmark.ttft_p99),
-    ("benchmark_itl_p99_seconds", "Benchmark ITL P99 at the operating point.", lambda p: p.benchmark.itl_p99),
-    ("benchmark_gpu_utilization_ratio", "Benchmark GPU utilization at the operating point.",
-     lambda p: p.benchmark.gpu_utilization),
-)
+
+
+# findings about the tier as a whole, which one instance's sidecar cannot see
+FLEET_FINDINGS = frozenset({"instances_differ_from_plan", "peak_above_plan", "mixed_tier"})
 
 
 def metric_name(row_key: str) -> str:
@@ -83,6 +72,7 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         pub = self.snapshot.get()
         report = pub.report
+        sidecar = self.config.mode == "sidecar"
         yield from self._plan()
         rows = {r.key: GaugeMetricFamily(metric_name(r.key), f"{r.help} ({r.unit})", labels=["tier"]) for r in ROWS}
         status = GaugeMetricFamily("fleetwatch_metric_status",
@@ -139,9 +129,12 @@ class FleetCollector(Collector):
                 for a in ACTIONS:
                     action.add_metric([name, a], 1.0 if t.resize.action == a else 0.0)
                 for f in t.findings:
-                    findings.add_metric([name, f.kind, f.status.value, f.instance or ""], 1.0)
+                    if not (sidecar and f.kind in FLEET_FINDINGS):
+                        findings.add_metric([name, f.kind, f.status.value, f.instance or ""], 1.0)
         yield from rows.values()
-        yield from (status, checks, observed, predicted, recommended, current, up, action, peak, findings, guardrails)
+        yield from (status, checks, observed, predicted, current, up, findings, guardrails)
+        if not sidecar:  # a sidecar sees one instance: the fleet verdicts come from the rules
+            yield from (recommended, action, peak)
         yield from self._scrape(pub)
 
     def _plan(self) -> Iterator[Metric]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 from .model import (BandOverride, Benchmark, Config, CurvePoint, GpuSelector, LengthProfile, Plan, Precision,
-                    Slo, Target, TierConfig, Workload)
+                    SidecarSettings, Slo, Target, TierConfig, Workload)
 
 __all__ = ["BandOverride", "Benchmark", "Config", "ConfigError", "CurvePoint", "GpuSelector", "LengthProfile",
            "Plan", "Precision", "Slo", "Target", "TierConfig", "Workload", "format_duration", "load_config",
@@ -263,7 +263,7 @@ def _plan(c: _Ctx, v: Any, path: str) -> Plan:
 
 
 def _selector(c: _Ctx, v: Any, path: str) -> GpuSelector:
-    m = c.mapping(v, path, {"pod", "indices", "uuids"})
+    m = c.mapping(v, path, {"pod", "namespace", "indices", "uuids"})
 
     def strings(x: Any, p: str) -> tuple[str, ...]:
         if not isinstance(x, list):
@@ -272,21 +272,24 @@ def _selector(c: _Ctx, v: Any, path: str) -> GpuSelector:
 
     return GpuSelector(
         pod=c.optional(m, "pod", path, c.string),
+        namespace=c.optional(m, "namespace", path, c.string),
         indices=c.optional(m, "indices", path, strings) or (),
         uuids=c.optional(m, "uuids", path, strings) or (),
     )
 
 
 def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
-    m = c.mapping(v, path, {"name", "vllm", "sglang", "dcgm", "nvml", "gpus", "bearer_token_file"})
+    m = c.mapping(v, path, {"name", "vllm", "sglang", "dcgm", "nvml", "gpus", "bearer_token_file",
+                            "dcgm_bearer_token_file"})
     engines = [k for k in ("vllm", "sglang") if m.get(k) is not None]
     if len(engines) != 1:
         raise c.err(path, "each target needs exactly one of vllm: or sglang: (the engine's /metrics URL)")
     engine = engines[0]
     url = c.url(m[engine], _join(path, engine))
-    token = c.optional(m, "bearer_token_file", path, c.string)
-    if token is not None:
-        token = str((base / token).resolve()) if not os.path.isabs(token) else token
+    token, dcgm_token = (_relative_to(base, c.optional(m, k, path, c.string))
+                         for k in ("bearer_token_file", "dcgm_bearer_token_file"))
+    if dcgm_token is not None and m.get("dcgm") is None:
+        raise c.err(_join(path, "dcgm_bearer_token_file"), "set without dcgm: (the token is for that URL)")
     return Target(
         name=c.optional(m, "name", path, c.string) or _default_name(url),
         engine=engine,
@@ -295,7 +298,14 @@ def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
         nvml=bool(c.optional(m, "nvml", path, c.boolean)),
         gpus=c.optional(m, "gpus", path, lambda x, p: _selector(c, x, p)),
         bearer_token_file=token,
+        dcgm_bearer_token_file=dcgm_token,
     )
+
+
+def _relative_to(base: Path, path: str | None) -> str | None:
+    if path is None or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
 
 
 def _default_name(url: str) -> str:
@@ -404,7 +414,7 @@ def _load_yaml(file: str) -> Any:
 
 
 _TOP = {"interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
-        "history", "alertmanagers", "tiers", "state_dir"}
+        "history", "alertmanagers", "tiers", "state_dir", "sidecar"}
 
 
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
@@ -445,14 +455,15 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         p = _join("tiers", str(name))
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
             raise c.err(p, "tier names may use letters, digits, '_', '.' and '-' only")
-        t = c.mapping(traw, p, {"plan", "targets", "bands"}, {"plan", "targets"})
+        # targets may be left out of a config that only sidecars read (serve --tier): they watch localhost
+        t = c.mapping(traw, p, {"plan", "targets", "bands"}, {"plan"})
         plan_raw, plan_ctx, plan_path = t["plan"], c, _join(p, "plan")
         if isinstance(plan_raw, str):  # a path to a plan file, relative to this config
             plan_file = str((base / plan_raw).resolve()) if not os.path.isabs(plan_raw) else plan_raw
             plan_ctx, plan_path = _Ctx(plan_file), ""
             plan_raw = _load_yaml(plan_file)
-        targets_raw = t["targets"]
-        if not isinstance(targets_raw, list) or not targets_raw:
+        targets_raw = t.get("targets", [])
+        if not isinstance(targets_raw, list) or ("targets" in t and not targets_raw):
             raise c.err(_join(p, "targets"), "expected a non-empty list of targets")
         targets = tuple(_target(c, tr, _join(_join(p, "targets"), i), base) for i, tr in enumerate(targets_raw))
         names = [tg.name for tg in targets]
@@ -477,7 +488,26 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         alertmanagers=tuple(c.url(u, _join("alertmanagers", i)) for i, u in enumerate(ams)),
         tiers=tiers,
         state_dir=_state_dir(c, m, base),
+        sidecar=c.optional(m, "sidecar", "", lambda v, p: _sidecar(c, v, p, base)) or SidecarSettings(),
     )
+
+
+def _sidecar(c: _Ctx, v: Any, path: str, base: Path) -> SidecarSettings:
+    m = c.mapping(v, path, {"engine", "url", "dcgm", "nvml", "bearer_token_file", "dcgm_bearer_token_file"})
+    engine = c.optional(m, "engine", path, c.string)
+    if engine is not None and engine not in ("vllm", "sglang"):
+        raise c.err(_join(path, "engine"), f"expected vllm or sglang, got {show(engine)}")
+    s = SidecarSettings(
+        engine=engine,
+        url=c.optional(m, "url", path, c.url),
+        dcgm=c.optional(m, "dcgm", path, c.url),
+        nvml=c.optional(m, "nvml", path, c.boolean),
+        bearer_token_file=_relative_to(base, c.optional(m, "bearer_token_file", path, c.string)),
+        dcgm_bearer_token_file=_relative_to(base, c.optional(m, "dcgm_bearer_token_file", path, c.string)),
+    )
+    if s.dcgm and s.nvml:
+        raise c.err(path, "dcgm: and nvml: both set; a sidecar reads its GPUs from one of them")
+    return s
 
 
 def _state_dir(c: _Ctx, m: Mapping[str, Any], base: Path) -> str | None:
@@ -488,3 +518,11 @@ def _state_dir(c: _Ctx, m: Mapping[str, Any], base: Path) -> str | None:
     if path.exists() and not path.is_dir():
         raise c.err("state_dir", f"{show(str(path))} exists and is not a directory")
     return str(path)
+
+
+def require_targets(config: Config) -> None:
+    """Fleet mode (``serve`` without ``--tier``, ``check``) watches the listed targets: every tier needs some."""
+    for name, tier in config.tiers.items():
+        if not tier.targets:
+            raise ConfigError(config.path, _join(_join("tiers", name), "targets"),
+                              "required in fleet mode (a sidecar config may leave it out: serve --tier NAME)")

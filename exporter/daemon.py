@@ -19,7 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from .alertmanager import AlertmanagerClient, alerts_from_report
 from .collector import Published, Snapshot, make_registry
-from .config import Config
+from .config import Config, redact_url
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
 from .scrape import Scraper
@@ -269,7 +269,9 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
 
     scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
     notifier = None
-    if config.alertmanagers:
+    if config.alertmanagers and config.mode == "sidecar":
+        log.warning("alertmanagers: not used in sidecar mode; Prometheus sends the generated rules' alerts")
+    elif config.alertmanagers:
         verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
         notifier = AlertmanagerClient(config.alertmanagers, interval=config.interval, verify=verify,
                                       timeout=min(5.0, config.interval / 2))
@@ -281,6 +283,14 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %d targets)",
              config.listen_host, server.port, config.interval, config.window, len(config.tiers),
              sum(len(t.targets) for t in config.tiers.values()))
+    if config.mode == "sidecar":
+        ((tier, tc),) = config.tiers.items()
+        t = tc.targets[0]
+        gpus = (f"dcgm-exporter {redact_url(t.dcgm)}" + (f" (pod {t.gpus.namespace or '*'}/{t.gpus.pod})" if t.gpus
+                                                         else " (all its GPUs: POD_NAME is not set)")
+                if t.dcgm else "NVML" if t.nvml else "none (no dcgm URL, no NVML: the GPU rows stay unknown)")
+        log.info("sidecar of tier %s, instance %s: engine %s %s, GPUs from %s", tier, t.name, t.engine,
+                 redact_url(t.url), gpus)
 
     scheduler = BackgroundScheduler(timezone="UTC")
 

@@ -341,6 +341,7 @@ class Plan:
 @dataclass(frozen=True)
 class GpuSelector:
     pod: str | None = None
+    namespace: str | None = None  # with pod: the same pod name in two namespaces is two pods
     indices: tuple[str, ...] = ()
     uuids: tuple[str, ...] = ()
 
@@ -354,6 +355,7 @@ class Target:
     nvml: bool = False
     gpus: GpuSelector | None = None
     bearer_token_file: str | None = None
+    dcgm_bearer_token_file: str | None = None  # dcgm-exporter behind its own auth proxy
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,19 @@ class TierConfig:
 
 
 @dataclass(frozen=True)
+class SidecarSettings:
+    """Where a sidecar (serve --tier) finds its engine and GPUs: the config's ``sidecar:`` block,
+    overridden by flags. None means "not said here"."""
+
+    engine: str | None = None  # "vllm" | "sglang"
+    url: str | None = None
+    dcgm: str | None = None
+    nvml: bool | None = None
+    bearer_token_file: str | None = None
+    dcgm_bearer_token_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     interval: float = 15.0
@@ -386,6 +401,10 @@ class Config:
     alertmanagers: tuple[str, ...] = ()
     tiers: Mapping[str, TierConfig] = field(default_factory=dict)
     state_dir: str | None = None  # where the per-tier history survives restarts; None: memory only
+    # "fleet": this process sees every instance and computes the fleet verdicts. "sidecar": it sees one
+    # instance (serve --tier) and the fleet verdicts come from the generated rules in Prometheus
+    mode: str = "fleet"
+    sidecar: SidecarSettings = SidecarSettings()
 
     @property
     def listen_host(self) -> str:

@@ -137,7 +137,7 @@ class Scraper:
             for t in tier.targets:
                 engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t, deadline)
                 if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
-                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, None, deadline)
+                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, t.dcgm_bearer_token_file, deadline)
         local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
         all_futs: list[Future[object]] = [*engine_futs.values(), *dcgm_futs.values()]  # type: ignore[list-item]
         # the fetches end at the deadline by themselves (exporter/fetch.py); the grace is for parsing

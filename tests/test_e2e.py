@@ -41,12 +41,16 @@ def host(url: str) -> str:
     return urlparse(url).netloc
 
 
-def prometheus_config(demo: Any, fleetwatch_url: str, rules: Path, am_url: str) -> str:
-    """The deploy example with this test's targets: static tier labels kept, Kubernetes jobs dropped."""
+def prometheus_config(demo: Any, fleetwatch_url: str | list[str], rules: Path, am_url: str | None = None) -> str:
+    """The deploy example with this test's targets: static tier labels kept, Kubernetes jobs dropped.
+    Several fleetwatch URLs are sidecars, one per instance."""
     doc = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.example.yml").read_text())
     doc["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     doc["rule_files"] = [str(rules)]
-    doc["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [host(am_url)]}]}]
+    if am_url is None:
+        del doc["alerting"]
+    else:
+        doc["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [host(am_url)]}]}]
     jobs = {j["job_name"]: j for j in doc["scrape_configs"] if "kubernetes_sd_configs" not in j}
     engines, dcgm = [], []
     for name, tier in demo.config.tiers.items():
@@ -57,7 +61,8 @@ def prometheus_config(demo: Any, fleetwatch_url: str, rules: Path, am_url: str) 
         dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name}})
     jobs["llm-engines"]["static_configs"] = engines
     jobs["dcgm"]["static_configs"] = dcgm
-    jobs["fleetwatch"]["static_configs"] = [{"targets": [host(fleetwatch_url)]}]
+    urls = [fleetwatch_url] if isinstance(fleetwatch_url, str) else fleetwatch_url
+    jobs["fleetwatch"]["static_configs"] = [{"targets": [host(u) for u in urls]}]
     for j in jobs.values():
         j["scrape_timeout"] = "900ms"
     doc["scrape_configs"] = list(jobs.values())
@@ -144,10 +149,10 @@ def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager
             assert scale_up[0]["labels"]["action"] == "scale_up" and scale_up[0]["labels"]["severity"] == "critical"
             # Prometheus re-sends a firing alert only once a minute, so the annotation holds the value at
             # the last send, not now (the demo's observed peak, hence the count, can grow in between):
-            # compare with what fleetwatch exported in the seconds before Alertmanager received it
+            # compare with what the rules recorded in the seconds before Alertmanager received it
             received = datetime.fromisoformat(scale_up[0]["updatedAt"]).timestamp()
-            (exported,) = prom.query('fleetwatch_recommended_instances{tier="h100"}[10s]', at=received)
-            needs = re.search(r"needs (\S+) instances, has (\S+) configured", scale_up[0]["annotations"]["description"])
+            (exported,) = prom.query('tier:fleetwatch_recommended_instances:ceil{tier="h100"}[10s]', at=received)
+            needs = re.search(r"needs (\S+) instances, has (\S+?):", scale_up[0]["annotations"]["description"])
             assert needs and needs.group(1) in {v for _, v in exported["values"]}, (needs, exported)
             assert int(needs.group(1)) > int(needs.group(2)) == len(demo.config.tiers["h100"].targets), needs
             own = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100",

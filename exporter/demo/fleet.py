@@ -96,6 +96,9 @@ class TierBehaviour:
     dead: tuple[tuple[int, float], ...] = ()  # (instance index, run second it stops answering)
     impostor: int | None = None  # instance index that runs on another tier's hardware
     impostor_hardware: str = "a100"
+    # evenly spaced arrivals instead of Poisson: for tests that compare two estimators of one rate,
+    # whose maxima over noisy windows would differ by the noise alone
+    steady: bool = False
 
 
 # ------------------------------------------------------------------ the fleet
@@ -128,6 +131,7 @@ class SimTier:
     usable_rps_per_instance: float
     instances: list[SimInstance] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
+    next_arrival: float = 0.0  # steady arrivals keep their phase from one step to the next
 
     def rate(self, run_t: float) -> float:
         return max(0.0, self.behaviour.load(run_t)) * self.spec.instances * self.usable_rps_per_instance
@@ -203,14 +207,19 @@ class SimFleet:
         if not live:
             return
         b, wl, rng = tier.behaviour, tier.spec.workload, tier.rng
-        t = t0 + rng.expovariate(rate)
+
+        def gap() -> float:
+            return 1.0 / rate if b.steady else rng.expovariate(rate)
+
+        t = max(t0, tier.next_arrival) if b.steady else t0 + gap()
         scale, runaway = b.prompt_scale(run_t), b.runaway_share(run_t)
         cap = tier.spec.hardware.max_model_len
         while t < t1:
             req = wl.request(rng, t, cap, prompt_scale=scale, runaway=runaway > 0 and rng.random() < runaway)
             target = min(live, key=lambda i: i.engine.load())  # least outstanding requests
             target.engine.submit(req)  # a full queue rejects it, as the gateway would (429)
-            t += rng.expovariate(rate)
+            t += gap()
+        tier.next_arrival = t
 
     # ------------------------------------------------------------------ what scrapers see
     def engine_text(self, tier: str, index: int) -> str:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import inputs as I
-from ..catalogue import GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, ROWS, ROWS_BY_KEY, Context
+from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, ROWS,
+                         ROWS_BY_KEY, Context, fleet_series)
 from ..model import Band, Benchmark, Plan, Slo
 
 SCHEMA_VERSION = 39
@@ -32,10 +33,25 @@ def for_tiers(expr: str) -> str:
     return f"({expr}) and on (tier) {_TIER_ONLY}"
 
 
+def _inline(promql: str) -> str:
+    """A row's PromQL with the series the rules record in front of it written out: the recorded arrival
+    rate exists only at the rules' window, not at $__rate_interval; the plan and instance series are
+    written out so that the table needs no rules (and reads the same in fleet and sidecar mode)."""
+    rps = ROWS_BY_KEY["requests_per_second"].promql
+    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({rps})")
+    for name, expr in fleet_series().items():
+        promql = promql.replace(name, f"({expr})")
+    return promql.replace("{w}", "$__rate_interval").replace("{ws}", "($__rate_interval_ms / 1000)")
+
+
 def row_query(key: str) -> str:
     """A catalogue row's PromQL over ``$__rate_interval``, for the selected tiers."""
-    promql = ROWS_BY_KEY[key].promql.replace("{w}", "$__rate_interval").replace("{ws}", "($__rate_interval_ms / 1000)")
-    return for_tiers(promql)
+    return for_tiers(_inline(ROWS_BY_KEY[key].promql))
+
+
+def plan_query(key: str) -> str:
+    """A plan figure of the selected tiers: every sidecar of a tier exports the same one."""
+    return f"max by (tier) (fleetwatch_plan_{key}{{{TIER}}})"
 
 
 @dataclass
@@ -151,25 +167,30 @@ def fleet_overview() -> dict[str, Any]:
     one = 'tier="$tier"'
     b.add(_panel("table", "Status of every row", "The current status of each catalogue row on this tier "
                  "(ok, warning, critical, unknown), as fleetwatch evaluated it against the tier's own bands.",
-                 [_target(f'fleetwatch_metric_status{{{one}}} == 1', "{{metric}}", "A", instant=True, table=True)],
+                 [_target(f'count by (metric, status) (fleetwatch_metric_status{{{one}}} == 1)', "{{metric}}", "A",
+                          instant=True, table=True)],
                  "short", transformations=[{"id": "organize", "options": {
-                     "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True,
-                                       "tier": True}, "indexByName": {}, "renameByName": {}}}]), 8, 12)
+                     "excludeByName": {"Time": True}, "indexByName": {},
+                     "renameByName": {"Value": "exporters"}}}]), 8, 12)
     for row in ROWS:
         if row.key in ("lora_adapter_cache_hit_ratio",):
             continue  # no engine exposes it: a panel that is always empty helps nobody
+        # from the engines' series where the row has PromQL, so a tier of sidecars shows one value
+        expr = (row_query(row.key).replace(TIER, one) if row.promql
+                else f"sum by (tier) (fleetwatch_{row.key}{{{one}}})")
         b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the 9.3 table (README, Definitions).",
-                     [_target(f"fleetwatch_{row.key}{{{one}}}", row.key, "A", instant=True)], UNITS[row.unit],
+                     [_target(expr, row.key, "A", instant=True)], UNITS[row.unit],
                      _thresholds(_default_band(row.key)),
                      options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                               "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
                               "orientation": "auto", "wideLayout": True, "showPercentChange": False}), 4, 4)
-    b.add(_panel("timeseries", "Instances: needed, configured, up", "Recommended = ceil(ceil(peak / usable) x "
-                 "(1 + safety)) (Step 11) against the instances configured and up. A recommendation above the "
-                 "configured count is a scale-up trigger.",
-                 [_target(f"fleetwatch_recommended_instances{{{one}}}", "recommended", "A"),
-                  _target(f"fleetwatch_instances_configured{{{one}}}", "configured", "B"),
-                  _target(f"fleetwatch_instances_up{{{one}}}", "up", "C")], "short"), 24, 8)
+    b.add(_panel("timeseries", "Instances: needed, deployed, up", "Recommended = ceil(ceil(peak / usable) x "
+                 "(1 + safety)) (Step 11), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
+                 "against the engines deployed (seen in the last hour) and up, from their own up series. A "
+                 "recommendation above the deployed count is a scale-up trigger.",
+                 [_target(f"{RECOMMENDED}{{{one}}}", "recommended", "A"),
+                  _target(f"{INSTANCES}{{{one}}}", "deployed", "B"),
+                  _target(f"{INSTANCES_UP}{{{one}}}", "up", "C")], "short"), 24, 8)
     return b.json(_variables())
 
 
@@ -183,8 +204,8 @@ def tier_drilldown() -> dict[str, Any]:
                      f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99 (Step 10).",
                      [_target(row_query(f"{key}_p50_seconds"), "{{tier}} P50", "A"),
                       _target(row_query(f"{key}_p99_seconds"), "{{tier}} P99", "B"),
-                      _target(f"fleetwatch_plan_{slo}{{{TIER}}}", "{{tier}} SLO", "C"),
-                      _target(f"fleetwatch_plan_{bench}{{{TIER}}}", "{{tier}} benchmark", "D")], "s"), 12, 8)
+                      _target(plan_query(slo), "{{tier}} SLO", "C"),
+                      _target(plan_query(bench), "{{tier}} benchmark", "D")], "s"), 12, 8)
     sel = '{tier=~"$tier", instance=~"$instance"}'
     b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99: an instance far "
                  "above the others is a mixed-tier or straggler suspect (9.5).",
@@ -194,7 +215,8 @@ def tier_drilldown() -> dict[str, Any]:
     b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 against the observed RPS per "
                  "instance, beside the benchmark's prediction at the same load (Step 13): points above the "
                  "prediction by more than 30% ask to re-characterize the workload.",
-                 [_target(for_tiers('fleetwatch_requests_per_second / on (tier) fleetwatch_instances_up'),
+                 [_target(for_tiers(f"{_inline(ROWS_BY_KEY['requests_per_second'].promql)} / on (tier) "
+                                    f"({fleet_series()[INSTANCES_UP]})"),
                           "{{tier}} RPS per instance", "A"),
                   _target(f'fleetwatch_plan_check_observed{{{TIER}, check="ttft_p99_vs_benchmark"}}',
                           "{{tier}} observed", "B"),
@@ -248,8 +270,10 @@ def plan_validation() -> dict[str, Any]:
     b.add(_panel("table", "Findings", "Current findings (target down, drift, runaway generation, mixed tier, ...) "
                  "with the instance to blame.",
                  [_target(f"fleetwatch_finding{{{TIER}}} == 1", "", "A", instant=True, table=True)], "short"), 12, 8)
-    b.add(_panel("table", "Resize verdict", "The tier's resize action now: scale_up, recharacterize, scale_down "
-                 "or hold.", [_target(f"fleetwatch_resize_action{{{TIER}}} == 1", "", "A", instant=True, table=True)],
+    b.add(_panel("table", "Resize verdict", "Instances the tier needs (Step 11, recorded by the generated rules) "
+                 "against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
+                 [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
+                  _target(f"{INSTANCES}{{{TIER}}}", "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)
     b.add(_panel("table", "Guardrails (9.4)", "Gateway limits recommended from the observed histograms: "
                  "max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the circuit breaker at "
@@ -264,3 +288,15 @@ def build() -> dict[str, str]:
     boards = {"fleetwatch-fleet.json": fleet_overview(), "fleetwatch-tier.json": tier_drilldown(),
               "fleetwatch-plan.json": plan_validation()}
     return {name: json.dumps(doc, indent=2, sort_keys=False) + "\n" for name, doc in boards.items()}
+
+
+def configmap(boards: dict[str, str], name: str = "fleetwatch-dashboards") -> str:
+    """The dashboards as one ConfigMap that Grafana's dashboard sidecar (kube-prometheus-stack) loads."""
+    import yaml
+
+    doc = {"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": name, "labels": {"grafana_dashboard": "1", "app.kubernetes.io/name": "fleetwatch",
+                                                 "app.kubernetes.io/component": "dashboards"}},
+           "data": dict(boards)}
+    header = "# Generated by `fleetwatch dashboards --configmap`; do not edit. Regenerate and commit.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, width=120)

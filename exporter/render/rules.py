@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..catalogue import ROWS, Context, apply_override
+from ..catalogue import INSTANCES, RECOMMENDED, ROWS, Context, apply_override, fleet_series, plan_series
 from ..config import Config, TierConfig, format_duration
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
@@ -128,9 +128,10 @@ class AlertSpec:
     extra_labels: dict[str, str] = field(default_factory=dict)
     op: str = "=="  # fires when the first test series' value <op> th (the promtool cases' arithmetic)
     th: float = 1.0
+    for_: str | None = None  # its own "for:", else the one all alerts share
 
     def rule(self, for_: str, runbook_base: str) -> dict[str, Any]:
-        return {"alert": self.name, "expr": self.expr, "for": for_,
+        return {"alert": self.name, "expr": self.expr, "for": self.for_ or for_,
                 "labels": {"severity": self.severity, "tier": self.tier, **self.extra_labels},
                 "annotations": {"summary": self.summary, "description": self.description,
                                 "runbook_url": f"{runbook_base}#{self.name.lower()}"}}
@@ -148,14 +149,39 @@ def record_name(key: str, window: str) -> str:
     return f"tier:fleetwatch_{key}:{OPS[key]}{window}"
 
 
-def recording_rules(window: float) -> list[dict[str, str]]:
+def peak_name(history: float) -> str:
+    return f"tier:fleetwatch_requests_per_second:max_over_time{format_duration(history)}"
+
+
+SIZING_PEAK = "tier:fleetwatch_resize_peak_rps:max"
+
+
+def sizing_rules(window: float, history: float) -> dict[str, str]:
+    """Step 11 in PromQL, as ``evaluate.resize`` computes it: P is the peak of the recorded arrival
+    rate over the retained history, or, until that history reaches back one day, the larger of it
+    and the plan's peak. recommended = ceil(ceil(P / usable - 1e-9) x (1 + safety) - 1e-9)."""
+    rps, peak, plan_peak = record_name("requests_per_second", format_duration(window)), peak_name(history), \
+        plan_series("peak_rps")
+    return {
+        peak: f"max_over_time({rps}[{format_duration(history)}])",
+        SIZING_PEAK: f"({peak} and on (tier) ({rps} offset 1d))"
+                     f" or on (tier) ({peak} >= on (tier) {plan_peak}) or on (tier) {plan_peak}",
+        RECOMMENDED: f"clamp_min(ceil(ceil({SIZING_PEAK} / on (tier) {plan_series('usable_rps_per_instance')} - 1e-9)"
+                     f" * on (tier) (1 + {plan_series('safety_factor')}) - 1e-9), 0)",
+    }
+
+
+def recording_rules(window: float, history: float = 7 * 86400.0) -> list[dict[str, str]]:
+    """In the order Prometheus must evaluate them: a group's rules run in sequence, each seeing the
+    ones before it at the same timestamp."""
     w = format_duration(window)
-    out = []
+    out = [{"record": name, "expr": expr} for name, expr in fleet_series().items()]
     for row in ROWS:
         if not row.promql:
             continue
         expr = row.promql.replace("{w}", w).replace("{ws}", f"{window:g}")
         out.append({"record": record_name(row.key, w), "expr": expr})
+    out += [{"record": name, "expr": expr} for name, expr in sizing_rules(window, history).items()]
     return out
 
 
@@ -251,7 +277,7 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     # the gateway circuit breaker recommended by fleetwatch (9.4): the queue passed its low end
     br = f'fleetwatch_guardrail_recommended{{tier="{t}",guardrail="circuit_breaker_queue_threshold",bound="low"}}'
     out.append(AlertSpec(
-        f"{PREFIX}QueueAboveCircuitBreaker", "warning", t, f"{queue} > on (tier) {br}",
+        f"{PREFIX}QueueAboveCircuitBreaker", "warning", t, f"{queue} > on (tier) max by (tier) ({br})",
         summary=f"Tier {t}: queue above the recommended circuit-breaker threshold",
         description=f"Mean queue of tier {t} is {VALUE} requests, above the breaker threshold fleetwatch "
                     f"recommends ({BREAKER_RANGE[0] * 100:.0f}% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak "
@@ -294,22 +320,33 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                  "Restart or replace the instance; the remaining instances carry its load meanwhile."),
         cases=(TestCase(((up.replace("}", ',instance="x"}'), "0x40"),), True, {"instance": "x"}),
                TestCase(((up.replace("}", ',instance="x"}'), "1x40"),), False, {"instance": "x"})), op="==", th=0.0))
-    # resize triggers carry the recommended count as $value
-    for action, severity in (("scale_up", "critical"), ("scale_down", "info")):
-        rec = f'fleetwatch_recommended_instances{{tier="{t}"}}'
-        act = f'fleetwatch_resize_action{{tier="{t}",action="{action}"}}'
+    # resize triggers, from the recording rules alone: they work in fleet and in sidecar mode, and
+    # carry the recommended count as $value
+    rec, have = f'{RECOMMENDED}{{tier="{t}"}}', f'{INSTANCES}{{tier="{t}"}}'
+    current = f"{{{{ with query `{have}` }}}}{{{{ . | first | value }}}}{{{{ end }}}}"
+    step13 = (f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}} == 1')
+    formula = (f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
+               f"(1 + {plan.safety_factor:g} safety) (Step 11)")
+    for action, severity, op, for_, expr in (
+            ("scale_up", "critical", ">", None, f"{rec} > on (tier) {have}"),
+            # not while a Step 13 check says the benchmark no longer describes the workload, and only
+            # once the recommendation stayed below for the whole stabilization window (for:)
+            ("scale_down", "info", "<", format_duration(plan.scale_down_stabilization),
+             f"{rec} < on (tier) {have} unless on (tier) ({step13})")):
         name = f"{PREFIX}{'ScaleUp' if action == 'scale_up' else 'ScaleDown'}"
+        fire, hold = ("7x40", "4x40"), ("4x40", "4x40")
+        if action == "scale_down":
+            fire, hold = ("2x40", "4x40"), ("4x40", "4x40")
         out.append(AlertSpec(
-            name, severity, t, f"{rec} and on (tier) ({act} == 1)",
+            name, severity, t, expr,
             summary=f"Tier {t}: resize to {{{{ $value }}}} instances ({action})",
-            description=f"Tier {t} needs {{{{ $value }}}} instances, has {len(tier.targets)} configured: "
-                        f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
-                        f"(1 + {plan.safety_factor:g} safety) (Step 11).",
+            description=f"Tier {t} needs {{{{ $value }}}} instances, has {current}: {formula}.",
             runbook=("The sizing arithmetic of Step 11 asks for a different instance count.",
-                     "The resize reason in fleetwatch's report; the observed peak against the plan's.",
+                     "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize "
+                     "reason in fleetwatch's report in fleet mode.",
                      "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
-            cases=(TestCase(((rec, "7x40"), (act, "1x40")), True), TestCase(((rec, "7x40"), (act, "0x40")), False)),
-            extra_labels={"action": action}))
+            cases=(TestCase(((rec, fire[0]), (have, fire[1])), True), TestCase(((rec, hold[0]), (have, hold[1])), False)),
+            extra_labels={"action": action}, for_=for_, op=op, th=4.0))
     # findings fleetwatch computes (guardrails, drift, mixed tiers)
     for kind, (fstem, meaning, check, do) in FINDINGS.items():
         for severity in ("warning", "critical"):
@@ -341,7 +378,7 @@ def rule_groups(config: Config, for_: str, runbook_base: str, eval_interval: str
                 ) -> list[dict[str, Any]]:
     interval = eval_interval or format_duration(config.interval)
     return [
-        {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config.window)},
+        {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config.window, config.history)},
         {"name": "fleetwatch-alerts", "interval": interval,
          "rules": [a.rule(for_, runbook_base) for a in alerts(config)]},
     ]
@@ -358,9 +395,11 @@ def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str)
     """One test per alert and case: the fire case expects exactly the rules that fire on it."""
     specs = alerts(config)
     interval = format_duration(config.interval)
-    eval_time = format_duration(max(config.interval * 4, _seconds(for_) + config.interval * 4))
     tests = []
     for spec in specs:
+        wait = max(config.interval * 4, _seconds(spec.for_ or for_) + config.interval * 4)
+        eval_time = format_duration(wait)
+        samples = int(wait / config.interval) + 2  # every series spans the whole wait
         for case in spec.cases:
             expected = []
             for other in specs:  # the same alert name on the same inputs: every severity that fires
@@ -369,7 +408,8 @@ def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str)
                                                     **other.extra_labels, **case.labels},
                                      "exp_annotations": _annotations(other, case, runbook_base)})
             tests.append({"interval": interval,
-                          "input_series": [{"series": s, "values": v} for s, v in case.series],
+                          "input_series": [{"series": s, "values": f"{v.split('x')[0]}x{samples}"}
+                                           for s, v in case.series],
                           "alert_rule_test": [{"eval_time": eval_time, "alertname": spec.name,
                                                "exp_alerts": expected}]})
     return {"rule_files": [rule_file], "evaluation_interval": interval, "tests": tests}
@@ -399,6 +439,12 @@ def _render(template: str, case: TestCase, spec: AlertSpec) -> str:
     returned = case.series[1] if spec.name.endswith("Recharacterize") else case.series[0]
     v = float(returned[1].split("x")[0])
     out = template.replace(VALUE, _g(v)).replace("{{ $value }}", _g(v))
+    if "{{ with query `" in out:  # the value of the one test series the query names
+        head, rest = out.split("{{ with query `", 1)
+        query, tail = rest.split("` }}", 1)
+        tail = tail.split("{{ end }}", 1)[1]
+        value = next(vals for series, vals in case.series if series == query)
+        out = head + _g(float(value.split("x")[0])) + tail
     for k, val in case.labels.items():
         out = out.replace(f"{{{{ $labels.{k} }}}}", val)
     if "{{ if $labels.instance }}" in out:

@@ -81,10 +81,11 @@ def _readings(gpus: dict[tuple[str, str | None], dict[str, Any]]) -> tuple[GpuRe
 
 
 def select(gpus: tuple[GpuReading, ...], selector: GpuSelector | None) -> tuple[GpuReading, ...]:
-    """A target's own GPUs: its selector (by pod, index or UUID); else all of them, by UUID."""
-    if selector is not None and (selector.pod or selector.indices or selector.uuids):
+    """A target's own GPUs: its selector (by pod and namespace, index or UUID); else all of them, by UUID."""
+    if selector is not None and (selector.pod or selector.namespace or selector.indices or selector.uuids):
         return tuple(g for g in gpus
                      if (not selector.pod or g.pod == selector.pod)
+                     and (not selector.namespace or g.namespace == selector.namespace)
                      and (not selector.indices or g.index in selector.indices)
                      and (not selector.uuids or g.uuid in selector.uuids))
     seen: dict[tuple[str, str | None], GpuReading] = {}

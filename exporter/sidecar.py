@@ -1,0 +1,52 @@
+"""Sidecar mode: ``serve --tier NAME`` beside one engine, in its pod.
+
+Pure: turns the shared config (plans for every tier, usually one ConfigMap) into the config of one
+sidecar: the named tier only, with one target, the engine on localhost, and its own GPUs. Those
+come from NVML, or from the node's dcgm-exporter filtered by this pod's name and namespace (the
+downward API's POD_NAME and POD_NAMESPACE), since a node-wide exporter also lists other pods' GPUs.
+The fleet verdicts (instances up, observed peak, recommended count) then come from the generated
+rules in Prometheus, which see every sidecar.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import urlparse
+
+from .config import ConfigError
+from .model import Config, GpuSelector, SidecarSettings, Target
+
+DEFAULT_URLS = {"vllm": "http://127.0.0.1:8000/metrics", "sglang": "http://127.0.0.1:30000/metrics"}
+
+
+def merge(base: SidecarSettings, flags: SidecarSettings) -> SidecarSettings:
+    """Flags (and their environment variables) win over the config's ``sidecar:`` block."""
+    return SidecarSettings(**{k: getattr(flags, k) if getattr(flags, k) is not None else getattr(base, k)
+                              for k in SidecarSettings.__dataclass_fields__})
+
+
+def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSettings(),
+                   pod: str | None = None, namespace: str | None = None) -> Config:
+    """The config of one sidecar. Raises ConfigError naming what is wrong."""
+    if tier not in config.tiers:
+        raise ConfigError(config.path, "tiers", f"has no tier {tier!r} (asked for by --tier or FLEETWATCH_TIER); "
+                                                f"it has {', '.join(sorted(config.tiers))}")
+    s = merge(config.sidecar, flags)
+    if s.dcgm and s.nvml:
+        raise ConfigError(config.path, "sidecar", "dcgm and nvml both set (flags included): a sidecar reads its "
+                                                  "GPUs from one of them")
+    engine = s.engine or "vllm"
+    if engine not in DEFAULT_URLS:
+        raise ConfigError(config.path, "sidecar.engine", f"expected vllm or sglang, got {engine[:40]!r}")
+    url = s.url or DEFAULT_URLS[engine]
+    for key, u in (("sidecar.url", url), ("sidecar.dcgm", s.dcgm)):
+        if u is not None and (urlparse(u).scheme not in ("http", "https") or not urlparse(u).netloc):
+            raise ConfigError(config.path, key, f"expected an http(s) URL, got {u[:80]!r}")
+    if s.dcgm_bearer_token_file and not s.dcgm:
+        raise ConfigError(config.path, "sidecar.dcgm_bearer_token_file", "set without a dcgm URL")
+    # a node-wide dcgm-exporter lists every pod's GPUs: keep this pod's. Without the downward API
+    # there is no pod to select by, and every GPU of the exporter counts (as in fleet mode)
+    selector = GpuSelector(pod=pod, namespace=namespace) if s.dcgm and pod else None
+    target = Target(name=pod or urlparse(url).netloc, engine=engine, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
+                    gpus=selector, bearer_token_file=s.bearer_token_file,
+                    dcgm_bearer_token_file=s.dcgm_bearer_token_file)
+    return replace(config, mode="sidecar", tiers={tier: replace(config.tiers[tier], targets=(target,))})

@@ -1,0 +1,166 @@
+"""deploy/kubernetes: both overlays render with kubectl kustomize, pass kubernetes-validate --strict
+(core kinds) and the prometheus-operator CRD schemas (PodMonitor, PrometheusRule), hold the restricted
+Pod Security Standard on every pod spec, and carry configs that fleetwatch itself accepts."""
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.config import load_config
+from exporter.render.dashboards import build as dashboards
+from exporter.sidecar import sidecar_config
+
+from conftest import FIXTURES, binary, need
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBE = ROOT / "deploy" / "kubernetes"
+OVERLAYS = ("sidecar", "fleet")
+K8S_VERSION = "1.32.0"
+CRDS = {"PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
+        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    r = subprocess.run([binary("kubectl"), "kustomize", str(KUBE / "overlays" / overlay)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """The restricted Pod Security Standard (v1.32), plus a read-only root filesystem."""
+    out = []
+    pod = spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(key)
+    out += [f"volume {v['name']}: hostPath" for v in spec.get("volumes", []) if "hostPath" in v]
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if not (sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
+            out.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", pod.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation")
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(f"{name}: readOnlyRootFilesystem")
+        if any("hostPort" in p for p in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_core_kinds_pass_kubernetes_validate_strict(overlay: str) -> None:
+    import kubernetes_validate
+
+    core = [d for d in render(overlay) if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {d["kind"] for d in core} >= {"ConfigMap", "Deployment", "NetworkPolicy"}
+    for d in core:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)  # raises on any error
+    # and the validator does catch a field Kubernetes does not know
+    bad = copy.deepcopy(next(d for d in core if d["kind"] == "Deployment"))
+    bad["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFS"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_monitors_and_rules_fit_the_prometheus_operator_crds(overlay: str) -> None:
+    import jsonschema
+
+    reference = FIXTURES.parent / "reference" / "prometheus-operator-crds"
+    need(reference.is_dir(), f"{reference} not found")
+    docs = render(overlay)
+    seen = set()
+    for d in docs:
+        if d["kind"] in CRDS:
+            crd = yaml.safe_load((reference / CRDS[d["kind"]]).read_text())
+            version = next(v for v in crd["spec"]["versions"] if v["name"] == d["apiVersion"].split("/")[1])
+            jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"]).validate(d)
+            seen.add(d["kind"])
+    assert seen == set(CRDS)
+    # the engines' monitor gives every engine series the tier label the rules aggregate by
+    engines = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "llm-engines")
+    relabel = engines["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_fleetwatch_io_tier"], "targetLabel": "tier"} in relabel
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_spec_is_restricted(overlay: str) -> None:
+    specs = pod_specs(render(overlay))
+    assert specs
+    for name, spec in specs:
+        assert restricted_violations(spec) == [], name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for c in spec["containers"]:
+            assert c.get("resources", {}).get("requests") and c["resources"].get("limits", {}).get("memory"), c["name"]
+    fw = [c for _, s in specs for c in s["containers"] if c["name"] == "fleetwatch"]
+    assert fw and all(c["securityContext"].get("runAsUser", 65532) == 65532 for c in fw)
+
+
+def test_the_restricted_check_can_fail() -> None:
+    (_, spec), *_ = pod_specs(render("fleet"))
+    for breach in ({"privileged": True}, {"allowPrivilegeEscalation": True}, {"readOnlyRootFilesystem": False},
+                   {"capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}, {"runAsUser": 0}):
+        bad = copy.deepcopy(spec)
+        bad["containers"][0]["securityContext"].update(breach)
+        assert restricted_violations(bad), breach
+    bad = copy.deepcopy(spec)
+    bad["securityContext"].pop("seccompProfile")
+    assert restricted_violations(bad) == ["fleetwatch: seccompProfile"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_config_map_holds_a_config_fleetwatch_accepts(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("fleetwatch-config")]
+    for key, text in cm["data"].items():
+        (tmp_path / key).write_text(text)
+    cfg = load_config(str(tmp_path / "fleet.yaml"))
+    # every workload mounts this ConfigMap (kustomize renamed it with its hash everywhere)
+    for name, spec in pod_specs(docs):
+        assert {"name": cm["metadata"]["name"]} == {"name": v["configMap"]["name"]
+                                                   for v in spec["volumes"] if "configMap" in v}, name
+    if overlay == "fleet":
+        assert all(t.targets for t in cfg.tiers.values())
+        return
+    # a sidecar's tier comes from its pod's label through the downward API; the label names a tier
+    for name, spec in pod_specs(docs):
+        deployment = next(d for d in docs if d["metadata"]["name"] == name)
+        tier = deployment["spec"]["template"]["metadata"]["labels"]["fleetwatch.io/tier"]
+        side = next(c for c in spec["containers"] if c["name"] == "fleetwatch")
+        env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in side["env"]}
+        assert env["FLEETWATCH_TIER"] == "metadata.labels['fleetwatch.io/tier']"
+        assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+        one = sidecar_config(cfg, tier, pod="vllm-h100-abc", namespace="llm")
+        assert one.tiers[tier].targets[0].url == "http://127.0.0.1:8000/metrics"
+
+
+def test_the_dashboards_config_map_is_the_generated_dashboards() -> None:
+    docs = render("sidecar")
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "fleetwatch-dashboards"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"] == dashboards()
+    rules = next(d for d in docs if d["kind"] == "PrometheusRule")
+    groups = {g["name"] for g in rules["spec"]["groups"]}
+    assert groups == {"fleetwatch-recording", "fleetwatch-alerts"}
