@@ -6,9 +6,10 @@ one malformed sample line rejects the whole scrape: half a scrape would silently
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Iterable, NamedTuple
+from typing import Callable, Collection, Iterable, NamedTuple
 
 
 class ExpositionError(ValueError):
@@ -43,50 +44,132 @@ def parse_value(text: str) -> float:
     return float(t)
 
 
-def parse(text: str, prefixes: Iterable[str] | None = None) -> list[Sample]:
-    """Parse exposition text into samples, keeping only names starting with one of ``prefixes``."""
+_LNAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+_LVALUE = r'"(?:[^"\\]|\\.)*"'
+# a whole label set, validated in one C-speed match ("}" and "," inside quotes included), then split
+_LABEL_SET = re.compile(r"\{\s*(?:%s\s*=\s*%s\s*,\s*)*(?:%s\s*=\s*%s\s*,?\s*)?\}" % (_LNAME, _LVALUE, _LNAME, _LVALUE))
+_PAIR = re.compile(r'(%s)\s*=\s*"((?:[^"\\]|\\.)*)"' % _LNAME)
+_VALID_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+_SIMPLE_SET = re.compile(r'(?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*")*,?)?\}')  # the usual case
+_SIMPLE_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
+# the sample names a family's lines may carry besides its own (text format 0.0.4)
+_SUFFIXES = ("", "_bucket", "_sum", "_count", "_total", "_created", "_info")
+
+
+def has_prefix(text: str, prefixes: Iterable[str]) -> bool:
+    """Whether some line begins with one of ``prefixes`` (a body of the right engine, whatever it holds)."""
+    return any(text.startswith(p) or ("\n" + p) in text for p in prefixes)
+
+
+def parse(text: str, prefixes: Iterable[str] | None = None, names: Collection[str] | None = None) -> list[Sample]:
+    """Parse exposition text into samples, keeping only names starting with one of ``prefixes``
+    and, when ``names`` is given, only those exact sample names (``x_bucket``, ``x_sum``, ...).
+
+    Selection happens before any label is split. With ``names``, the body is cut at its ``# TYPE``
+    lines and a family nobody reads is skipped whole, after four ``str.count`` calls prove that
+    every sample line in it is of that family (a sample out of its family's place, or a line that
+    does not begin with its name, sends the block through the line-by-line path instead)."""
     pref = tuple(prefixes) if prefixes is not None else None
+    wanted = None if names is None else names if isinstance(names, frozenset) else frozenset(names)
     out: list[Sample] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] == "#":
+    if wanted is None or "\n# TYPE " not in text:
+        _lines(text, 1, pref, wanted, out)
+        return out
+    families = _families(wanted)
+    chunks = text.split("\n# TYPE ")
+    _lines(chunks[0], 1, pref, wanted, out)
+    offset = len(chunks[0]) + 1  # where the next chunk's TYPE comment starts in text
+    for chunk in chunks[1:]:
+        head_end = chunk.find("\n")
+        family = chunk[:chunk.find(" ")]
+        if head_end != -1 and (family in families or not _only(chunk, head_end, family, wanted)):
+            # line numbers are counted only for an error message
+            _lines(chunk[head_end + 1:], 0, pref, wanted, out, lambda: text.count("\n", 0, offset) + 2)
+        offset += len(chunk) + len("\n# TYPE ")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _families(wanted: frozenset[str]) -> frozenset[str]:
+    return frozenset(n[:len(n) - len(s)] for n in wanted for s in _SUFFIXES if s and n.endswith(s)) | wanted
+
+
+@functools.lru_cache(maxsize=4096)
+def _shadows(family: str, wanted: frozenset[str]) -> bool:
+    """Whether a wanted name begins with ``family`` without being one of its own sample names."""
+    return any(w.startswith(family) and w[len(family):] not in _SUFFIXES for w in wanted)
+
+
+def _only(chunk: str, head_end: int, family: str, wanted: frozenset[str]) -> bool:
+    """Every line after the TYPE line is a comment, blank, or begins with ``family``."""
+    if not family or _shadows(family, wanted):
+        return False
+    body = chunk[head_end:]  # starts at the newline that ends the TYPE line
+    lines = body.count("\n")
+    blank = body.count("\n\n") + body.endswith("\n")
+    return lines == body.count("\n" + family) + body.count("\n#") + blank
+
+
+def _lines(text: str, first: int, pref: tuple[str, ...] | None, wanted: Collection[str] | None,
+           out: list[Sample], base: Callable[[], int] | None = None) -> None:
+    """Every sample line of ``text``; an error names the line as ``base() + n`` (or ``first + n``)."""
+    try:
+        _each_line(text, first, pref, wanted, out)
+    except ExpositionError as e:
+        if base is None:
+            raise
+        n = base() + int(str(e).split(":", 1)[0].split()[1])
+        raise ExpositionError(f"line {n}:" + str(e).split(":", 1)[1]) from None
+
+
+def _each_line(text: str, first: int, pref: tuple[str, ...] | None, wanted: Collection[str] | None,
+               out: list[Sample]) -> None:
+    append = out.append
+    for lineno, line in enumerate(text.splitlines(), first):
+        if not line:
+            continue
+        if line[0] in " \t" or line[-1] in " \t":
+            line = line.strip()
+            if not line:
+                continue
+        if line[0] == "#":
             continue
         if pref is not None and not line.startswith(pref):
             continue
-        m = _NAME_RE.match(line)
-        if not m:
+        brace, blank = line.find("{"), line.find(" ")
+        if brace != -1 and (blank == -1 or brace < blank):
+            name_end = brace
+        else:
+            name_end = blank if blank != -1 else len(line)
+            brace = -1
+        name = line[:name_end].rstrip("\t")
+        if wanted is not None:
+            if name not in wanted:
+                continue
+        elif not _VALID_NAME.match(name):  # a wanted name is valid by construction
             raise ExpositionError(f"line {lineno}: expected a metric name, got {line[:60]!r}")
-        name = m.group(0)
-        pos = m.end()
         labels: dict[str, str] = {}
-        if pos < len(line) and line[pos] == "{":
-            pos += 1
-            while True:
-                while pos < len(line) and line[pos] == " ":
-                    pos += 1
-                if pos < len(line) and line[pos] == "}":
-                    pos += 1
-                    break
-                lm = _LABEL_RE.match(line, pos)
-                if not lm:
+        pos = name_end
+        if brace != -1:
+            m = _SIMPLE_SET.match(line, brace + 1)
+            if m is not None:
+                labels = dict(_SIMPLE_PAIR.findall(line, brace + 1, m.end()))
+            else:  # blanks around the signs, escapes, a trailing comma: the full grammar
+                m = _LABEL_SET.match(line, brace)
+                if m is None:
                     raise ExpositionError(f"line {lineno}: malformed labels in {line[:80]!r}")
-                labels[lm.group(1)] = _unescape(lm.group(2))
-                pos = lm.end()
-                if lm.group(3) is None:
-                    while pos < len(line) and line[pos] == " ":
-                        pos += 1
-                    if pos >= len(line) or line[pos] != "}":
-                        raise ExpositionError(f"line {lineno}: unterminated label set in {line[:80]!r}")
-                    pos += 1
-                    break
+                for k, v in _PAIR.findall(line, brace, m.end()):
+                    labels[k] = _unescape(v)
+            pos = m.end()
         rest = line[pos:].split()
         if not rest or len(rest) > 2:
             raise ExpositionError(f"line {lineno}: expected 'name value [timestamp]', got {line[:80]!r}")
         try:
-            value = parse_value(rest[0])
+            value = float(rest[0])
             if len(rest) == 2:
                 int(rest[1])
         except ValueError:
             raise ExpositionError(f"line {lineno}: bad number in {line[:80]!r}") from None
-        out.append(Sample(name, labels, value))
-    return out
+        append(Sample(name, labels, value))

@@ -167,3 +167,13 @@ def read_inputs(index: dict[str, list[Sample]], engine: str, *, skip: frozenset[
     out.histograms = histograms(index, tuple((i.canonical, i.names[engine]) for i in INPUTS.values()
                                              if i.kind == "histogram" and engine in i.names), out.invalid)
     return out
+
+
+def wanted(engine: str, *extra: str) -> frozenset[str]:
+    """Every sample name the parsers read for ``engine``: the inputs table's names (a histogram's
+    as _bucket, _sum and _count) plus ``extra``. The exposition parser skips every other line."""
+    out = set(extra)
+    for i in INPUTS.values():
+        for n in i.names.get(engine, ()):
+            out |= {n + s for s in ("_bucket", "_sum", "_count")} if i.kind == "histogram" else {n}
+    return frozenset(out)

@@ -9,14 +9,15 @@ from __future__ import annotations
 from .. import exposition
 from ..model import EngineSample
 from ..inputs import names
-from . import by_name, mean_gauge, mean_of_valid, read_inputs, sum_of
+from . import by_name, mean_gauge, mean_of_valid, read_inputs, sum_of, wanted
 
 PREFIXES = ("sglang:",)
+NAMES = wanted("sglang", "sglang:spec_accept_length", "sglang:max_total_num_tokens")  # the only lines split into labels and values
 
 
 def parse(text: str) -> EngineSample:
-    samples = exposition.parse(text, PREFIXES)
-    if not samples:
+    samples = exposition.parse(text, PREFIXES, NAMES)
+    if not samples and not exposition.has_prefix(text, PREFIXES):
         raise exposition.ExpositionError("no sglang: metrics in the body")
     idx = by_name(samples)
     c = read_inputs(idx, "sglang", skip=_OWN)

@@ -11,14 +11,15 @@ import math
 from .. import exposition
 from ..model import EngineSample, LoraState
 from ..inputs import names
-from . import by_name, mean_of_valid, read_inputs
+from . import by_name, mean_of_valid, read_inputs, wanted
 
 PREFIXES = ("vllm:",)
+NAMES = wanted("vllm", "vllm:lora_requests_info", "vllm:cache_config_info")  # the only lines split into labels and values
 
 
 def parse(text: str) -> EngineSample:
-    samples = exposition.parse(text, PREFIXES)
-    if not samples:
+    samples = exposition.parse(text, PREFIXES, NAMES)
+    if not samples and not exposition.has_prefix(text, PREFIXES):
         raise exposition.ExpositionError("no vllm: metrics in the body")
     idx = by_name(samples)
     c = read_inputs(idx, "vllm", skip=_OWN)
