@@ -49,7 +49,7 @@ def parse_rows(fixtures: Path) -> list[tuple[str, ...]]:
                                ("SGLang 0.5.23 (generated)", "sglang/generated/sglang-0.5.23/snapshot-20.prom", sglang)):
         cases.append((label, (fixtures / rel).read_text(encoding="utf-8"), module))
     cases.append(("demo simulator, V1 output", _simulated(), vllm))
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for label, text, module in cases:
         lines = sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
         mb = len(text.encode()) / 1e6

@@ -16,8 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from urllib.parse import unquote
+
 import requests
+import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3 import Timeout
+from urllib3.util import make_headers, parse_url
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -238,35 +244,51 @@ def fetch_text(
 
 def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: float, max_bytes: int,
          verify: bool | str) -> bytes:
+    """One GET on the session's urllib3 pool for the URL, without requests' per-request machinery
+    (preparing, merging settings, hooks, cookies), which cost more CPU than parsing the body."""
+    parsed = parse_url(url)
+    if parsed.auth:  # user:password@ in the URL is HTTP basic auth, as requests would send it
+        headers = {**headers, **make_headers(basic_auth=unquote(parsed.auth))}
+    tls: dict[str, Any] = {}
+    if parsed.scheme == "https":
+        tls = ({"cert_reqs": "CERT_NONE"} if verify is False else
+               {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH})
+    adapter = session.get_adapter(url)
+    assert isinstance(adapter, HTTPAdapter)
     try:
-        with session.get(url, headers=headers, timeout=(timeout, timeout), stream=True,
-                         verify=verify, allow_redirects=False) as resp:
-            if resp.status_code != 200:
-                raise FetchError("http_status", f"HTTP {resp.status_code}")
+        pool = adapter.poolmanager.connection_from_host(parsed.host, parsed.port, parsed.scheme, pool_kwargs=tls)
+        resp = pool.urlopen("GET", parsed.request_uri, headers=headers, retries=False, redirect=False,
+                            timeout=Timeout(connect=timeout, read=timeout), preload_content=False,
+                            assert_same_host=False)
+        try:
+            if resp.status != 200:
+                raise FetchError("http_status", f"HTTP {resp.status}")
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError("too_large", f"body of {int(declared)} bytes exceeds the {max_bytes} byte cap")
             chunks: list[bytes] = []
             size = 0
-            for chunk in resp.iter_content(chunk_size=65536):  # decoded: the cap also bounds gzip expansion
+            for chunk in resp.stream(65536, decode_content=True):  # decoded: the cap also bounds gzip expansion
                 size += len(chunk)
                 if size > max_bytes:
                     raise FetchError("too_large", f"body exceeds the {max_bytes} byte cap")
                 chunks.append(chunk)
             return b"".join(chunks)
+        finally:
+            resp.release_conn()
     except FetchError:
         raise
-    except requests.exceptions.SSLError as e:
+    except u3.SSLError as e:
         raise FetchError("tls", f"TLS error: {_first_line(e)}") from None
-    except requests.exceptions.ConnectTimeout:
-        raise FetchError("timeout", f"connect timed out after {timeout:g}s") from None
-    except requests.exceptions.ReadTimeout:
-        raise FetchError("timeout", f"no response within {timeout:g}s") from None
-    except requests.exceptions.ConnectionError as e:
+    except (u3.NewConnectionError, u3.ProtocolError, u3.MaxRetryError) as e:  # before: it subclasses ConnectTimeout
         if "timed out" in str(e).lower():
             raise FetchError("timeout", f"timed out after {timeout:g}s") from None
         raise FetchError("refused", f"connection failed: {_first_line(e)}") from None
-    except requests.exceptions.RequestException as e:
+    except u3.ConnectTimeoutError:
+        raise FetchError("timeout", f"connect timed out after {timeout:g}s") from None
+    except u3.ReadTimeoutError:
+        raise FetchError("timeout", f"no response within {timeout:g}s") from None
+    except (u3.HTTPError, requests.exceptions.RequestException, ValueError) as e:
         raise FetchError("other", _first_line(e)) from None
     except OSError as e:  # a socket cut by the watchdog can surface as a bare OSError
         raise FetchError("other", f"{type(e).__name__}: {e.strerror or e}") from None

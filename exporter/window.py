@@ -131,6 +131,9 @@ def evidence(x: float | None) -> int:
     return int(round(x)) if x is not None and math.isfinite(x) else 0
 
 
+_TIER_SUM = "\x00tier"  # the memo key of the tier's summed histogram: no instance is named so
+
+
 @dataclass(frozen=True)
 class TierWindow:
     """One tier's samples inside the window, per instance, oldest first."""
@@ -140,13 +143,19 @@ class TierWindow:
     samples: Mapping[str, tuple[InstanceSample, ...]]
     # per-instance histogram increases, computed once: rows, checks and findings ask many times
     _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _series: dict[str, list[tuple[float, EngineSample]]] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- instances
     def up(self) -> tuple[str, ...]:
-        return tuple(i for i in self.instances if self.samples.get(i) and self.samples[i][-1].up)
+        # asked for by every row and check: computed once (the samples never change)
+        if ("", "up") not in self._memo:
+            self._memo[("", "up")] = tuple(i for i in self.instances if self.samples.get(i) and self.samples[i][-1].up)
+        return self._memo[("", "up")]
 
     def down(self) -> tuple[str, ...]:
-        return tuple(i for i in self.instances if i not in self.up())
+        up = set(self.up())
+        return tuple(i for i in self.instances if i not in up)
 
     def halves(self) -> tuple["TierWindow", "TierWindow"]:
         """The window split at its middle instant (the middle scrape belongs to both)."""
@@ -171,7 +180,11 @@ class TierWindow:
         return max(times) - min(times) if times else 0.0
 
     def _engine_series(self, instance: str) -> list[tuple[float, EngineSample]]:
-        return [(s.timestamp, s.engine) for s in self.samples.get(instance, ()) if s.engine is not None]
+        series = self._series.get(instance)
+        if series is None:
+            series = self._series[instance] = [(s.timestamp, s.engine) for s in self.samples.get(instance, ())
+                                               if s.engine is not None]
+        return series
 
     # -------------------------------------------------------------- counters
     def counter_increases(self, key: str) -> dict[str, tuple[float, float]]:
@@ -231,8 +244,15 @@ class TierWindow:
 
     # -------------------------------------------------------------- histograms
     def histogram_increase(self, key: str, instances: Iterable[str] | None = None) -> Histogram | None:
+        if instances is None:  # the tier's sum: every quantile of every row asks for it
+            if (key, _TIER_SUM) not in self._increases:
+                self._increases[(key, _TIER_SUM)] = self._sum_increases(key, self.up())
+            return self._increases[(key, _TIER_SUM)]
+        return self._sum_increases(key, instances)
+
+    def _sum_increases(self, key: str, instances: Iterable[str]) -> Histogram | None:
         parts = []
-        for inst in (self.up() if instances is None else instances):
+        for inst in instances:
             if (key, inst) not in self._increases:
                 self._increases[(key, inst)] = histogram_increase(
                     [e.histograms[key] for _, e in self._engine_series(inst) if key in e.histograms])

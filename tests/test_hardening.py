@@ -275,3 +275,50 @@ def test_an_alertmanager_that_drips_cannot_hold_the_cycle() -> None:
     finally:
         client.close()
         am.close()
+
+
+# ---------------------------------------------------------------- TLS: verified by default
+
+def test_tls_is_verified_by_default_and_a_ca_file_or_opt_out_is_honoured(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from conftest import need
+
+    openssl = shutil.which("openssl")
+    need(openssl is not None, "openssl not installed")
+    assert openssl is not None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    body = b"vllm:num_requests_running 1\n"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/metrics"
+    session = new_session()
+    try:
+        with pytest.raises(FetchError) as e:  # a self-signed certificate fails verification
+            fetch_text(session, url, timeout=5, max_bytes=1 << 20)
+        assert e.value.reason == "tls"
+        assert fetch_text(session, url, timeout=5, max_bytes=1 << 20, verify=str(cert)) == body.decode()
+        assert fetch_text(session, url, timeout=5, max_bytes=1 << 20, verify=False) == body.decode()
+    finally:
+        session.close()
+        httpd.shutdown()
