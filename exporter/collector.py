@@ -163,6 +163,12 @@ class FleetCollector(Collector):
                                      labels=["tier", "instance"])
         for (tier, inst), n in sorted(st.resets.items()):
             resets.add_metric([tier, inst], n)
+        skipped = CounterMetricFamily("fleetwatch_scrape_skipped",
+                                      "Cycles in which a target that kept failing was not tried (backoff).",
+                                      labels=["tier", "instance", "reason"])
+        for (tier, inst), n in sorted(st.skipped.items()):
+            skipped.add_metric([tier, inst, "backoff"], n)
+        yield skipped
         invalid = CounterMetricFamily("fleetwatch_invalid_samples",
                                       "Scrapes in which an engine input was NaN, infinite or negative (not used).",
                                       labels=["tier", "instance", "input"])

@@ -21,6 +21,17 @@ log = logging.getLogger(__name__)
 
 _PARSERS: dict[str, Callable[[str], EngineSample]] = {"vllm": vllm.parse, "sglang": sglang.parse}
 WAIT_GRACE = 0.1  # seconds past the scrape deadline that a cycle waits for parsers to finish
+BACKOFF_AFTER = 3  # consecutive failed cycles after which a target's engine is tried less often
+BACKOFF_MAX_SECONDS = 60.0  # a target back up is tried again within this long, whatever the interval
+
+
+def backoff_cycles(failures: int, interval: float) -> int:
+    """Cycles until the next try of an engine that failed ``failures`` cycles in a row: every cycle
+    at first, then 2, 4, 8 ... cycles apart, never more than BACKOFF_MAX_SECONDS."""
+    if failures < BACKOFF_AFTER:
+        return 1
+    cap = max(1, int(BACKOFF_MAX_SECONDS // interval))
+    return min(cap, 1 << min(failures - BACKOFF_AFTER + 1, 16))
 
 
 @dataclass
@@ -33,6 +44,7 @@ class ScrapeStats:
     up: dict[tuple[str, str, str], int] = field(default_factory=dict)
     resets: dict[tuple[str, str], int] = field(default_factory=dict)
     invalid: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tier, instance, canonical input
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # tier, instance: cycles left out (backoff)
 
     def error(self, tier: str, instance: str, source: str, reason: str) -> None:
         with self.lock:
@@ -56,7 +68,11 @@ class ScrapeStats:
     def copy(self) -> "ScrapeStats":
         with self.lock:
             return ScrapeStats(errors=dict(self.errors), duration=dict(self.duration), up=dict(self.up),
-                               resets=dict(self.resets), invalid=dict(self.invalid))
+                               resets=dict(self.resets), invalid=dict(self.invalid), skipped=dict(self.skipped))
+
+    def skip(self, tier: str, instance: str) -> None:
+        with self.lock:
+            self.skipped[(tier, instance)] = self.skipped.get((tier, instance), 0) + 1
 
 
 class Scraper:
@@ -71,6 +87,9 @@ class Scraper:
         self.clock = clock
         self.stats = ScrapeStats()
         self._invalid: dict[tuple[str, str], frozenset[str]] = {}  # per target, what its last scrape held
+        self._cycle = 0
+        self._failures: dict[tuple[str, str], int] = {}  # consecutive failed cycles per target
+        self._next_try: dict[tuple[str, str], int] = {}  # the cycle a failing target is tried again
         n = sum(len(t.targets) for t in config.tiers.values())
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(64, 2 * n)), thread_name_prefix="scrape")
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
@@ -133,9 +152,13 @@ class Scraper:
         deadline = started + self.config.scrape_timeout
         engine_futs: dict[tuple[str, str], Future[EngineSample | None]] = {}
         dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError]] = {}
+        self._cycle += 1
         for tier in self.config.tiers.values():
             for t in tier.targets:
-                engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t, deadline)
+                if self._next_try.get((tier.name, t.name), 0) <= self._cycle:
+                    engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t, deadline)
+                else:  # backing off: it stays down, and a hanging target no longer holds a thread every cycle
+                    self.stats.skip(tier.name, t.name)
                 if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
                     dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, t.dcgm_bearer_token_file, deadline)
         local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
@@ -146,10 +169,12 @@ class Scraper:
         dcgm_t = time.monotonic() - started
         for tier in self.config.tiers.values():
             for t in tier.targets:
-                f = engine_futs[(tier.name, t.name)]
-                engine = f.result() if f.done() else None
-                if not f.done():
-                    self._fail(tier.name, t.name, t.engine, "timeout", "cycle deadline passed", started)
+                f = engine_futs.get((tier.name, t.name))
+                engine = f.result() if f is not None and f.done() else None
+                if f is not None:
+                    if not f.done():
+                        self._fail(tier.name, t.name, t.engine, "timeout", "cycle deadline passed", started)
+                    self._schedule(tier.name, t.name, engine is not None)
                 gpus: tuple[GpuReading, ...] = ()
                 if t.dcgm:
                     df = dcgm_futs[t.dcgm]
@@ -164,6 +189,22 @@ class Scraper:
                     gpus = gpus + dcgm.select(local, t.gpus)
                 out.append(InstanceSample(tier.name, t.name, now, engine, gpus))
         return out
+
+    def _schedule(self, tier: str, instance: str, ok: bool) -> None:
+        key = (tier, instance)
+        before = self._failures.get(key, 0)
+        if ok:
+            if before >= BACKOFF_AFTER:
+                log.info("tier=%s instance=%s answers again after %d failed tries", tier, instance, before)
+            self._failures.pop(key, None)
+            self._next_try.pop(key, None)
+            return
+        self._failures[key] = before + 1
+        wait = backoff_cycles(before + 1, self.config.interval)
+        if wait > 1 and before + 1 == BACKOFF_AFTER:
+            log.warning("tier=%s instance=%s failed %d cycles in a row; trying it less often (at most %gs apart) "
+                        "until it answers", tier, instance, before + 1, BACKOFF_MAX_SECONDS)
+        self._next_try[key] = self._cycle + wait
 
     def _wants_nvml(self) -> bool:
         return any(t.nvml for tier in self.config.tiers.values() for t in tier.targets)

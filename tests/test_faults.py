@@ -221,9 +221,15 @@ def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
             return m.get(f'fleetwatch_scrape_errors_total{{instance="{inst}",reason="{reason}",source="vllm",'
                          f'tier="bad"}}', 0)
 
-        assert errors("refused", "refused") >= CYCLES - 1
+        def skipped(inst: str) -> float:  # cycles a target that kept failing was not tried (backoff)
+            return m.get(f'fleetwatch_scrape_skipped_total{{instance="{inst}",reason="backoff",tier="bad"}}', 0)
+
+        # every cycle either tried the target and counted its error, or backed off from it
+        assert errors("refused", "refused") + skipped("refused") >= CYCLES - 1
+        assert skipped("refused") > 0
         for name, (_, reason) in HOSTILE_MODES.items():
-            assert errors(name, reason) >= CYCLES - 1, (name, reason, {k: v for k, v in m.items() if name in k})
+            assert errors(name, reason) >= 3 and errors(name, reason) + skipped(name) >= CYCLES - 1, (
+                name, reason, {k: v for k, v in m.items() if name in k})
         for inst, key in (("plus-inf", "kv_cache_usage"), ("nan", "requests_waiting"), ("negative", "preemptions")):
             assert m[f'fleetwatch_invalid_samples_total{{input="{key}",instance="{inst}",tier="bad"}}'] >= CYCLES - 1
         assert m['fleetwatch_counter_resets_total{instance="reset",tier="bad"}'] >= 3

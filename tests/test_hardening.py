@@ -322,3 +322,37 @@ def test_tls_is_verified_by_default_and_a_ca_file_or_opt_out_is_honoured(tmp_pat
     finally:
         session.close()
         httpd.shutdown()
+
+
+# ---------------------------------------------------------------- backoff for targets that keep failing
+
+def test_backoff_schedule_doubles_and_is_capped_in_seconds() -> None:
+    from exporter.scrape import BACKOFF_AFTER, BACKOFF_MAX_SECONDS, backoff_cycles
+
+    waits = [backoff_cycles(n, 1.0) for n in range(1, 12)]
+    assert waits[:BACKOFF_AFTER - 1] == [1] * (BACKOFF_AFTER - 1)
+    assert waits[BACKOFF_AFTER - 1:BACKOFF_AFTER + 2] == [2, 4, 8]
+    assert max(waits) * 1.0 <= BACKOFF_MAX_SECONDS and waits[-1] == int(BACKOFF_MAX_SECONDS)
+    assert max(backoff_cycles(n, 15.0) for n in range(1, 40)) * 15.0 <= BACKOFF_MAX_SECONDS
+
+
+def test_a_failing_target_is_tried_less_often_and_seen_again_when_it_answers(tmp_path: Path) -> None:
+    from exporter.scrape import Scraper
+
+    body = fixture_text(f"{V033}/snapshot-05.prom")
+    target = FakeTarget(mode="http-500", body_fn=lambda n: body)
+    cfg = load_config(write_config(str(tmp_path / "f.yaml"), {"h100": [{"vllm": target.url, "name": "t"}]},
+                                   extra="interval: 1s\nwindow: 10s"))
+    scraper = Scraper(cfg)
+    try:
+        for _ in range(20):
+            assert scraper.scrape()[0].engine is None
+        tried = target.requests
+        skipped = scraper.stats.skipped[("h100", "t")]
+        assert tried + skipped == 20 and 3 <= tried < 12, (tried, skipped)
+        target.mode = "replay"  # it recovers: within the cap it is tried, and answers
+        ups = [scraper.scrape()[0].engine is not None for _ in range(int(60 / 1.0) + 1)]
+        assert any(ups) and all(ups[ups.index(True):])
+    finally:
+        scraper.close()
+        target.close()
