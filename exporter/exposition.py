@@ -1,13 +1,13 @@
 """Prometheus text exposition parser (the hot path).
 
-Selective: lines whose metric name does not start with one of ``prefixes`` are skipped before
-any label parsing, so a 300 kB vLLM scrape costs only the families we read. Like Prometheus,
+Selective: lines whose metric name does not start with one of ``prefixes``, or is not one of the
+``names`` the engine parser reads, are skipped before any label parsing, so a 300 kB vLLM scrape
+costs only the families we read. Like Prometheus,
 one malformed sample line rejects the whole scrape: half a scrape would silently skew ratios.
 """
 from __future__ import annotations
 
 import functools
-import math
 import re
 from typing import Callable, Collection, Iterable, NamedTuple
 
@@ -22,26 +22,12 @@ class Sample(NamedTuple):
     value: float
 
 
-_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,)?')
 _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _ESC_RE = re.compile(r'\\[\\"n]')
 
 
 def _unescape(s: str) -> str:
     return _ESC_RE.sub(lambda m: _ESCAPES[m.group(0)], s) if "\\" in s else s
-
-
-def parse_value(text: str) -> float:
-    t = text.strip()
-    low = t.lower()
-    if low in ("nan",):
-        return math.nan
-    if low in ("+inf", "inf"):
-        return math.inf
-    if low == "-inf":
-        return -math.inf
-    return float(t)
 
 
 _LNAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
@@ -75,20 +61,25 @@ def parse(text: str, prefixes: Iterable[str] | None = None, names: Collection[st
     wanted = None if names is None else names if isinstance(names, frozenset) else frozenset(names)
     out: list[Sample] = []
     if wanted is None or "\n# TYPE " not in text:
-        _lines(text, 1, pref, wanted, out)
+        _lines(text, lambda: 1, pref, wanted, out)
         return out
     families = _families(wanted)
     chunks = text.split("\n# TYPE ")
-    _lines(chunks[0], 1, pref, wanted, out)
+    _lines(chunks[0], lambda: 1, pref, wanted, out)
     offset = len(chunks[0]) + 1  # where the next chunk's TYPE comment starts in text
     for chunk in chunks[1:]:
         head_end = chunk.find("\n")
         family = chunk[:chunk.find(" ")]
         if head_end != -1 and (family in families or not _only(chunk, head_end, family, wanted)):
             # line numbers are counted only for an error message
-            _lines(chunk[head_end + 1:], 0, pref, wanted, out, lambda: text.count("\n", 0, offset) + 2)
+            _lines(chunk[head_end + 1:], functools.partial(_line_after_type, text, offset), pref, wanted, out)
         offset += len(chunk) + len("\n# TYPE ")
     return out
+
+
+def _line_after_type(text: str, offset: int) -> int:
+    """The number of the line after the TYPE comment that starts at ``offset``."""
+    return text.count("\n", 0, offset) + 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,22 +103,12 @@ def _only(chunk: str, head_end: int, family: str, wanted: frozenset[str]) -> boo
     return lines == body.count("\n" + family) + body.count("\n#") + blank
 
 
-def _lines(text: str, first: int, pref: tuple[str, ...] | None, wanted: Collection[str] | None,
-           out: list[Sample], base: Callable[[], int] | None = None) -> None:
-    """Every sample line of ``text``; an error names the line as ``base() + n`` (or ``first + n``)."""
-    try:
-        _each_line(text, first, pref, wanted, out)
-    except ExpositionError as e:
-        if base is None:
-            raise
-        n = base() + int(str(e).split(":", 1)[0].split()[1])
-        raise ExpositionError(f"line {n}:" + str(e).split(":", 1)[1]) from None
-
-
-def _each_line(text: str, first: int, pref: tuple[str, ...] | None, wanted: Collection[str] | None,
-               out: list[Sample]) -> None:
+def _lines(text: str, first: Callable[[], int], pref: tuple[str, ...] | None, wanted: Collection[str] | None,
+           out: list[Sample]) -> None:
+    """Every sample line of ``text``. ``first()`` is the number of its first line in the whole body,
+    asked for only to name the line of an error."""
     append = out.append
-    for lineno, line in enumerate(text.splitlines(), first):
+    for i, line in enumerate(text.splitlines()):
         if not line:
             continue
         if line[0] in " \t" or line[-1] in " \t":
@@ -149,7 +130,7 @@ def _each_line(text: str, first: int, pref: tuple[str, ...] | None, wanted: Coll
             if name not in wanted:
                 continue
         elif not _VALID_NAME.match(name):  # a wanted name is valid by construction
-            raise ExpositionError(f"line {lineno}: expected a metric name, got {line[:60]!r}")
+            raise ExpositionError(f"line {first() + i}: expected a metric name, got {line[:60]!r}")
         labels: dict[str, str] = {}
         pos = name_end
         if brace != -1:
@@ -159,17 +140,17 @@ def _each_line(text: str, first: int, pref: tuple[str, ...] | None, wanted: Coll
             else:  # blanks around the signs, escapes, a trailing comma: the full grammar
                 m = _LABEL_SET.match(line, brace)
                 if m is None:
-                    raise ExpositionError(f"line {lineno}: malformed labels in {line[:80]!r}")
+                    raise ExpositionError(f"line {first() + i}: malformed labels in {line[:80]!r}")
                 for k, v in _PAIR.findall(line, brace, m.end()):
                     labels[k] = _unescape(v)
             pos = m.end()
         rest = line[pos:].split()
         if not rest or len(rest) > 2:
-            raise ExpositionError(f"line {lineno}: expected 'name value [timestamp]', got {line[:80]!r}")
+            raise ExpositionError(f"line {first() + i}: expected 'name value [timestamp]', got {line[:80]!r}")
         try:
             value = float(rest[0])
             if len(rest) == 2:
                 int(rest[1])
         except ValueError:
-            raise ExpositionError(f"line {lineno}: bad number in {line[:80]!r}") from None
+            raise ExpositionError(f"line {first() + i}: bad number in {line[:80]!r}") from None
         append(Sample(name, labels, value))

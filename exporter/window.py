@@ -143,15 +143,15 @@ class TierWindow:
     samples: Mapping[str, tuple[InstanceSample, ...]]
     # per-instance histogram increases, computed once: rows, checks and findings ask many times
     _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
-    _memo: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _series: dict[str, list[tuple[float, EngineSample]]] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- instances
     def up(self) -> tuple[str, ...]:
         # asked for by every row and check: computed once (the samples never change)
-        if ("", "up") not in self._memo:
-            self._memo[("", "up")] = tuple(i for i in self.instances if self.samples.get(i) and self.samples[i][-1].up)
-        return self._memo[("", "up")]
+        if "up" not in self._memo:
+            self._memo["up"] = tuple(i for i in self.instances if self.samples.get(i) and self.samples[i][-1].up)
+        return self._memo["up"]
 
     def down(self) -> tuple[str, ...]:
         up = set(self.up())

@@ -96,20 +96,20 @@ def _drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
     h.send_header("Content-Length", str(len(_DRIP_BODY)))
     h.end_headers()
     h.wfile.flush()
-    for i in range(len(_DRIP_BODY)):
+    _one_byte_a_second(h, t, _DRIP_BODY)
+
+
+def _one_byte_a_second(h: BaseHTTPRequestHandler, t: "FakeTarget", data: bytes) -> None:
+    """One byte a second until the test releases the target."""
+    for i in range(len(data)):
         if t.release.wait(1.0):
             return
-        h.wfile.write(_DRIP_BODY[i:i + 1])
+        h.wfile.write(data[i:i + 1])
         h.wfile.flush()
 
 
 def _header_drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
-    for i in range(len(head)):
-        if t.release.wait(1.0):
-            return
-        h.wfile.write(head[i:i + 1])
-        h.wfile.flush()
+    _one_byte_a_second(h, t, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n")
 
 
 def _chunked(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:

@@ -164,3 +164,10 @@ def test_the_dashboards_config_map_is_the_generated_dashboards() -> None:
     rules = next(d for d in docs if d["kind"] == "PrometheusRule")
     groups = {g["name"] for g in rules["spec"]["groups"]}
     assert groups == {"fleetwatch-recording", "fleetwatch-alerts"}
+
+
+def test_the_base_plans_are_the_examples_plans() -> None:
+    """kustomize reads no file outside its base, so the plans are copies there: they must not drift."""
+    base = load_config(str(KUBE / "base" / "fleet.yaml"))
+    example = load_config(str(ROOT / "examples" / "fleet.yaml"))
+    assert {n: t.plan for n, t in base.tiers.items()} == {n: t.plan for n, t in example.tiers.items()}
