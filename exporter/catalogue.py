@@ -338,7 +338,7 @@ def _sum(expr: str) -> str:
 # An engine target is one that exposed an engine series within ENGINE_SEEN: a target down longer
 # than that is no longer counted as deployed.
 ENGINE_SEEN = "1h"
-_ENGINES = (f'group by (job, instance) (last_over_time({{__name__=~"{"|".join(I.INPUTS["requests_running"].all_names())}"}}'
+ENGINE_TARGETS = (f'group by (job, instance) (last_over_time({{__name__=~"{"|".join(I.INPUTS["requests_running"].all_names())}"}}'
             f"[{ENGINE_SEEN}]))")
 INSTANCES_UP = "tier:fleetwatch_instances_up:sum"
 INSTANCES = "tier:fleetwatch_instances:count"
@@ -370,8 +370,8 @@ PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
 def fleet_series() -> dict[str, str]:
     """Recorded name -> PromQL of the plan and instance series, in the order they must be recorded."""
     out = {plan_series(k): f"max by ({_T}) (fleetwatch_plan_{k})" for k, _, _ in PLAN_FIGURES}
-    out[INSTANCES_UP] = f"sum by ({_T}) (up and on (job, instance) {_ENGINES})"
-    out[INSTANCES] = f"count by ({_T}) (up and on (job, instance) {_ENGINES})"
+    out[INSTANCES_UP] = f"sum by ({_T}) (up and on (job, instance) {ENGINE_TARGETS})"
+    out[INSTANCES] = f"count by ({_T}) (up and on (job, instance) {ENGINE_TARGETS})"
     return out
 
 
@@ -394,7 +394,7 @@ _ENGINE_PODS = f"group by (namespace, pod, {_T}) ({I.instant('requests_running',
 
 # An exporter with no pod labels at all (no Kubernetes mapping: static configs) covers its node's
 # GPUs, all of them, in the tier its scrape job gives it.
-_PODDED_EXPORTERS = 'group by (instance) ({__name__=~"DCGM_FI_.+", pod!=""})'
+PODDED_EXPORTERS = 'group by (instance) ({__name__=~"DCGM_FI_.+", pod!=""})'
 
 
 def _per_gpu(template: str) -> str:
@@ -402,7 +402,7 @@ def _per_gpu(template: str) -> str:
     owned = template.replace("{sel}", _HAS_POD)
     unmapped = template.replace("{sel}", '{pod=""}')
     return (f"(({owned}) * on (namespace, pod) group_left ({_T}) {_ENGINE_PODS}"
-            f" or (({unmapped}) unless on (instance) {_PODDED_EXPORTERS}))")
+            f" or (({unmapped}) unless on (instance) {PODDED_EXPORTERS}))")
 
 
 def _dcgm(field: str) -> str:
@@ -515,6 +515,26 @@ ROWS: tuple[Row, ...] = (
         f" {INSTANCES}) / on ({_T}) ({_sum(I.rate('generation_tokens'))} * 3600) * 1e6",
         _no_band("minimize"), _none, ("generation_tokens",)),
 )
+
+# What each row's ``samples`` counts, in PromQL, for the Prometheus-backed mode: the same evidence
+# the Python computation reports (requests, observations, instances or GPUs behind the value).
+_FINISHED_N = _sum(I.increase("requests_finished"))
+_TOKENS_N = _sum(I.increase("generation_tokens"))
+EVIDENCE: Mapping[str, str] = {
+    "requests_per_second": _FINISHED_N,
+    **{f"{k}_{p}_seconds": _sum(I.count_increase(f"{k}_seconds")) for k in ("ttft", "itl") for p in ("p50", "p99")},
+    "kv_cache_utilization_ratio": f"count by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
+    "kv_cache_eviction_ratio": _FINISHED_N,
+    "prefix_cache_hit_ratio": f"{_sum(I.increase('prefix_cache_queries'))} or count by ({_T}) "
+                              f"({I.avg_over_time('prefix_cache_hit_rate')} >= 0)",
+    "queue_depth_requests": f"count by ({_T}) ({I.avg_over_time('requests_waiting')})",
+    "fleet_utilization_ratio": _FINISHED_N,
+    "gpu_memory_utilization_ratio": f"count by ({_T}) ({GPU_MEMORY_PER_GPU})",
+    "gpu_compute_utilization_ratio": f"count by ({_T}) ({GPU_COMPUTE_PER_GPU})",
+    "spec_decode_acceptance_ratio": _sum(I.increase("spec_draft_tokens")),
+    "tokens_per_gpu_hour": _TOKENS_N,
+    "cost_per_million_tokens_usd": _TOKENS_N,
+}
 
 ROW_KEYS: tuple[str, ...] = tuple(r.key for r in ROWS)
 ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}

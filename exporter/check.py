@@ -13,6 +13,14 @@ from .scrape import Scraper
 
 def run_check(config: Config, window: float, *, scraper: Scraper | None = None,
               sleep: Callable[[float], None] = time.sleep) -> Report:
+    if config.prometheus is not None and scraper is None:
+        from .promread import PrometheusReader
+
+        reader = PrometheusReader(config)
+        try:
+            return Pipeline(config, None, reader=reader).evaluate_prometheus(time.time(), window)
+        finally:
+            reader.close()
     scraper = scraper or Scraper(config)
     try:
         pipeline = Pipeline(config, scraper)

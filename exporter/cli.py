@@ -8,7 +8,7 @@ import sys
 
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config, parse_duration, require_targets, validate_listen
+from .config import ConfigError, load_config, parse_duration, redact_url, require_targets, validate_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="scrape twice, a window apart, print one report; exit 1 if anything is critical",
                        description="Scrape every target at the start and again after --window, evaluate the "
-                                   "increases between the two scrapes and print the report. Exit 1 when anything "
+                                   "increases between the two scrapes and print the report. With source: "
+                                   "prometheus, ask Prometheus for the last --window instead. Exit 1 when anything "
                                    "is critical, 2 on a config error.")
     c.add_argument("--config", "-c", required=True, help="fleet config YAML")
     c.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
-    c.add_argument("--window", type=_duration, default=15.0, help="time between the two scrapes (default: 15s)")
+    c.add_argument("--window", type=_duration, default=None,
+                   help="time between the two scrapes (default: 15s); with source: prometheus, the window "
+                        "evaluated back from now (default: the config's window), with no wait")
 
     d = sub.add_parser("demo", help="run a simulated two-tier fleet and fleetwatch against it (no GPU needed)",
                        description="Start simulated vLLM instances (4 x H100 TP2, 3 x A100 TP4) and their "
@@ -165,6 +168,9 @@ def _serve_config(cfg: "Config", args: argparse.Namespace) -> "Config":
     from .model import SidecarSettings
     from .sidecar import sidecar_config
 
+    if cfg.prometheus is not None:
+        raise ConfigError(cfg.path, "source", "a sidecar (--tier) scrapes its own engine; source: prometheus is for "
+                                              "fleet mode")
     flags = SidecarSettings(engine=args.engine, url=args.engine_url, dcgm=args.dcgm_url, nvml=args.nvml,
                             dcgm_bearer_token_file=args.dcgm_bearer_token_file)
     return sidecar_config(cfg, args.tier, flags, pod=os.environ.get("POD_NAME") or None,
@@ -215,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate-config":
             cfg = load_config(args.file)
             n = sum(len(t.targets) for t in cfg.tiers.values())
-            print(f"{args.file}: ok ({len(cfg.tiers)} tiers, {n} targets)")
+            read = (f"read from prometheus {redact_url(cfg.prometheus.url)}" if cfg.prometheus is not None
+                    else f"{n} targets")
+            print(f"{args.file}: ok ({len(cfg.tiers)} tiers, {read})")
             return 0
         cfg = load_config(args.config)
     except ConfigError as e:
@@ -254,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fleetwatch: {e}", file=sys.stderr)
             return 2
 
-        report = run_check(cfg, args.window)
+        from .sources.prometheus_api import PrometheusError
+
+        window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
+        try:
+            report = run_check(cfg, window)
+        except PrometheusError as e:  # nothing to report on: said in one line, as a failed check
+            print(f"fleetwatch: cannot read the fleet from prometheus: {e.reason}: {e}", file=sys.stderr)
+            return 1
         try:
             text = format_json(report) if args.format == "json" else format_table(report)
         except ValueError as e:  # a number JSON cannot carry: a bug, said in one line, never half a document

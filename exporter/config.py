@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
-from .model import (BandOverride, Benchmark, Config, CurvePoint, GpuSelector, LengthProfile, Plan, Precision,
-                    SidecarSettings, Slo, Target, TierConfig, Workload)
+from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
+                    KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, SidecarSettings, Slo,
+                    Target, TierConfig, Workload)
 
 __all__ = ["BandOverride", "Benchmark", "Config", "ConfigError", "CurvePoint", "GpuSelector", "LengthProfile",
            "Plan", "Precision", "Slo", "Target", "TierConfig", "Workload", "format_duration", "load_config",
@@ -413,7 +414,7 @@ def _load_yaml(file: str) -> Any:
         loader.dispose()
 
 
-_TOP = {"interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
+_TOP = {"source", "discovery", "interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
         "history", "alertmanagers", "tiers", "state_dir", "sidecar"}
 
 
@@ -456,7 +457,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
             raise c.err(p, "tier names may use letters, digits, '_', '.' and '-' only")
         # targets may be left out of a config that only sidecars read (serve --tier): they watch localhost
-        t = c.mapping(traw, p, {"plan", "targets", "bands"}, {"plan"})
+        t = c.mapping(traw, p, {"plan", "targets", "bands", "discover"}, {"plan"})
         plan_raw, plan_ctx, plan_path = t["plan"], c, _join(p, "plan")
         if isinstance(plan_raw, str):  # a path to a plan file, relative to this config
             plan_file = str((base / plan_raw).resolve()) if not os.path.isabs(plan_raw) else plan_raw
@@ -469,12 +470,23 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         names = [tg.name for tg in targets]
         if len(set(names)) != len(names):
             raise c.err(_join(p, "targets"), "target names must be unique within a tier (set name:)")
+        discover, endpoint = None, EndpointTemplate()
+        if t.get("discover") is not None:
+            if targets:
+                raise c.err(_join(p, "discover"), "a tier's targets are listed or discovered, not both")
+            discover, endpoint = _dns(c, t["discover"], _join(p, "discover"), base)
         tiers[name] = TierConfig(
             name=name,
             plan=_plan(plan_ctx, plan_raw, plan_path),
             targets=targets,
             bands=c.optional(t, "bands", p, lambda x, pp: _bands(c, x, pp, known_rows)) or {},
+            discover=discover,
+            endpoint=endpoint,
         )
+    kubernetes, kubernetes_endpoint = None, EndpointTemplate()
+    if m.get("discovery") is not None:
+        d = c.mapping(m["discovery"], "discovery", {"kubernetes"}, {"kubernetes"})
+        kubernetes, kubernetes_endpoint = _kubernetes(c, d["kubernetes"], "discovery.kubernetes", base)
     return Config(
         path=file,
         interval=interval,
@@ -489,6 +501,100 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         tiers=tiers,
         state_dir=_state_dir(c, m, base),
         sidecar=c.optional(m, "sidecar", "", lambda v, p: _sidecar(c, v, p, base)) or SidecarSettings(),
+        prometheus=_source(c, m, base, tiers),
+        kubernetes=kubernetes,
+        kubernetes_endpoint=kubernetes_endpoint,
+    )
+
+
+_ENDPOINT_KEYS = {"engine", "path", "scheme", "bearer_token_file"}
+
+
+def _endpoint(c: _Ctx, m: Mapping[str, Any], path: str, base: Path) -> EndpointTemplate:
+    engine = c.optional(m, "engine", path, c.string) or "vllm"
+    if engine not in ("vllm", "sglang"):
+        raise c.err(_join(path, "engine"), f"expected vllm or sglang, got {show(engine)}")
+    scheme = c.optional(m, "scheme", path, c.string) or "http"
+    if scheme not in ("http", "https"):
+        raise c.err(_join(path, "scheme"), f"expected http or https, got {show(scheme)}")
+    url_path = c.optional(m, "path", path, c.string) or "/metrics"
+    if not url_path.startswith("/"):
+        raise c.err(_join(path, "path"), f"expected a path starting with /, got {show(url_path)}")
+    return EndpointTemplate(engine=engine, path=url_path, scheme=scheme,
+                            bearer_token_file=_relative_to(base, c.optional(m, "bearer_token_file", path, c.string)))
+
+
+def _port_number(c: _Ctx, v: Any, path: str) -> int:
+    port = c.integer(v, path, minimum=1)
+    if port > 65535:
+        raise c.err(path, f"must be 1-65535, got {port}")
+    return port
+
+
+def _dns(c: _Ctx, v: Any, path: str, base: Path) -> tuple[DnsDiscovery, EndpointTemplate]:
+    m = c.mapping(v, path, {"dns"} | _ENDPOINT_KEYS, {"dns"})
+    dp = _join(path, "dns")
+    d = c.mapping(m["dns"], dp, {"name", "type", "port", "nameserver"}, {"name"})
+    kind = c.optional(d, "type", dp, c.string) or "A"
+    if kind not in ("A", "SRV"):
+        raise c.err(_join(dp, "type"), f"expected A or SRV, got {show(kind)}")
+    port = c.optional(d, "port", dp, lambda x, pp: _port_number(c, x, pp))
+    if kind == "A" and port is None:
+        raise c.err(_join(dp, "port"), "required with type A (an SRV record carries its port)")
+    return DnsDiscovery(name=c.string(d["name"], _join(dp, "name")), type=kind, port=port,
+                        nameserver=c.optional(d, "nameserver", dp, c.string)), _endpoint(c, m, path, base)
+
+
+def _kubernetes(c: _Ctx, v: Any, path: str, base: Path) -> tuple[KubernetesDiscovery, EndpointTemplate]:
+    m = c.mapping(v, path, {"namespace", "service", "tier_label", "port", "api", "token_file", "ca_file", "dcgm"}
+                  | _ENDPOINT_KEYS, {"namespace", "service", "tier_label", "port"})
+    dcgm = c.mapping(m["dcgm"], _join(path, "dcgm"), {"namespace", "service", "port"}, {"service", "port"}) \
+        if m.get("dcgm") is not None else {}
+    defaults = KubernetesDiscovery("", "", "", "")
+    return KubernetesDiscovery(
+        namespace=c.string(m["namespace"], _join(path, "namespace")),
+        service=c.string(m["service"], _join(path, "service")),
+        tier_label=c.string(m["tier_label"], _join(path, "tier_label")),
+        port=str(m["port"]) if isinstance(m["port"], int) else c.string(m["port"], _join(path, "port")),
+        api=c.optional(m, "api", path, c.url),
+        token_file=_relative_to(base, c.optional(m, "token_file", path, c.string)) or defaults.token_file,
+        ca_file=_relative_to(base, c.optional(m, "ca_file", path, c.string)) or defaults.ca_file,
+        dcgm_namespace=c.optional(dcgm, "namespace", _join(path, "dcgm"), c.string),
+        dcgm_service=c.optional(dcgm, "service", _join(path, "dcgm"), c.string),
+        dcgm_port=(str(dcgm["port"]) if isinstance(dcgm.get("port"), int)
+                   else c.optional(dcgm, "port", _join(path, "dcgm"), c.string)),
+    ), _endpoint(c, m, path, base)
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _source(c: _Ctx, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierConfig]) -> PrometheusSource | None:
+    """``source:`` left out (or ``scrape``): fleetwatch scrapes the targets. ``source: {prometheus: {url: ...}}``:
+    it reads the fleet from that API, and the keys that only scraping reads are errors, not silently ignored."""
+    raw = m.get("source")
+    if raw is None or raw == "scrape":
+        return None
+    s = c.mapping(raw, "source", {"prometheus"}, {"prometheus"})
+    p = c.mapping(s["prometheus"], "source.prometheus", {"url", "bearer_token_file", "instance_label"}, {"url"})
+    label = c.optional(p, "instance_label", "source.prometheus", c.string) or "instance"
+    if not _LABEL_NAME.match(label) or label.startswith("__"):
+        raise c.err("source.prometheus.instance_label", f"expected a Prometheus label name, got {show(label)}")
+    if m.get("discovery") is not None:
+        raise c.err("discovery", "not used with source: prometheus: the instances are the series Prometheus has")
+    for name, tier in tiers.items():
+        if tier.discover is not None:
+            raise c.err(_join(_join("tiers", name), "discover"), "not used with source: prometheus")
+        if tier.targets:
+            raise c.err(_join(_join("tiers", name), "targets"),
+                        f"not read with source: prometheus (the tier's instances are the series that Prometheus "
+                        f"labels tier=\"{name}\"); remove it")
+    if m.get("state_dir") is not None:
+        raise c.err("state_dir", "not used with source: prometheus: the history comes from Prometheus itself")
+    return PrometheusSource(
+        url=c.url(p["url"], "source.prometheus.url").rstrip("/"),
+        bearer_token_file=_relative_to(base, c.optional(p, "bearer_token_file", "source.prometheus", c.string)),
+        instance_label=label,
     )
 
 
@@ -521,8 +627,11 @@ def _state_dir(c: _Ctx, m: Mapping[str, Any], base: Path) -> str | None:
 
 
 def require_targets(config: Config) -> None:
-    """Fleet mode (``serve`` without ``--tier``, ``check``) watches the listed targets: every tier needs some."""
+    """Fleet mode (``serve`` without ``--tier``, ``check``) watches the listed targets: every tier needs some
+    (unless the fleet is read from Prometheus)."""
+    if config.prometheus is not None or config.kubernetes is not None:
+        return
     for name, tier in config.tiers.items():
-        if not tier.targets:
+        if not tier.targets and tier.discover is None:
             raise ConfigError(config.path, _join(_join("tiers", name), "targets"),
                               "required in fleet mode (a sidecar config may leave it out: serve --tier NAME)")

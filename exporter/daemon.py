@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -22,8 +22,10 @@ from .collector import Published, Snapshot, make_registry
 from .config import Config, redact_url
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
-from .scrape import Scraper
-from .window import WindowStore, count_resets
+from .promread import PrometheusReader
+from .scrape import Scraper, ScrapeStats
+from .sources.prometheus_api import PrometheusError
+from .window import Quantity, TierView, WindowStore, count_resets
 from . import state
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,15 @@ STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdow
 class Pipeline:
     """The state a daemon carries between cycles. ``cycle`` is called from one thread at a time."""
 
-    def __init__(self, config: Config, scraper: Scraper, clock: Callable[[], float] = time.time,
-                 notifier: AlertmanagerClient | None = None) -> None:
+    def __init__(self, config: Config, scraper: Scraper | None, clock: Callable[[], float] = time.time,
+                 notifier: AlertmanagerClient | None = None, reader: PrometheusReader | None = None) -> None:
+        """``scraper`` scrapes the targets; with ``source: prometheus``, ``reader`` reads the fleet instead."""
+        assert (scraper is None) != (reader is None), "a pipeline reads the fleet one way"
         self.config = config
         self.notifier = notifier
         self.scraper = scraper
+        self.reader = reader
+        self._history_read = reader is None  # the Prometheus-backed history is read once, when it answers
         self.clock = clock
         self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
                                  slack=config.interval / 2)
@@ -85,8 +91,30 @@ class Pipeline:
             self.state_errors["write"] = self.state_errors.get("write", 0) + 1
             log.error("cannot write the state file in %s: %s", self.config.state_dir, e.strerror or e)
 
+    @property
+    def stats(self) -> ScrapeStats:
+        source = self.reader or self.scraper
+        assert source is not None
+        return source.stats
+
+    def read_history(self, now: float) -> None:
+        """source: prometheus: the history is Prometheus's own, read back once (then extended each cycle)."""
+        assert self.reader is not None
+        try:
+            history = self.reader.history(now)
+        except PrometheusError as e:
+            log.error("cannot read the history from prometheus %s (%s: %s); the resize verdicts use the plan's peak "
+                      "until it answers", self.reader.name, e.reason, str(e).splitlines()[0] if str(e) else e.reason)
+            return
+        for name, points in history.items():
+            self.history[name] = deque(points)
+        self._history_read = True
+
     def history_note(self) -> dict[str, object]:
         """What the report says about the history behind the observed peak and scale-down."""
+        if self.reader is not None:
+            return {"persisted": True, "source": "prometheus", "read": self._history_read,
+                    "since": min((h[0].timestamp for h in self.history.values() if h), default=None)}
         if self.config.state_dir is None:
             return {"persisted": False, "since": self.started_at,
                     "note": "no state_dir: the history is in memory only and started empty when fleetwatch "
@@ -95,6 +123,8 @@ class Pipeline:
                                                  default=self.started_at), "state_dir": self.config.state_dir}
 
     def ingest(self, samples: list[InstanceSample]) -> None:
+        if self.scraper is not None and self.scraper.discoverer is not None:  # this scrape's targets
+            self.store.set_instances({n: [t.name for t in tier.targets] for n, tier in self.scraper.config.tiers.items()})
         for s in samples:
             prev = self._last.get((s.tier, s.instance))
             if s.engine is not None:
@@ -102,16 +132,26 @@ class Pipeline:
                     n = max((count_resets([prev.engine.counters[k], v]) for k, v in s.engine.counters.items()
                              if k in prev.engine.counters), default=0)
                     if n:
-                        self.scraper.stats.reset_seen(s.tier, s.instance, n)
+                        self.stats.reset_seen(s.tier, s.instance, n)
                         log.info("counter reset on tier=%s instance=%s (engine restarted?)", s.tier, s.instance)
                 self._last[(s.tier, s.instance)] = s
             self.store.add(s)
 
     def evaluate(self, now: float) -> Report:
         self.store.trim(now)
-        windows = {name: self.store.view(name, now) for name in self.config.tiers}
-        report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now, self.config.window,
-                          history_note=self.history_note())
+        return self._evaluate(now, {name: self.store.view(name, now) for name in self.config.tiers})
+
+    def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
+        assert self.reader is not None
+        if not self._history_read:
+            self.read_history(now)
+        views, rows = self.reader.read(now, window)
+        return self._evaluate(now, views, rows, window)
+
+    def _evaluate(self, now: float, windows: Mapping[str, TierView],
+                  rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
+        report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now,
+                          window or self.config.window, history_note=self.history_note(), rows=rows)
         for name, t in report.tiers.items():
             if t.error is not None:
                 self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
@@ -126,10 +166,14 @@ class Pipeline:
 
     def cycle(self) -> Report:
         t0 = time.monotonic()
-        samples = self.scraper.scrape()
-        self.ingest(samples)
-        now = samples[0].timestamp if samples else self.clock()
-        report = self.evaluate(now)
+        if self.reader is not None:
+            report = self.evaluate_prometheus(self.clock())
+        else:
+            assert self.scraper is not None
+            samples = self.scraper.scrape()
+            self.ingest(samples)
+            now = samples[0].timestamp if samples else self.clock()
+            report = self.evaluate(now)
         self.cycles += 1
         if self.notifier is not None:
             try:
@@ -146,7 +190,7 @@ class Pipeline:
     def publish(self, report: Report | None, seconds: float | None) -> None:
         prev = self.snapshot.get()
         self.snapshot.publish(Published(
-            report if report is not None else prev.report, self.scraper.stats.copy(), self.cycles,
+            report if report is not None else prev.report, self.stats.copy(), self.cycles,
             seconds if seconds is not None else prev.cycle_seconds, self.overruns,
             self.notifier.stats() if self.notifier else None, failures=self.failures,
             evaluation_errors=dict(self.evaluation_errors), state_errors=dict(self.state_errors),
@@ -267,7 +311,9 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     from apscheduler.events import EVENT_JOB_MAX_INSTANCES
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
+    reader = PrometheusReader(config) if config.prometheus is not None and scraper is None else None
+    if reader is None:
+        scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
     notifier = None
     if config.alertmanagers and config.mode == "sidecar":
         log.warning("alertmanagers: not used in sidecar mode; Prometheus sends the generated rules' alerts")
@@ -275,14 +321,15 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
         notifier = AlertmanagerClient(config.alertmanagers, interval=config.interval, verify=verify,
                                       timeout=min(5.0, config.interval / 2))
-    pipeline = Pipeline(config, scraper, notifier=notifier)
+    pipeline = Pipeline(config, scraper, notifier=notifier, reader=reader)
     registry = make_registry(config, pipeline.snapshot)
     server = Server(config.listen_host, config.listen_port, registry, pipeline.healthy)
     pipeline.http_rejected = lambda: server.rejected
     server.start()
-    log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %d targets)",
+    log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %s)",
              config.listen_host, server.port, config.interval, config.window, len(config.tiers),
-             sum(len(t.targets) for t in config.tiers.values()))
+             f"reading the fleet from prometheus {reader.name}" if reader is not None
+             else f"{sum(len(t.targets) for t in config.tiers.values())} targets")
     if config.mode == "sidecar":
         ((tier, tc),) = config.tiers.items()
         t = tc.targets[0]
@@ -319,7 +366,7 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     scheduler.shutdown(wait=True)  # lets a running cycle finish; it is bounded by scrape_timeout
     pipeline.save_state(force=True)
     server.stop()
-    scraper.close()
+    (reader or scraper).close()  # type: ignore[union-attr]
     if notifier is not None:
         notifier.close()
     log.info("stopped")

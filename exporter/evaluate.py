@@ -14,7 +14,7 @@ from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
-from .window import Quantity, TierWindow
+from .window import Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
 STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
@@ -23,7 +23,7 @@ ONE_DAY = 86400.0
 FULL_WINDOW_SHARE = 0.9  # a rate over less of the window (just after start) is too noisy to call a peak
 
 
-def peak_sample(tw: TierWindow, rps: float | None, window_seconds: float) -> float | None:
+def peak_sample(tw: TierView, rps: float | None, window_seconds: float) -> float | None:
     """The window's RPS if it may count toward the observed peak: only over a full window."""
     return rps if tw.span() >= FULL_WINDOW_SHARE * window_seconds else None
 
@@ -213,7 +213,7 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
 # ------------------------------------------------------------------ workload
 
 
-def workload(tw: TierWindow) -> dict[str, object]:
+def workload(tw: TierView) -> dict[str, object]:
     out: dict[str, object] = {}
     for name, key in (("input_tokens", "prompt_tokens_per_request"), ("output_tokens", "generation_tokens_per_request")):
         block: dict[str, object] = {}
@@ -230,16 +230,16 @@ def workload(tw: TierWindow) -> dict[str, object]:
 # ------------------------------------------------------------------ the tier
 
 
-def _ttft_rising(tw: TierWindow) -> bool:
+def _ttft_rising(tw: TierView) -> bool:
     """TTFT P99 of the window's second half more than 20% above its first half."""
-    if sum(len(ss) for ss in tw.samples.values()) < 4:
+    if tw.scrapes() < 4:
         return False
     first, second = tw.halves()
     a, b = first.quantile("ttft_seconds", 0.99).value, second.quantile("ttft_seconds", 0.99).value
     return a is not None and b is not None and b > 1.2 * a
 
 
-def _usable(q: Quantity, tw: TierWindow, inputs: Sequence[str]) -> Quantity:
+def _usable(q: Quantity, tw: TierView, inputs: Sequence[str]) -> Quantity:
     """A row's value as computed, unless an input was unusable in the window or the value is."""
     for key in inputs:
         bad = tw.invalid(key)
@@ -252,10 +252,17 @@ def _usable(q: Quantity, tw: TierWindow, inputs: Sequence[str]) -> Quantity:
     return q
 
 
-def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoint], now: float,
-                  window_seconds: float = 0.0, max_gap: float = math.inf) -> TierReport:
+def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint], now: float,
+                  window_seconds: float = 0.0, max_gap: float = math.inf,
+                  rows: Mapping[str, Quantity] | None = None) -> TierReport:
+    """``rows``: the rows' values where they were computed elsewhere (by Prometheus, from the catalogue's
+    PromQL); otherwise ``tw`` must be a TierWindow and each row's Python computation runs over it."""
     plan = tier.plan
-    values = {row.key: _usable(row.compute(tw, plan), tw, row.inputs) for row in ROWS}
+    if rows is None:
+        assert isinstance(tw, TierWindow), "a view that is not a TierWindow comes with its rows computed"
+        window = tw
+        rows = {row.key: row.compute(window, plan) for row in ROWS}
+    values = {row.key: _usable(rows[row.key], tw, row.inputs) for row in ROWS}
     bands: dict[str, Band | None] = {}
     statuses: dict[str, Status] = {}
     ctx = Context(plan, values, statuses, _ttft_rising(tw))
@@ -306,7 +313,7 @@ def evaluate_tier(tier: TierConfig, tw: TierWindow, history: Sequence[HistoryPoi
     )
 
 
-def failed_tier(tier: TierConfig, tw: TierWindow, error: str) -> TierReport:
+def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
     """What a tier reports when its evaluation raised: every row unknown, the error said once."""
     reason = f"evaluation of this tier failed: {error}"
     metrics = {row.key: MetricValue(row.key, None, row.unit, Status.UNKNOWN, None, None, 0, None, reason)
@@ -318,18 +325,46 @@ def failed_tier(tier: TierConfig, tw: TierWindow, error: str) -> TierReport:
         workload={}, findings=(), guardrails={}, error=error)
 
 
+MAX_HISTORY_POINTS = 10_000  # per tier and range query; Prometheus refuses more than 11,000
+
+
+def history_step(config: Config) -> float:
+    """The resolution of the history read back from Prometheus (source: prometheus)."""
+    return max(config.interval, math.ceil(config.history / MAX_HISTORY_POINTS))
+
+
 def history_gap(config: Config) -> float:
     """The longest pause between cycles that still counts as observing without a break."""
-    return max(3 * config.interval, 60.0)
+    gap = max(3 * config.interval, 60.0)
+    return gap if config.prometheus is None else max(gap, 2 * history_step(config))
 
 
-def evaluate(config: Config, windows: Mapping[str, TierWindow], history: Mapping[str, Sequence[HistoryPoint]],
-             now: float, window_seconds: float, history_note: Mapping[str, object] | None = None) -> Report:
+def replay_history(plan: Plan, points: Sequence[tuple[float, float | None]]) -> list[HistoryPoint]:
+    """History points from past arrival rates (oldest first), with the count that each cycle would have
+    recommended then: the running observed peak, floored by the plan's peak until a day is covered."""
+    out: list[HistoryPoint] = []
+    peak: float | None = None
+    first = points[0][0] if points else 0.0
+    for t, rps in points:
+        if rps is not None and math.isfinite(rps):
+            peak = rps if peak is None else max(peak, rps)
+        else:
+            rps = None
+        basis = peak if (peak is not None and t - first >= ONE_DAY) else max(peak or 0.0, plan.peak_rps)
+        out.append(HistoryPoint(t, rps, recommended_instances(basis, plan.benchmark.usable_rps_per_instance,
+                                                               plan.safety_factor)))
+    return out
+
+
+def evaluate(config: Config, windows: Mapping[str, TierView], history: Mapping[str, Sequence[HistoryPoint]],
+             now: float, window_seconds: float, history_note: Mapping[str, object] | None = None,
+             rows: Mapping[str, Mapping[str, Quantity]] | None = None) -> Report:
     tiers: dict[str, TierReport] = {}
     for name, t in config.tiers.items():
         hist = history.get(name, ())
         try:
-            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config))
+            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config),
+                               None if rows is None else rows[name])
         except Exception as e:  # noqa: BLE001 - one tier's bug must never take the others down
             tr = failed_tier(t, windows[name], f"{type(e).__name__}: {str(e)[:200]}")
         oldest = min((h.timestamp for h in hist), default=now)

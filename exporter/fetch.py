@@ -14,9 +14,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import requests
 import urllib3.exceptions as u3
@@ -217,19 +217,25 @@ def fetch_text(
     max_bytes: int,
     verify: bool | str = True,
     bearer_token_file: str | None = None,
+    form: Mapping[str, str] | None = None,
+    accept: str = "text/plain;version=0.0.4",
 ) -> str:
-    """GET ``url`` and return its body as text, or raise FetchError.
+    """GET ``url`` (POST ``form``, URL-encoded, when given) and return its body as text, or raise FetchError.
 
     ``timeout`` bounds the whole fetch (connect, headers and every byte of the body) when
     ``session`` comes from ``new_session``; with another session it bounds each read.
     """
-    headers = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"}
+    headers = {"Accept": accept, "Accept-Encoding": "gzip"}
     token = read_token(bearer_token_file)
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    payload = None
+    if form is not None:
+        payload = urlencode(form).encode("ascii")
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
     with deadline(timeout) as f:
         try:
-            body = _get(session, url, headers, timeout, max_bytes, verify)
+            body = _get(session, url, headers, timeout, max_bytes, verify, payload)
         except FetchError:
             if f.expired:
                 raise FetchError("timeout", f"not complete within {timeout:g}s") from None
@@ -243,7 +249,7 @@ def fetch_text(
 
 
 def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: float, max_bytes: int,
-         verify: bool | str) -> bytes:
+         verify: bool | str, payload: bytes | None = None) -> bytes:
     """One GET on the session's urllib3 pool for the URL, without requests' per-request machinery
     (preparing, merging settings, hooks, cookies), which cost more CPU than parsing the body."""
     parsed = parse_url(url)
@@ -257,12 +263,15 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
     assert isinstance(adapter, HTTPAdapter)
     try:
         pool = adapter.poolmanager.connection_from_host(parsed.host, parsed.port, parsed.scheme, pool_kwargs=tls)
-        resp = pool.urlopen("GET", parsed.request_uri, headers=headers, retries=False, redirect=False,
+        resp = pool.urlopen("GET" if payload is None else "POST", parsed.request_uri, body=payload, headers=headers,
+                            retries=False, redirect=False,
                             timeout=Timeout(connect=timeout, read=timeout), preload_content=False,
                             assert_same_host=False)
         try:
             if resp.status != 200:
-                raise FetchError("http_status", f"HTTP {resp.status}")
+                # the start of the body says why (a Prometheus API error, a proxy's page), on one line
+                said = " ".join(resp.read(300, decode_content=True).decode("utf-8", "replace").split())
+                raise FetchError("http_status", f"HTTP {resp.status}" + (f": {said[:200]}" if said else ""))
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError("too_large", f"body of {int(declared)} bytes exceeds the {max_bytes} byte cap")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .model import LengthProfile, Plan
 from .model import Finding, Status
-from .window import Quantity, TierWindow
+from .window import Quantity, TierView
 
 INPUT_RANGE = (2.0, 3.0)  # x observed P95 input tokens
 OUTPUT_RANGE = (1.5, 2.5)  # x observed P99 output tokens
@@ -33,7 +33,7 @@ def _range(base: float | None, lo: float, hi: float, rounding: Any, basis: str, 
             "basis": basis}
 
 
-def recommendations(tw: TierWindow, plan: Plan) -> dict[str, dict[str, Any]]:
+def recommendations(tw: TierView, plan: Plan) -> dict[str, dict[str, Any]]:
     p95_in = tw.quantile("prompt_tokens_per_request", 0.95)
     p99_out = tw.quantile("generation_tokens_per_request", 0.99)
     limit = plan.slo.ttft_p99 * plan.peak_rps
@@ -68,7 +68,7 @@ def _drift(kind: str, what: str, q: float, observed: Quantity, planned: float | 
                    f"Step 1 profile; return to Step 1 and re-characterize it before it breaches the SLO.")
 
 
-def drift_findings(tw: TierWindow, plan: Plan) -> list[Finding]:
+def drift_findings(tw: TierView, plan: Plan) -> list[Finding]:
     """Length percentiles against the plan's ``workload:`` block; nothing when either is unknown."""
     wl = plan.workload
     if wl is None:
@@ -89,7 +89,7 @@ def drift_findings(tw: TierWindow, plan: Plan) -> list[Finding]:
     return out
 
 
-def runaway_finding(tw: TierWindow) -> Finding | None:
+def runaway_finding(tw: TierView) -> Finding | None:
     """Requests stopped by max_tokens (finished_reason="length") as a share of those finished."""
     length = tw.increase("requests_finished_reason:length")
     total = sum(v or 0.0 for v in (tw.increase(k) for k in tw.counter_keys("requests_finished_reason:")))

@@ -12,7 +12,7 @@ from collections import Counter
 
 from .model import Plan
 from .model import Finding, Status
-from .window import TierWindow
+from .window import TierView
 
 OUTLIER_FACTOR = 1.3  # instance P99 over the tier's median P99
 # per instance and half-window: a P99 from fewer requests jumps between histogram buckets
@@ -21,7 +21,7 @@ MIN_INSTANCES = 3  # a median of two says nothing about which one is odd
 _LABELS = {"ttft_seconds": "TTFT", "itl_seconds": "ITL"}
 
 
-def mixed_models(tw: TierWindow) -> Finding | None:
+def mixed_models(tw: TierView) -> Finding | None:
     per_instance = tw.gpu_models()
     counts = Counter(m for models in per_instance.values() for m in models)
     if len(counts) < 2:
@@ -36,12 +36,12 @@ def mixed_models(tw: TierWindow) -> Finding | None:
                    odd[0] if len(odd) == 1 else None)
 
 
-def _p99(tw: TierWindow, key: str, instances: list[str]) -> tuple[float | None, int]:
+def _p99(tw: TierView, key: str, instances: list[str]) -> tuple[float | None, int]:
     q = tw.quantile(key, 0.99, instances)
     return q.value, q.samples
 
 
-def _outliers(tw: TierWindow, halves: tuple[TierWindow, TierWindow], key: str, up: list[str]) -> dict[str, str]:
+def _outliers(tw: TierView, halves: tuple[TierView, TierView], key: str, up: list[str]) -> dict[str, str]:
     """instance -> how it drags the tier's P99 of ``key``, for instances above the median in both halves.
 
     Each instance's P99 is computed once per window and half (n quantiles, not n squared)."""
@@ -73,7 +73,7 @@ def _outliers(tw: TierWindow, halves: tuple[TierWindow, TierWindow], key: str, u
     return out
 
 
-def latency_outliers(tw: TierWindow) -> list[Finding]:
+def latency_outliers(tw: TierView) -> list[Finding]:
     """One finding per instance whose TTFT or ITL P99 stays far above the tier's median."""
     up = list(tw.up())
     if len(up) < MIN_INSTANCES:
@@ -91,7 +91,7 @@ def latency_outliers(tw: TierWindow) -> list[Finding]:
     return out
 
 
-def fp8_on_a100(tw: TierWindow, plan: Plan) -> Finding | None:
+def fp8_on_a100(tw: TierView, plan: Plan) -> Finding | None:
     weights = (plan.precision.weights if plan.precision else None) or ""
     if not weights.lower().startswith("fp8"):
         return None

@@ -125,6 +125,11 @@ def bucket_rate(canonical: str, selector: str = "") -> str:
     return _either("rate({m}[{w}])", canonical, "_bucket", selector)
 
 
+def count_increase(canonical: str, selector: str = "") -> str:
+    """Observations of a histogram in the window: the increase of its ``_count``."""
+    return _either("increase({m}[{w}])", canonical, "_count", selector)
+
+
 def instant(canonical: str, selector: str = "") -> str:
     parts = [n + selector for n in INPUTS[canonical].all_names()]
     return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"

@@ -367,11 +367,51 @@ class BandOverride:
 
 
 @dataclass(frozen=True)
+class DnsDiscovery:
+    """``tiers.<name>.discover.dns``: the tier's instances are the records of a (headless Service's) name."""
+
+    name: str
+    type: str = "A"  # "A" (A and AAAA: every address, at ``port``) | "SRV" (host and port from each record)
+    port: int | None = None  # required with A
+    nameserver: str | None = None  # host[:port]; default: the system's resolver
+
+
+@dataclass(frozen=True)
+class KubernetesDiscovery:
+    """``discovery.kubernetes``: the instances are the endpoints of a Service's EndpointSlices, each pod's
+    ``tier_label`` naming its tier. In the cluster, the API and credentials come from the service account."""
+
+    namespace: str
+    service: str
+    tier_label: str
+    port: str  # the EndpointSlice port's name, or its number
+    api: str | None = None  # default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+    token_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    # the node-wide dcgm-exporter's Service: each instance reads its node's, its GPUs selected by pod
+    dcgm_namespace: str | None = None
+    dcgm_service: str | None = None
+    dcgm_port: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointTemplate:
+    """How a discovered address becomes a target: engine, URL path and scheme, credentials."""
+
+    engine: str = "vllm"
+    path: str = "/metrics"
+    scheme: str = "http"
+    bearer_token_file: str | None = None
+
+
+@dataclass(frozen=True)
 class TierConfig:
     name: str
     plan: Plan
     targets: tuple[Target, ...]
     bands: Mapping[str, BandOverride] = field(default_factory=dict)
+    discover: DnsDiscovery | None = None  # set: ``targets`` are what the last lookup found
+    endpoint: EndpointTemplate = EndpointTemplate()
 
 
 @dataclass(frozen=True)
@@ -385,6 +425,16 @@ class SidecarSettings:
     nvml: bool | None = None
     bearer_token_file: str | None = None
     dcgm_bearer_token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PrometheusSource:
+    """``source: {prometheus: ...}``: read the fleet from a Prometheus-compatible HTTP API (Prometheus,
+    Thanos, Mimir) instead of scraping it. TLS follows the config's tls_verify and ca_file."""
+
+    url: str  # the API's base, e.g. http://prometheus:9090 (Mimir: .../prometheus)
+    bearer_token_file: str | None = None
+    instance_label: str = "instance"  # the label that tells a tier's instances apart (Kubernetes: pod)
 
 
 @dataclass(frozen=True)
@@ -405,6 +455,13 @@ class Config:
     # instance (serve --tier) and the fleet verdicts come from the generated rules in Prometheus
     mode: str = "fleet"
     sidecar: SidecarSettings = SidecarSettings()
+    prometheus: PrometheusSource | None = None  # set: the fleet is read from this API, not scraped
+    kubernetes: KubernetesDiscovery | None = None  # set: the tiers' targets come from EndpointSlices
+    kubernetes_endpoint: EndpointTemplate = EndpointTemplate()
+
+    @property
+    def discovers(self) -> bool:
+        return self.kubernetes is not None or any(t.discover is not None for t in self.tiers.values())
 
     @property
     def listen_host(self) -> str:

@@ -90,13 +90,20 @@ class Scraper:
         self._cycle = 0
         self._failures: dict[tuple[str, str], int] = {}  # consecutive failed cycles per target
         self._next_try: dict[tuple[str, str], int] = {}  # the cycle a failing target is tried again
-        n = sum(len(t.targets) for t in config.tiers.values())
+        n = 32 if config.discovers else sum(len(t.targets) for t in config.tiers.values())
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(64, 2 * n)), thread_name_prefix="scrape")
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
+        self.discoverer = None
+        if config.discovers:
+            from .discovery import SOURCE, Discoverer
+
+            self.discoverer = Discoverer(config, lambda tier, what, reason: self.stats.error(tier, what, SOURCE, reason))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.session.close()
+        if self.discoverer is not None:
+            self.discoverer.close()
 
     def _get(self, url: str, token_file: str | None, deadline: float) -> str:
         # every fetch ends by the cycle's deadline, also one that waited in the pool's queue
@@ -147,9 +154,11 @@ class Scraper:
 
     def scrape(self) -> list[InstanceSample]:
         """Scrape every target once. Returns within about scrape_timeout, whatever the targets do."""
-        now = self.clock()
         started = time.monotonic()
         deadline = started + self.config.scrape_timeout
+        if self.discoverer is not None:  # the targets of this cycle: as the lookups find them now
+            self.config = self.discoverer.refresh()
+        now = self.clock()
         engine_futs: dict[tuple[str, str], Future[EngineSample | None]] = {}
         dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError]] = {}
         self._cycle += 1

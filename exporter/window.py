@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from .model import EngineSample, GpuReading, Histogram, InstanceSample
 
@@ -131,6 +131,26 @@ def evidence(x: float | None) -> int:
     return int(round(x)) if x is not None and math.isfinite(x) else 0
 
 
+class TierView(Protocol):
+    """What evaluation reads of a tier besides its rows: a TierWindow of scraped samples, or the
+    Prometheus-backed view (exporter/promview.py) that asks a Prometheus the same questions."""
+
+    @property
+    def tier(self) -> str: ...
+    @property
+    def instances(self) -> tuple[str, ...]: ...
+    def up(self) -> tuple[str, ...]: ...
+    def down(self) -> tuple[str, ...]: ...
+    def halves(self) -> tuple["TierView", "TierView"]: ...
+    def gpu_models(self) -> dict[str, set[str]]: ...
+    def span(self) -> float: ...
+    def scrapes(self) -> int: ...
+    def increase(self, key: str) -> float | None: ...
+    def invalid(self, key: str) -> tuple[str, ...]: ...
+    def counter_keys(self, prefix: str) -> set[str]: ...
+    def quantile(self, key: str, q: float, instances: Iterable[str] | None = None) -> Quantity: ...
+
+
 _TIER_SUM = "\x00tier"  # the memo key of the tier's summed histogram: no instance is named so
 
 
@@ -173,6 +193,10 @@ class TierWindow:
             if models:
                 out[inst] = models
         return out
+
+    def scrapes(self) -> int:
+        """Samples in the window, over all instances."""
+        return sum(len(ss) for ss in self.samples.values())
 
     def span(self) -> float:
         """Seconds between the oldest and the newest sample of the tier."""
@@ -321,6 +345,13 @@ class WindowStore:
 
     def add(self, sample: InstanceSample) -> None:
         self._samples[(sample.tier, sample.instance)].append(sample)
+
+    def set_instances(self, tiers: Mapping[str, Sequence[str]]) -> None:
+        """Discovery changed the targets: an instance that left is forgotten, one that came starts empty."""
+        self._tiers = {t: tuple(insts) for t, insts in tiers.items()}
+        keep = {(t, i) for t, insts in self._tiers.items() for i in insts}
+        for key in [k for k in self._samples if k not in keep]:
+            del self._samples[key]
 
     def oldest(self, now: float, window: float | None = None) -> float:
         """The earliest timestamp a reading may have to be in the window ending at ``now``."""

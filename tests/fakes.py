@@ -87,6 +87,47 @@ class FakeTarget:
         self.httpd.server_close()
 
 
+class ReplayFleet:
+    """Many healthy engines on one port: ``/t/<i>/metrics`` serves ``bodies`` in order, one per
+    request to that path, then repeats the last. HTTP/1.1 keep-alive, as vLLM's server."""
+
+    def __init__(self, bodies: Sequence[str]) -> None:
+        self.bodies = [b.encode() for b in bodies]
+        self.requests: dict[str, int] = {}
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                with lock:
+                    n = outer.requests.get(self.path, 0)
+                    outer.requests[self.path] = n + 1
+                data = outer.bodies[min(n, len(outer.bodies) - 1)]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 1024
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/t/{i}/metrics"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 _DRIP_BODY = b'vllm:num_requests_running{engine="0",model_name="m"} 1.0\n' * 4
 
 

@@ -156,9 +156,10 @@ def _start_serve(cfg_path: str) -> tuple["subprocess.Popen[str]", str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _at_cycle(proc: "subprocess.Popen[str]", url: str, n: int, threads: list[int]) -> dict[str, float]:
-    """/metrics as it reads once cycle ``n`` has been published (polling a real process)."""
-    deadline = time.monotonic() + n * INTERVAL + 30
+def _at_cycle(proc: "subprocess.Popen[str]", url: str, n: int, threads: list[int],
+              interval: float = INTERVAL) -> dict[str, float]:
+    """/metrics as it reads once cycle ``n`` has been published (polling a real process, 20 times a cycle)."""
+    deadline = time.monotonic() + n * interval + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         try:
@@ -171,7 +172,7 @@ def _at_cycle(proc: "subprocess.Popen[str]", url: str, n: int, threads: list[int
         if cycles == n:
             return m
         assert cycles < n, f"missed cycle {n} (at {cycles})"
-        time.sleep(0.1)  # polling an external process between its cycles, not simulating time
+        time.sleep(interval / 20)  # polling an external process between its cycles, not simulating time
     raise AssertionError(f"cycle {n} never came")
 
 

@@ -171,3 +171,5 @@ def test_the_base_plans_are_the_examples_plans() -> None:
     base = load_config(str(KUBE / "base" / "fleet.yaml"))
     example = load_config(str(ROOT / "examples" / "fleet.yaml"))
     assert {n: t.plan for n, t in base.tiers.items()} == {n: t.plan for n, t in example.tiers.items()}
+    backed = load_config(str(ROOT / "examples" / "fleet-prometheus.yaml"))
+    assert {n: t.plan for n, t in backed.tiers.items()} == {n: t.plan for n, t in example.tiers.items()}
