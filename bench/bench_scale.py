@@ -10,7 +10,9 @@ Run: python bench/bench_scale.py [--fixtures ../shared/fixtures] [--sizes 10 100
 - cycle: one scrape + evaluate cycle of `serve`'s pipeline over N vLLM targets and one node-wide
   dcgm-exporter per 8 of them, served by a replay server in another process (its CPU is not
   counted), in a fresh process per size: CPU and wall time, the CPU of merely parsing the same
-  payloads with prometheus_client, peak RSS and RSS per target, and /metrics render time.
+  payloads with prometheus_client, peak RSS and RSS per target, and /metrics render time;
+- check: `fleetwatch check` over 300 targets in a fresh process, all of its CPU (startup, imports,
+  HTTP, two scrapes, evaluation) against prometheus_client parsing the same payloads.
 """
 from __future__ import annotations
 
@@ -154,10 +156,47 @@ def one_size(n: int, port: int, fixtures: Path) -> dict[str, float]:
             "peak_kb": peak, "rss_per_target_kb": (after - before) / n}
 
 
+def check_cost(n: int, port: int, fixtures: Path) -> dict[str, float]:
+    """`fleetwatch check` over n targets as a user runs it (a fresh process: startup, imports, HTTP,
+    two scrapes a second apart, evaluation, the table), its CPU against prometheus_client parsing the
+    same payloads (each target's body twice, each dcgm-exporter's twice) in this process."""
+    import tempfile
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    targets = [{"name": f"i{i}", "vllm": f"http://127.0.0.1:{port}/vllm/{i}/metrics",
+                "dcgm": f"http://127.0.0.1:{port}/dcgm/{i // 8}/metrics"} for i in range(n)]
+    plan = {"gpus_per_instance": 2, "instances": n, "gpu_hour_cost_usd": 4.1, "peak_rps": 6.0 * n,
+            "safety_factor": 0.2, "slo": {"ttft_p99": "2s", "itl_p99": "50ms"},
+            "benchmark": {"usable_rps_per_instance": 8, "ttft_p99": "1.2s", "itl_p99": "35ms", "gpu_utilization": 0.78}}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump({"scrape_timeout": "10s", "interval": "15s", "tiers": {"h100": {"plan": plan, "targets": targets}}},
+                       fh)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "exporter", "check", "-c", fh.name, "--window", "1s"], cwd=ROOT,
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.unlink(fh.name)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    text = (fixtures / "vllm/generated/vllm-0.33.0/snapshot-20.prom").read_text()
+    dcgm_text = (fixtures / "dcgm/dcgm_h100x8_k8s_aicr.prom").read_text()
+    c0 = time.process_time()
+    for _ in range(2 * n):
+        list(text_string_to_metric_families(text))
+    for _ in range(2 * ((n + 7) // 8)):
+        list(text_string_to_metric_families(dcgm_text))
+    return {"n": n, "cpu": cpu, "wall": wall, "baseline": time.process_time() - c0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", default=str(ROOT.parent / "shared" / "fixtures"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--check-targets", type=int, default=300, help="targets of the `check` row (0: none)")
     ap.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -184,6 +223,7 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--one", str(n), "--port", str(port), "--fixtures",
                                   str(fixtures)], capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        checked = check_cost(args.check_targets, port, fixtures) if args.check_targets else None
     finally:
         replay.terminate()
     print(f"\n{'cycle (vLLM 0.33 + DCGM)':<26} {'up':>5} {'CPU':>9} {'wall':>9} {'% of 15s':>9} "
@@ -195,6 +235,10 @@ def main() -> None:
     by = {int(r["n"]): r for r in results}
     if 100 in by and 1000 in by:
         print(f"\ncycle CPU at 1000 / at 100 targets: {by[1000]['cpu'] / by[100]['cpu']:.1f}x (goal: at most 11x)")
+    if checked:
+        print(f"\n`fleetwatch check` over {int(checked['n'])} targets (a fresh process, two scrapes): "
+              f"CPU {checked['cpu'] * 1e3:.0f}ms, wall {checked['wall']:.2f}s; prometheus_client parsing the same "
+              f"payloads {checked['baseline'] * 1e3:.0f}ms: {checked['cpu'] / checked['baseline']:.2f}x (goal: at most 0.25x)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -22,10 +22,11 @@ from .collector import Published, Snapshot, make_registry
 from .config import Config, redact_url
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
-from .promread import PrometheusReader
 from .scrape import Scraper, ScrapeStats
-from .sources.prometheus_api import PrometheusError
 from .window import Quantity, TierView, WindowStore, count_resets
+
+if TYPE_CHECKING:  # imported where used: commands that scrape never load the Prometheus-backed mode
+    from .promread import PrometheusReader
 from . import state
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Pipeline:
 
     def read_history(self, now: float) -> None:
         """source: prometheus: the history is Prometheus's own, read back once (then extended each cycle)."""
+        from .sources.prometheus_api import PrometheusError
+
         assert self.reader is not None
         try:
             history = self.reader.history(now)
@@ -311,7 +314,11 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     from apscheduler.events import EVENT_JOB_MAX_INSTANCES
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    reader = PrometheusReader(config) if config.prometheus is not None and scraper is None else None
+    reader = None
+    if config.prometheus is not None and scraper is None:
+        from .promread import PrometheusReader
+
+        reader = PrometheusReader(config)
     if reader is None:
         scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
     notifier = None

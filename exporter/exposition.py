@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Collection, Iterable, NamedTuple
+from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
 
 class ExpositionError(ValueError):
@@ -18,7 +18,7 @@ class ExpositionError(ValueError):
 
 class Sample(NamedTuple):
     name: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]  # read-only: samples whose label text is the same share one dict
     value: float
 
 
@@ -40,6 +40,15 @@ _VALID_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 _SIMPLE_SET = re.compile(r'(?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*")*,?)?\}')  # the usual case
 _SIMPLE_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
+# One sample line in the usual form, whole: name, labels up to the first "}", value, optional
+# timestamp, single spaces. A block whose every line is this, a comment or blank is parsed by one
+# C-level scan; each distinct label text is then checked once against _SIMPLE_SET (a "}" inside a
+# value, or an escape, fails that check and sends the block line by line).
+_FAST_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}\n]*\})? +([^ \n]+)(?: +-?[0-9]+)? *$', re.M)
+# label text -> its dict, shared by every sample (of every target) with the same text: a fleet's
+# instances repeat the same label sets scrape after scrape. Bounded: cleared when full.
+_LABEL_DICTS: dict[str, dict[str, str]] = {}
+_LABEL_DICTS_MAX = 1 << 16
 # the sample names a family's lines may carry besides its own (text format 0.0.4)
 _SUFFIXES = ("", "_bucket", "_sum", "_count", "_total", "_created", "_info")
 
@@ -67,14 +76,56 @@ def parse(text: str, prefixes: Iterable[str] | None = None, names: Collection[st
     chunks = text.split("\n# TYPE ")
     _lines(chunks[0], lambda: 1, pref, wanted, out)
     offset = len(chunks[0]) + 1  # where the next chunk's TYPE comment starts in text
+    shadowed = _shadowed(wanted)
     for chunk in chunks[1:]:
         head_end = chunk.find("\n")
-        family = chunk[:chunk.find(" ")]
-        if head_end != -1 and (family in families or not _only(chunk, head_end, family, wanted)):
-            # line numbers are counted only for an error message
-            _lines(chunk[head_end + 1:], functools.partial(_line_after_type, text, offset), pref, wanted, out)
+        blank = chunk.find(" ", 0, head_end)
+        family = chunk[:blank] if blank > 0 else ""  # a TYPE line without a name: read its lines, to reject them
+        if head_end != -1:
+            read = family in families or not family
+            if not read:
+                # skipped whole if every line after the TYPE line is the family's or a comment (the
+                # usual case, in three counts), or blank (then _only, which counts those too)
+                lines = chunk.count("\n", head_end) - chunk.endswith("\n")
+                read = family in shadowed or (
+                    lines != chunk.count("\n" + family, head_end) + chunk.count("\n#", head_end)
+                    and not _only(chunk, head_end, family, wanted))
+            if read:
+                body = chunk[head_end + 1:]
+                if not (family in families and _fast(body, wanted, out)):
+                    # line numbers are counted only for an error message
+                    _lines(body, functools.partial(_line_after_type, text, offset), pref, wanted, out)
         offset += len(chunk) + len("\n# TYPE ")
     return out
+
+
+def _fast(body: str, wanted: frozenset[str], out: list[Sample]) -> bool:
+    """Parse a block in one regex scan, if every line of it is a plain sample line, a comment or blank;
+    False (and nothing added) otherwise, for the line-by-line path to parse or reject it."""
+    found = _FAST_LINE.findall(body)
+    lines = body.count("\n") + (not body.endswith("\n"))
+    # comments and blank lines (two blank lines in a row count as one: the block then goes line by line)
+    others = body.count("\n#") + body.startswith("#") + body.count("\n\n") + body.startswith("\n")
+    if len(found) + others != lines:
+        return False
+    got: list[Sample] = []
+    append, new, dicts = got.append, tuple.__new__, _LABEL_DICTS  # tuple.__new__: Sample() is Python-level
+    try:
+        for name, label_text, value in found:
+            if name not in wanted:
+                continue
+            labels = dicts.get(label_text)
+            if labels is None:
+                if label_text and _SIMPLE_SET.fullmatch(label_text, 1) is None:
+                    return False
+                if len(dicts) >= _LABEL_DICTS_MAX:
+                    dicts.clear()
+                labels = dicts[label_text] = dict(_SIMPLE_PAIR.findall(label_text))
+            append(new(Sample, (name, labels, float(value))))
+    except ValueError:
+        return False  # a bad number: the line-by-line path names the line
+    out.extend(got)
+    return True
 
 
 def _line_after_type(text: str, offset: int) -> int:
@@ -87,10 +138,15 @@ def _families(wanted: frozenset[str]) -> frozenset[str]:
     return frozenset(n[:len(n) - len(s)] for n in wanted for s in _SUFFIXES if s and n.endswith(s)) | wanted
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=64)
+def _shadowed(wanted: frozenset[str]) -> frozenset[str]:
+    """The family names that a wanted name begins with without being one of their sample names: a
+    block of such a family may hold wanted lines that a count by family name cannot tell apart."""
+    return frozenset(w[:k] for w in wanted for k in range(1, len(w)) if w[k:] not in _SUFFIXES)
+
+
 def _shadows(family: str, wanted: frozenset[str]) -> bool:
-    """Whether a wanted name begins with ``family`` without being one of its own sample names."""
-    return any(w.startswith(family) and w[len(family):] not in _SUFFIXES for w in wanted)
+    return family in _shadowed(wanted)
 
 
 def _only(chunk: str, head_end: int, family: str, wanted: frozenset[str]) -> bool:

@@ -61,12 +61,21 @@ def test_a_family_out_of_place_is_still_found() -> None:
     # and a wanted family whose name extends the skipped one's
     text = "# TYPE a gauge\na 1\na_b_c 7\n"
     assert ours(text, frozenset({"a_b_c"})) == [("a_b_c", (), "7.0")]
+    # indented, after a blank line, or under a TYPE line that names nothing: still found
+    for text in ("# TYPE x gauge\nx 1\n  wanted_total 5\n", "# TYPE x gauge\nx 1\n\nwanted_total 5\n",
+                 "# TYPE  gauge\nwanted_total 5\n"):
+        assert ours(text, frozenset({"wanted_total"})) == [("wanted_total", (), "5.0")], repr(text)
 
 
 def test_errors_name_the_line_of_the_whole_body() -> None:
     text = "# HELP a x\n# TYPE a counter\na_total 1\n# TYPE b gauge\nb 1\nb{x=\"1\" 2\n"
     for names in (None, frozenset({"b"})):
         with pytest.raises(exposition.ExpositionError, match="^line 6: malformed labels"):
+            exposition.parse(text, None, names)
+    # a well-formed line with a bad number, in a family read by the one-scan path: the same error
+    text = "# TYPE b gauge\nb{x=\"1\"} 1\nb{x=\"2\"} one\n"
+    for names in (None, frozenset({"b"})):
+        with pytest.raises(exposition.ExpositionError, match="^line 3: bad number"):
             exposition.parse(text, None, names)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Mapping
 
 from .. import exposition
 from ..model import GpuSelector
@@ -28,7 +28,7 @@ _FIELDS = {
 }
 
 
-def _label(labels: dict[str, str], *names: str) -> str | None:
+def _label(labels: Mapping[str, str], *names: str) -> str | None:
     for n in names:
         v = labels.get(n)
         if v:
