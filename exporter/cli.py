@@ -33,7 +33,11 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. The demo's scenarios (and the simulator they import) are loaded only when ``argv``
+    names the demo: every other command starts without them."""
+    argv = sys.argv[1:] if argv is None else argv
+    scenarios = _scenarios() if "demo" in argv else {}
     p = argparse.ArgumentParser(prog="fleetwatch", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default=os.environ.get("FLEETWATCH_LOG_LEVEL", "info"),
@@ -84,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "over a 30s window, and print each report. The plan comes from the "
                                    "simulator's own concurrency sweep, shipped with the package.",
                        epilog="scenarios:\n" + "\n".join(f"  {n:<18} {s.what_happens}; catches {s.must_catch}"
-                                                         for n, s in _scenarios().items()),
+                                                         for n, s in scenarios.items()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--scenario", default="healthy", choices=list(_scenarios()), help="what goes wrong (default: healthy)")
+    d.add_argument("--scenario", default="healthy", choices=list(scenarios) or None,
+                   help="what goes wrong (default: healthy)")
     d.add_argument("--duration", type=_duration, default=None,
                    help="stop after this long, e.g. 60s or 5m (default: run until Ctrl-C)")
     d.add_argument("--format", choices=["table", "json"], default="table",
@@ -197,7 +202,7 @@ def _scenarios() -> "dict[str, Scenario]":
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":

@@ -86,11 +86,15 @@ class _Watchdog:
 
     def watch(self, f: _Fetch) -> None:
         with self._cond:
+            # the thread sleeps until the earliest deadline: wake it only when this one comes sooner
+            # (a cycle's fetches share one deadline: one wake-up per cycle, not one per fetch)
+            sooner = not self._heap or f.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (f.deadline, next(self._seq), f))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if sooner:
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
@@ -148,6 +152,10 @@ class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _DeadlineHTTPSConnection
 
 
+HOST_POOLS = 4096  # hosts whose idle connections are kept between cycles
+CONNECTIONS_PER_HOST = 64  # the scrape pool's size at most: targets that share a host (paths, ports) keep theirs
+
+
 class DeadlineAdapter(HTTPAdapter):
     """requests' adapter with connections the watchdog can cut; keep-alive is kept."""
 
@@ -160,7 +168,9 @@ def new_session() -> requests.Session:
     """A session for scraping: deadline-aware connections, no proxies or netrc from the environment."""
     s = requests.Session()
     s.trust_env = False  # in-cluster scrapes never go through an HTTP(S)_PROXY
-    adapter = DeadlineAdapter()
+    # one kept-alive pool per target host, for every target (requests keeps 10: with more targets each
+    # cycle would reconnect to most), with as many connections per host as fetches run at once
+    adapter = DeadlineAdapter(pool_connections=HOST_POOLS, pool_maxsize=CONNECTIONS_PER_HOST)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     return s
