@@ -35,7 +35,15 @@ def histogram_increase(hists: Sequence[Histogram]) -> Histogram | None:
     """Bucket-wise increase. Buckets missing from any reading are dropped (layout change)."""
     if len(hists) < 2:
         return None
-    bounds = set(b for b, _ in hists[0].buckets)
+    first = hists[0].buckets
+    layout = [b for b, _ in first]
+    if layout and layout[-1] == math.inf and all(len(h.buckets) == len(first) and [b for b, _ in h.buckets] == layout
+                                                  for h in hists[1:]):
+        # the usual case, one bucket layout throughout: the series of each bucket, column by column
+        columns = zip(*[[c for _, c in h.buckets] for h in hists])
+        return Histogram(tuple(zip(layout, map(counter_increase, columns))),
+                         counter_increase([h.count for h in hists]), counter_increase([h.sum for h in hists]))
+    bounds = set(layout)
     for h in hists[1:]:
         bounds &= set(b for b, _ in h.buckets)
     if math.inf not in bounds:
@@ -165,6 +173,8 @@ class TierWindow:
     _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
     _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _series: dict[str, list[tuple[float, EngineSample]]] = field(default_factory=dict, compare=False, repr=False)
+    # per counter key, every instance's increase: rows and findings ask for the same few keys many times
+    _counter_memo: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- instances
     def up(self) -> tuple[str, ...]:
@@ -211,9 +221,14 @@ class TierWindow:
         return series
 
     # -------------------------------------------------------------- counters
-    def counter_increases(self, key: str) -> dict[str, tuple[float, float]]:
-        """instance -> (increase, seconds) for instances with >= 2 readings of ``key``."""
+    def counter_increases(self, key: str) -> Mapping[str, tuple[float, float]]:
+        """instance -> (increase, seconds) for instances with >= 2 readings of ``key``. Computed once
+        per key and window (the mapping is shared: read it, do not change it)."""
+        memo = self._counter_memo.get(key)
+        if memo is not None:
+            return memo
         out: dict[str, tuple[float, float]] = {}
+        self._counter_memo[key] = out
         for inst in self.up():
             series = [(t, e.counters[key]) for t, e in self._engine_series(inst) if key in e.counters]
             if len(series) < 2:
