@@ -133,6 +133,39 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "(e.g. deploy/kubernetes/base/dashboards-configmap.yaml)")
     g.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
 
+    pl = sub.add_parser(
+        "plan", help="size a tier (Steps 1-12 of 9.1) from a workload, a model and a GPU: the plan fleetwatch validates",
+        description="Run the sizing algorithm of section 9.1, Steps 1-12: classify the workload (Step 2), check "
+                    "routing (3), compute the memory floor at the model's native precision (4) and at the chosen "
+                    "one (5), pick TP/PP (6), read a concurrency sweep into the latency-throughput curve (7, 10), "
+                    "derive the serving checklist (8, 9), size the fleet (11) and cost it (12). Without --sweep the "
+                    "values that need one are null with the reason. --from-report re-characterizes the workload from "
+                    "a fleetwatch report (Step 13 -> Step 1) and sizes again.",
+        epilog="workload keys: input_tokens {p50,p95,p99}, output_tokens {p50,p95,p99}, peak_rps, average_rps, "
+               "slo {ttft_p99, itl_p99}; optional online_share, concurrency_per_instance (32), safety_factor (0.2), "
+               "simple_share, shared_prefixes, lora {adapters, rank}. GPUs built in: H100, H200, A100, L40S, MI300X, "
+               "B200.")
+    pl.add_argument("--workload", "-w", required=True, help="the Step 1 workload profile (YAML)")
+    pl.add_argument("--model", "-m", required=True, help="the model's Hugging Face config.json (or a YAML/JSON with "
+                                                         "the same keys and num_parameters)")
+    pl.add_argument("--gpu", "-g", required=True, help="the GPU to size on (H100, H200, A100, L40S, MI300X, B200, or "
+                                                       "one from --gpu-catalog)")
+    pl.add_argument("--weights", choices=["fp16", "bf16", "fp8", "int8", "int4"], default=None,
+                    help="weights precision (default: the model's torch_dtype)")
+    pl.add_argument("--kv-cache", choices=["fp16", "bf16", "fp8"], default=None,
+                    help="KV cache precision (default: the model's native precision)")
+    pl.add_argument("--sweep", default=None, help="a concurrency sweep of this configuration: vllm bench serve "
+                                                  "--save-result JSON (a file, a list, JSON lines or a directory) or a "
+                                                  "CSV (concurrency,rps,ttft_p99,itl_p99[,mean_latency,gpu_utilization])")
+    pl.add_argument("--gpu-catalog", default=None, help="YAML overriding or adding GPUs (name: {hbm_gb, hbm_tb_s, "
+                                                        "tflops: {fp16, fp8, int8}, interconnect, interconnect_gb_s, "
+                                                        "hour_usd, gpus_per_node})")
+    pl.add_argument("--from-report", default=None, metavar="REPORT.json",
+                    help="Step 13: replace the workload's lengths and peak with what this fleetwatch report observed")
+    pl.add_argument("--tier", default=None, help="with --from-report: the report's tier to read")
+    pl.add_argument("--format", choices=["table", "json", "yaml"], default="table",
+                    help="table (the human report), json (for tools) or yaml (the plan serve reads)")
+
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
     v.add_argument("file", help="fleet config YAML")
     return p
@@ -195,6 +228,43 @@ def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .planner import files
+    from .planner.curve import usable_rps_at_slo
+    from .planner.gpus import lookup, merge
+    from .planner.render import plan_document, plan_yaml, report_json, report_text
+    from .planner.sizing import size, with_observed
+
+    try:
+        wl = files.load_workload(args.workload)
+        arch = files.load_architecture(args.model)
+        catalogue = merge(files.load_catalogue(args.gpu_catalog)) if args.gpu_catalog else merge({})
+        if args.from_report:
+            _, inputs, outputs, peak = files.observed(args.from_report, args.tier)
+            wl = with_observed(wl, inputs, outputs, peak)
+        curve = None
+        if args.sweep:
+            try:
+                curve = usable_rps_at_slo(files.load_sweep(args.sweep), wl.slo)
+            except ValueError as e:
+                raise ConfigError(args.sweep, "", str(e)) from None
+        gpu = lookup(args.gpu, catalogue)
+    except ConfigError as e:
+        print(f"fleetwatch: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError) as e:
+        print(f"fleetwatch: {str(e).strip(chr(39))}", file=sys.stderr)
+        return 2
+    result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve)
+    if args.format == "json":
+        print(report_json(result, plan_document(result, wl, curve, gpu.hour_usd)))
+    elif args.format == "yaml":
+        print(plan_yaml(result, wl, curve, gpu.hour_usd), end="")
+    else:
+        print(report_text(result))
+    return 0
+
+
 def _scenarios() -> "dict[str, Scenario]":
     from .demo.scenarios import SCENARIOS
 
@@ -212,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
         return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
                         flavour=args.engine, listen=args.listen)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "dashboards":
         from pathlib import Path
 

@@ -1,0 +1,117 @@
+"""`fleetwatch plan`'s three outputs: the plan YAML that `serve` reads, the human report, and JSON."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import yaml
+
+from .curve import Curve
+from .sizing import Workload
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.6g}ms"
+
+
+def plan_document(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> dict[str, Any]:
+    """The plan in the config's format (DESIGN.md); ``benchmark`` is null without a sweep."""
+    return {
+        "gpus_per_instance": result["tp"] * result["pp"],
+        "instances": result["instances"],
+        "gpu_hour_cost_usd": hour_usd,
+        "peak_rps": wl.peak_rps,
+        "safety_factor": wl.safety_factor,
+        "slo": {"ttft_p99": _ms(wl.slo.ttft_p99), "itl_p99": _ms(wl.slo.itl_p99)},
+        "benchmark": curve.as_benchmark() if curve is not None else None,
+        "workload": {"input_tokens": {k: round(getattr(wl.input_tokens, k)) for k in ("p50", "p95", "p99")},
+                     "output_tokens": {k: round(getattr(wl.output_tokens, k)) for k in ("p50", "p95", "p99")},
+                     "prefix_reuse": wl.shared_prefixes},
+        "precision": dict(result["precision"]),
+    }
+
+
+def plan_yaml(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> str:
+    head = [f"# Sizing plan (Steps 1-12, `fleetwatch plan`): {result['gpu']} at TP {result['tp']}"
+            + (f" x PP {result['pp']}" if result["pp"] > 1 else "") + f", {result['precision']['weights']} weights.",
+            f"# Binding constraint: {result['binding_constraint']}: {result['binding_reason']}"]
+    if curve is None:
+        head.append("# Not a complete plan yet: no sweep (--sweep), so instances and benchmark are null. Run a "
+                    "concurrency sweep of this configuration (Steps 7 and 10) and plan again.")
+    doc = plan_document(result, wl, curve, hour_usd)
+    return "\n".join(head) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
+
+
+def _gb(b: float | None) -> str:
+    return "n/a" if b is None else f"{b / 1e9:.1f} GB"
+
+
+def report_text(result: dict[str, Any]) -> str:
+    s = result["steps"]
+    out = [f"fleetwatch plan: {result['gpu']}, weights {result['precision']['weights']}, "
+           f"KV cache {result['precision']['kv_cache']}", ""]
+    hw = s["2_hardware"]
+    out.append(f"Step 2  hardware      {hw['archetype']} ({hw['why']}); binding resource {hw['binding_resource']}; "
+               f"best per dollar: {', '.join(r['gpu'] for r in hw['ranking'][:3]) or 'n/a'}")
+    out += [f"        note: {n}" for n in hw["notes"]]
+    r = s["3_routing"]
+    out.append(f"Step 3  routing       {'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'}: {r['why']}")
+    for key, label in (("4_memory_floor", "Step 4  memory floor "), ("5_precision", "Step 5  at precision ")):
+        m = s[key]
+        out.append(f"{label} {_gb(m['memory_floor_bytes'])} = weights {_gb(m['weights_bytes'])} + activations "
+                   f"{_gb(m['activations_bytes'])} + KV {_gb(m['kv_cache_bytes'])} + adapters "
+                   f"{_gb(m['adapters_bytes'])} + framework {_gb(m['framework_overhead_bytes'])} "
+                   f"({m['weights']}/{m['kv_cache']}): {m['min_gpus']} GPUs; KV {m['kv_bytes_per_token']:,} B/token")
+    m4 = s["4_memory_floor"]
+    out.append(f"        fleet KV at P95 concurrency: {_gb(m4['fleet_kv_cache_bytes'])} ({m4['fleet_why']})")
+    ch = s["5_precision"]
+    if ch["changes"]:
+        out.append("        Step 5 changed: " + "; ".join(
+            f"{k} {v['native'] / 1e9:.1f} -> {v['chosen'] / 1e9:.1f} GB" if k.endswith("bytes")
+            else f"{k} {v['native']} -> {v['chosen']}" for k, v in ch["changes"].items())
+            + f"; TP {ch['tp']['native']} -> {ch['tp']['chosen']}; replicas per node "
+              f"{ch['replicas_per_node']['native']} -> {ch['replicas_per_node']['chosen']}")
+    p = s["6_parallelism"]
+    out.append(f"Step 6  parallelism   TP {p['tp']}, PP {p['pp']}: {p['why']}")
+    out += [f"        warning: {w}" for w in p["warnings"]]
+    b = s["7_10_benchmark"]
+    if "reason" in b:
+        out.append(f"Step 7/10 benchmark   n/a: {b['reason']}")
+    else:
+        gap = b["littles_law_gap"]
+        out.append(f"Step 7/10 benchmark   usable {b['usable_rps_per_instance']:.4g} RPS/instance at SLO (bound by "
+                   f"{b['binding']}), C_max {b['c_max']}, Little's Law gap "
+                   f"{'n/a' if gap is None else f'{gap:.2f}x'}")
+        out += [f"        warning: {w}" for w in b["warnings"]]
+    out.append("Step 8/9 checklist   " + "; ".join(f"{i['item']} {'ON' if i['on'] else 'off'}" for i in s["8_9_checklist"]))
+    out += [f"        {i['item']}: {i['why']}" for i in s["8_9_checklist"]]
+    f = s["11_fleet"]
+    out.append(f"Step 11 fleet        " + (f"{f['instances']} instances, {f['total_gpus']} GPUs: {f['why']}"
+                                          if "reason" not in f else f"n/a: {f['reason']}"))
+    c = s["12_cost"]
+    if "reason" in c:
+        out.append(f"Step 12 cost         n/a: {c['reason']}")
+    else:
+        util = c["average_utilization"]
+        out.append(f"Step 12 cost         {c['cost_per_million_tokens_usd']:.4g} USD per million tokens, "
+                   f"{c['annual_cost_usd']:,.0f} USD a year, average utilization "
+                   f"{'n/a' if util is None else f'{util:.0%}'} ({c['why']})")
+        if c["warning"]:
+            out.append(f"        warning: {c['warning']}")
+    out += ["", f"binding constraint: {result['binding_constraint']}: {result['binding_reason']}"]
+    return "\n".join(out)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def report_json(result: dict[str, Any], plan: dict[str, Any]) -> str:
+    return json.dumps(_clean({**result, "plan": plan}), indent=2, allow_nan=False)
