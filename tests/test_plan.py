@@ -236,3 +236,20 @@ def test_plan_input_errors_name_the_file_and_key(tmp_path: Path) -> None:
     r2 = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "h100", "--gpu-catalog", str(catalog),
                          "--sweep", str(sweep), "--format", "json").stdout)
     assert r2["plan"]["gpu_hour_cost_usd"] == 2.0
+
+
+def test_the_examples_plan_is_a_plan_serve_reads(tmp_path: Path) -> None:
+    """The README's command on examples/plan: its YAML loads as a tier's plan, with the JSON's numbers."""
+    from exporter.config import load_config
+
+    ex = ROOT / "examples" / "plan"
+    args = ["plan", "-w", str(ex / "workload.yaml"), "-m", str(ex / "llama-3-70b.config.json"), "-g", "H100",
+            "--weights", "fp8", "--sweep", str(ex / "sweep.csv")]
+    doc = json.loads(_cli(*args, "--format", "json").stdout)
+    (tmp_path / "h100.yaml").write_text(_cli(*args, "--format", "yaml").stdout)
+    (tmp_path / "fleet.yaml").write_text("tiers:\n  h100:\n    plan: h100.yaml\n    targets: [{vllm: 'http://x:1/m'}]\n")
+    plan = load_config(str(tmp_path / "fleet.yaml")).tiers["h100"].plan
+    assert (plan.instances, plan.gpus_per_instance) == (doc["instances"], doc["tp"] * doc["pp"])
+    assert plan.benchmark.usable_rps_per_instance == pytest.approx(doc["usable_rps_per_instance"], rel=1e-5)
+    assert plan.benchmark.curve and plan.precision is not None and plan.precision.weights == "fp8"
+    assert "Step 11" in _cli(*args).stdout  # the table names the steps
