@@ -163,6 +163,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--from-report", default=None, metavar="REPORT.json",
                     help="Step 13: replace the workload's lengths and peak with what this fleetwatch report observed")
     pl.add_argument("--tier", default=None, help="with --from-report: the report's tier to read")
+    pl.add_argument("--small-model", default=None, help="Step 3: the small model that simple requests would be "
+                                                        "routed to (config.json); sized when routing pays")
+    pl.add_argument("--small-gpu", default=None, help="its GPU (default: --gpu)")
+    pl.add_argument("--small-sweep", default=None, help="its concurrency sweep")
+    pl.add_argument("--lora-adapters", type=int, default=None, help="adapters served at once (overrides the workload's "
+                                                                    "lora.adapters)")
+    pl.add_argument("--lora-rank", type=int, default=None, help="their rank (overrides lora.rank)")
     pl.add_argument("--format", choices=["table", "json", "yaml"], default="table",
                     help="table (the human report), json (for tools) or yaml (the plan serve reads)")
 
@@ -229,11 +236,13 @@ def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .planner import files
     from .planner.curve import usable_rps_at_slo
     from .planner.gpus import lookup, merge
     from .planner.render import plan_document, plan_yaml, report_json, report_text
-    from .planner.sizing import size, with_observed
+    from .planner.sizing import SmallTier, size, with_observed
 
     try:
         wl = files.load_workload(args.workload)
@@ -249,17 +258,36 @@ def _plan(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise ConfigError(args.sweep, "", str(e)) from None
         gpu = lookup(args.gpu, catalogue)
+        if args.lora_adapters is not None or args.lora_rank is not None:
+            wl = replace(wl, lora_adapters=wl.lora_adapters if args.lora_adapters is None else args.lora_adapters,
+                         lora_rank=wl.lora_rank if args.lora_rank is None else args.lora_rank)
+            if wl.lora_adapters and wl.lora_rank <= 0:
+                raise ConfigError(args.workload, "lora.rank", "adapters need a rank (--lora-rank)")
+        small = None
+        if args.small_model:
+            small_curve = (usable_rps_at_slo(files.load_sweep(args.small_sweep), wl.slo) if args.small_sweep
+                           else None)
+            small = SmallTier(files.load_architecture(args.small_model), lookup(args.small_gpu or args.gpu, catalogue),
+                              small_curve)
     except ConfigError as e:
         print(f"fleetwatch: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError) as e:
         print(f"fleetwatch: {str(e).strip(chr(39))}", file=sys.stderr)
         return 2
-    result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve)
+    result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve, small=small)
     if args.format == "json":
         print(report_json(result, plan_document(result, wl, curve, gpu.hour_usd)))
     elif args.format == "yaml":
-        print(plan_yaml(result, wl, curve, gpu.hour_usd), end="")
+        tiers = result["steps"]["3_routing"].get("tiers") or []
+        if tiers and all("plan" in t for t in tiers):  # Step 3 routes: one plan per tier, as YAML documents
+            assert small is not None
+            for t, share, c, hour in ((tiers[0], 1 - wl.simple_share, curve, gpu.hour_usd),
+                                      (tiers[1], wl.simple_share, small.curve, small.gpu.hour_usd)):
+                print(f"--- # tier {t['tier']}: {share:.0%} of the traffic ({t['peak_rps']:g} peak RPS)")
+                print(plan_yaml(t["plan"], replace(wl, peak_rps=t["peak_rps"], simple_share=0.0), c, hour), end="")
+        else:
+            print(plan_yaml(result, wl, curve, gpu.hour_usd), end="")
     else:
         print(report_text(result))
     return 0

@@ -253,3 +253,31 @@ def test_the_examples_plan_is_a_plan_serve_reads(tmp_path: Path) -> None:
     assert plan.benchmark.usable_rps_per_instance == pytest.approx(doc["usable_rps_per_instance"], rel=1e-5)
     assert plan.benchmark.curve and plan.precision is not None and plan.precision.weights == "fp8"
     assert "Step 11" in _cli(*args).stdout  # the table names the steps
+
+
+def test_step_3_routes_simple_requests_to_a_small_tier_and_sizes_each(tmp_path: Path) -> None:
+    model, workload, sweep = _inputs(tmp_path)
+    routed = tmp_path / "routed.yaml"
+    routed.write_text(workload.read_text().replace("peak_rps: 1500", "peak_rps: 6000") + "simple_share: 0.4\n")
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(LLAMA_3_8B))
+    args = ["plan", "-w", str(routed), "-m", str(model), "-g", "H100", "--weights", "fp8", "--sweep", str(sweep)]
+    doc = json.loads(_cli(*args, "--small-model", str(small), "--small-sweep", str(sweep), "--format", "json").stdout)
+    r = doc["steps"]["3_routing"]
+    assert r["multi_tier"] is True and doc["total_gpus"] > 8
+    large, little = r["tiers"]
+    # each tier sized on its own share: 60% and 40% of 6,000 peak RPS, the small model on one GPU
+    assert (large["peak_rps"], little["peak_rps"]) == pytest.approx((3600.0, 2400.0))
+    assert large["plan"]["instances"] == recommended_instances(3600, 550.0, 0.2)
+    assert little["plan"]["instances"] == recommended_instances(2400, 550.0, 0.2)
+    assert little["plan"]["tp"] == 1 and little["plan"]["memory_floor_bytes"] < large["plan"]["memory_floor_bytes"]
+    # as YAML, one plan document per tier
+    text = _cli(*args, "--small-model", str(small), "--small-sweep", str(sweep), "--format", "yaml").stdout
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert [d["instances"] for d in docs] == [large["plan"]["instances"], little["plan"]["instances"]]
+    # no simple share, or a fleet of 8 GPUs or fewer: no routing
+    plain = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--weights", "fp8",
+                            "--sweep", str(sweep), "--format", "json").stdout)
+    assert plain["steps"]["3_routing"]["multi_tier"] is False

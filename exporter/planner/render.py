@@ -57,6 +57,11 @@ def report_text(result: dict[str, Any]) -> str:
     out += [f"        note: {n}" for n in hw["notes"]]
     r = s["3_routing"]
     out.append(f"Step 3  routing       {'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'}: {r['why']}")
+    for t in r.get("tiers") or []:
+        p = t.get("plan")
+        out.append(f"        tier {t['tier']}: {t['peak_rps']:.4g} peak RPS: " + (
+            f"{p['instances']} x {p['gpu']} TP {p['tp']} ({p['total_gpus']} GPUs)" if p and p["instances"] is not None
+            else f"{p['min_gpus']} x {p['gpu']} per instance, TP {p['tp']}; no sweep" if p else t.get("reason", "")))
     for key, label in (("4_memory_floor", "Step 4  memory floor "), ("5_precision", "Step 5  at precision ")):
         m = s[key]
         out.append(f"{label} {_gb(m['memory_floor_bytes'])} = weights {_gb(m['weights_bytes'])} + activations "

@@ -165,8 +165,28 @@ def _checklist(wl: Workload, gpu: Gpu, chosen: Mapping[str, Any], curve: Curve |
     return [{"item": k, "on": bool(on), "why": why} for k, on, why in items]
 
 
+@dataclass(frozen=True)
+class SmallTier:
+    """Step 3's small-model tier, when routing is worth it: its model, GPU and (optional) sweep."""
+
+    arch: Architecture
+    gpu: Gpu
+    curve: Curve | None = None
+    weights: str | None = None
+
+
+SUMMARY = ("kv_bytes_per_token", "memory_floor_bytes", "min_gpus", "tp", "pp", "instances", "total_gpus",
+           "usable_rps_per_instance", "cost_per_million_tokens_usd", "binding_constraint", "binding_reason", "reasons",
+           "gpu", "precision")
+
+
+def _share(wl: Workload, share: float) -> Workload:
+    return replace(wl, peak_rps=round(wl.peak_rps * share, 6), average_rps=round(wl.average_rps * share, 6),
+                   simple_share=0.0)
+
+
 def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu], *, weights: str | None = None,
-         kv_cache: str | None = None, curve: Curve | None = None) -> dict[str, Any]:
+         kv_cache: str | None = None, curve: Curve | None = None, small: SmallTier | None = None) -> dict[str, Any]:
     native = "fp16" if arch.native_dtype in ("bf16", "fp16", "fp32") else arch.native_dtype
     weights = weights or native
     kv_cache = kv_cache or native
@@ -212,6 +232,18 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     if par["pp"] > 1 and not gpu.switched_fabric:
         binding, binding_why = "interconnect", par["warnings"][0]
     trap = utilization is not None and utilization < UTILIZATION_TRAP
+    routing = _routing(wl, total_gpus)
+    if routing.get("multi_tier"):
+        # one sub-plan per tier (Steps 4-12 again, each at its share of the traffic)
+        large = size(_share(wl, 1 - wl.simple_share), arch, gpu, catalogue, weights=weights, kv_cache=kv_cache,
+                     curve=curve)
+        routing["tiers"][0]["plan"] = {k: large[k] for k in SUMMARY}
+        if small is not None:
+            sub = size(_share(wl, wl.simple_share), small.arch, small.gpu, catalogue, weights=small.weights,
+                       curve=small.curve)
+            routing["tiers"][1]["plan"] = {k: sub[k] for k in SUMMARY}
+        else:
+            routing["tiers"][1]["reason"] = "give the small model (--small-model, --small-gpu, --small-sweep) to size it"
     out: dict[str, Any] = {
         "kv_bytes_per_token": chosen["kv_bytes_per_token"],
         "memory_floor_bytes": chosen["memory_floor_bytes"],
@@ -232,7 +264,7 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
                            "slo": {"ttft_p99": wl.slo.ttft_p99, "itl_p99": wl.slo.itl_p99},
                            "online_share": wl.online_share},
             "2_hardware": _hardware(wl, gpu, catalogue, weights),
-            "3_routing": _routing(wl, total_gpus),
+            "3_routing": routing,
             "4_memory_floor": {**native_floor, "fleet_concurrency": fleet_seqs, "fleet_kv_cache_bytes": int(fleet_kv),
                                "fleet_why": f"Little's Law: {wl.peak_rps:g} peak RPS x {latency:.3g} s expected "
                                             f"latency (TTFT SLO + P95 output x ITL SLO) = {fleet_seqs:.4g} sequences"},
