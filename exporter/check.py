@@ -49,6 +49,15 @@ def _num(v: float | None, unit: str) -> str:
     return f"{v:.3g}"
 
 
+def _f(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _pct(v: object) -> str:
+    f = _f(v)
+    return "?" if f is None else f"{f * 100:g}"
+
+
 def format_table(report: Report) -> str:
     lines: list[str] = []
     for name, t in report.tiers.items():
@@ -79,6 +88,20 @@ def format_table(report: Report) -> str:
             lines.append(f"   workload: input p50/p95/p99 {_num(inp.get('p50'), '')}/{_num(inp.get('p95'), '')}/"
                          f"{_num(inp.get('p99'), '')} tokens; output {_num(out.get('p50'), '')}/"
                          f"{_num(out.get('p95'), '')}/{_num(out.get('p99'), '')}")
+        sc = t.schedule
+        if sc:
+            lead = sc.get("lead_seconds")
+            lines.append(f"   schedule (9.2): " + (
+                f"{sc.get('now')} instances now, {sc.get('ahead')} ahead ({sc.get('profile')} P"
+                f"{_pct(sc.get('quantile'))} profile, lead {lead}s {sc.get('lead_source')})"
+                if sc.get("status") == "ok" else f"unknown: {sc.get('reason')}"))
+        lv = t.utilization_levers
+        windows = lv.get("idle_windows") if lv else None
+        if isinstance(windows, list) and windows:
+            cost = sum(_f(w.get("idle_cost_usd_per_day")) or 0.0 for w in windows)
+            lines.append(f"   idle windows (9.2): {len(windows)} hours a day under 40% utilization (UTC "
+                         f"{', '.join(str(w['hour_utc']) for w in windows)}), {cost:.0f} USD/day idle; scaling down "
+                         f"when it could would save {_num(_f(lv.get('scale_down_savings_usd_per_day')), '')} USD/day")
         lines.append("")
     lines.append("CRITICAL" if report.critical else "no critical finding")
     return "\n".join(lines)

@@ -101,8 +101,28 @@ class FleetCollector(Collector):
         guardrails = GaugeMetricFamily(
             "fleetwatch_guardrail_recommended", "Recommended gateway guardrail (9.4), from the observed "
             "histograms: bound=value is the middle of the low-high range.", labels=["tier", "guardrail", "bound"])
+        scheduled = GaugeMetricFamily(
+            "fleetwatch_scheduled_instances", "Instances the tier's load profile says must run (9.2 predictive "
+            "scaling: its need up to one cold-start lead ahead, at least min_warm_instances); horizon=\"\" now, "
+            "15m and 1h ahead.", labels=["tier", "horizon"])
+        lead = GaugeMetricFamily("fleetwatch_schedule_lead_seconds",
+                                 "How far ahead the schedule reads the profile: cold start plus margin.", labels=["tier"])
+        cold = GaugeMetricFamily("fleetwatch_cold_start_p90_seconds",
+                                 "P90 of the tier's measured cold starts (process start to first generated token).",
+                                 labels=["tier"])
         if report is not None:
             for name, t in report.tiers.items():
+                sched = t.schedule
+                if isinstance(sched.get("now"), int):
+                    scheduled.add_metric([name, ""], float(sched["now"]))  # type: ignore[arg-type]
+                ahead = sched.get("ahead")
+                for horizon, n in (ahead.items() if isinstance(ahead, dict) else ()):
+                    if isinstance(n, int):
+                        scheduled.add_metric([name, horizon], float(n))
+                if isinstance(sched.get("lead_seconds"), (int, float)):
+                    lead.add_metric([name], float(sched["lead_seconds"]))  # type: ignore[arg-type]
+                if isinstance(sched.get("cold_start_p90_seconds"), (int, float)):
+                    cold.add_metric([name], float(sched["cold_start_p90_seconds"]))  # type: ignore[arg-type]
                 for g, rec in t.guardrails.items():
                     if isinstance(rec, dict):
                         for bound in ("value", "low", "high"):
@@ -134,7 +154,7 @@ class FleetCollector(Collector):
         yield from rows.values()
         yield from (status, checks, observed, predicted, current, up, findings, guardrails)
         if not sidecar:  # a sidecar sees one instance: the fleet verdicts come from the rules
-            yield from (recommended, action, peak)
+            yield from (recommended, action, peak, scheduled, lead, cold)
         yield from self._scrape(pub)
 
     def _plan(self) -> Iterator[Metric]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
-                    KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, SidecarSettings, Slo,
+                    KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, ScheduleSettings, SidecarSettings, Slo,
                     Target, TierConfig, Workload)
 
 __all__ = ["BandOverride", "Benchmark", "Config", "ConfigError", "CurvePoint", "GpuSelector", "LengthProfile",
@@ -457,7 +457,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
             raise c.err(p, "tier names may use letters, digits, '_', '.' and '-' only")
         # targets may be left out of a config that only sidecars read (serve --tier): they watch localhost
-        t = c.mapping(traw, p, {"plan", "targets", "bands", "discover"}, {"plan"})
+        t = c.mapping(traw, p, {"plan", "targets", "bands", "discover", "schedule"}, {"plan"})
         plan_raw, plan_ctx, plan_path = t["plan"], c, _join(p, "plan")
         if isinstance(plan_raw, str):  # a path to a plan file, relative to this config
             plan_file = str((base / plan_raw).resolve()) if not os.path.isabs(plan_raw) else plan_raw
@@ -482,6 +482,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
             bands=c.optional(t, "bands", p, lambda x, pp: _bands(c, x, pp, known_rows)) or {},
             discover=discover,
             endpoint=endpoint,
+            schedule=c.optional(t, "schedule", p, lambda x, pp: _schedule(c, x, pp)) or ScheduleSettings(),
         )
     kubernetes, kubernetes_endpoint = None, EndpointTemplate()
     if m.get("discovery") is not None:
@@ -504,6 +505,23 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         prometheus=_source(c, m, base, tiers),
         kubernetes=kubernetes,
         kubernetes_endpoint=kubernetes_endpoint,
+    )
+
+
+def _schedule(c: _Ctx, v: Any, path: str) -> ScheduleSettings:
+    m = c.mapping(v, path, {"min_warm_instances", "cold_start", "margin", "quantile", "bin", "warmup"})
+    d = ScheduleSettings()
+    bin_ = c.optional(m, "bin", path, c.duration) or d.bin
+    if 86400 % bin_:
+        raise c.err(_join(path, "bin"), f"must divide a day evenly (1h, 30m, 15m ...), got {format_duration(bin_)}")
+    return ScheduleSettings(
+        min_warm_instances=d.min_warm_instances if m.get("min_warm_instances") is None
+        else c.integer(m["min_warm_instances"], _join(path, "min_warm_instances")),
+        cold_start=c.optional(m, "cold_start", path, c.duration),
+        margin=d.margin if m.get("margin") is None else c.duration(m["margin"], _join(path, "margin"), positive=False),
+        quantile=c.optional(m, "quantile", path, lambda x, pp: c.number(x, pp, minimum=0, maximum=1)) or d.quantile,
+        bin=bin_,
+        warmup=c.optional(m, "warmup", path, lambda x, pp: c.duration(x, pp, maximum=90 * 86400.0)) or d.warmup,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from .config import Config, redact_url
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import InstanceSample, Report
 from .scrape import Scraper, ScrapeStats
+from .schedule import annotate
 from .window import Quantity, TierView, WindowStore, count_resets
 
 if TYPE_CHECKING:  # imported where used: commands that scrape never load the Prometheus-backed mode
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdown
+COLD_STARTS_KEPT = 50  # per tier: the P90 of the recent ones
 
 
 class Pipeline:
@@ -61,6 +64,9 @@ class Pipeline:
         self._saved_at: float | None = None
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
+        self._served: set[tuple[str, str, float | None]] = set()
+        self.history_extra: dict[str, object] = {}  # what else the history rests on (the demo's seeded days)  # instances seen generating (a restart is a new process)
+        self.cold_starts: dict[str, deque[float]] = {}
         if config.state_dir is not None:
             self._load_state(config.state_dir)
 
@@ -115,6 +121,9 @@ class Pipeline:
 
     def history_note(self) -> dict[str, object]:
         """What the report says about the history behind the observed peak and scale-down."""
+        return {**self._history_note(), **self.history_extra}
+
+    def _history_note(self) -> dict[str, object]:
         if self.reader is not None:
             return {"persisted": True, "source": "prometheus", "read": self._history_read,
                     "since": min((h[0].timestamp for h in self.history.values() if h), default=None)}
@@ -125,12 +134,35 @@ class Pipeline:
         return {"persisted": True, "since": min((h[0].timestamp for h in self.history.values() if h),
                                                  default=self.started_at), "state_dir": self.config.state_dir}
 
+    def cold_start_p90(self) -> dict[str, float | None]:
+        """Per tier, the P90 of the cold starts seen: process start to the first generated token."""
+        out: dict[str, float | None] = {}
+        for tier in self.config.tiers:
+            xs = sorted(self.cold_starts.get(tier, ()))
+            out[tier] = xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)] if xs else None
+        return out
+
+    def _cold_start(self, s: InstanceSample) -> None:
+        """An instance whose process started after fleetwatch did, seen serving for the first time: how long
+        it took from its process start to its first generated token (to a scrape interval)."""
+        assert s.engine is not None
+        started = s.engine.gauges.get("process_start_time")
+        key = (s.tier, s.instance, started)
+        if key in self._served or started is None or not s.engine.counters.get("generation_tokens"):
+            return
+        self._served.add(key)
+        if started >= self.started_at and s.timestamp > started:
+            self.cold_starts.setdefault(s.tier, deque(maxlen=COLD_STARTS_KEPT)).append(s.timestamp - started)
+            log.info("tier=%s instance=%s served its first token %.0fs after its process started", s.tier,
+                     s.instance, s.timestamp - started)
+
     def ingest(self, samples: list[InstanceSample]) -> None:
         if self.scraper is not None and self.scraper.discoverer is not None:  # this scrape's targets
             self.store.set_instances({n: [t.name for t in tier.targets] for n, tier in self.scraper.config.tiers.items()})
         for s in samples:
             prev = self._last.get((s.tier, s.instance))
             if s.engine is not None:
+                self._cold_start(s)
                 if prev is not None and prev.engine is not None:
                     n = max((count_resets([prev.engine.counters[k], v]) for k, v in s.engine.counters.items()
                              if k in prev.engine.counters), default=0)
@@ -153,8 +185,10 @@ class Pipeline:
 
     def _evaluate(self, now: float, windows: Mapping[str, TierView],
                   rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
-        report = evaluate(self.config, windows, {k: list(v) for k, v in self.history.items()}, now,
-                          window or self.config.window, history_note=self.history_note(), rows=rows)
+        history = {k: list(v) for k, v in self.history.items()}
+        report = evaluate(self.config, windows, history, now, window or self.config.window,
+                          history_note=self.history_note(), rows=rows)
+        report = annotate(report, self.config, history, now, self.cold_start_p90())
         for name, t in report.tiers.items():
             if t.error is not None:
                 self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1

@@ -177,7 +177,9 @@ def observed_throughout(history: Sequence[HistoryPoint], start: float, now: floa
 
 
 def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: Sequence[HistoryPoint],
-           now: float, step13_critical: bool, max_gap: float = math.inf) -> Resize:
+           now: float, step13_critical: bool, max_gap: float = math.inf, floor: tuple[int, str] = (0, "")) -> Resize:
+    """``floor``: (count, why) that a scale-down may never go under (the minimum warm count, or what drains
+    the current queue within the TTFT SLO)."""
     observed = [h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else [])
     observed_peak = max(observed) if observed else None
     covered = now - min((h.timestamp for h in history), default=now)
@@ -196,14 +198,19 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
         return Resize(current, rec, "recharacterize",
                       f"tier {tier}: production diverges from the Step 10 benchmark (Step 13); re-characterize "
                       f"the workload (Step 1) before resizing. Sizing math says {rec} for {current}.", peak)
+    if rec < current and floor[0] >= current:
+        return Resize(current, rec, "hold", f"tier {tier} could run {rec} instances by the sizing math, but keeps "
+                                            f"{current}: {floor[1]}.", peak)
     if rec < current:
         start = now - plan.scale_down_stabilization
         window = [h for h in history if h.timestamp >= start]
         long_enough = covered >= plan.scale_down_stabilization and observed_throughout(history, start, now, max_gap)
         if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
+            to = max(rec, floor[0])
             return Resize(current, rec, "scale_down",
                           f"tier {tier} needs {rec} instances, has {current}, for the whole "
-                          f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}.", peak)
+                          f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}"
+                          + (f"; scale down to {to}, not below: {floor[1]}" if to > rec else "") + ".", peak)
         return Resize(current, rec, "hold",
                       f"tier {tier} could run {rec} instances instead of {current}, but not yet for a whole "
                       f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}.", peak)
@@ -250,6 +257,21 @@ def _usable(q: Quantity, tw: TierView, inputs: Sequence[str]) -> Quantity:
     if q.value is not None and (not math.isfinite(q.value) or q.value < 0):
         return Quantity(None, 0, reason="the inputs produce a value that is not a finite, non-negative number")
     return q
+
+
+def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple[int, str]:
+    """The fewest instances a scale-down may leave: the minimum warm count, and (Little's Law) enough to
+    serve the arrivals and drain the current queue within the TTFT SLO."""
+    warm = tier.schedule.min_warm_instances
+    rps, queue = values["requests_per_second"].value, values["queue_depth_requests"].value
+    usable, slo = tier.plan.benchmark.usable_rps_per_instance, tier.plan.slo.ttft_p99
+    if rps is None or queue is None:
+        return warm, f"the minimum warm count is {warm}"
+    drain = math.ceil((rps + queue / slo) / usable - 1e-9)
+    if drain > warm:
+        return drain, (f"{rps:.3g} RPS plus draining {queue:.3g} queued requests within the {slo:g}s TTFT SLO need "
+                       f"{drain} instances")
+    return warm, f"the minimum warm count is {warm}"
 
 
 def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint], now: float,
@@ -307,7 +329,8 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
     return TierReport(
         tier=tier.name, instances_up=len(up), instances_total=total, metrics=metrics,
         plan_checks=tuple(checks),
-        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical, max_gap),
+        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical, max_gap,
+                      _scale_down_floor(tier, values)),
         workload=workload(tw), findings=tuple(findings),
         guardrails=recommendations(tw, plan),
     )

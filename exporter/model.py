@@ -233,6 +233,8 @@ class TierReport:
     guardrails: Mapping[str, object]
     error: str | None = None  # set when evaluating this tier raised; every row is then unknown
     history: Mapping[str, object] = field(default_factory=dict)  # what the observed peak rests on
+    schedule: Mapping[str, object] = field(default_factory=dict)  # 9.2's predictive capacity (exporter/schedule.py)
+    utilization_levers: Mapping[str, object] = field(default_factory=dict)
 
     def statuses(self) -> list[Status]:
         return (
@@ -252,6 +254,8 @@ class TierReport:
             "guardrails": dict(self.guardrails),
             "error": self.error,
             "history": dict(self.history),
+            "schedule": dict(self.schedule),
+            "utilization_levers": dict(self.utilization_levers),
         }
 
 
@@ -405,6 +409,18 @@ class EndpointTemplate:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    """``tiers.<name>.schedule``: how the tier's load profile is learned and how far ahead it is read (9.2)."""
+
+    min_warm_instances: int = 1
+    cold_start: float | None = None  # seconds; None: the measured P90, else exporter/schedule.py's default
+    margin: float = 120.0
+    quantile: float = 0.95
+    bin: float = 3600.0
+    warmup: float = 86400.0
+
+
+@dataclass(frozen=True)
 class TierConfig:
     name: str
     plan: Plan
@@ -412,6 +428,7 @@ class TierConfig:
     bands: Mapping[str, BandOverride] = field(default_factory=dict)
     discover: DnsDiscovery | None = None  # set: ``targets`` are what the last lookup found
     endpoint: EndpointTemplate = EndpointTemplate()
+    schedule: ScheduleSettings = ScheduleSettings()
 
 
 @dataclass(frozen=True)

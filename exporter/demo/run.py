@@ -129,11 +129,35 @@ def start_fleet(scenario: str | Scenario = "healthy", *, flavour: str = DEFAULT_
     return Demo(fleet, servers, load_config(str(path)), path, workdir)
 
 
+SEEDED_DAYS = 3  # of history before the demo starts: the load profile and the levers show at once
+SEEDED_STEP = 300.0  # seconds between seeded points: coarser than a cycle, so a scale-down still waits for
+# a stabilization window observed live (the history counts as observed only without gaps over a minute)
+
+
+def seed_history(pipeline: Pipeline, fleet: SimFleet, now: float, days: int = SEEDED_DAYS) -> None:
+    """SEEDED_DAYS of UTC days before ``now``, each the scenario's compressed day stretched to 24 h: the
+    arrival rate every tier's behaviour gives, and what each cycle would have recommended."""
+    from ..evaluate import replay_history
+    from .scenarios import DAY_SECONDS
+
+    for name, tier in fleet.tiers.items():
+        points = []
+        t = now - days * 86400.0
+        while t < now:
+            run_t = ((t - now) % 86400.0) / 86400.0 * DAY_SECONDS  # the run's own day, stretched
+            points.append((t, tier.rate(run_t)))
+            t += SEEDED_STEP
+        pipeline.history[name].extend(replay_history(pipeline.config.tiers[name].plan, points))
+    pipeline.history_extra = {"seeded": f"{days} simulated days before the demo started (the scenario's "
+                                        f"compressed day stretched to 24 h), so that the schedule and the levers show"}
+
+
 def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None
             ) -> Iterator[tuple[float, Report]]:
     """One (run seconds, report) per interval until ``duration`` or a stop."""
     scraper = Scraper(demo.config, clock=clock.now)
     pipeline = Pipeline(demo.config, scraper, clock=clock.now)
+    seed_history(pipeline, demo.fleet, clock.now())
     if snapshot is not None:
         pipeline.snapshot = snapshot  # what the demo's own /metrics renders
     try:

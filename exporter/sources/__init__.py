@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from ..exposition import Sample
 from ..inputs import INPUTS
@@ -167,6 +167,16 @@ def read_inputs(index: dict[str, list[Sample]], engine: str, *, skip: frozenset[
     out.histograms = histograms(index, tuple((i.canonical, i.names[engine]) for i in INPUTS.values()
                                              if i.kind == "histogram" and engine in i.names), out.invalid)
     return out
+
+
+PROCESS_START = "process_start_time_seconds"  # prometheus_client's process collector, in every engine's /metrics
+
+
+def process_start(idx: Mapping[str, Sequence[Sample]], gauges: dict[str, float]) -> None:
+    """The engine process's start time (for the cold start: start to first generated token)."""
+    series = idx.get(PROCESS_START) or ()
+    if len(series) == 1 and math.isfinite(series[0].value) and series[0].value > 0:
+        gauges["process_start_time"] = series[0].value
 
 
 def wanted(engine: str, *extra: str) -> frozenset[str]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 from .. import exposition
 from ..model import EngineSample
 from ..inputs import names
-from . import by_name, mean_gauge, mean_of_valid, read_inputs, sum_of, wanted
+from . import PROCESS_START, by_name, mean_gauge, mean_of_valid, read_inputs, sum_of, wanted, process_start
 
-PREFIXES = ("sglang:",)
-NAMES = wanted("sglang", "sglang:spec_accept_length", "sglang:max_total_num_tokens")  # the only lines split into labels and values
+PREFIXES = ("sglang:", PROCESS_START)
+NAMES = wanted("sglang", "sglang:spec_accept_length", "sglang:max_total_num_tokens", PROCESS_START)  # the only lines split into labels and values
 
 
 def parse(text: str) -> EngineSample:
     samples = exposition.parse(text, PREFIXES, NAMES)
-    if not samples and not exposition.has_prefix(text, PREFIXES):
+    if not any(s.name != PROCESS_START for s in samples) and not exposition.has_prefix(text, PREFIXES[:1]):
         raise exposition.ExpositionError("no sglang: metrics in the body")
     idx = by_name(samples)
     c = read_inputs(idx, "sglang", skip=_OWN)
@@ -34,6 +34,7 @@ def parse(text: str) -> EngineSample:
         cap = sum_of(idx.get("sglang:max_total_num_tokens", []), "sglang:max_total_num_tokens")
     except ValueError:
         cap = None
+    process_start(idx, c.gauges)
     return EngineSample(engine="sglang", counters=c.counters, gauges=c.gauges, histograms=c.histograms,
                         kv_capacity_tokens=cap, invalid=frozenset(c.invalid))
 

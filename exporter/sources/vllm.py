@@ -11,15 +11,15 @@ import math
 from .. import exposition
 from ..model import EngineSample, LoraState
 from ..inputs import names
-from . import by_name, mean_of_valid, read_inputs, wanted
+from . import PROCESS_START, by_name, mean_of_valid, process_start, read_inputs, wanted
 
-PREFIXES = ("vllm:",)
-NAMES = wanted("vllm", "vllm:lora_requests_info", "vllm:cache_config_info")  # the only lines split into labels and values
+PREFIXES = ("vllm:", PROCESS_START)
+NAMES = wanted("vllm", "vllm:lora_requests_info", "vllm:cache_config_info", PROCESS_START)  # the only lines split into labels and values
 
 
 def parse(text: str) -> EngineSample:
     samples = exposition.parse(text, PREFIXES, NAMES)
-    if not samples and not exposition.has_prefix(text, PREFIXES):
+    if not any(s.name != PROCESS_START for s in samples) and not exposition.has_prefix(text, PREFIXES[:1]):
         raise exposition.ExpositionError("no vllm: metrics in the body")
     idx = by_name(samples)
     c = read_inputs(idx, "vllm", skip=_OWN)
@@ -35,6 +35,7 @@ def parse(text: str) -> EngineSample:
             rate = mean_of_valid(idx.get(names(gauge, "vllm")[0], ()))
             if rate is not None:
                 c.gauges[gauge] = rate
+    process_start(idx, c.gauges)
     return EngineSample(engine="vllm", counters=c.counters, gauges=c.gauges, histograms=c.histograms,
                         lora=_lora(idx), kv_capacity_tokens=_kv_capacity(idx), invalid=frozenset(c.invalid))
 
