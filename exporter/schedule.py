@@ -104,7 +104,7 @@ def schedule(history: Sequence[HistoryPoint], plan: Plan, now: float, s: Schedul
     if profile.kind == "unknown":
         return {**out, "status": "unknown", "reason": profile.reason, "now": None,
                 "ahead": {h: None for h, _ in HORIZONS}, "upcoming": []}
-    out["status"] = "ok"
+    out["status"], out["reason"] = "ok", None
     out["now"] = scheduled(profile, plan, now, lead, s)
     out["ahead"] = {h: scheduled(profile, plan, now + dt, lead, s) for h, dt in HORIZONS}
     start = now - now % s.bin
@@ -120,8 +120,10 @@ def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: in
     usable = plan.benchmark.usable_rps_per_instance
     gpu_hour = plan.gpu_hour_cost_usd * plan.gpus_per_instance
     points = [h for h in history if h.rps is not None]
-    if len(points) < 2 or deployed <= 0:
-        return {"status": "unknown", "reason": "no history yet (or no instance deployed)", "idle_windows": []}
+    if len(points) < 2 or deployed <= 0:  # the same keys as a known answer: tools read one shape
+        return {"status": "unknown", "reason": "no history yet (or no instance deployed)", "in_trap": None,
+                "mean_utilization": None, "idle_windows": [], "scale_down_share": None, "scale_down_savings_usd": None,
+                "observed_hours": None, "scale_down_savings_usd_per_day": None, "batch_fill_tokens_per_day": None}
     by_hour: dict[int, list[float]] = {}
     for h in points:
         by_hour.setdefault(int((h.timestamp % DAY) // 3600), []).append(h.rps)  # type: ignore[arg-type]
@@ -150,7 +152,7 @@ def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: in
             smaller += dt
             saved += (deployed - need) * gpu_hour * dt / 3600
     mean_util = sum(h.rps or 0.0 for h in points) / len(points) / capacity
-    return {"status": "ok", "in_trap": mean_util < IDLE_BELOW, "mean_utilization": mean_util,
+    return {"status": "ok", "reason": None, "in_trap": mean_util < IDLE_BELOW, "mean_utilization": mean_util,
             "idle_windows": windows,
             "scale_down_share": smaller / total if total else None,
             "scale_down_savings_usd": saved, "observed_hours": total / 3600,

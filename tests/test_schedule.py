@@ -157,3 +157,9 @@ def test_the_demos_utilization_trap_shows_idle_windows_schedule_and_savings() ->
     got = {(x.labels["tier"], x.labels["horizon"]): x.value for x in families["fleetwatch_scheduled_instances"].samples}
     assert got[("h100", "")] == t.schedule["now"] and got[("h100", "1h")] == t.schedule["ahead"]["1h"]
     assert {k[1] for k in got} == {"", "15m", "1h"}
+
+
+def test_known_and_unknown_answers_have_the_same_keys() -> None:
+    s = ScheduleSettings()
+    assert set(schedule(diurnal(3), PLAN, T0 + 3 * DAY, s, None)) == set(schedule(diurnal(0), PLAN, T0, s, None))
+    assert set(utilization_levers(diurnal(2), PLAN, 4, 200.0)) == set(utilization_levers([], PLAN, 4, 200.0))
