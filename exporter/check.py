@@ -67,7 +67,9 @@ def format_table(report: Report) -> str:
         lines.append(f"   {r.reason}")
         lines.append(f"   {'metric':<36} {'value':>12}  {'status':<8} note")
         for key, m in t.metrics.items():
-            note = m.diagnosis or (m.reason if m.value is None else "") or ""
+            # an ok row says nothing more; a bad one its diagnosis; an unknown one why
+            note = (m.diagnosis if m.status.value in ("warning", "critical") else None) or (
+                m.reason if m.value is None else "") or ""
             src = f" [{m.source}]" if m.source and m.value is not None else ""
             lines.append(f"   {key:<36} {_num(m.value, m.unit):>12}  {m.status.value:<8} {note}{src}")
         lines.append("   plan checks:")

@@ -5,8 +5,9 @@ import argparse
 import logging
 import os
 import sys
+import time
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .config import ConfigError, load_config, parse_duration, redact_url, require_targets, validate_listen
 
@@ -48,6 +49,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description="Scrape every target each interval, evaluate the window, and serve the result "
                                    "on /metrics (Prometheus text format) and /healthz. Stops cleanly on SIGTERM.")
     s.add_argument("--config", "-c", required=True, help="fleet config YAML (see examples/)")
+    s.add_argument("--watch", action="store_true",
+                   help="also show the report live in this terminal, redrawn each cycle (logs: warnings only)")
     s.add_argument("--listen", default=os.environ.get("FLEETWATCH_LISTEN") or None,
                    help="host:port to serve on (env FLEETWATCH_LISTEN; overrides the config's listen:, "
                         "default 0.0.0.0:9108)")
@@ -293,6 +296,17 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _countdown(seconds: float) -> None:
+    """check's wait between its two scrapes, as one line on stderr that counts down and is then erased."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        sys.stderr.write(f"\rfleetwatch check: first scrape done; the second in {left:4.0f}s ")
+        sys.stderr.flush()
+        time.sleep(min(1.0, left))
+    sys.stderr.write("\r" + " " * 60 + "\r")
+    sys.stderr.flush()
+
+
 def _scenarios() -> "dict[str, Scenario]":
     from .demo.scenarios import SCENARIOS
 
@@ -351,8 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fleetwatch: --listen: {bad}", file=sys.stderr)
                 return 2
             cfg = replace(cfg, listen=args.listen)
+        watch = bool(args.watch)
+        if watch:
+            from .live import wanted
+
+            if not wanted(sys.stdout, "table"):
+                print("fleetwatch: --watch needs a terminal on stdout (not a pipe, not TERM=dumb)", file=sys.stderr)
+                return 2
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         try:
-            return serve(cfg)
+            return serve(cfg, watch=watch)
         except OSError as e:  # the listen address is taken or not ours: a usage error, not a crash
             print(f"fleetwatch: cannot listen on {cfg.listen}: {e.strerror or e}", file=sys.stderr)
             return 2
@@ -370,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         from .sources.prometheus_api import PrometheusError
 
         window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
+        sleep: Callable[[float], None] = time.sleep
+        if cfg.prometheus is None and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb":
+            sleep = _countdown  # a terminal sees the wait, not a silent pause
         try:
-            report = run_check(cfg, window)
+            report = run_check(cfg, window, sleep=sleep)
         except PrometheusError as e:  # nothing to report on: said in one line, as a failed check
             print(f"fleetwatch: cannot read the fleet from prometheus: {e.reason}: {e}", file=sys.stderr)
             return 1

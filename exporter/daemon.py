@@ -65,7 +65,8 @@ class Pipeline:
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
         self._served: set[tuple[str, str, float | None]] = set()
-        self.history_extra: dict[str, object] = {}  # what else the history rests on (the demo's seeded days)  # instances seen generating (a restart is a new process)
+        self.history_extra: dict[str, object] = {}  # what else the history rests on (the demo's seeded days)
+        self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view  # instances seen generating (a restart is a new process)
         self.cold_starts: dict[str, deque[float]] = {}
         if config.state_dir is not None:
             self._load_state(config.state_dir)
@@ -220,6 +221,8 @@ class Pipeline:
                 log.exception("notifying Alertmanager failed")
         self.save_state()
         self.publish(report, time.monotonic() - t0)
+        for show in self.on_report:
+            show(report)
         worst = [f"{n}:{t.resize.action}" for n, t in report.tiers.items()]
         log.info("cycle %d done in %.2fs; %s", self.cycles, time.monotonic() - t0, " ".join(worst))
         return report
@@ -344,7 +347,7 @@ class Server:
 
 
 def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Event | None = None,
-          on_ready: Callable[[Server], None] | None = None) -> int:
+          on_ready: Callable[[Server], None] | None = None, watch: bool = False) -> int:
     from apscheduler.events import EVENT_JOB_MAX_INSTANCES
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -380,6 +383,13 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         log.info("sidecar of tier %s, instance %s: engine %s %s, GPUs from %s", tier, t.name, t.engine,
                  redact_url(t.url), gpus)
 
+    live = None
+    if watch:
+        from .live import LiveView
+
+        live = LiveView(f"fleetwatch serve: http://{config.listen_host}:{server.port}/metrics")
+        live.__enter__()
+        pipeline.on_report.append(lambda report: live.update(report, f"  cycle {pipeline.cycles}"))
     scheduler = BackgroundScheduler(timezone="UTC")
 
     def overrun(event: Any) -> None:
@@ -405,6 +415,8 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         on_ready(server)
     stop.wait()
     scheduler.shutdown(wait=True)  # lets a running cycle finish; it is bounded by scrape_timeout
+    if live is not None:
+        live.__exit__(None, None, None)
     pipeline.save_state(force=True)
     server.stop()
     (reader or scraper).close()  # type: ignore[union-attr]

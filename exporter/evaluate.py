@@ -187,8 +187,14 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
         peak, basis = observed_peak, f"observed peak {observed_peak:.3g} RPS over the retained history"
     else:
         peak = max(observed_peak or 0.0, plan.peak_rps)
-        basis = (f"peak {peak:.3g} RPS (max of observed {_fmt(observed_peak)} and the plan's "
-                 f"{plan.peak_rps:g}; less than a day of history)")
+        if observed_peak is None:
+            basis = (f"the plan's peak of {plan.peak_rps:g} RPS (no full window observed yet, and less than a "
+                     f"day of history)")
+        elif observed_peak > plan.peak_rps:
+            basis = f"the observed peak of {observed_peak:.3g} RPS (above the plan's {plan.peak_rps:g})"
+        else:
+            basis = (f"the plan's peak of {plan.peak_rps:g} RPS (observed up to {observed_peak:.3g}; the plan's "
+                     f"counts until a day of history is kept)")
     usable = plan.benchmark.usable_rps_per_instance
     rec = recommended_instances(peak, usable, plan.safety_factor)
     formula = f"{basis} / {usable:g} usable RPS per instance x (1 + {plan.safety_factor:g} safety)"

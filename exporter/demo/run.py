@@ -23,6 +23,7 @@ from ..check import format_json, format_table
 from ..collector import Snapshot, make_registry
 from ..config import Config, load_config
 from ..daemon import Pipeline, Server
+from ..live import LiveView, wanted
 from ..model import Report
 from ..scrape import Scraper
 from .fleet import DEFAULT_TIERS, FleetServers, SimFleet
@@ -202,15 +203,23 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
         on_ready(url)
     clock = WallClock(demo.fleet, stop)
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
+    live = None
+    if wanted(out, fmt):  # a terminal: one screen redrawn in place; pipes and files get the plain reports
+        live = LiveView(f"fleetwatch demo: scenario {scenario}", out)
+        live.__enter__()
     try:
         for run_t, report in reports(demo, clock, duration, snapshot):
-            if fmt == "json":
+            if live is not None:
+                live.update(report, f"  t={run_t:.0f}s  (Ctrl-C to stop)")
+            elif fmt == "json":
                 print(format_json(report), file=out, flush=True)
             else:
                 print(f"--- t={run_t:.0f}s scenario={scenario} ---\n{format_table(report)}\n", file=out, flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a demo ends
     finally:
+        if live is not None:
+            live.__exit__(None, None, None)
         stop.set()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
