@@ -31,7 +31,9 @@ class Pane:
         self.name = f"fw-{uuid.uuid4().hex[:8]}"
         exports = " ".join(f"{k}={v}" for k, v in env.items())
         subprocess.run([self.tmux, "new-session", "-d", "-s", self.name, "-x", "100", "-y", "40",
-                        f"cd {ROOT} && env {exports} {sys.executable} -m exporter {command}; sleep 120"], check=True)
+                        # the pane's own size, not a COLUMNS/LINES the caller's environment may carry
+                        f"cd {ROOT} && env -u COLUMNS -u LINES {exports} {sys.executable} -m exporter {command}; "
+                        "sleep 120"], check=True)
 
     def screen(self, escapes: bool = False, scrollback: bool = False) -> str:
         args = [self.tmux, "capture-pane", "-p", "-t", self.name] + (["-e"] if escapes else []) + (
