@@ -143,27 +143,36 @@ class Pipeline:
             out[tier] = xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)] if xs else None
         return out
 
-    def _cold_start(self, s: InstanceSample) -> None:
-        """An instance whose process started after fleetwatch did, seen serving for the first time: how long
-        it took from its process start to its first generated token (to a scrape interval)."""
+    def _cold_start(self, s: InstanceSample, pod_started: float | None) -> None:
+        """An instance that started after fleetwatch did, seen for the first time: how long it took from
+        its engine process's start to its first generated token or, where the engine exposes no process
+        start, from its pod's start (Kubernetes discovery) to its first answered scrape."""
         assert s.engine is not None
-        started = s.engine.gauges.get("process_start_time")
+        process = s.engine.gauges.get("process_start_time")
+        if process is not None and process >= self.started_at:
+            started, what = process, "its first token came {:.0f}s after its process started"
+            if not s.engine.counters.get("generation_tokens"):
+                return  # up, not serving yet
+        elif pod_started is not None and pod_started >= self.started_at and process is None:
+            started, what = pod_started, "it answered {:.0f}s after its pod started"
+        else:
+            return
         key = (s.tier, s.instance, started)
-        if key in self._served or started is None or not s.engine.counters.get("generation_tokens"):
+        if key in self._served or s.timestamp <= started:
             return
         self._served.add(key)
-        if started >= self.started_at and s.timestamp > started:
-            self.cold_starts.setdefault(s.tier, deque(maxlen=COLD_STARTS_KEPT)).append(s.timestamp - started)
-            log.info("tier=%s instance=%s served its first token %.0fs after its process started", s.tier,
-                     s.instance, s.timestamp - started)
+        self.cold_starts.setdefault(s.tier, deque(maxlen=COLD_STARTS_KEPT)).append(s.timestamp - started)
+        log.info("tier=%s instance=%s cold start: %s", s.tier, s.instance, what.format(s.timestamp - started))
 
     def ingest(self, samples: list[InstanceSample]) -> None:
         if self.scraper is not None and self.scraper.discoverer is not None:  # this scrape's targets
             self.store.set_instances({n: [t.name for t in tier.targets] for n, tier in self.scraper.config.tiers.items()})
+        pods = ({(n, t.name): t.started_at for n, tier in self.scraper.config.tiers.items() for t in tier.targets
+                 if t.started_at is not None} if self.scraper is not None and self.scraper.discoverer is not None else {})
         for s in samples:
             prev = self._last.get((s.tier, s.instance))
             if s.engine is not None:
-                self._cold_start(s)
+                self._cold_start(s, pods.get((s.tier, s.instance)))
                 if prev is not None and prev.engine is not None:
                     n = max((count_resets([prev.engine.counters[k], v]) for k, v in s.engine.counters.items()
                              if k in prev.engine.counters), default=0)

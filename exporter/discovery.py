@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
@@ -96,6 +97,7 @@ def kubernetes_targets(spec: KubernetesDiscovery, template: EndpointTemplate, ti
     """(tier -> targets, tier label values that name no configured tier). An endpoint's pod names the
     instance, and its ``tier_label`` the tier; its node's dcgm-exporter endpoint, if any, reads its GPUs."""
     labels = {(p.get("metadata") or {}).get("name"): (p.get("metadata") or {}).get("labels") or {} for p in pods}
+    started = {(p.get("metadata") or {}).get("name"): _time((p.get("status") or {}).get("startTime")) for p in pods}
     dcgm_by_node = {}
     if spec.dcgm_service and spec.dcgm_port:
         for addr, port, ep in _endpoints(dcgm_slices, spec.dcgm_service, spec.dcgm_port):
@@ -115,9 +117,20 @@ def kubernetes_targets(spec: KubernetesDiscovery, template: EndpointTemplate, ti
             continue
         namespace = ref.get("namespace") or spec.namespace
         dcgm = dcgm_by_node.get(ep.get("nodeName", ""))
-        out[tier][pod] = _target(template, pod, _url(template, addr, port), dcgm,
-                                 GpuSelector(pod=pod, namespace=namespace) if dcgm else None)
+        out[tier][pod] = replace(_target(template, pod, _url(template, addr, port), dcgm,
+                                         GpuSelector(pod=pod, namespace=namespace) if dcgm else None),
+                                 started_at=started.get(pod))
     return {t: tuple(v[k] for k in sorted(v)) for t, v in out.items()}, unknown
+
+
+def _time(v: Any) -> float | None:
+    """A Kubernetes RFC 3339 timestamp ("2026-12-02T04:05:06Z") as Unix seconds."""
+    if not isinstance(v, str):
+        return None
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- I/O: the lookups

@@ -360,6 +360,7 @@ class Target:
     gpus: GpuSelector | None = None
     bearer_token_file: str | None = None
     dcgm_bearer_token_file: str | None = None  # dcgm-exporter behind its own auth proxy
+    started_at: float | None = None  # the pod's start (Kubernetes discovery), for the cold start
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
+from datetime import datetime, timezone
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -185,15 +187,20 @@ def test_a_fleet_discovered_from_endpoint_slices_is_scraped(kube: tuple[str, Any
     import requests
 
     url, _, _ = kube
-    body = fixture_text("vllm/generated/vllm-0.33.0/snapshot-20.prom")
+    # an engine without prometheus_client's process collector: the cold start is measured from the pod's start
+    body = "\n".join(ln for ln in fixture_text("vllm/generated/vllm-0.33.0/snapshot-20.prom").splitlines()
+                     if "process_start_time_seconds" not in ln) + "\n"
     engines = [FakeTarget([body]) for _ in range(3)]
+    pod_start = time.time() - 30
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     try:
         ports = [int(e.url.split(":")[2].split("/")[0]) for e in engines]
         # one slice per engine port (an EndpointSlice has one port list; the fakes listen on three)
         for i, (name, port) in enumerate(zip(("h-0", "h-1", "a-0"), ports)):
-            _put(url, "/api/v1/namespaces/llm/pods", _pod(name, name[0] == "h" and "h100" or "a100"))
+            pod = _pod(name, name[0] == "h" and "h100" or "a100")
+            pod["status"] = {"startTime": datetime.fromtimestamp(pod_start, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            _put(url, "/api/v1/namespaces/llm/pods", pod)
             _put(url, "/apis/discovery.k8s.io/v1/namespaces/llm/endpointslices",
                  _slice(f"vllm-{i}", "vllm", [_ep(name)], port))
         cfg_file = tmp_path / "fleet.yaml"
@@ -209,8 +216,13 @@ tiers:
         scraper = Scraper(cfg)
         try:
             pipe = Pipeline(cfg, scraper)
+            pipe.started_at = pod_start - 60  # the pods started while fleetwatch watched
             report = pipe.cycle()
             assert (report.tiers["h100"].instances_up, report.tiers["a100"].instances_up) == (2, 1)
+            # cold start: the pod's startTime (whole seconds) to its first answered scrape, about 30 s
+            cold = pipe.cold_start_p90()
+            assert cold["h100"] == pytest.approx(30, abs=2) and cold["a100"] == pytest.approx(30, abs=2), cold
+            assert report.tiers["h100"].schedule["cold_start_p90_seconds"] == cold["h100"]
             assert {t.name for t in scraper.config.tiers["h100"].targets} == {"h-0", "h-1"}
             # h-1's endpoint starts terminating: it leaves the tier at the next cycle, not as "down"
             r = requests.patch(url + "/apis/discovery.k8s.io/v1/namespaces/llm/endpointslices/vllm-1",

@@ -163,3 +163,31 @@ def test_known_and_unknown_answers_have_the_same_keys() -> None:
     s = ScheduleSettings()
     assert set(schedule(diurnal(3), PLAN, T0 + 3 * DAY, s, None)) == set(schedule(diurnal(0), PLAN, T0, s, None))
     assert set(utilization_levers(diurnal(2), PLAN, 4, 200.0)) == set(utilization_levers([], PLAN, 4, 200.0))
+
+
+def test_cold_starts_are_measured_from_process_start_to_the_first_token() -> None:
+    from exporter.daemon import Pipeline
+    from exporter.model import EngineSample, InstanceSample
+    from exporter.scrape import Scraper
+
+    cfg = load_config(str(ROOT / "examples" / "minimal.yaml"))
+    scraper = Scraper(cfg)
+    try:
+        pipe = Pipeline(cfg, scraper, clock=lambda: T0)
+
+        def seen(t: float, started: float, tokens: float) -> InstanceSample:
+            return InstanceSample("h100", "i0", t, EngineSample("vllm", counters={"generation_tokens": tokens},
+                                                                 gauges={"process_start_time": started}))
+
+        # up at +10 s but not serving yet; first tokens at +40 s: 40 - 5 = 35 s from its process start
+        pipe.ingest([seen(T0 + 10, T0 + 5, 0.0)])
+        pipe.ingest([seen(T0 + 40, T0 + 5, 12.0)])
+        pipe.ingest([seen(T0 + 45, T0 + 5, 30.0)])  # the same process again: not a second cold start
+        # a restart: a new process, measured again; a process older than fleetwatch is not a cold start seen
+        pipe.ingest([seen(T0 + 300, T0 + 250, 3.0)])
+        pipe.ingest([InstanceSample("h100", "old", T0 + 300, EngineSample(
+            "vllm", counters={"generation_tokens": 9.0}, gauges={"process_start_time": T0 - 999}))])
+        assert sorted(pipe.cold_starts["h100"]) == [35.0, 50.0]
+        assert pipe.cold_start_p90()["h100"] == 50.0
+    finally:
+        scraper.close()
