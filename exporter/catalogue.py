@@ -540,6 +540,19 @@ ROW_KEYS: tuple[str, ...] = tuple(r.key for r in ROWS)
 ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
 
 
+def written_out(promql: str, plan: Mapping[str, str] | None = None) -> str:
+    """A row's PromQL with the series the rules record in front of it written out, for readers that
+    have no rules loaded (dashboards, the Prometheus-backed mode): the recorded arrival rate, the
+    instance series, and the plan series, as their PromQL or, given ``plan`` (key -> PromQL), as that."""
+    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({ROWS_BY_KEY['requests_per_second'].promql})")
+    for key, _, _ in PLAN_FIGURES:
+        if plan is not None:
+            promql = promql.replace(plan_series(key), plan[key])
+    for name, expr in fleet_series().items():
+        promql = promql.replace(name, f"({expr})")
+    return promql
+
+
 def apply_override(band: Band | None, override: BandOverride | None) -> Band | None:
     """A tier's ``bands:`` entry replaces the thresholds it names, keeping their inclusiveness."""
     if override is None:

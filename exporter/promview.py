@@ -15,8 +15,7 @@ import threading
 from typing import Callable, Iterable, Mapping, Sequence
 
 from . import inputs as I
-from .catalogue import (ENGINE_TARGETS, EVIDENCE, INSTANCES, INSTANCES_UP, PLAN_FIGURES, PODDED_EXPORTERS, ROWS,
-                        fleet_series, plan_series)
+from .catalogue import ENGINE_TARGETS, EVIDENCE, PLAN_FIGURES, PODDED_EXPORTERS, ROWS, written_out
 from .config import format_duration
 from .model import Config
 from .window import Quantity
@@ -76,14 +75,7 @@ def _window(promql: str, seconds: float, offset: float = 0.0) -> str:
 
 def inline(promql: str, config: Config, seconds: float) -> str:
     """A catalogue PromQL with what the rules would record written out, over ``seconds``."""
-    rps = next(r.promql for r in ROWS if r.key == "requests_per_second")
-    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({rps})")
-    series = fleet_series()
-    for name in (INSTANCES_UP, INSTANCES):
-        promql = promql.replace(name, f"({series[name]})")
-    for key, _, get in PLAN_FIGURES:
-        promql = promql.replace(plan_series(key), _constant(config, get))
-    return _window(promql, seconds)
+    return _window(written_out(promql, {key: _constant(config, get) for key, _, get in PLAN_FIGURES}), seconds)
 
 
 def row_queries(config: Config, seconds: float) -> dict[str, tuple[str, str | None]]:

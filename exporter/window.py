@@ -173,8 +173,6 @@ class TierWindow:
     _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
     _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     _series: dict[str, list[tuple[float, EngineSample]]] = field(default_factory=dict, compare=False, repr=False)
-    # per counter key, every instance's increase: rows and findings ask for the same few keys many times
-    _counter_memo: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- instances
     def up(self) -> tuple[str, ...]:
@@ -222,13 +220,8 @@ class TierWindow:
 
     # -------------------------------------------------------------- counters
     def counter_increases(self, key: str) -> Mapping[str, tuple[float, float]]:
-        """instance -> (increase, seconds) for instances with >= 2 readings of ``key``. Computed once
-        per key and window (the mapping is shared: read it, do not change it)."""
-        memo = self._counter_memo.get(key)
-        if memo is not None:
-            return memo
+        """instance -> (increase, seconds) for instances with >= 2 readings of ``key``."""
         out: dict[str, tuple[float, float]] = {}
-        self._counter_memo[key] = out
         for inst in self.up():
             series = [(t, e.counters[key]) for t, e in self._engine_series(inst) if key in e.counters]
             if len(series) < 2:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import inputs as I
 from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, ROWS,
-                         ROWS_BY_KEY, Context, fleet_series)
+                         ROWS_BY_KEY, Context, fleet_series, written_out)
 from ..model import Band, Benchmark, Plan, Slo
 
 SCHEMA_VERSION = 39
@@ -37,11 +37,7 @@ def _inline(promql: str) -> str:
     """A row's PromQL with the series the rules record in front of it written out: the recorded arrival
     rate exists only at the rules' window, not at $__rate_interval; the plan and instance series are
     written out so that the table needs no rules (and reads the same in fleet and sidecar mode)."""
-    rps = ROWS_BY_KEY["requests_per_second"].promql
-    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({rps})")
-    for name, expr in fleet_series().items():
-        promql = promql.replace(name, f"({expr})")
-    return promql.replace("{w}", "$__rate_interval").replace("{ws}", "($__rate_interval_ms / 1000)")
+    return written_out(promql).replace("{w}", "$__rate_interval").replace("{ws}", "($__rate_interval_ms / 1000)")
 
 
 def row_query(key: str) -> str:
