@@ -1,6 +1,6 @@
 """Speed and memory of the hot path, against baselines measured in the same run.
 
-Prints a table. Run: python bench/bench_pipeline.py [--fixtures ../shared/fixtures]
+Prints a table. Run: python bench/bench_pipeline.py [--fixtures tests/fixtures]
 - parse: fleetwatch's selective parser vs prometheus_client's text_string_to_metric_families
   on the same vLLM 0.33 scrape (the baseline any Python exporter would reach for);
 - evaluate: one tier's full evaluation (rows, plan checks, guardrails, drift and mixed-tier findings)
@@ -38,7 +38,7 @@ def timeit(fn, repeat: int = 7, number: int = 5, clock=time.perf_counter, pick=s
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+    ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 8, 32])
     args = ap.parse_args()
     folder = Path(args.fixtures) / "vllm/generated/vllm-0.33.0"

@@ -1,7 +1,7 @@
 """Scale: the parser's throughput, and a whole cycle at 10, 100 and 1,000 targets.
 
 Prints a table; every ratio is against prometheus_client measured in the same run.
-Run: python bench/bench_scale.py [--fixtures ../shared/fixtures] [--sizes 10 100 1000]
+Run: python bench/bench_scale.py [--fixtures tests/fixtures] [--sizes 10 100 1000]
 
 - parse: fleetwatch's selective parser (exporter.exposition.parse with the engine's names) and
   the engine parse behind it (to canonical inputs), against prometheus_client's
@@ -201,7 +201,7 @@ def check_cost(n: int, port: int, fixtures: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fixtures", default=str(ROOT.parent / "shared" / "fixtures"))
+    ap.add_argument("--fixtures", default=str(ROOT / "tests" / "fixtures"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--check-targets", type=int, default=300, help="targets of the `check` row (0: none)")
     ap.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)

@@ -161,6 +161,8 @@ class AlertmanagerClient:
                                           verify=self.verify, allow_redirects=False)
                     ok = 200 <= r.status_code < 300
                     reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
+                if d.expired:  # cut mid-answer: a status line read up to the cut can look like a 200
+                    ok, reason = False, f"no answer within {self.timeout:g}s"
             except (requests.RequestException, OSError) as e:
                 ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if d.expired:

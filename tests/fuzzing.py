@@ -25,11 +25,11 @@ from exporter.model import (Benchmark, Config, CurvePoint, EngineSample, Instanc
 from exporter.sources import dcgm, sglang, vllm
 from exporter.window import tier_window
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # tests/fixtures/SOURCES.md
 
 
 def captures() -> dict[str, tuple[str, str]]:
-    """name -> (engine, text) for every engine and version in ../shared/fixtures."""
+    """name -> (engine, text) for every engine and version in tests/fixtures."""
     out: dict[str, tuple[str, str]] = {}
     for p in sorted((FIXTURES / "vllm" / "captured").glob("*.prom")):
         out[p.stem] = ("vllm", p.read_text(encoding="utf-8"))

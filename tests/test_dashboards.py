@@ -112,7 +112,7 @@ def _ts(v: Any, enums: dict[str, dict[str, str]], parent: str = "", key: str = "
 def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
     """tsc --noEmit --strict on ``source``, written beside tests/grafana-schema/node_modules."""
     tsc = SCHEMA / "node_modules" / ".bin" / "tsc"
-    need(tsc.exists(), f"{tsc} missing (npm ci --prefix tests/grafana-schema)")
+    need(tsc.exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
     check = SCHEMA / name
     check.write_text(source)
     try:
@@ -125,7 +125,7 @@ def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.integration
 def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
-    need((SCHEMA / "node_modules").exists(), "tests/grafana-schema/node_modules missing (npm ci there)")
+    need((SCHEMA / "node_modules").exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
     enums = _enums()
     lines = ["import type { Dashboard } from '@grafana/schema';",
              f"import {{ {', '.join(sorted(set(_ENUM_FIELDS.values())))} }} from '@grafana/schema';"]
@@ -138,7 +138,7 @@ def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
 @pytest.mark.integration
 def test_the_schema_check_catches_a_bad_field() -> None:
     """The check above can fail: a dashboard whose field has a type Grafana's does not allow."""
-    need((SCHEMA / "node_modules").exists(), "tests/grafana-schema/node_modules missing (npm ci there)")
+    need((SCHEMA / "node_modules").exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
     bad = dict(BOARDS["fleetwatch-plan.json"], graphTooltip="shared")
     r = _tsc("bad.generated.ts", "import type { Dashboard } from '@grafana/schema';\n"
                                  f"export const d: Dashboard = {_ts(bad, _enums())};\n")

@@ -1,6 +1,6 @@
 """The simulated engine speaks each emulated engine version and obeys Little's Law.
 
-Names and types come from ../shared/reference/vllm-metric-defs (the engines' own source),
+Names and types come from tests/fixtures/reference/vllm-metric-defs (the engines' own source),
 bucket bounds and label sets from real captures of the same versions.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from exporter.sources import sglang, vllm
 
 from conftest import binary, fixture_path, fixture_text
 
-DEFS = "../reference/vllm-metric-defs/"
+DEFS = "reference/vllm-metric-defs/"
 
 
 def families(text: str) -> dict[str, tuple[str, set[str], tuple[str, ...]]]:

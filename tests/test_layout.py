@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "exporter"
@@ -45,3 +46,37 @@ def test_no_import_cycles() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+ROOT = PKG.parent
+# a path into the workspace beside the clone: its shared folder, by a relative path or joined onto a parent
+_OUTSIDE = re.compile(r"\.\./" + "shared" + r"|parents?\[\d\]\s*(\.parent\s*)?/\s*['\"]" + "shared" +
+                      r"|['\"]" + "shared" + r"/(fixtures|reference)")
+
+
+def test_nothing_reads_outside_the_repository() -> None:
+    """A user's clone has nothing beside it: tests, benchmarks and the package read only the project."""
+    offenders = []
+    for folder in ("tests", "bench", "exporter"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if _OUTSIDE.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_pattern_catches_the_ways_a_path_leaves_the_clone() -> None:
+    for line in ('FIXTURES = Path(__file__).resolve().parents[1].parent / "' + "shared" + '" / "fixtures"',
+                 'open("../' + "shared" + '/fixtures/x.prom")', 'ROOT.parents[1] / "' + "shared" + '"'):
+        assert _OUTSIDE.search(line), line
+    assert not _OUTSIDE.search('"shared_prefixes": wl.shared_prefixes')
+
+
+def test_every_fixture_has_its_source() -> None:
+    fixtures = ROOT / "tests" / "fixtures"
+    sources = (fixtures / "SOURCES.md").read_text(encoding="utf-8")
+    files = [p for p in fixtures.rglob("*") if p.is_file() and p.name != "SOURCES.md"]
+    assert len(files) > 70
+    for p in files:
+        # a capture is named in its table; a generated sequence by its folder
+        assert p.name in sources or p.parent.name in sources, f"{p.relative_to(ROOT)} has no entry in SOURCES.md"

@@ -1,6 +1,6 @@
 """fleetwatch's window math against a real Prometheus on the same scraped data.
 
-One Prometheus scrapes, once a second, a replay of every engine version in ../shared/fixtures
+One Prometheus scrapes, once a second, a replay of every engine version in tests/fixtures
 (vLLM V0 0.4-0.7 and V1 0.11/0.33, SGLang 0.4.0 and 0.5.23; a single capture is replayed with its
 counters growing 5% a scrape) and two dcgm-exporters: a Kubernetes node whose GPUs belong to two
 engine pods of two tiers (and one to no pod), and a plain node with no pod labels. Each target

@@ -12,7 +12,7 @@ import yaml
 
 from exporter.config import load_config
 
-from conftest import FIXTURES, binary, need
+from conftest import REFERENCE, binary
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
@@ -104,8 +104,7 @@ def test_tier_band_overrides_reach_the_alerts() -> None:
 
 def test_prometheusrule_renders_the_same_groups_and_fits_the_crd() -> None:
     import jsonschema  # a test dependency: validates the custom resource against the CRD
-    need((FIXTURES.parent / "reference").is_dir(), "../shared/reference not found")
-    crd = yaml.safe_load((FIXTURES.parent / "reference" / "prometheus-operator-crds" /
+    crd = yaml.safe_load((REFERENCE / "prometheus-operator-crds" /
                           "monitoring.coreos.com_prometheusrules.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     files = [p for p in RULES.iterdir() if "prometheusrule" in p.name]

@@ -2,7 +2,7 @@
 
 The simulator records canonical events ("ttft", "prompt_tokens", ...). A flavour maps each to the
 family one real engine version exposes: name, type, help, labels and buckets, taken from
-``../shared/reference/vllm-metric-defs/`` and the captures beside it (tests compare them).
+``tests/fixtures/reference/vllm-metric-defs/`` and the captures beside it (tests compare them).
 A canonical event a flavour has no family for is simply not exposed, as the real engine would not.
 """
 from __future__ import annotations
