@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -314,6 +315,18 @@ def _scenarios() -> "dict[str, Scenario]":
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # inside the guard: a reader gone by now would fail the flush at exit
+        return rc
+    except BrokenPipeError:
+        # the reader left (`fleetwatch demo | head`): stop quietly with the status of a command killed by
+        # SIGPIPE; the rest of stdout goes nowhere, so that the interpreter's last flush has nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -194,11 +194,13 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
     server.start()
     url = f"http://{demo.config.listen_host}:{server.port}/metrics"
     sc = SCENARIOS[scenario]
+    # what is running, before the first report: on stdout with the reports, except beside JSON lines,
+    # which a program reads one document at a time
     print(f"fleetwatch demo: scenario {scenario}: {sc.what_happens}.\n"
           f"  fleetwatch should catch: {sc.must_catch}.\n"
           f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}\n"
           f"  a report every {INTERVAL_SECONDS:g}s over a {WINDOW_SECONDS:g}s window; Ctrl-C to stop.",
-          file=sys.stderr, flush=True)
+          file=sys.stderr if fmt == "json" else out, flush=True)
     if on_ready is not None:
         on_ready(url)
     clock = WallClock(demo.fleet, stop)
