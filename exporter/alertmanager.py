@@ -25,6 +25,7 @@ from .config import redact_url
 from .fetch import deadline, new_session
 
 from .model import Report, Status
+from .text import num
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +163,11 @@ class AlertmanagerClient:
                     ok = 200 <= r.status_code < 300
                     reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
                 if d.expired:  # cut mid-answer: a status line read up to the cut can look like a 200
-                    ok, reason = False, f"no answer within {self.timeout:g}s"
+                    ok, reason = False, f"no answer within {num(self.timeout)}s"
             except (requests.RequestException, OSError) as e:
                 ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if d.expired:
-                    reason = f"no answer within {self.timeout:g}s"
+                    reason = f"no answer within {num(self.timeout)}s"
             with self._lock:
                 if ok:
                     for fp, p in batch:

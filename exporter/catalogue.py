@@ -13,7 +13,7 @@ from . import inputs as I
 from .model import BandOverride, Plan
 from .guardrails import BREAKER_RANGE
 from .model import Band, Status, Threshold
-from .window import Quantity, TierWindow, evidence
+from .window import Quantity, TierWindow, absent, evidence
 
 Values = Mapping[str, Quantity]
 Statuses = Mapping[str, Status]
@@ -44,6 +44,7 @@ class Row:
     band: Callable[[Context], Band | None]
     diagnose: Callable[[Context, Status], str | None]
     inputs: tuple[str, ...] = ()  # the canonical engine inputs it reads (exporter/inputs.py)
+    readings: int = 2  # readings of an instance it needs: two for rates and quantiles, one for a gauge
 
 
 # ------------------------------------------------------------------ computations
@@ -58,14 +59,14 @@ def _ratio(tw: TierWindow, num: str, den: str, gauge: str | None, what: str) -> 
         if means:
             return Quantity(sum(means.values()) / len(means), len(means), source="gauge")
     if d is None or n is None:
-        return Quantity(None, reason=f"the engine does not expose {what} (or fewer than two scrapes of it yet)")
-    return Quantity(None, 0, reason=f"no {what} in the window (the denominator did not increase)")
+        return Quantity(None, reason=absent(tw, den, *((gauge,) if gauge else ())))
+    return Quantity(None, 0, reason=f"no {what}: the {I.INPUTS[den].what} did not increase in the window")
 
 
 def requests_per_second(tw: TierWindow, plan: Plan) -> Quantity:
     finished = tw.counter_increases("requests_finished")
     if not finished:
-        return Quantity(None, reason="no finished-request counter with two scrapes in the window yet")
+        return Quantity(None, reason=absent(tw, "requests_finished"))
     rate = sum(v / d for v, d in finished.values() if d > 0)
     backlog = tw.gauge_change_rate(("requests_running", "requests_waiting"))
     rate += sum(backlog.get(i, 0.0) for i in finished)
@@ -79,7 +80,7 @@ def _quantile(key: str, q: float) -> Callable[[TierWindow, Plan], Quantity]:
 def kv_cache_utilization(tw: TierWindow, plan: Plan) -> Quantity:
     means = tw.gauge_means("kv_cache_usage")
     if not means:
-        return Quantity(None, reason="the engine exposes no KV cache usage gauge")
+        return Quantity(None, reason=absent(tw, "kv_cache_usage"))
     return Quantity(sum(means.values()) / len(means), len(means))
 
 
@@ -94,7 +95,7 @@ def prefix_cache_hit(tw: TierWindow, plan: Plan) -> Quantity:
 def queue_depth(tw: TierWindow, plan: Plan) -> Quantity:
     means = tw.gauge_means("requests_waiting")
     if not means:
-        return Quantity(None, reason="the engine exposes no waiting-requests gauge")
+        return Quantity(None, reason=absent(tw, "requests_waiting"))
     return Quantity(sum(means.values()), len(means))
 
 
@@ -164,7 +165,7 @@ def tokens_per_gpu_hour(tw: TierWindow, plan: Plan) -> Quantity:
     rate = tw.rate("generation_tokens")
     up = len(tw.up())
     if rate is None:
-        return Quantity(None, reason="no generation-token counter with two scrapes in the window yet")
+        return Quantity(None, reason=absent(tw, "generation_tokens"))
     if up == 0:
         return Quantity(None, reason="no instance is up")
     return Quantity(rate * 3600 / (up * plan.gpus_per_instance), evidence(tw.increase("generation_tokens")))
@@ -173,7 +174,7 @@ def tokens_per_gpu_hour(tw: TierWindow, plan: Plan) -> Quantity:
 def cost_per_million_tokens(tw: TierWindow, plan: Plan) -> Quantity:
     rate = tw.rate("generation_tokens")
     if rate is None:
-        return Quantity(None, reason="no generation-token counter with two scrapes in the window yet")
+        return Quantity(None, reason=absent(tw, "generation_tokens"))
     if rate <= 0:
         return Quantity(None, 0, reason="no tokens generated in the window")
     per_hour = plan.gpu_hour_cost_usd * plan.gpus_per_instance * len(tw.instances)
@@ -351,12 +352,13 @@ def plan_series(key: str) -> str:
 
 # the plan's figures, exported as fleetwatch_plan_<key>{tier} gauges for the rules and dashboards
 PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
-    ("instances", "Instances the plan decided (Step 11).", lambda p: p.instances),
+    ("instances", "Instances the plan decided (its fleet size).", lambda p: p.instances),
     ("gpus_per_instance", "GPUs per instance (TP degree).", lambda p: p.gpus_per_instance),
     ("gpu_hour_cost_usd", "Cost of one GPU-hour in USD.", lambda p: p.gpu_hour_cost_usd),
-    ("peak_rps", "Planned peak arrival rate of the tier (Step 1), requests per second.", lambda p: p.peak_rps),
-    ("safety_factor", "Safety factor of Step 11.", lambda p: p.safety_factor),
-    ("usable_rps_per_instance", "Usable RPS per instance at SLO from the Step 10 benchmark.",
+    ("peak_rps", "Planned peak arrival rate of the tier (its workload profile), requests per second.",
+     lambda p: p.peak_rps),
+    ("safety_factor", "Safety factor of the fleet size.", lambda p: p.safety_factor),
+    ("usable_rps_per_instance", "Usable RPS per instance at SLO from the plan's benchmark.",
      lambda p: p.benchmark.usable_rps_per_instance),
     ("slo_ttft_p99_seconds", "TTFT P99 SLO.", lambda p: p.slo.ttft_p99),
     ("slo_itl_p99_seconds", "ITL P99 SLO.", lambda p: p.slo.itl_p99),
@@ -417,7 +419,7 @@ GPU_COMPUTE_PER_GPU = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_EN
 _FINISHED = I.rate("requests_finished")
 
 ROWS: tuple[Row, ...] = (
-    Row("requests_per_second", "requests/s", "(load)",
+    Row("requests_per_second", "requests/s", "Arrival rate",
         "Arrival rate: finished-request rate plus the growth of running+waiting requests.",
         requests_per_second,
         # finished rate + backlog growth; "or (finished * 0)" keeps tiers whose engine has no gauges
@@ -440,7 +442,7 @@ ROWS: tuple[Row, ...] = (
         kv_cache_utilization, f"avg by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
         _fixed(Band("75-90%", warning_above=_t(0.90), critical_above=_t(0.98, True))),
         _by_status("Near the ceiling: evaluate KV cache quantization or offloading before it becomes the bottleneck."),
-        ("kv_cache_usage",)),
+        ("kv_cache_usage",), readings=1),
     Row("kv_cache_eviction_ratio", "ratio", "KV cache eviction rate",
         "Preemptions per finished request (SGLang: retractions).",
         kv_cache_eviction,
@@ -459,7 +461,7 @@ ROWS: tuple[Row, ...] = (
         ("prefix_cache_hits", "prefix_cache_queries", "prefix_cache_hit_rate")),
     Row("queue_depth_requests", "requests", "Queue depth", "Window mean of waiting requests, summed over the tier.",
         queue_depth, _sum(I.avg_over_time("requests_waiting")),
-        _queue_band, _queue_diag, ("requests_waiting",)),
+        _queue_band, _queue_diag, ("requests_waiting",), readings=1),
     Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
         "Arrival rate over (instances up x usable RPS per instance from the plan).",
         fleet_utilization,
@@ -471,11 +473,11 @@ ROWS: tuple[Row, ...] = (
         "used / (free + used + reserved) of the tier's worst GPU.",
         gpu_memory_utilization, f"max by ({_T}) ({GPU_MEMORY_PER_GPU})",
         _fixed(Band("80-90%", warning_below=_t(0.70), warning_above=_t(0.90), critical_above=_t(0.95))),
-        _memory_diag),
+        _memory_diag, readings=1),
     Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
         "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
         gpu_compute_utilization, f"avg by ({_T}) ({GPU_COMPUTE_PER_GPU})",
-        _compute_band, _compute_diag),
+        _compute_band, _compute_diag, readings=1),
     Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
         "Accepted draft tokens over proposed draft tokens.",
         spec_decode_acceptance,
@@ -494,7 +496,7 @@ ROWS: tuple[Row, ...] = (
         "",  # no engine exposes it: no PromQL
         _fixed(Band("above 80% for stable traffic", warning_below=_t(0.80), critical_below=_t(0.60))),
         _by_status("Adapter variants compete for GPU memory.",
-                   "Below 60%: too many simultaneous adapter variants; increase max_loras or reduce adapter rank.")),
+                   "Below 60%: too many simultaneous adapter variants; increase max_loras or reduce adapter rank."), readings=1),
     Row("lora_adapter_evictions_per_second", "1/s", "Adapter eviction rate",
         "Adapters leaving the running set while requests for them wait.",
         lora_evictions,
@@ -508,7 +510,7 @@ ROWS: tuple[Row, ...] = (
         f"{_sum(I.rate('generation_tokens'))} * 3600"
         f" / on ({_T}) ({INSTANCES_UP} * on ({_T}) {plan_series('gpus_per_instance')})",
         _no_band("maximize"), _tokens_diag, ("generation_tokens",)),
-    Row("cost_per_million_tokens_usd", "USD/1M tokens", "(9.2) cost per token",
+    Row("cost_per_million_tokens_usd", "USD/1M tokens", "Cost per million tokens",
         "Provisioned GPU cost per hour over generated tokens per hour, per million tokens.",
         cost_per_million_tokens,
         f"({plan_series('gpu_hour_cost_usd')} * on ({_T}) {plan_series('gpus_per_instance')} * on ({_T})"

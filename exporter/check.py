@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Callable
 
 from .config import Config
 from .daemon import Pipeline
 from .model import Report
 from .scrape import Scraper
+from .text import num, plural, seconds
 
 
 def run_check(config: Config, window: float, *, scraper: Scraper | None = None,
@@ -32,6 +34,7 @@ def run_check(config: Config, window: float, *, scraper: Scraper | None = None,
         now = last[0].timestamp if last else time.time()
         # the window spans exactly the two scrapes
         pipeline.store.window = now - (first[0].timestamp if first else now)
+        pipeline.store.expected = 2
         return pipeline.evaluate(now)
     finally:
         scraper.close()
@@ -44,9 +47,10 @@ def _num(v: float | None, unit: str) -> str:
         return f"{v * 100:.1f}%"
     if unit == "s":
         return f"{v * 1000:.0f}ms" if v < 1 else f"{v:.2f}s"
-    if abs(v) >= 1e5:
-        return f"{v:,.0f}"
-    return f"{v:.3g}"
+    return num(v)
+
+
+SHARED_REASON = 3  # an unknown reason on this many rows of a tier is said once, above its rows
 
 
 def _f(v: object) -> float | None:
@@ -55,7 +59,7 @@ def _f(v: object) -> float | None:
 
 def _pct(v: object) -> str:
     f = _f(v)
-    return "?" if f is None else f"{f * 100:g}"
+    return "?" if f is None else f"{num(f * 100)}"
 
 
 def format_table(report: Report) -> str:
@@ -65,11 +69,15 @@ def format_table(report: Report) -> str:
         lines.append(f"== tier {name}: {t.instances_up}/{t.instances_total} instances up; "
                      f"resize {r.action} (recommended {r.recommended_instances})")
         lines.append(f"   {r.reason}")
+        shared = Counter(m.reason for m in t.metrics.values() if m.value is None and m.reason).most_common(1)
+        common = shared[0][0] if shared and shared[0][1] >= SHARED_REASON else None
+        if common is not None:  # the tier is down or warming up: said once, not on every row
+            lines.append(f"   unknown for now: {common}")
         lines.append(f"   {'metric':<36} {'value':>12}  {'status':<8} note")
         for key, m in t.metrics.items():
             # an ok row says nothing more; a bad one its diagnosis; an unknown one why
             note = (m.diagnosis if m.status.value in ("warning", "critical") else None) or (
-                m.reason if m.value is None else "") or ""
+                ("see above" if m.reason == common else m.reason) if m.value is None else "") or ""
             src = f" [{m.source}]" if m.source and m.value is not None else ""
             lines.append(f"   {key:<36} {_num(m.value, m.unit):>12}  {m.status.value:<8} {note}{src}")
         lines.append("   plan checks:")
@@ -80,10 +88,10 @@ def format_table(report: Report) -> str:
             for f in t.findings:
                 lines.append(f"     {f.status.value:<8} {f.kind:<28} {f.message}")
         g = t.guardrails
-        parts = [f"{k} {v['value']} ({v['low']}-{v['high']})" for k, v in g.items()
-                 if isinstance(v, dict) and v.get("value") is not None]
+        parts = [f"{k} {_num(_f(v['value']), '')} ({_num(_f(v['low']), '')}-{_num(_f(v['high']), '')})"
+                 for k, v in g.items() if isinstance(v, dict) and v.get("value") is not None]
         if parts:
-            lines.append(f"   guardrails (9.4): {'; '.join(parts)}")
+            lines.append(f"   guardrails: {'; '.join(parts)}")
         wl = t.workload
         inp, out = wl.get("input_tokens"), wl.get("output_tokens")
         if isinstance(inp, dict) and isinstance(out, dict):
@@ -92,17 +100,19 @@ def format_table(report: Report) -> str:
                          f"{_num(out.get('p95'), '')}/{_num(out.get('p99'), '')}")
         sc = t.schedule
         if sc:
-            lead = sc.get("lead_seconds")
-            lines.append(f"   schedule (9.2): " + (
-                f"{sc.get('now')} instances now, {sc.get('ahead')} ahead ({sc.get('profile')} P"
-                f"{_pct(sc.get('quantile'))} profile, lead {lead}s {sc.get('lead_source')})"
+            lead, ahead = _f(sc.get("lead_seconds")), sc.get("ahead")
+            later = "; ".join(f"{n} in {h}" for h, n in ahead.items()) if isinstance(ahead, dict) else ""
+            lines.append(f"   schedule: " + (
+                f"{plural(_f(sc.get('now')) or 0, 'instance')} now" + (f", {later}" if later else "") +
+                f" ({sc.get('profile')} P{_pct(sc.get('quantile'))} load profile, read "
+                f"{seconds(lead) if lead is not None else '?'} ahead: cold start ({sc.get('lead_source')}) plus margin)"
                 if sc.get("status") == "ok" else f"unknown: {sc.get('reason')}"))
         lv = t.utilization_levers
         windows = lv.get("idle_windows") if lv else None
         if isinstance(windows, list) and windows:
             cost = sum(_f(w.get("idle_cost_usd_per_day")) or 0.0 for w in windows)
-            lines.append(f"   idle windows (9.2): {len(windows)} hours a day under 40% utilization (UTC "
-                         f"{', '.join(str(w['hour_utc']) for w in windows)}), {cost:.0f} USD/day idle; scaling down "
+            lines.append(f"   idle windows: {plural(len(windows), 'hour')} a day under 40% utilization (UTC "
+                         f"{', '.join(str(w['hour_utc']) for w in windows)}), {num(cost)} USD/day idle; scaling down "
                          f"when it could would save {_num(_f(lv.get('scale_down_savings_usd_per_day')), '')} USD/day")
         lines.append("")
     lines.append("CRITICAL" if report.critical else "no critical finding")

@@ -109,8 +109,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     r = sub.add_parser("rules", help="generate Prometheus recording/alerting rules, their promtool tests and runbook",
                        description="Generate, from the metric catalogue and each tier's plan: recording rules "
-                                   "(tier:fleetwatch_<quantity>:<op><window>), alerting rules (every 9.3 band with "
-                                   "the tier's overrides, Step 13, Little's Law, findings, resize triggers), a "
+                                   "(tier:fleetwatch_<quantity>:<op><window>), alerting rules (every band of the "
+                                   "monitoring table with the tier's overrides, observed vs benchmark, Little's Law, "
+                                   "findings, resize triggers), a "
                                    "PrometheusRule rendering of the same groups, promtool tests for every alert, and "
                                    "runbook.md. --check compares instead of writing and exits 1 on drift.")
     r.add_argument("--config", "-c", required=True, help="fleet config YAML")
@@ -119,8 +120,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="where the runbook is written (default: OUT/runbook.md); --runbook-url is what alerts link")
     r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/rules/runbook.md",
                    help="base URL of the runbook in alerts' runbook_url")
-    r.add_argument("--for", dest="for_", default="5m", help="'for:' of every alert (default: 5m)")
-    r.add_argument("--eval-interval", default=None, help="rule group interval (default: the config's interval)")
+    r.add_argument("--for", dest="for_", default="5m", metavar="DURATION",
+                   help="'for:' of every alert, e.g. 5m (default: 5m)")
+    r.add_argument("--eval-interval", default=None, metavar="DURATION",
+                   help="rule group interval (default: the config's interval)")
     r.add_argument("--prometheusrule", default=None, metavar="FILE",
                    help="also write the PrometheusRule here (e.g. deploy/kubernetes/base/prometheusrule.yaml: "
                         "kustomize reads only files inside its base)")
@@ -138,18 +141,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
 
     pl = sub.add_parser(
-        "plan", help="size a tier (Steps 1-12 of 9.1) from a workload, a model and a GPU: the plan fleetwatch validates",
-        description="Run the sizing algorithm of section 9.1, Steps 1-12: classify the workload (Step 2), check "
-                    "routing (3), compute the memory floor at the model's native precision (4) and at the chosen "
-                    "one (5), pick TP/PP (6), read a concurrency sweep into the latency-throughput curve (7, 10), "
-                    "derive the serving checklist (8, 9), size the fleet (11) and cost it (12). Without --sweep the "
+        "plan", help="size a tier from a workload, a model and a GPU: the plan fleetwatch validates",
+        description="Size one tier: classify the workload and rank the GPUs for it, check whether routing simple "
+                    "requests to a small model pays, compute the memory floor at the model's native precision and "
+                    "at the chosen one, pick TP/PP, read a concurrency sweep into the latency-throughput curve (the "
+                    "benchmark), derive the serving checklist, size the fleet and cost it. Without --sweep the "
                     "values that need one are null with the reason. --from-report re-characterizes the workload from "
-                    "a fleetwatch report (Step 13 -> Step 1) and sizes again.",
+                    "what a fleetwatch report observed and sizes again.",
         epilog="workload keys: input_tokens {p50,p95,p99}, output_tokens {p50,p95,p99}, peak_rps, average_rps, "
                "slo {ttft_p99, itl_p99}; optional online_share, concurrency_per_instance (32), safety_factor (0.2), "
                "simple_share, shared_prefixes, lora {adapters, rank}. GPUs built in: H100, H200, A100, L40S, MI300X, "
                "B200.")
-    pl.add_argument("--workload", "-w", required=True, help="the Step 1 workload profile (YAML)")
+    pl.add_argument("--workload", "-w", required=True, help="the workload profile: lengths, peak, SLOs (YAML)")
     pl.add_argument("--model", "-m", required=True, help="the model's Hugging Face config.json (or a YAML/JSON with "
                                                          "the same keys and num_parameters)")
     pl.add_argument("--gpu", "-g", required=True, help="the GPU to size on (H100, H200, A100, L40S, MI300X, B200, or "
@@ -165,9 +168,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                         "tflops: {fp16, fp8, int8}, interconnect, interconnect_gb_s, "
                                                         "hour_usd, gpus_per_node})")
     pl.add_argument("--from-report", default=None, metavar="REPORT.json",
-                    help="Step 13: replace the workload's lengths and peak with what this fleetwatch report observed")
+                    help="re-characterize: replace the workload's lengths and peak with what this fleetwatch report "
+                         "observed")
     pl.add_argument("--tier", default=None, help="with --from-report: the report's tier to read")
-    pl.add_argument("--small-model", default=None, help="Step 3: the small model that simple requests would be "
+    pl.add_argument("--small-model", default=None, help="routing: the small model that simple requests would be "
                                                         "routed to (config.json); sized when routing pays")
     pl.add_argument("--small-gpu", default=None, help="its GPU (default: --gpu)")
     pl.add_argument("--small-sweep", default=None, help="its concurrency sweep")
@@ -276,8 +280,8 @@ def _plan(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"fleetwatch: {e}", file=sys.stderr)
         return 2
-    except (KeyError, ValueError) as e:
-        print(f"fleetwatch: {str(e).strip(chr(39))}", file=sys.stderr)
+    except (KeyError, ValueError) as e:  # the message itself, never the exception's repr of it
+        print(f"fleetwatch: {e.args[0] if e.args else type(e).__name__}", file=sys.stderr)
         return 2
     result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve, small=small)
     if args.format == "json":
@@ -330,6 +334,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # the scheduler says "running job" twice a cycle: fleetwatch logs the cycle
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if args.command == "demo":
         from .demo.run import run_demo
 
@@ -351,11 +357,19 @@ def _main(argv: list[str] | None) -> int:
         return _write_or_check(files, "`fleetwatch dashboards` generates", args.check)
     try:
         if args.command == "validate-config":
+            from .evaluate import plan_shortfall
+            from .text import plural
+
             cfg = load_config(args.file)
             n = sum(len(t.targets) for t in cfg.tiers.values())
             read = (f"read from prometheus {redact_url(cfg.prometheus.url)}" if cfg.prometheus is not None
-                    else f"{n} targets")
-            print(f"{args.file}: ok ({len(cfg.tiers)} tiers, {read})")
+                    else plural(n, "target"))
+            for name, tier in cfg.tiers.items():  # valid, but a plan that contradicts itself is worth a word
+                short = plan_shortfall(tier)
+                if short is not None:
+                    where = f"{tier.plan_file}: instances" if tier.plan_file else f"{args.file}: tiers.{name}.plan.instances"
+                    print(f"fleetwatch: warning: {where}: {short}", file=sys.stderr)
+            print(f"{args.file}: ok ({plural(len(cfg.tiers), 'tier')}, {read})")
             return 0
         cfg = load_config(args.config)
     except ConfigError as e:

@@ -99,10 +99,10 @@ class FleetCollector(Collector):
         findings = GaugeMetricFamily("fleetwatch_finding", "1 for each current finding.",
                                      labels=["tier", "kind", "status", "instance"])
         guardrails = GaugeMetricFamily(
-            "fleetwatch_guardrail_recommended", "Recommended gateway guardrail (9.4), from the observed "
+            "fleetwatch_guardrail_recommended", "Recommended gateway guardrail, from the observed "
             "histograms: bound=value is the middle of the low-high range.", labels=["tier", "guardrail", "bound"])
         scheduled = GaugeMetricFamily(
-            "fleetwatch_scheduled_instances", "Instances the tier's load profile says must run (9.2 predictive "
+            "fleetwatch_scheduled_instances", "Instances the tier's load profile says must run (predictive "
             "scaling: its need up to one cold-start lead ahead, at least min_warm_instances); horizon=\"\" now, "
             "15m and 1h ahead.", labels=["tier", "horizon"])
         lead = GaugeMetricFamily("fleetwatch_schedule_lead_seconds",

@@ -83,8 +83,10 @@ def validate_listen(listen: str) -> str | None:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
+    """As Prometheus writes a duration, in the largest unit that divides it: 7d, 1h, 5m, 15s, 250ms."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{int(round(seconds * 1000))}ms"
@@ -458,9 +460,11 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
             raise c.err(p, "tier names may use letters, digits, '_', '.' and '-' only")
         # targets may be left out of a config that only sidecars read (serve --tier): they watch localhost
         t = c.mapping(traw, p, {"plan", "targets", "bands", "discover", "schedule"}, {"plan"})
-        plan_raw, plan_ctx, plan_path = t["plan"], c, _join(p, "plan")
+        plan_raw, plan_ctx, plan_path, plan_file = t["plan"], c, _join(p, "plan"), None
         if isinstance(plan_raw, str):  # a path to a plan file, relative to this config
             plan_file = str((base / plan_raw).resolve()) if not os.path.isabs(plan_raw) else plan_raw
+            if not os.path.exists(plan_file):
+                raise c.err(_join(p, "plan"), f"plan file {plan_file} not found")
             plan_ctx, plan_path = _Ctx(plan_file), ""
             plan_raw = _load_yaml(plan_file)
         targets_raw = t.get("targets", [])
@@ -483,6 +487,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
             discover=discover,
             endpoint=endpoint,
             schedule=c.optional(t, "schedule", p, lambda x, pp: _schedule(c, x, pp)) or ScheduleSettings(),
+            plan_file=plan_file,
         )
     kubernetes, kubernetes_endpoint = None, EndpointTemplate()
     if m.get("discovery") is not None:

@@ -21,7 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 from .alertmanager import AlertmanagerClient, alerts_from_report
 from .collector import Published, Snapshot, make_registry
 from .config import Config, redact_url
-from .evaluate import HistoryPoint, evaluate, peak_sample
+from .evaluate import HistoryPoint, evaluate, peak_sample, plan_shortfall
 from .model import InstanceSample, Report
 from .scrape import Scraper, ScrapeStats
 from .schedule import annotate
@@ -52,7 +52,7 @@ class Pipeline:
         self._history_read = reader is None  # the Prometheus-backed history is read once, when it answers
         self.clock = clock
         self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
-                                 slack=config.interval / 2)
+                                 slack=config.interval / 2, expected=round(config.window / config.interval) + 1)
         self.history: dict[str, deque[HistoryPoint]] = {n: deque() for n in config.tiers}
         self.snapshot = Snapshot()
         self.cycles = 0
@@ -383,6 +383,10 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
              config.listen_host, server.port, config.interval, config.window, len(config.tiers),
              f"reading the fleet from prometheus {reader.name}" if reader is not None
              else f"{sum(len(t.targets) for t in config.tiers.values())} targets")
+    for name, tc in config.tiers.items():
+        short = plan_shortfall(tc)
+        if short is not None:
+            log.warning("tier %s: the plan's instances: %s", name, short)
     if config.mode == "sidecar":
         ((tier, tc),) = config.tiers.items()
         t = tc.targets[0]

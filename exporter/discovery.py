@@ -20,6 +20,7 @@ import requests
 
 from .fetch import FetchError, fetch_text, new_session
 from .model import Config, DnsDiscovery, EndpointTemplate, GpuSelector, KubernetesDiscovery, Target
+from .text import num
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def resolve(spec: DnsDiscovery, timeout: float) -> list[tuple[str, int | None]]:
     except dns.resolver.NoAnswer:
         raise DiscoveryError("empty", f"{spec.name} has no {spec.type} records") from None
     except dns.exception.Timeout:
-        raise DiscoveryError("timeout", f"no DNS answer for {spec.name} within {timeout:g}s") from None
+        raise DiscoveryError("timeout", f"no DNS answer for {spec.name} within {num(timeout)}s") from None
     except dns.exception.DNSException as e:
         raise DiscoveryError("dns", f"{spec.name}: {type(e).__name__}: {str(e)[:200]}") from None
     return out

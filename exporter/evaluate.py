@@ -8,12 +8,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from .catalogue import ROWS, Context, apply_override
+from .catalogue import ROWS, Context, Row, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
+from .text import num, plural
 from .window import Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
@@ -41,10 +42,10 @@ def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "unknown"
     if unit == "s":
-        return f"{v:.3g}s"
+        return f"{num(v)}s"
     if unit == "%":
         return f"{v * 100:.0f}%"
-    return f"{v:.3g}"
+    return f"{num(v)}"
 
 
 # ------------------------------------------------------------------ Step 13
@@ -63,11 +64,11 @@ def predicted_at(plan: Plan, field: str, per_instance_rps: float | None) -> tupl
         lo, hi = op.rps * (1 - OPERATING_POINT_TOLERANCE), op.rps * (1 + OPERATING_POINT_TOLERANCE)
         if lo <= per_instance_rps <= hi:
             return pts[0][1], "operating point"
-        return None, (f"observed {per_instance_rps:.3g} RPS/instance is outside +-15% of the benchmark's operating "
-                      f"point ({op.rps:g}); add plan.benchmark.curve to compare at other loads")
+        return None, (f"observed {num(per_instance_rps)} RPS per instance is outside ±15% of the benchmark's "
+                      f"operating point ({num(op.rps)}); add plan.benchmark.curve to compare at other loads")
     if not pts[0][0] <= per_instance_rps <= pts[-1][0]:
-        return None, (f"observed {per_instance_rps:.3g} RPS/instance is outside the benchmark curve "
-                      f"({pts[0][0]:g}-{pts[-1][0]:g}); never extrapolated")
+        return None, (f"observed {num(per_instance_rps)} RPS per instance is outside the benchmark curve "
+                      f"({num(pts[0][0])}-{num(pts[-1][0])}); it is never extrapolated")
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= per_instance_rps <= x1:
             y = y0 if x1 == x0 else y0 + (y1 - y0) * (per_instance_rps - x0) / (x1 - x0)
@@ -83,7 +84,7 @@ def step13_checks(plan: Plan, values: Mapping[str, Quantity], up: int) -> list[P
     def latency(check: str, key: str, field: str, label: str) -> None:
         obs = values[key].value
         pred, how = predicted_at(plan, field, per_inst)
-        if obs is None or pred is None:
+        if obs is None or pred is None or per_inst is None:
             out.append(PlanCheck(check, obs, pred, Status.UNKNOWN,
                                  f"{label}: {values[key].reason if obs is None else how}"))
             return
@@ -91,11 +92,13 @@ def step13_checks(plan: Plan, values: Mapping[str, Quantity], up: int) -> list[P
         if obs > STEP13_TTFT_FACTOR * pred:
             out.append(PlanCheck(check, obs, pred, Status.CRITICAL,
                                  f"{label} {_fmt(obs, 's')} is {over * 100:.0f}% above the benchmark's "
-                                 f"{_fmt(pred, 's')} at {per_inst:.3g} RPS/instance: return to Step 1 and "
-                                 f"re-characterize the workload."))
+                                 f"{_fmt(pred, 's')} at {num(per_inst)} RPS per instance: production no longer matches the "
+                                 f"benchmark; re-characterize the workload (lengths, prefix reuse, peak) and "
+                                 f"re-run the benchmark."))
         else:
             out.append(PlanCheck(check, obs, pred, Status.OK,
-                                 f"{label} {_fmt(obs, 's')} vs benchmark {_fmt(pred, 's')} at {per_inst:.3g} RPS/instance."))
+                                 f"{label} {_fmt(obs, 's')} vs benchmark {_fmt(pred, 's')} at {num(per_inst)} RPS per "
+                                 f"instance."))
 
     latency("ttft_p99_vs_benchmark", "ttft_p99_seconds", "ttft_p99", "TTFT P99")
     latency("itl_p99_vs_benchmark", "itl_p99_seconds", "itl_p99", "ITL P99")
@@ -108,8 +111,8 @@ def step13_checks(plan: Plan, values: Mapping[str, Quantity], up: int) -> list[P
     elif obs < pred - STEP13_UTIL_POINTS:
         out.append(PlanCheck("gpu_utilization_vs_benchmark", obs, pred, Status.CRITICAL,
                              f"GPU utilization {_fmt(obs, '%')} is {(pred - obs) * 100:.0f} points below the "
-                             f"benchmark's {_fmt(pred, '%')} at equivalent RPS: return to Step 1 and "
-                             f"re-characterize the workload."))
+                             f"benchmark's {_fmt(pred, '%')} at equivalent RPS: production no longer matches the benchmark; "
+                             f"re-characterize the workload and re-run the benchmark."))
     else:
         out.append(PlanCheck("gpu_utilization_vs_benchmark", obs, pred, Status.OK,
                              f"GPU utilization {_fmt(obs, '%')} vs benchmark {_fmt(pred, '%')}."))
@@ -153,9 +156,9 @@ def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: 
                          "queue depth or arrival rate unknown")
     limit = plan.slo.ttft_p99 * rps
     return PlanCheck("queue_depth_littles_law", q, limit, queue_status,
-                     f"mean queue {q:.3g} vs Little's Law max safe depth {limit:.3g} "
-                     f"({_fmt(plan.slo.ttft_p99, 's')} x {rps:.3g} RPS); shed load at "
-                     f"{BREAKER_RANGE[0] * limit:.3g}-{BREAKER_RANGE[1] * limit:.3g} queued requests.")
+                     f"mean queue {num(q)} vs Little's Law max safe depth {num(limit)} "
+                     f"({_fmt(plan.slo.ttft_p99, 's')} x {num(rps)} RPS); shed load at "
+                     f"{num(BREAKER_RANGE[0] * limit)}-{num(BREAKER_RANGE[1] * limit)} queued requests.")
 
 
 # ------------------------------------------------------------------ resize
@@ -164,6 +167,19 @@ def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: 
 def recommended_instances(peak_rps: float, usable_rps: float, safety: float) -> int:
     """ceil(ceil(P / usable) x (1 + safety)), with a tolerance for float noise."""
     return max(0, math.ceil(math.ceil(peak_rps / usable_rps - 1e-9) * (1 + safety) - 1e-9))
+
+
+def plan_shortfall(tier: TierConfig) -> str | None:
+    """Where the plan's own figures need more instances than it decided: its peak over its usable RPS per
+    instance, with its safety margin. ``serve`` would then say scale_up on its first cycle."""
+    plan = tier.plan
+    usable = plan.benchmark.usable_rps_per_instance
+    needed = recommended_instances(plan.peak_rps, usable, plan.safety_factor)
+    if plan.instances >= needed:
+        return None
+    return (f"{plan.instances} is below the {needed} the plan's own figures need: ceil(ceil({num(plan.peak_rps)} "
+            f"peak RPS / {num(usable)} usable RPS per instance) x (1 + {num(plan.safety_factor)} safety)) = {needed}; "
+            f"fleetwatch will recommend scale_up to {needed} from its first cycle")
 
 
 def observed_throughout(history: Sequence[HistoryPoint], start: float, now: float, max_gap: float) -> bool:
@@ -184,29 +200,31 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
     observed_peak = max(observed) if observed else None
     covered = now - min((h.timestamp for h in history), default=now)
     if covered >= ONE_DAY and observed_peak is not None:
-        peak, basis = observed_peak, f"observed peak {observed_peak:.3g} RPS over the retained history"
+        peak, basis = observed_peak, f"observed peak {num(observed_peak)} RPS over the retained history"
     else:
         peak = max(observed_peak or 0.0, plan.peak_rps)
         if observed_peak is None:
-            basis = (f"the plan's peak of {plan.peak_rps:g} RPS (no full window observed yet, and less than a "
+            basis = (f"the plan's peak of {num(plan.peak_rps)} RPS (no full window observed yet, and less than a "
                      f"day of history)")
         elif observed_peak > plan.peak_rps:
-            basis = f"the observed peak of {observed_peak:.3g} RPS (above the plan's {plan.peak_rps:g})"
+            basis = f"the observed peak of {num(observed_peak)} RPS (above the plan's {num(plan.peak_rps)})"
         else:
-            basis = (f"the plan's peak of {plan.peak_rps:g} RPS (observed up to {observed_peak:.3g}; the plan's "
+            basis = (f"the plan's peak of {num(plan.peak_rps)} RPS (observed up to {num(observed_peak)}; the plan's "
                      f"counts until a day of history is kept)")
     usable = plan.benchmark.usable_rps_per_instance
     rec = recommended_instances(peak, usable, plan.safety_factor)
-    formula = f"{basis} / {usable:g} usable RPS per instance x (1 + {plan.safety_factor:g} safety)"
+    formula = f"{basis} / {num(usable)} usable RPS per instance x (1 + {num(plan.safety_factor)} safety)"
     if rec > current:
-        return Resize(current, rec, "scale_up", f"tier {tier} needs {rec} instances, has {current}: {formula}.", peak)
+        return Resize(current, rec, "scale_up", f"tier {tier} needs {plural(rec, 'instance')}, has {current}: "
+                                                f"{formula}.", peak)
     if step13_critical:
         return Resize(current, rec, "recharacterize",
-                      f"tier {tier}: production diverges from the Step 10 benchmark (Step 13); re-characterize "
-                      f"the workload (Step 1) before resizing. Sizing math says {rec} for {current}.", peak)
+                      f"tier {tier}: production no longer matches the benchmark the plan was sized on (observed vs "
+                      f"benchmark is critical); re-characterize the workload and re-run the benchmark before "
+                      f"resizing. The sizing math says {rec} for {current}.", peak)
     if rec < current and floor[0] >= current:
-        return Resize(current, rec, "hold", f"tier {tier} could run {rec} instances by the sizing math, but keeps "
-                                            f"{current}: {floor[1]}.", peak)
+        return Resize(current, rec, "hold", f"tier {tier} could run {plural(rec, 'instance')} by the sizing math, but "
+                                            f"keeps {current}: {floor[1]}.", peak)
     if rec < current:
         start = now - plan.scale_down_stabilization
         window = [h for h in history if h.timestamp >= start]
@@ -214,13 +232,14 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
         if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
             to = max(rec, floor[0])
             return Resize(current, rec, "scale_down",
-                          f"tier {tier} needs {rec} instances, has {current}, for the whole "
-                          f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}"
+                          f"tier {tier} needs {plural(rec, 'instance')}, has {current}, for the whole "
+                          f"{num(plan.scale_down_stabilization / 60)}m stabilization window: {formula}"
                           + (f"; scale down to {to}, not below: {floor[1]}" if to > rec else "") + ".", peak)
         return Resize(current, rec, "hold",
-                      f"tier {tier} could run {rec} instances instead of {current}, but not yet for a whole "
-                      f"{plan.scale_down_stabilization / 60:g}m stabilization window: {formula}.", peak)
-    return Resize(current, rec, "hold", f"tier {tier} has the {current} instances it needs: {formula}.", peak)
+                      f"tier {tier} could run {plural(rec, 'instance')} instead of {current}, but not yet for a whole "
+                      f"{num(plan.scale_down_stabilization / 60)}m stabilization window: {formula}.", peak)
+    return Resize(current, rec, "hold", f"tier {tier} has the {plural(current, 'instance')} it needs: {formula}.",
+                  peak)
 
 
 # ------------------------------------------------------------------ workload
@@ -265,6 +284,48 @@ def _usable(q: Quantity, tw: TierView, inputs: Sequence[str]) -> Quantity:
     return q
 
 
+MAX_NAMED = 3  # instances named in one reason; the rest are counted
+
+
+def down_reason(tw: TierView) -> str | None:
+    """Why the whole tier is unknown, when it is: no instance, or none answering (each with the fetch's
+    reason). None while some instance answers."""
+    if not tw.instances:
+        return "the tier has no instances (none configured, or discovery found none)"
+    if tw.up():
+        return None
+    named = [f"{i}: {tw.error(i) or 'did not answer'}" for i in tw.instances[:MAX_NAMED]]
+    more = len(tw.instances) - len(named)
+    return "target down, no instance answered (" + "; ".join(named) + (f"; and {more} more" if more else "") + ")"
+
+
+def warming_reason(tw: TierWindow) -> str | None:
+    """Why rates and quantiles are unknown right after a start: fewer than two readings in the window."""
+    n = tw.readings()
+    if n >= 2:
+        return None
+    so_far = f"{n} of the {tw.expected} scrapes a window holds" if tw.expected else plural(n, "scrape")
+    return f"warming up: {so_far} so far; rates and quantiles need two"
+
+
+def explain(tw: TierView, row: Row, q: Quantity) -> Quantity:
+    """An unknown row's reason, from the tier's state when that is the cause: the tier is down (with each
+    fetch's reason), it is warming up, or its GPU source did not answer; otherwise the row's own reason
+    (not exposed by this engine version, no events in the window, an invalid reading)."""
+    if q.value is not None:
+        return q
+    cause = down_reason(tw)
+    if cause is None and isinstance(tw, TierWindow):
+        if row.readings >= 2:
+            cause = warming_reason(tw)
+        if cause is None and row.key.startswith("gpu_") and not tw.gpu_series():
+            failed = [f"{i}: {e}" for i in tw.up() if (e := tw.gpu_error(i))]
+            if failed:
+                cause = "the GPU source did not answer (" + "; ".join(failed[:MAX_NAMED]) + (
+                    f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else "") + ")"
+    return q if cause is None else replace(q, reason=cause)
+
+
 def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple[int, str]:
     """The fewest instances a scale-down may leave: the minimum warm count, and (Little's Law) enough to
     serve the arrivals and drain the current queue within the TTFT SLO."""
@@ -275,7 +336,7 @@ def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple
         return warm, f"the minimum warm count is {warm}"
     drain = math.ceil((rps + queue / slo) / usable - 1e-9)
     if drain > warm:
-        return drain, (f"{rps:.3g} RPS plus draining {queue:.3g} queued requests within the {slo:g}s TTFT SLO need "
+        return drain, (f"{num(rps)} RPS plus draining {num(queue)} queued requests within the {num(slo)}s TTFT SLO need "
                        f"{drain} instances")
     return warm, f"the minimum warm count is {warm}"
 
@@ -290,7 +351,7 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
         assert isinstance(tw, TierWindow), "a view that is not a TierWindow comes with its rows computed"
         window = tw
         rows = {row.key: row.compute(window, plan) for row in ROWS}
-    values = {row.key: _usable(rows[row.key], tw, row.inputs) for row in ROWS}
+    values = {row.key: explain(tw, row, _usable(rows[row.key], tw, row.inputs)) for row in ROWS}
     bands: dict[str, Band | None] = {}
     statuses: dict[str, Status] = {}
     ctx = Context(plan, values, statuses, _ttft_rising(tw))
@@ -314,19 +375,20 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
 
     findings: list[Finding] = []
     for inst in tw.down():
+        why = tw.error(inst)
         findings.append(Finding("target_down", Status.CRITICAL if not up else Status.WARNING,
-                                f"{inst} did not answer its last scrape", inst))
+                                f"{inst} is down: {why}" if why else f"{inst} did not answer its last scrape", inst))
     total = len(tw.instances)
     if total != plan.instances:
         findings.append(Finding("instances_differ_from_plan", Status.WARNING,
-                                f"{total} instances deployed, the plan (Step 11) decided {plan.instances}"))
+                                f"{plural(total, 'instance')} deployed, the plan's fleet size is {plan.instances}"))
     rps_now = peak_sample(tw, values["requests_per_second"].value, window_seconds)
     observed_peak = max([h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else []),
                         default=None)
     if observed_peak is not None and observed_peak > plan.peak_rps:
         findings.append(Finding("peak_above_plan", Status.WARNING,
-                                f"observed peak {observed_peak:.3g} RPS exceeds the plan's peak of {plan.peak_rps:g} RPS "
-                                f"(Step 1): the load assumption no longer holds"))
+                                f"observed peak {num(observed_peak)} RPS exceeds the plan's peak of {num(plan.peak_rps)} RPS: "
+                                f"the workload profile's load assumption no longer holds"))
 
     findings += drift_findings(tw, plan)
     findings += [f for f in (runaway_finding(tw), mixed_models(tw), fp8_on_a100(tw, plan)) if f is not None]

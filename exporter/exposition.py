@@ -53,6 +53,23 @@ _LABEL_DICTS_MAX = 1 << 16
 _SUFFIXES = ("", "_bucket", "_sum", "_count", "_total", "_created", "_info")
 
 
+def not_metrics(text: str, what: str) -> ExpositionError:
+    """The error for a body that holds none of ``what`` (``vllm:`` metrics), saying what it holds instead:
+    a login or error page, JSON, nothing, or the start of whatever it is."""
+    head = text.lstrip()[:2000]
+    if not head:
+        kind = "the body is empty"
+    elif head.startswith("<"):
+        title = re.search(r"<title[^>]*>([^<]*)</title>", head, re.IGNORECASE)
+        words = " ".join((title.group(1) if title else re.sub(r"<[^>]*>", " ", head)).split())[:60]
+        kind = "it is an HTML page" + (f" ({words!r})" if words else "")
+    elif head[0] in "{[":
+        kind = f"it is JSON ({' '.join(head[:60].split())!r})"
+    else:
+        kind = f"it starts with {' '.join(head[:60].split())!r}"
+    return ExpositionError(f"no {what} metrics in the body: {kind}")
+
+
 def has_prefix(text: str, prefixes: Iterable[str]) -> bool:
     """Whether some line begins with one of ``prefixes`` (a body of the right engine, whatever it holds)."""
     return any(text.startswith(p) or ("\n" + p) in text for p in prefixes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 import socket
 import threading
 import time
@@ -302,7 +303,7 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
     except (u3.NewConnectionError, u3.ProtocolError, u3.MaxRetryError) as e:  # before: it subclasses ConnectTimeout
         if "timed out" in str(e).lower():
             raise FetchError("timeout", f"timed out after {timeout:g}s") from None
-        raise FetchError("refused", f"connection failed: {_first_line(e)}") from None
+        raise FetchError("refused", _connection_failed(e)) from None
     except u3.ConnectTimeoutError:
         raise FetchError("timeout", f"connect timed out after {timeout:g}s") from None
     except u3.ReadTimeoutError:
@@ -313,6 +314,27 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
         raise FetchError("other", f"{type(e).__name__}: {e.strerror or e}") from None
 
 
+# urllib3 names its connection objects in its messages: "_DeadlineHTTPConnection(host=..., port=...): "
+# or "<...HTTPConnection object at 0x7f...>: ", which say nothing to an operator
+_CONNECTION_REPR = re.compile(r"[\w.]*(?:Connection|Pool)\(host=[^)]*\):?\s*|<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+
+
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
+    s = _CONNECTION_REPR.sub("", str(e)).strip().splitlines()
     return s[0][:200] if s else type(e).__name__
+
+
+def _connection_failed(e: BaseException) -> str:
+    """A failed connection in words: refused, reset, a name that does not resolve, or what the OS said."""
+    text = _first_line(e)
+    resolve = re.search(r"Failed to resolve '([^']*)'(?: \(\[Errno -?\d+\] ([^)]*)\))?", text)
+    if resolve:
+        return f"cannot resolve the host name {resolve.group(1)}" + (f": {resolve.group(2)}" if resolve.group(2) else "")
+    errno = re.search(r"\[Errno -?\d+\] ([^)'\]]+)", text)
+    if errno:
+        return errno.group(1).strip().lower().rstrip(".")  # "connection refused", "no route to host"
+    if "RemoteDisconnected" in text or "without response" in text:
+        return "closed the connection without an answer"
+    if "reset by peer" in text:
+        return "connection reset"
+    return text

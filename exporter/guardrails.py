@@ -16,6 +16,7 @@ from typing import Any
 from .model import LengthProfile, Plan
 from .model import Finding, Status
 from .window import Quantity, TierView
+from .text import num, plural
 
 INPUT_RANGE = (2.0, 3.0)  # x observed P95 input tokens
 OUTPUT_RANGE = (1.5, 2.5)  # x observed P99 output tokens
@@ -40,16 +41,16 @@ def recommendations(tw: TierView, plan: Plan) -> dict[str, dict[str, Any]]:
     return {
         "max_input_tokens": _range(
             p95_in.value, *INPUT_RANGE, math.ceil,
-            f"{INPUT_RANGE[0]:g}-{INPUT_RANGE[1]:g}x the observed P95 input of {p95_in.value or 0:.0f} tokens "
+            f"{num(INPUT_RANGE[0])}-{num(INPUT_RANGE[1])}x the observed P95 input of {p95_in.value or 0:.0f} tokens "
             f"({p95_in.samples} requests)", f"input length unknown: {p95_in.reason}"),
         "max_output_tokens": _range(
             p99_out.value, *OUTPUT_RANGE, math.ceil,
-            f"{OUTPUT_RANGE[0]:g}-{OUTPUT_RANGE[1]:g}x the observed P99 output of {p99_out.value or 0:.0f} tokens "
+            f"{num(OUTPUT_RANGE[0])}-{num(OUTPUT_RANGE[1])}x the observed P99 output of {p99_out.value or 0:.0f} tokens "
             f"({p99_out.samples} requests)", f"output length unknown: {p99_out.reason}"),
         "circuit_breaker_queue_threshold": _range(
             limit, *BREAKER_RANGE, math.floor,
-            f"{BREAKER_RANGE[0]:g}-{BREAKER_RANGE[1]:g}x Little's Law max safe queue depth: "
-            f"{plan.slo.ttft_p99:g}s TTFT SLO x {plan.peak_rps:g} peak RPS = {limit:g} queued requests",
+            f"{num(BREAKER_RANGE[0])}-{num(BREAKER_RANGE[1])}x Little's Law max safe queue depth: "
+            f"{num(plan.slo.ttft_p99)}s TTFT SLO x {num(plan.peak_rps)} peak RPS = {num(limit)} queued requests",
             "no SLO or peak"),
     }
 
@@ -63,9 +64,10 @@ def _drift(kind: str, what: str, q: float, observed: Quantity, planned: float | 
     if abs(change) <= tol:
         return None
     return Finding(kind, Status.WARNING,
-                   f"{what} is {observed_value:.0f} tokens over {observed.samples} requests, {abs(change) * 100:.0f}% {'above' if change > 0 else 'below'} "
-                   f"the plan's {planned:.0f} (tolerance {tol * 100:.0f}%): the workload has drifted from the "
-                   f"Step 1 profile; return to Step 1 and re-characterize it before it breaches the SLO.")
+                   f"{what} is {num(observed_value)} tokens over {plural(observed.samples, 'request')}, "
+                   f"{abs(change) * 100:.0f}% {'above' if change > 0 else 'below'} the plan's {num(planned)} "
+                   f"(tolerance {tol * 100:.0f}%): the workload has drifted from the plan's workload profile; "
+                   f"re-characterize it before it breaches the SLO.")
 
 
 def drift_findings(tw: TierView, plan: Plan) -> list[Finding]:
@@ -102,5 +104,5 @@ def runaway_finding(tw: TierView) -> Finding | None:
     return Finding("runaway_generation", status,
                    f"{share * 100:.0f}% of finished requests hit max_tokens (finished_reason=length; "
                    f"{RUNAWAY_WARNING * 100:.0f}% is the warning line): runaway generation holds decode slots. "
-                   f"Enforce max_new_tokens at the gateway (see guardrails), look for repetition-loop prompts (9.4), "
-                   f"and return to Step 1: the output profile no longer holds.")
+                   f"Enforce max_new_tokens at the gateway (see guardrails) and look for repetition-loop prompts; "
+                   f"the output-length profile the plan was sized on no longer holds.")

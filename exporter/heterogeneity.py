@@ -13,6 +13,7 @@ from collections import Counter
 from .model import Plan
 from .model import Finding, Status
 from .window import TierView
+from .text import num, plural
 
 OUTLIER_FACTOR = 1.3  # instance P99 over the tier's median P99
 # per instance and half-window: a P99 from fewer requests jumps between histogram buckets
@@ -31,8 +32,9 @@ def mixed_models(tw: TierView) -> Finding | None:
     detail = "; ".join(f"{i} runs {', '.join(sorted(per_instance[i]))}" for i in odd)
     n_major = sum(1 for models in per_instance.values() if models == {majority})
     return Finding("mixed_tier", Status.WARNING,
-                   f"tier mixes GPU models: {detail}, while {n_major} instance(s) run {majority}. The slower "
-                   f"model sets the tier's P99 (9.5); give it its own tier, benchmark curve and plan.",
+                   f"tier mixes GPU models: {detail}, while {plural(n_major, 'instance')} "
+                   f"run{'s' if n_major == 1 else ''} {majority}. The slower model sets the tier's P99; give it its own "
+                   f"tier, benchmark curve and plan.",
                    odd[0] if len(odd) == 1 else None)
 
 
@@ -65,10 +67,10 @@ def _outliers(tw: TierView, halves: tuple[TierView, TierView], key: str, up: lis
                 sustained = False
         if not sustained:
             continue
-        text = f"{label} P99 {v:.3g}s is {v / median:.2f}x the tier median {median:.3g}s"
+        text = f"{label} P99 {num(v)}s is {v / median:.2f}x the tier median {num(median)}s"
         tier_p99, without = _p99(tw, key, up)[0], _p99(tw, key, [i for i in up if i != inst])[0]
         if tier_p99 is not None and without is not None:
-            text += f" (without it the tier's {label} P99 would be {without:.3g}s instead of {tier_p99:.3g}s)"
+            text += f" (without it the tier's {label} P99 would be {num(without)}s instead of {num(tier_p99)}s)"
         out[inst] = text
     return out
 
@@ -86,7 +88,7 @@ def latency_outliers(tw: TierView) -> list[Finding]:
         if parts:
             out.append(Finding("mixed_tier", Status.WARNING,
                                f"{inst} drags the tier's P99 in both halves of the window: {'; '.join(parts)}. "
-                               f"It does not behave like its tier: check its hardware, placement and config (9.5).",
+                               f"It does not behave like its tier: check its hardware, placement and config.",
                                inst))
     return out
 
@@ -99,7 +101,8 @@ def fp8_on_a100(tw: TierView, plan: Plan) -> Finding | None:
     if not a100:
         return None
     return Finding("fp8_on_a100", Status.WARNING,
-                   f"the plan's weights are {weights} but {', '.join(a100)} run(s) on A100: FP8 tensor-core "
-                   f"acceleration is H100/Blackwell-only, so an FP8 artefact runs there without it (about INT8 "
-                   f"speed, without INT8's memory saving). Build and validate an INT8 artefact for A100 (9.5).",
+                   f"the plan's weights are {weights} but {', '.join(a100)} run{'s' if len(a100) == 1 else ''} on "
+                   f"A100: FP8 tensor-core acceleration is H100/Blackwell-only, so an FP8 artefact runs there "
+                   f"without it (about INT8 speed, without INT8's memory saving). Build and validate an INT8 "
+                   f"artefact for A100.",
                    a100[0] if len(a100) == 1 else None)

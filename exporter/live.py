@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
 
 from .model import Report, Status, TierReport
+from .text import num
 
 KEY_ROWS = ("ttft_p99_seconds", "itl_p99_seconds", "kv_cache_eviction_ratio", "fleet_utilization_ratio",
             "tokens_per_gpu_hour", "cost_per_million_tokens_usd")
@@ -47,7 +48,7 @@ def _num(v: float | None, unit: str) -> str:
         return f"{v * 100:.1f}%"
     if abs(v) >= 1e5:
         return f"{v:,.0f}"
-    return f"{v:.3g}"
+    return f"{num(v)}"
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _tier(name: str, t: TierReport, trend: Trend) -> list[Any]:
     head.append(f"{r.action} → {r.recommended_instances}" if r.recommended_instances is not None else r.action,
                 style=verdict)
     head.append(f"   TTFT P99 {sparkline(trend.ttft.get(name, ()))}  RPS {sparkline(trend.rps.get(name, ()))}")
-    why = Text(f"  {r.reason}", style="dim", overflow="ellipsis", no_wrap=True)
+    why = Text(f"  {r.reason}", style="dim", overflow="fold")  # the arithmetic wraps: cut, it would lose its numbers
     table = Table(box=None, show_header=False, padding=(0, 1), expand=True, pad_edge=False)
     table.add_column("row", no_wrap=True, width=30)
     table.add_column("value", justify="right", no_wrap=True, width=11)

@@ -95,6 +95,8 @@ class InstanceSample:
     timestamp: float
     engine: EngineSample | None  # None when the engine scrape failed
     gpus: tuple[GpuReading, ...] = ()
+    error: str | None = None  # why the engine scrape failed, in words ("HTTP 404", "connection refused")
+    gpu_error: str | None = None  # why the GPU source (dcgm-exporter) failed, when it did
 
     @property
     def up(self) -> bool:
@@ -430,6 +432,7 @@ class TierConfig:
     discover: DnsDiscovery | None = None  # set: ``targets`` are what the last lookup found
     endpoint: EndpointTemplate = EndpointTemplate()
     schedule: ScheduleSettings = ScheduleSettings()
+    plan_file: str | None = None  # where the plan came from, when it is a file of its own
 
 
 @dataclass(frozen=True)

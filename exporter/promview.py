@@ -167,6 +167,9 @@ class PromTierView:
     def invalid(self, key: str) -> tuple[str, ...]:
         return ()  # a NaN reaches the row's value, which is then unknown (evaluate._usable)
 
+    def error(self, instance: str) -> str | None:
+        return "Prometheus's last scrape of it failed (its up series is 0)" if self._up.get(instance) is False else None
+
     def gpu_models(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         owned, unmapped = gpu_models_expr(self.label)
@@ -211,15 +214,18 @@ class PromTierView:
             ns = self.answers.by(count_expr(key, "tier", self.seconds, self.offset, sel), "tier")
             k = (self._tier,)
         n, v = ns.get(k), qs.get(k)
+        what = I.INPUTS[key].what if key in I.INPUTS else f"{key} histogram"
         if n is None or v is None:
-            return Quantity(None, 0, reason=f"Prometheus has no {key} histogram for this tier over the window")
+            return Quantity(None, 0, reason=f"Prometheus has no {what} ({', '.join(I.INPUTS[key].all_names())}) "
+                                            f"for this tier over the window" if key in I.INPUTS else
+                            f"Prometheus has no {what} for this tier over the window")
         if not math.isfinite(n):
-            return Quantity(None, 0, reason=f"{key} bucket counts overflow")
+            return Quantity(None, 0, reason=f"the {what} bucket counts overflow")
         count = int(round(n))
         if count <= 0:
-            return Quantity(None, 0, reason=f"no {key} observations in the window")
+            return Quantity(None, 0, reason=f"nothing observed by the {what} in the window")
         if math.isnan(v):
-            return Quantity(None, count, reason="histogram quantile undefined")
+            return Quantity(None, count, reason=f"the {what}'s buckets give no quantile (no +Inf bucket or one bucket)")
         return Quantity(v, count)
 
 

@@ -20,6 +20,7 @@ from typing import Mapping
 
 from .evaluate import HistoryPoint, recommended_instances
 from .model import Config, Plan, Report, ScheduleSettings
+from .text import num
 
 DAY, WEEK = 86400.0, 7 * 86400.0
 HORIZONS = (("15m", 900.0), ("1h", 3600.0))
@@ -60,7 +61,7 @@ def learn(history: Sequence[HistoryPoint], s: ScheduleSettings) -> Profile:
     covers = points[-1][0] - points[0][0] if len(points) > 1 else 0.0
     if covers < s.warmup:
         return Profile("unknown", s.bin, {}, covers, f"{covers / 3600:.1f} h of history; the profile is trusted after "
-                                                      f"{s.warmup / 3600:g} h")
+                                                      f"{num(s.warmup / 3600)} h")
     kind = "weekly" if covers >= WEEK else "daily"
     period = WEEK if kind == "weekly" else DAY
     bins: dict[int, list[float]] = {}

@@ -16,6 +16,7 @@ from .fetch import FetchError, fetch_text, new_session
 from .model import EngineSample, GpuReading, InstanceSample
 from .sources import dcgm, sglang, vllm
 from .sources.nvml import NvmlReader
+from .text import num, plural
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Scraper:
         self._cycle = 0
         self._failures: dict[tuple[str, str], int] = {}  # consecutive failed cycles per target
         self._next_try: dict[tuple[str, str], int] = {}  # the cycle a failing target is tried again
+        self._last_error: dict[tuple[str, str], str] = {}  # what a failing target last said, while it backs off
         n = 32 if config.discovers else sum(len(t.targets) for t in config.tiers.values())
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(64, 2 * n)), thread_name_prefix="scrape")
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
@@ -110,22 +112,26 @@ class Scraper:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("timeout", "the cycle's scrape deadline passed before this fetch could start")
-        return fetch_text(self.session, url, timeout=remaining, max_bytes=self.config.max_body_bytes,
-                          verify=self._verify, bearer_token_file=token_file)
+        try:
+            return fetch_text(self.session, url, timeout=remaining, max_bytes=self.config.max_body_bytes,
+                              verify=self._verify, bearer_token_file=token_file)
+        except FetchError as e:
+            if e.reason == "timeout":  # the operator set scrape_timeout; what was left of it says nothing
+                raise FetchError("timeout", f"no complete answer within the {num(self.config.scrape_timeout)}s "
+                                            f"scrape_timeout") from None
+            raise
 
-    def _engine(self, tier: str, target: Target, deadline: float) -> EngineSample | None:
+    def _engine(self, tier: str, target: Target, deadline: float) -> EngineSample | str:
+        """The parsed sample, or why there is none, in words."""
         t0 = time.monotonic()
         try:
             sample = _PARSERS[target.engine](self._get(target.url, target.bearer_token_file, deadline))
         except FetchError as e:
-            self._fail(tier, target.name, target.engine, e.reason, str(e), t0)
-            return None
+            return self._fail(tier, target.name, target.engine, e.reason, str(e), t0)
         except ExpositionError as e:
-            self._fail(tier, target.name, target.engine, "malformed", str(e), t0)
-            return None
+            return self._fail(tier, target.name, target.engine, "malformed", f"not Prometheus metrics: {e}", t0)
         except Exception as e:  # noqa: BLE001 - one bad target must never stop the cycle
-            self._fail(tier, target.name, target.engine, "other", f"{type(e).__name__}: {str(e)[:200]}", t0)
-            return None
+            return self._fail(tier, target.name, target.engine, "other", f"{type(e).__name__}: {str(e)[:200]}", t0)
         self.stats.observe(tier, target.name, target.engine, time.monotonic() - t0, True)
         if sample.invalid:
             self.stats.invalid_seen(tier, target.name, sample.invalid)
@@ -137,11 +143,13 @@ class Scraper:
         self._invalid[(tier, target.name)] = sample.invalid
         return sample
 
-    def _fail(self, tier: str, instance: str, source: str, reason: str, message: str, t0: float) -> None:
+    def _fail(self, tier: str, instance: str, source: str, reason: str, message: str, t0: float) -> str:
+        """Count and log a failed fetch; return what went wrong, in one line."""
+        said = message.splitlines()[0] if message else reason
         self.stats.error(tier, instance, source, reason)
         self.stats.observe(tier, instance, source, time.monotonic() - t0, False)
-        log.warning("scrape failed: tier=%s instance=%s source=%s reason=%s: %s", tier, instance, source, reason,
-                    message.splitlines()[0] if message else reason)
+        log.warning("scrape failed: tier=%s instance=%s source=%s reason=%s: %s", tier, instance, source, reason, said)
+        return said
 
     def _dcgm(self, url: str, token_file: str | None, deadline: float
               ) -> tuple[GpuReading, ...] | FetchError | ExpositionError:
@@ -159,7 +167,7 @@ class Scraper:
         if self.discoverer is not None:  # the targets of this cycle: as the lookups find them now
             self.config = self.discoverer.refresh()
         now = self.clock()
-        engine_futs: dict[tuple[str, str], Future[EngineSample | None]] = {}
+        engine_futs: dict[tuple[str, str], Future[EngineSample | str]] = {}
         dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError]] = {}
         self._cycle += 1
         for tier in self.config.tiers.values():
@@ -178,25 +186,37 @@ class Scraper:
         dcgm_t = time.monotonic() - started
         for tier in self.config.tiers.values():
             for t in tier.targets:
-                f = engine_futs.get((tier.name, t.name))
-                engine = f.result() if f is not None and f.done() else None
-                if f is not None:
-                    if not f.done():
-                        self._fail(tier.name, t.name, t.engine, "timeout", "cycle deadline passed", started)
+                key = (tier.name, t.name)
+                f = engine_futs.get(key)
+                engine: EngineSample | None = None
+                if f is None:  # backing off: still down, for the reason it last gave
+                    error: str | None = f"{self._last_error.get(key, 'did not answer')} (failing " \
+                                        f"{plural(self._failures.get(key, 0), 'cycle')} in a row; tried again " \
+                                        f"within {num(BACKOFF_MAX_SECONDS)} s)"
+                else:
+                    res = f.result() if f.done() else self._fail(tier.name, t.name, t.engine, "timeout",
+                                                                  "not complete when the cycle's deadline passed",
+                                                                  started)
+                    engine, error = (res, None) if isinstance(res, EngineSample) else (None, res)
+                    if error is not None:
+                        self._last_error[key] = error
                     self._schedule(tier.name, t.name, engine is not None)
                 gpus: tuple[GpuReading, ...] = ()
+                gpu_error = None
                 if t.dcgm:
                     df = dcgm_futs[t.dcgm]
-                    res = df.result() if df.done() else FetchError("timeout", "cycle deadline passed")
-                    if isinstance(res, tuple):
-                        gpus = dcgm.select(res, t.gpus)
+                    got = df.result() if df.done() else FetchError("timeout", "not complete when the cycle's "
+                                                                              "deadline passed")
+                    if isinstance(got, tuple):
+                        gpus = dcgm.select(got, t.gpus)
                         self.stats.observe(tier.name, t.name, "dcgm", dcgm_t, True)
                     else:
-                        reason = res.reason if isinstance(res, FetchError) else "malformed"
-                        self._fail(tier.name, t.name, "dcgm", reason, str(res), started)
+                        reason = got.reason if isinstance(got, FetchError) else "malformed"
+                        said = str(got) if isinstance(got, FetchError) else f"not Prometheus metrics: {got}"
+                        gpu_error = "dcgm-exporter " + self._fail(tier.name, t.name, "dcgm", reason, said, started)
                 if t.nvml:
                     gpus = gpus + dcgm.select(local, t.gpus)
-                out.append(InstanceSample(tier.name, t.name, now, engine, gpus))
+                out.append(InstanceSample(tier.name, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
         return out
 
     def _schedule(self, tier: str, instance: str, ok: bool) -> None:
@@ -204,9 +224,11 @@ class Scraper:
         before = self._failures.get(key, 0)
         if ok:
             if before >= BACKOFF_AFTER:
-                log.info("tier=%s instance=%s answers again after %d failed tries", tier, instance, before)
+                log.info("tier=%s instance=%s answers again after %s", tier, instance, plural(before, "failed try",
+                                                                                              "failed tries"))
             self._failures.pop(key, None)
             self._next_try.pop(key, None)
+            self._last_error.pop(key, None)
             return
         self._failures[key] = before + 1
         wait = backoff_cycles(before + 1, self.config.interval)

@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
+from .inputs import INPUTS
 from .model import EngineSample, GpuReading, Histogram, InstanceSample
 
 
@@ -157,6 +158,7 @@ class TierView(Protocol):
     def invalid(self, key: str) -> tuple[str, ...]: ...
     def counter_keys(self, prefix: str) -> set[str]: ...
     def quantile(self, key: str, q: float, instances: Iterable[str] | None = None) -> Quantity: ...
+    def error(self, instance: str) -> str | None: ...
 
 
 _TIER_SUM = "\x00tier"  # the memo key of the tier's summed histogram: no instance is named so
@@ -169,6 +171,7 @@ class TierWindow:
     tier: str
     instances: tuple[str, ...]
     samples: Mapping[str, tuple[InstanceSample, ...]]
+    expected: int | None = None  # readings per instance a full window holds (window / interval + 1)
     # per-instance histogram increases, computed once: rows, checks and findings ask many times
     _increases: dict[tuple[str, str], Histogram | None] = field(default_factory=dict, compare=False, repr=False)
     _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
@@ -185,13 +188,36 @@ class TierWindow:
         up = set(self.up())
         return tuple(i for i in self.instances if i not in up)
 
+    def error(self, instance: str) -> str | None:
+        """Why the instance's latest scrape failed, in words; None when it answered (or nobody said)."""
+        ss = self.samples.get(instance)
+        return ss[-1].error if ss else None
+
+    def gpu_error(self, instance: str) -> str | None:
+        ss = self.samples.get(instance)
+        return ss[-1].gpu_error if ss else None
+
+    def readings(self) -> int:
+        """The most engine readings an up instance has in the window: below two, nothing has a rate yet."""
+        return max((len(self._engine_series(i)) for i in self.up()), default=0)
+
+    def engines(self) -> set[str]:
+        """The engines (vllm, sglang) the up instances run."""
+        return {e.engine for i in self.up() for _, e in self._engine_series(i)}
+
+    def exposes(self, key: str) -> bool:
+        """Whether any up instance's reading holds the canonical input ``key`` (or reported it unusable)."""
+        return any(key in e.counters or key in e.gauges or key in e.histograms or key in e.invalid
+                   for i in self.up() for _, e in self._engine_series(i))
+
     def halves(self) -> tuple["TierWindow", "TierWindow"]:
         """The window split at its middle instant (the middle scrape belongs to both)."""
         times = [s.timestamp for ss in self.samples.values() for s in ss]
         mid = (min(times) + max(times)) / 2 if times else 0.0
         first = {i: tuple(s for s in ss if s.timestamp <= mid) for i, ss in self.samples.items()}
         second = {i: tuple(s for s in ss if s.timestamp >= mid) for i, ss in self.samples.items()}
-        return TierWindow(self.tier, self.instances, first), TierWindow(self.tier, self.instances, second)
+        return (TierWindow(self.tier, self.instances, first, self.expected),
+                TierWindow(self.tier, self.instances, second, self.expected))
 
     def gpu_models(self) -> dict[str, set[str]]:
         """instance -> the GPU model names its latest sample reported."""
@@ -296,16 +322,17 @@ class TierWindow:
     def quantile(self, key: str, q: float, instances: Iterable[str] | None = None) -> Quantity:
         h = self.histogram_increase(key, instances)
         if h is None:
-            return Quantity(None, 0, reason=f"the engine exposes no {key} histogram, or fewer than two scrapes")
+            return Quantity(None, 0, reason=absent(self, key))
         total = h.buckets[-1][1] if h.buckets else 0.0
         if not math.isfinite(total):
-            return Quantity(None, 0, reason=f"{key} bucket counts overflow")
+            return Quantity(None, 0, reason=f"the {INPUTS[key].what if key in INPUTS else key} bucket counts overflow")
         n = int(round(total))
+        what = INPUTS[key].what if key in INPUTS else f"{key} histogram"
         if n <= 0:
-            return Quantity(None, 0, reason=f"no {key} observations in the window")
+            return Quantity(None, 0, reason=f"nothing observed by the {what} in the window")
         v = histogram_quantile(q, h)
         if math.isnan(v):
-            return Quantity(None, n, reason="histogram quantile undefined")
+            return Quantity(None, n, reason=f"the {what}'s buckets give no quantile (no +Inf bucket or one bucket)")
         return Quantity(v, n)
 
     # -------------------------------------------------------------- GPUs
@@ -345,9 +372,11 @@ class WindowStore:
     window / interval + 1 readings per target, every cycle, whatever the jitter below slack.
     """
 
-    def __init__(self, window: float, tiers: Mapping[str, Sequence[str]], slack: float = 0.0) -> None:
+    def __init__(self, window: float, tiers: Mapping[str, Sequence[str]], slack: float = 0.0,
+                 expected: int | None = None) -> None:
         self.window = window
         self.slack = slack
+        self.expected = expected  # readings per target a full window holds, for "warming up: n of N"
         self._tiers = {t: tuple(insts) for t, insts in tiers.items()}
         self._samples: dict[tuple[str, str], deque[InstanceSample]] = defaultdict(deque)
 
@@ -379,7 +408,21 @@ class WindowStore:
         for inst in self._tiers.get(tier, ()):
             out[inst] = tuple(s for s in self._samples.get((tier, inst), ())
                               if edge <= s.timestamp <= now and (keep is None or keep(s)))
-        return TierWindow(tier, self._tiers.get(tier, ()), out)
+        return TierWindow(tier, self._tiers.get(tier, ()), out, self.expected)
+
+
+def absent(tw: TierWindow, *keys: str) -> str:
+    """Why no instance of the tier gives two readings of any of ``keys``: the engine does not expose it
+    (naming the series looked for), or too few scrapes hold it yet."""
+    if any(tw.exposes(k) for k in keys):
+        return f"fewer than two scrapes in the window hold the {INPUTS[keys[0]].what} yet" if keys[0] in INPUTS \
+            else "fewer than two scrapes in the window hold it yet"
+    engines = sorted(tw.engines())
+    what = " or ".join(INPUTS[k].what for k in keys if k in INPUTS) or keys[0]
+    names = [n for k in keys if k in INPUTS for e in engines for n in INPUTS[k].names.get(e, ())]
+    if not names:
+        return f"not exposed: {' and '.join(engines) or 'the engine'} has no {what}"
+    return f"not exposed by this engine version: no {what} ({', '.join(names)})"
 
 
 def tier_window(tier: str, samples: Iterable[InstanceSample], instances: Sequence[str] | None = None) -> TierWindow:

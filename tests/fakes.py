@@ -15,7 +15,7 @@ class FakeTarget:
     "huge" streams ``huge_bytes`` of valid-looking lines, "drip" sends a valid body one byte every
     ``drip_seconds``, "header-drip" does the same with its headers, "chunked" never ends its chunked body,
     "gzip-bomb" sends a small gzip body that inflates past any cap, "redirect" answers 302,
-    "http-500" answers 500, "bad-utf8" sends bytes that are not UTF-8.
+    "http-500" answers 500, "http-404" answers 404, "bad-utf8" sends bytes that are not UTF-8.
     """
 
     def __init__(self, bodies: Sequence[str] = (), mode: str = "replay", huge_bytes: int = 50 * 1024 * 1024,
@@ -200,6 +200,14 @@ def _http_500(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
     h.wfile.write(body)
 
 
+def _http_404(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+    body = b"Not Found\n"
+    h.send_response(404)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
 def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
     body = b'vllm:num_requests_running{engine="0",model_name="\xff\xfe"} 1.0\n'
     h.send_response(200)
@@ -210,7 +218,7 @@ def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
 
 _HOSTILE: dict[str, Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]] = {
     "drip": _drip, "header-drip": _header_drip, "chunked": _chunked, "gzip-bomb": _gzip_bomb,
-    "redirect": _redirect, "http-500": _http_500, "bad-utf8": _bad_utf8,
+    "redirect": _redirect, "http-500": _http_500, "http-404": _http_404, "bad-utf8": _bad_utf8,
 }
 
 

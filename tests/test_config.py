@@ -82,6 +82,13 @@ def test_every_example_is_valid() -> None:
         load_config(str(e))
 
 
+def test_a_missing_plan_file_is_named_with_its_key_path(tmp_path: Path) -> None:
+    f = write(tmp_path, "tiers:\n  a:\n    plan: nowhere.yaml\n    targets: [{vllm: 'http://x:1/metrics'}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == f"{f}: tiers.a.plan: plan file {tmp_path / 'nowhere.yaml'} not found"
+
+
 def test_plan_file_errors_name_the_plan_file(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("gpus_per_instance: 0\n")
     f = write(tmp_path, "tiers:\n  a:\n    plan: p.yaml\n    targets: [{vllm: 'http://x:1/metrics'}]\n")
@@ -162,3 +169,23 @@ def test_serve_refuses_a_bad_listen_flag_without_a_traceback(tmp_path: Path) -> 
     r = subprocess.run([sys.executable, "-m", "exporter", "serve", "--config", f, "--listen", "0.0.0.0:99999"],
                        capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["fleetwatch: --listen: port must be 0-65535, got 99999"]
+
+
+def test_validate_config_warns_when_the_plan_contradicts_its_own_figures(tmp_path: Path) -> None:
+    """Valid (exit 0), but a plan whose peak, usable RPS and safety factor need more instances than it decided
+    gets a warning naming the key, with the arithmetic; every shipped example holds its own arithmetic."""
+    from exporter.evaluate import recommended_instances
+
+    f = write(tmp_path, GOOD)
+    plan = load_config(f).tiers["h100"].plan
+    needed = recommended_instances(plan.peak_rps, plan.benchmark.usable_rps_per_instance, plan.safety_factor)
+    short = write(tmp_path, GOOD.replace(f"instances: {plan.instances}", f"instances: {needed - 1}", 1))
+    r = subprocess.run([sys.executable, "-m", "exporter", "validate-config", short], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"{short}: ok")
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"fleetwatch: warning: {short}: tiers.h100.plan.instances: {needed - 1} is below the "
+                           f"{needed} the plan's own figures need"), line
+    for example in sorted((ROOT / "examples").glob("*.yaml")) + [ROOT / "deploy/kubernetes/base/fleet.yaml"]:
+        r = subprocess.run([sys.executable, "-m", "exporter", "validate-config", str(example)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and r.stderr == "", (example, r.stderr)

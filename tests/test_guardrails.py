@@ -87,7 +87,7 @@ def test_input_drift_beyond_the_tolerance_only() -> None:
     grown = window({"prompt_tokens_per_request": {2000.0: 950, 5000.0: 50}})
     found = drift_findings(grown, plan)
     assert [(f.kind, f.status) for f in found] == [("input_length_drift", Status.WARNING)]
-    assert "Step 1" in found[0].message
+    assert "re-characterize" in found[0].message
     loose = replace(plan, workload=replace(WORKLOAD, drift_tolerance=1.5))
     assert drift_findings(grown, loose) == []
     few = window({"prompt_tokens_per_request": {2000.0: 95, 5000.0: 5}})  # 100 requests: a P95 of noise

@@ -230,7 +230,8 @@ def test_plan_input_errors_name_the_file_and_key(tmp_path: Path) -> None:
         assert r.returncode == 2 and str(bad) in r.stderr and key in r.stderr, (key, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
     r = _cli("plan", "-w", str(workload), "-m", str(model), "-g", "TPU9")
-    assert r.returncode == 2 and "unknown GPU" in r.stderr and "--gpu-catalog" in r.stderr
+    assert r.returncode == 2 and "unknown GPU TPU9 (" in r.stderr and "--gpu-catalog" in r.stderr
+    assert "'" not in r.stderr and '"' not in r.stderr, r.stderr  # the message, not a repr of it
     catalog = tmp_path / "gpus.yaml"
     catalog.write_text("H100: {hour_usd: 2.0}\n")
     r2 = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "h100", "--gpu-catalog", str(catalog),
@@ -252,7 +253,8 @@ def test_the_examples_plan_is_a_plan_serve_reads(tmp_path: Path) -> None:
     assert (plan.instances, plan.gpus_per_instance) == (doc["instances"], doc["tp"] * doc["pp"])
     assert plan.benchmark.usable_rps_per_instance == pytest.approx(doc["usable_rps_per_instance"], rel=1e-5)
     assert plan.benchmark.curve and plan.precision is not None and plan.precision.weights == "fp8"
-    assert "Step 11" in _cli(*args).stdout  # the table names the steps
+    table = _cli(*args).stdout  # the table names each part of the sizing in words, with the fleet's count
+    assert f"fleet          {doc['instances']} instances" in table and "memory floor" in table
 
 
 def test_step_3_routes_simple_requests_to_a_small_tier_and_sizes_each(tmp_path: Path) -> None:

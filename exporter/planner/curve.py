@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..model import Slo
+from ..text import num
 
 LITTLES_LAW_MAX_GAP = 2.0  # Step 7: "a gap over 2x means benchmark inputs do not match production"
 
@@ -94,7 +95,7 @@ def usable_rps_at_slo(points: Sequence[SweepPoint], slo: Slo) -> Curve:
 
     if not ok(pts[0]):
         raise ValueError(f"even concurrency {pts[0].concurrency} misses the SLO "
-                         f"(TTFT P99 {pts[0].ttft_p99:.3g}s, ITL P99 {pts[0].itl_p99:.3g}s)")
+                         f"(TTFT P99 {num(pts[0].ttft_p99)}s, ITL P99 {num(pts[0].itl_p99)}s)")
     last = max(i for i, p in enumerate(pts) if ok(p) and all(ok(q) for q in pts[: i + 1]))
     lo = pts[last]
     if last == len(pts) - 1:

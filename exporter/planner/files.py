@@ -14,6 +14,7 @@ from ..model import Slo
 from .architecture import Architecture, ArchitectureError, from_hf_config
 from .curve import SweepPoint
 from .sizing import Lengths, Workload
+from ..text import num
 
 MAX_JSON_BYTES = 16 << 20  # a sweep's result files carry per-request arrays: a few MB each
 
@@ -50,7 +51,7 @@ def load_workload(file: str) -> Workload:
     peak = c.number(m["peak_rps"], "peak_rps", minimum=0, strict_min=True)
     average = c.number(m["average_rps"], "average_rps", minimum=0)
     if average > peak:
-        raise c.err("average_rps", f"{average:g} is above peak_rps {peak:g}")
+        raise c.err("average_rps", f"{num(average)} is above peak_rps {num(peak)}")
     lora = c.mapping(m["lora"], "lora", {"adapters", "rank"}, {"adapters", "rank"}) if m.get("lora") else {}
     safety = c.optional(m, "safety_factor", "", lambda v, p: c.number(v, p, minimum=0, maximum=2))
     online = c.optional(m, "online_share", "", lambda v, p: c.number(v, p, minimum=0, maximum=1))

@@ -58,7 +58,7 @@ def lookup(name: str, catalogue: Mapping[str, Gpu] = CATALOGUE) -> Gpu:
     for n, g in catalogue.items():
         if n.upper() == key:
             return g
-    raise KeyError(f"unknown GPU {name!r} (known: {', '.join(sorted(catalogue))}; add it with --gpu-catalog)")
+    raise KeyError(f"unknown GPU {name} (known: {', '.join(sorted(catalogue))}; add it with --gpu-catalog)")
 
 
 def merge(overrides: Mapping[str, Any], base: Mapping[str, Gpu] = CATALOGUE) -> dict[str, Gpu]:

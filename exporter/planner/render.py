@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from .curve import Curve
+from ..text import num, plural
 from .sizing import Workload
 
 
@@ -33,12 +34,12 @@ def plan_document(result: dict[str, Any], wl: Workload, curve: Curve | None, hou
 
 
 def plan_yaml(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> str:
-    head = [f"# Sizing plan (Steps 1-12, `fleetwatch plan`): {result['gpu']} at TP {result['tp']}"
+    head = [f"# Sizing plan (`fleetwatch plan`): {result['gpu']} at TP {result['tp']}"
             + (f" x PP {result['pp']}" if result["pp"] > 1 else "") + f", {result['precision']['weights']} weights.",
             f"# Binding constraint: {result['binding_constraint']}: {result['binding_reason']}"]
     if curve is None:
         head.append("# Not a complete plan yet: no sweep (--sweep), so instances and benchmark are null. Run a "
-                    "concurrency sweep of this configuration (Steps 7 and 10) and plan again.")
+                    "concurrency sweep of this configuration (the benchmark) and plan again.")
     doc = plan_document(result, wl, curve, hour_usd)
     return "\n".join(head) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
 
@@ -52,17 +53,17 @@ def report_text(result: dict[str, Any]) -> str:
     out = [f"fleetwatch plan: {result['gpu']}, weights {result['precision']['weights']}, "
            f"KV cache {result['precision']['kv_cache']}", ""]
     hw = s["2_hardware"]
-    out.append(f"Step 2  hardware      {hw['archetype']} ({hw['why']}); binding resource {hw['binding_resource']}; "
+    out.append(f"hardware       {hw['archetype']} ({hw['why']}); binding resource {hw['binding_resource']}; "
                f"best per dollar: {', '.join(r['gpu'] for r in hw['ranking'][:3]) or 'n/a'}")
     out += [f"        note: {n}" for n in hw["notes"]]
     r = s["3_routing"]
-    out.append(f"Step 3  routing       {'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'}: {r['why']}")
+    out.append(f"routing        {'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'}: {r['why']}")
     for t in r.get("tiers") or []:
         p = t.get("plan")
-        out.append(f"        tier {t['tier']}: {t['peak_rps']:.4g} peak RPS: " + (
+        out.append(f"        tier {t['tier']}: {num(t['peak_rps'], 4)} peak RPS: " + (
             f"{p['instances']} x {p['gpu']} TP {p['tp']} ({p['total_gpus']} GPUs)" if p and p["instances"] is not None
             else f"{p['min_gpus']} x {p['gpu']} per instance, TP {p['tp']}; no sweep" if p else t.get("reason", "")))
-    for key, label in (("4_memory_floor", "Step 4  memory floor "), ("5_precision", "Step 5  at precision ")):
+    for key, label in (("4_memory_floor", "memory floor  "), ("5_precision", "at precision  ")):
         m = s[key]
         out.append(f"{label} {_gb(m['memory_floor_bytes'])} = weights {_gb(m['weights_bytes'])} + activations "
                    f"{_gb(m['activations_bytes'])} + KV {_gb(m['kv_cache_bytes'])} + adapters "
@@ -72,34 +73,34 @@ def report_text(result: dict[str, Any]) -> str:
     out.append(f"        fleet KV at P95 concurrency: {_gb(m4['fleet_kv_cache_bytes'])} ({m4['fleet_why']})")
     ch = s["5_precision"]
     if ch["changes"]:
-        out.append("        Step 5 changed: " + "; ".join(
+        out.append("        the precision changed: " + "; ".join(
             f"{k} {v['native'] / 1e9:.1f} -> {v['chosen'] / 1e9:.1f} GB" if k.endswith("bytes")
             else f"{k} {v['native']} -> {v['chosen']}" for k, v in ch["changes"].items())
             + f"; TP {ch['tp']['native']} -> {ch['tp']['chosen']}; replicas per node "
               f"{ch['replicas_per_node']['native']} -> {ch['replicas_per_node']['chosen']}")
     p = s["6_parallelism"]
-    out.append(f"Step 6  parallelism   TP {p['tp']}, PP {p['pp']}: {p['why']}")
+    out.append(f"parallelism    TP {p['tp']}, PP {p['pp']}: {p['why']}")
     out += [f"        warning: {w}" for w in p["warnings"]]
     b = s["7_10_benchmark"]
     if "reason" in b:
-        out.append(f"Step 7/10 benchmark   n/a: {b['reason']}")
+        out.append(f"benchmark      n/a: {b['reason']}")
     else:
         gap = b["littles_law_gap"]
-        out.append(f"Step 7/10 benchmark   usable {b['usable_rps_per_instance']:.4g} RPS/instance at SLO (bound by "
+        out.append(f"benchmark      usable {num(b['usable_rps_per_instance'], 4)} RPS per instance at SLO (bound by "
                    f"{b['binding']}), C_max {b['c_max']}, Little's Law gap "
                    f"{'n/a' if gap is None else f'{gap:.2f}x'}")
         out += [f"        warning: {w}" for w in b["warnings"]]
-    out.append("Step 8/9 checklist   " + "; ".join(f"{i['item']} {'ON' if i['on'] else 'off'}" for i in s["8_9_checklist"]))
+    out.append("checklist      " + "; ".join(f"{i['item']} {'ON' if i['on'] else 'off'}" for i in s["8_9_checklist"]))
     out += [f"        {i['item']}: {i['why']}" for i in s["8_9_checklist"]]
     f = s["11_fleet"]
-    out.append(f"Step 11 fleet        " + (f"{f['instances']} instances, {f['total_gpus']} GPUs: {f['why']}"
+    out.append(f"fleet          " + (f"{plural(f['instances'], 'instance')}, {plural(f['total_gpus'], 'GPU')}: {f['why']}"
                                           if "reason" not in f else f"n/a: {f['reason']}"))
     c = s["12_cost"]
     if "reason" in c:
-        out.append(f"Step 12 cost         n/a: {c['reason']}")
+        out.append(f"cost           n/a: {c['reason']}")
     else:
         util = c["average_utilization"]
-        out.append(f"Step 12 cost         {c['cost_per_million_tokens_usd']:.4g} USD per million tokens, "
+        out.append(f"cost           {num(c['cost_per_million_tokens_usd'], 4)} USD per million tokens, "
                    f"{c['annual_cost_usd']:,.0f} USD a year, average utilization "
                    f"{'n/a' if util is None else f'{util:.0%}'} ({c['why']})")
         if c["warning"]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..evaluate import recommended_instances
 from ..model import Slo
+from ..text import num, plural
 from .architecture import BYTES, Architecture, kv_bytes_per_token, lora_bytes
 from .curve import Curve
 from .gpus import Gpu
@@ -68,10 +69,10 @@ def _floor(arch: Architecture, wl: Workload, gpu: Gpu, weights: str, kv: str) ->
             "kv_bytes_per_token": per_token, "kv_tokens": int(tokens), "kv_cache_bytes": int(kv_bytes),
             "adapters_bytes": int(adapters), "framework_overhead_bytes": int(overhead),
             "memory_floor_bytes": int(base + overhead), "min_gpus": min_gpus,
-            "why": (f"{arch.total_params / 1e9:.3g}B parameters x {BYTES[weights]:g} B = {w / 1e9:.3g} GB weights, "
+            "why": (f"{num(arch.total_params / 1e9)}B parameters x {num(BYTES[weights])} B = {num(w / 1e9)} GB weights, "
                     f"+20% activations, + KV for {wl.concurrency_per_instance} sequences x "
                     f"{wl.input_tokens.p95 + wl.output_tokens.p95:.0f} tokens (P95 in + out) x {per_token} B, "
-                    f"+ 7.5% of the instance's VRAM: {(base + overhead) / 1e9:.3g} GB on {gpu.hbm_gb:g} GB GPUs "
+                    f"+ 7.5% of the instance's VRAM: {num((base + overhead) / 1e9)} GB on {num(gpu.hbm_gb)} GB GPUs "
                     f"-> {min_gpus}")}
 
 
@@ -115,7 +116,7 @@ def _hardware(wl: Workload, gpu: Gpu, catalogue: Mapping[str, Gpu], weights: str
     if ranking and ranking[0][0] != gpu.name:
         notes.append(f"{ranking[0][0]} gives the most {resource} per dollar for this archetype")
     return {"archetype": "prefill-heavy" if prefill else "decode-heavy",
-            "why": f"P50 input / P50 output = {ratio:.3g} ({'>=' if prefill else '<'} {PREFILL_RATIO:g})",
+            "why": f"P50 input / P50 output = {num(ratio)} ({'>=' if prefill else '<'} {num(PREFILL_RATIO)})",
             "binding_resource": resource, "ranking": [{"gpu": n, f"{resource}_per_usd_hour": round(v, 4)}
                                                       for n, v in ranking],
             "gpu": gpu.name, "interconnect": gpu.interconnect, "notes": notes}
@@ -123,7 +124,7 @@ def _hardware(wl: Workload, gpu: Gpu, catalogue: Mapping[str, Gpu], weights: str
 
 def _routing(wl: Workload, total_gpus: int | None) -> dict[str, Any]:
     if total_gpus is None:
-        return {"multi_tier": None, "why": "the fleet's size needs a sweep (Steps 7-11)"}
+        return {"multi_tier": None, "why": "the fleet's size needs a concurrency sweep (--sweep)"}
     if total_gpus > ROUTING_GPUS and wl.simple_share > 0:
         simple = wl.simple_share
         return {"multi_tier": True,
@@ -149,9 +150,9 @@ def _checklist(wl: Workload, gpu: Gpu, chosen: Mapping[str, Any], curve: Curve |
          + ("" if "fp8" in gpu.tflops else f"; {gpu.name} has no FP8 path")),
         ("prefix_caching", wl.shared_prefixes,
          "the workload declares shared prefixes" if wl.shared_prefixes else "no shared prefixes declared"),
-        ("chunked_prefill", spread > MIXED_LENGTHS, f"input P99 / P50 = {spread:.3g} ({'>' if spread > MIXED_LENGTHS else '<='} {MIXED_LENGTHS:g})"),
+        ("chunked_prefill", spread > MIXED_LENGTHS, f"input P99 / P50 = {num(spread)} ({'>' if spread > MIXED_LENGTHS else '<='} {num(MIXED_LENGTHS)})"),
         ("speculative_decoding", latency_sensitive and wl.concurrency_per_instance <= 16,
-         f"online share {wl.online_share:.0%}, ITL SLO {wl.slo.itl_p99 * 1000:g} ms, "
+         f"online share {wl.online_share:.0%}, ITL SLO {num(wl.slo.itl_p99 * 1000)} ms, "
          f"{wl.concurrency_per_instance} sequences per instance (on when latency-sensitive and at most 16)"),
     ]
     conflict = False
@@ -203,7 +204,7 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     bench: dict[str, Any] | None = None
     if curve is None:
         for k in ("usable_rps_per_instance", "instances", "total_gpus", "cost_per_million_tokens_usd"):
-            reasons[k] = "needs a concurrency sweep of the chosen configuration (--sweep, Steps 7 and 10)"
+            reasons[k] = "needs a concurrency sweep of the chosen configuration (--sweep)"
     else:
         usable = curve.usable_rps_per_instance
         instances = recommended_instances(wl.peak_rps, usable, wl.safety_factor)
@@ -222,13 +223,16 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     fleet_seqs = wl.peak_rps * latency
     fleet_kv = fleet_seqs * (wl.input_tokens.p95 + wl.output_tokens.p95) * chosen["kv_bytes_per_token"]
     if curve is not None:
+        assert usable is not None and instances is not None  # set from the curve above
         binding, binding_why = ({"ttft_p99": "ttft_slo", "itl_p99": "itl_slo"}.get(curve.binding, "sweep_end"),
-                                f"Step 10: the {curve.binding} SLO caps one instance at {usable:.3g} RPS, so "
-                                f"{wl.peak_rps:g} peak RPS needs {instances} instances" if curve.binding != "sweep_end"
-                                else "Step 10: the sweep ended before either SLO was reached: sweep higher")
+                                f"the benchmark: the {curve.binding} SLO caps one instance at {num(usable)} RPS, so "
+                                f"{num(wl.peak_rps)} peak RPS needs {plural(instances, 'instance')}"
+                                if curve.binding != "sweep_end"
+                                else "the benchmark: the sweep ended before either SLO was reached: sweep higher")
     else:
-        binding, binding_why = "memory", (f"Step 5: {chosen['memory_floor_bytes'] / 1e9:.3g} GB per instance needs "
-                                          f"{chosen['min_gpus']} x {gpu.name}, run at TP {par['tp']}")
+        binding, binding_why = "memory", (f"the memory floor at this precision: {num(chosen['memory_floor_bytes'] / 1e9)} "
+                                          f"GB per instance needs {chosen['min_gpus']} x {gpu.name}, run at TP "
+                                          f"{par['tp']}")
     if par["pp"] > 1 and not gpu.switched_fabric:
         binding, binding_why = "interconnect", par["warnings"][0]
     trap = utilization is not None and utilization < UTILIZATION_TRAP
@@ -266,8 +270,8 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
             "2_hardware": _hardware(wl, gpu, catalogue, weights),
             "3_routing": routing,
             "4_memory_floor": {**native_floor, "fleet_concurrency": fleet_seqs, "fleet_kv_cache_bytes": int(fleet_kv),
-                               "fleet_why": f"Little's Law: {wl.peak_rps:g} peak RPS x {latency:.3g} s expected "
-                                            f"latency (TTFT SLO + P95 output x ITL SLO) = {fleet_seqs:.4g} sequences"},
+                               "fleet_why": f"Little's Law: {num(wl.peak_rps)} peak RPS x {num(latency)} s expected "
+                                            f"latency (TTFT SLO + P95 output x ITL SLO) = {num(fleet_seqs, 4)} sequences"},
             "5_precision": {**chosen, "changes": changes,
                             "tp": {"native": par_native["tp"], "chosen": par["tp"]},
                             "replicas_per_node": {"native": par_native["replicas_per_node"],
@@ -276,15 +280,15 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
             "7_10_benchmark": bench if bench is not None else {"reason": reasons["usable_rps_per_instance"]},
             "8_9_checklist": _checklist(wl, gpu, chosen, curve, total_gpus),
             "11_fleet": ({"instances": instances, "total_gpus": total_gpus, "dp": instances,
-                          "why": f"ceil(ceil({wl.peak_rps:g} / {usable:.4g}) x (1 + {wl.safety_factor:g})) = {instances}"
+                          "why": f"ceil(ceil({num(wl.peak_rps)} / {num(usable or 0, 4)}) x (1 + {num(wl.safety_factor)})) = {instances}"
                                  f" instances x {par['gpus_per_instance']} GPUs"}
                          if instances is not None else {"reason": reasons["instances"]}),
             "12_cost": ({"cost_per_million_tokens_usd": cost, "annual_cost_usd": annual,
                          "average_utilization": utilization,
-                         "why": f"{gpu.hour_usd:g} USD/GPU-hour x {total_gpus} GPUs / ({wl.average_rps:g} average RPS x "
-                                f"{wl.output_tokens.p50:g} output tokens x 3600)",
+                         "why": f"{num(gpu.hour_usd)} USD/GPU-hour x {total_gpus} GPUs / ({num(wl.average_rps)} average RPS x "
+                                f"{num(wl.output_tokens.p50)} output tokens x 3600)",
                          "warning": (f"average utilization {utilization:.0%} is below {UTILIZATION_TRAP:.0%}: the "
-                                     f"utilization trap (9.2) inflates the cost per token; fill idle capacity "
+                                     f"utilization trap inflates the cost per token; fill idle capacity "
                                      f"(offline batch, colocation) or scale down off-peak") if trap else None}
                         if cost is not None else {"reason": reasons.get("cost_per_million_tokens_usd",
                                                                          "no average traffic to spread the cost over")}),

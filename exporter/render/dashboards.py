@@ -157,7 +157,7 @@ def _variables() -> list[dict[str, Any]]:
 
 def fleet_overview() -> dict[str, Any]:
     b = _Board("fleetwatch-fleet", "fleetwatch / Fleet overview",
-               "One row per hardware tier: the 9.3 production monitoring table with its bands, the efficiency "
+               "One row per hardware tier: the production monitoring table with its bands, the efficiency "
                "figures, and the instances the tier needs against those it has. Nothing is averaged across tiers.")
     b.row("Tier $tier", repeat="tier")
     one = 'tier="$tier"'
@@ -174,14 +174,14 @@ def fleet_overview() -> dict[str, Any]:
         # from the engines' series where the row has PromQL, so a tier of sidecars shows one value
         expr = (row_query(row.key).replace(TIER, one) if row.promql
                 else f"sum by (tier) (fleetwatch_{row.key}{{{one}}})")
-        b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the 9.3 table (README, Definitions).",
+        b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the monitoring table (README, Definitions).",
                      [_target(expr, row.key, "A", instant=True)], UNITS[row.unit],
                      _thresholds(_default_band(row.key)),
                      options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                               "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
                               "orientation": "auto", "wideLayout": True, "showPercentChange": False}), 4, 4)
     b.add(_panel("timeseries", "Instances: needed, deployed, up", "Recommended = ceil(ceil(peak / usable) x "
-                 "(1 + safety)) (Step 11), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
+                 "(1 + safety)), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
                  "against the engines deployed (seen in the last hour) and up, from their own up series. A "
                  "recommendation above the deployed count is a scale-up trigger.",
                  [_target(f"{RECOMMENDED}{{{one}}}", "recommended", "A"),
@@ -197,19 +197,19 @@ def tier_drilldown() -> dict[str, Any]:
     for key, slo, bench, what in (("ttft", "slo_ttft_p99_seconds", "benchmark_ttft_p99_seconds", "TTFT"),
                                   ("itl", "slo_itl_p99_seconds", "benchmark_itl_p99_seconds", "ITL")):
         b.add(_panel("timeseries", f"{what} P50 and P99", f"Tier quantiles of {what} (histogram_quantile over the "
-                     f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99 (Step 10).",
+                     f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99.",
                      [_target(row_query(f"{key}_p50_seconds"), "{{tier}} P50", "A"),
                       _target(row_query(f"{key}_p99_seconds"), "{{tier}} P99", "B"),
                       _target(plan_query(slo), "{{tier}} SLO", "C"),
                       _target(plan_query(bench), "{{tier}} benchmark", "D")], "s"), 12, 8)
     sel = '{tier=~"$tier", instance=~"$instance"}'
     b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99: an instance far "
-                 "above the others is a mixed-tier or straggler suspect (9.5).",
+                 "above the others is a mixed-tier or straggler suspect.",
                  [_target(f"histogram_quantile(0.99, sum by (tier, instance, le) "
                           f"({I.bucket_rate('ttft_seconds', sel).replace('{w}', '$__rate_interval')}))",
                           "{{instance}}", "A")], "s"), 12, 8)
     b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 against the observed RPS per "
-                 "instance, beside the benchmark's prediction at the same load (Step 13): points above the "
+                 "instance, beside the benchmark's prediction at the same load (observed vs benchmark): points above the "
                  "prediction by more than 30% ask to re-characterize the workload.",
                  [_target(for_tiers(f"{_inline(ROWS_BY_KEY['requests_per_second'].promql)} / on (tier) "
                                     f"({fleet_series()[INSTANCES_UP]})"),
@@ -229,7 +229,7 @@ def tier_drilldown() -> dict[str, Any]:
                  [_target(row_query("kv_cache_eviction_ratio"), "{{tier}}", "A")], "percentunit",
                  _thresholds(_default_band("kv_cache_eviction_ratio"))), 12, 8)
     b.add(_panel("timeseries", "Queue depth and the Little's Law limit", "Waiting requests summed over the tier, "
-                 "against Little's Law's maximum safe depth (SLO TTFT P99 x arrival rate, 9.4): warn at 80%, "
+                 "against Little's Law's maximum safe depth (SLO TTFT P99 x arrival rate): warn at 80%, "
                  "page at 90%.",
                  [_target(row_query("queue_depth_requests"), "{{tier}} waiting", "A"),
                   _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="queue_depth_littles_law"}}',
@@ -251,12 +251,12 @@ _STEP13 = ("ttft_p99_vs_benchmark", "itl_p99_vs_benchmark", "gpu_utilization_vs_
 
 def plan_validation() -> dict[str, Any]:
     b = _Board("fleetwatch-plan", "fleetwatch / Plan validation",
-               "Step 13 over time: every check of production against the sizing plan's benchmark at equivalent "
-               "RPS, the SLOs and Little's Law; the findings; the 9.4 guardrails fleetwatch recommends.")
+               "Observed vs benchmark over time: every check of production against the sizing plan's benchmark at equivalent "
+               "RPS, the SLOs and Little's Law; the findings; the gateway guardrails fleetwatch recommends.")
     for check in _STEP13:
         unit = "s" if check.startswith(("ttft", "itl")) else "percentunit"
         b.add(_panel("timeseries", check.replace("_", " "), f"Observed against the benchmark's prediction at the "
-                     f"observed RPS per instance ({check}); critical beyond Step 13's limits.",
+                     f"observed RPS per instance ({check}); critical beyond the observed-vs-benchmark limits.",
                      [_target(f'fleetwatch_plan_check_observed{{{TIER}, check="{check}"}}', "{{tier}} observed", "A"),
                       _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="{check}"}}', "{{tier}} predicted",
                               "B")], unit), 12, 8)
@@ -266,12 +266,12 @@ def plan_validation() -> dict[str, Any]:
     b.add(_panel("table", "Findings", "Current findings (target down, drift, runaway generation, mixed tier, ...) "
                  "with the instance to blame.",
                  [_target(f"fleetwatch_finding{{{TIER}}} == 1", "", "A", instant=True, table=True)], "short"), 12, 8)
-    b.add(_panel("table", "Resize verdict", "Instances the tier needs (Step 11, recorded by the generated rules) "
+    b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated rules) "
                  "against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
                  [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
                   _target(f"{INSTANCES}{{{TIER}}}", "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)
-    b.add(_panel("table", "Guardrails (9.4)", "Gateway limits recommended from the observed histograms: "
+    b.add(_panel("table", "Guardrails", "Gateway limits recommended from the observed histograms: "
                  "max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the circuit breaker at "
                  "80-90% of Little's Law's limit.",
                  [_target(f"fleetwatch_guardrail_recommended{{{TIER}}}", "", "A", instant=True, table=True)],

@@ -35,7 +35,7 @@ ROW_TEXT: dict[str, tuple[str, str, str, str]] = {
     "ttft_p50_seconds": ("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
                          "workload shifted beyond the benchmark (P50 and P99 both violating).",
                          "Queue depth and fleet utilization of the tier; input length P95 against the plan.",
-                         "Scale the tier up if utilization is high; otherwise re-characterize the workload (Step 1)."),
+                         "Scale the tier up if utilization is high; otherwise re-characterize the workload."),
     "ttft_p99_seconds": ("TTFTP99High", "Tail time to first token violates or approaches the SLO. P99 bad with P50 "
                          "fine means queueing or prefill interference.",
                          "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
@@ -88,22 +88,25 @@ ROW_TEXT: dict[str, tuple[str, str, str, str]] = {
 GAUGE_ROWS = {"lora_adapter_cache_hit_ratio", "lora_adapter_evictions_per_second"}
 
 FINDINGS: dict[str, tuple[str, str, str, str]] = {
-    "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's Step 1 "
+    "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's workload "
                            "profile.", "The workload block of the report against the plan.",
-                           "Return to Step 1: re-characterize the workload, then re-run Steps 7-11."),
+                           "Re-characterize the workload (`fleetwatch plan --from-report`), then re-run the benchmark "
+                           "and re-size the fleet."),
     "output_length_drift": ("OutputLengthDrift", "Output length P95/P99 moved beyond the tolerance from the plan.",
-                            "Output P99, finished_reason shares.", "Return to Step 1; set max_output_tokens."),
+                            "Output P99, finished_reason shares.",
+                            "Re-characterize the workload; set max_output_tokens at the gateway."),
     "runaway_generation": ("RunawayGeneration", "A growing share of requests stops at max_tokens: runaway "
                            "generation holds decode slots.", "finished_reason=length share; prompts that loop.",
-                           "Enforce max_new_tokens at the gateway; add runaway pattern detection (9.4)."),
+                           "Enforce max_new_tokens at the gateway; add runaway pattern detection."),
     "mixed_tier": ("MixedTier", "An instance does not behave like its tier (different GPU model, or its P99 far "
                    "above the tier's median).", "GPU model of each instance; the named instance's placement.",
-                   "Move it to its own tier with its own benchmark curve and plan (9.5)."),
+                   "Move it to its own tier with its own benchmark curve and plan."),
     "fp8_on_a100": ("FP8OnA100", "FP8 weights on A100s run without the FP8 tensor-core path.",
                     "plan.precision.weights and the tier's GPU models.", "Build and validate an INT8 artefact."),
-    "peak_above_plan": ("PeakAbovePlan", "The observed peak exceeds the plan's Step 1 peak.",
-                        "Requests per second history.", "Re-run Step 1 with the new peak; resize."),
-    "instances_differ_from_plan": ("InstancesDifferFromPlan", "Deployed instances differ from the plan (Step 11).",
+    "peak_above_plan": ("PeakAbovePlan", "The observed peak exceeds the peak the plan was sized for.",
+                        "Requests per second history.", "Re-plan with the new peak (`fleetwatch plan --from-report`); "
+                                                        "resize."),
+    "instances_differ_from_plan": ("InstancesDifferFromPlan", "Deployed instances differ from the plan's fleet size.",
                                    "Targets configured or discovered.", "Deploy what the plan says or re-plan."),
 }
 
@@ -283,8 +286,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                     f"recommends ({BREAKER_RANGE[0] * 100:.0f}% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak "
                     f"RPS): requests a gateway "
                     f"breaker would have shed with a 429.",
-        runbook=("The queue passed the circuit-breaker threshold of 9.4: without a breaker, a spike becomes an "
-                 "OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
+        runbook=("The queue passed the recommended gateway circuit-breaker threshold: without a breaker, a spike "
+                 "becomes an OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
                  "Configure the breaker at the recommended threshold; scale up if this persists."),
         cases=(TestCase(((queue, "100x40"), (br, "80x40")), True), TestCase(((queue, "80x40"), (br, "80x40")), False)), op=">", th=80.0))
     # Step 13: production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
@@ -298,16 +301,16 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
 
     out.append(AlertSpec(
         f"{PREFIX}Recharacterize", "warning", t, f"{observed} and on (tier, check) ({status} == 1)",
-        summary=f"Tier {t}: {{{{ $labels.check }}}} diverges from the benchmark (Step 13)",
-        description=f"{{{{ $labels.check }}}} of tier {t} is {VALUE}, beyond Step 13's limit against the "
-                    f"benchmark at equivalent RPS (operating point: {b.usable_rps_per_instance:g} RPS/instance, "
-                    f"TTFT P99 {b.ttft_p99:g}s, ITL P99 {b.itl_p99:g}s, GPU {b.gpu_utilization:g}). Return to "
-                    f"Step 1 and re-characterize the workload before resizing.",
-        runbook=(f"Production diverges from the Step 10 benchmark: TTFT P99 more than "
+        summary=f"Tier {t}: {{{{ $labels.check }}}} diverges from the benchmark (observed vs benchmark)",
+        description=f"{{{{ $labels.check }}}} of tier {t} is {VALUE}, beyond the limit against the plan's "
+                    f"benchmark at equivalent RPS (operating point: {b.usable_rps_per_instance:g} RPS per instance, "
+                    f"TTFT P99 {b.ttft_p99:g}s, ITL P99 {b.itl_p99:g}s, GPU {b.gpu_utilization:g}). Re-characterize "
+                    f"the workload and re-run the benchmark before resizing.",
+        runbook=(f"Production no longer matches the benchmark the plan was sized on: TTFT P99 more than "
                  f"{(STEP13_TTFT_FACTOR - 1) * 100:.0f}% above it, or GPU utilization more than "
                  f"{STEP13_UTIL_POINTS * 100:.0f} points below it, at the same RPS per instance.",
                  "The plan checks in the report: which one, observed against predicted; the workload block.",
-                 "Return to Step 1: re-characterize the workload and re-benchmark (Steps 7-10)."),
+                 "Re-characterize the workload (`fleetwatch plan --from-report`) and re-run the benchmark."),
         cases=(TestCase(((one(status), "1x40"), (one(observed), "2.5x40")), True, {"check": "ttft_p99_vs_benchmark"}),
                TestCase(((one(status), "0x40"), (one(observed), "2.5x40")), False, {"check": "ttft_p99_vs_benchmark"}))))
     # target down: Prometheus's own up for engine jobs, and fleetwatch's view
@@ -326,7 +329,7 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     current = f"{{{{ with query `{have}` }}}}{{{{ . | first | value }}}}{{{{ end }}}}"
     step13 = (f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}} == 1')
     formula = (f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
-               f"(1 + {plan.safety_factor:g} safety) (Step 11)")
+               f"(1 + {plan.safety_factor:g} safety)")
     for action, severity, op, for_, expr in (
             ("scale_up", "critical", ">", None, f"{rec} > on (tier) {have}"),
             # not while a Step 13 check says the benchmark no longer describes the workload, and only
@@ -341,7 +344,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
             name, severity, t, expr,
             summary=f"Tier {t}: resize to {{{{ $value }}}} instances ({action})",
             description=f"Tier {t} needs {{{{ $value }}}} instances, has {current}: {formula}.",
-            runbook=("The sizing arithmetic of Step 11 asks for a different instance count.",
+            runbook=("The fleet-size arithmetic (peak RPS over usable RPS per instance, with the safety margin) "
+                     "asks for a different instance count.",
                      "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize "
                      "reason in fleetwatch's report in fleet mode.",
                      "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
@@ -468,7 +472,7 @@ def runbook(config: Config) -> str:
         severities.setdefault(a.name, set()).add(a.severity)
     lines = ["# fleetwatch runbook", "",
              "Generated by `fleetwatch rules` with the rules in `rules/`; every alert has an entry. Each says",
-             "what the alert means (the 9.3 \"what it tells you\"), what to check, and what to do.", ""]
+             "what the alert means, what to check, and what to do.", ""]
     for name in sorted(seen):
         meaning, check, do = seen[name].runbook
         lines += [f"## {name}", "", f"Severity: {', '.join(sorted(severities[name]))}.", "",

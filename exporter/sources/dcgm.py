@@ -39,7 +39,7 @@ def _label(labels: Mapping[str, str], *names: str) -> str | None:
 def parse(text: str) -> tuple[GpuReading, ...]:
     samples = exposition.parse(text, PREFIXES)
     if not samples:
-        raise exposition.ExpositionError("no DCGM_FI_ metrics in the body")
+        raise exposition.not_metrics(text, "DCGM_FI_")
     gpus: dict[tuple[str, str | None], dict[str, Any]] = defaultdict(dict)
     for s in samples:
         lb = s.labels

@@ -18,7 +18,7 @@ NAMES = wanted("sglang", "sglang:spec_accept_length", "sglang:max_total_num_toke
 def parse(text: str) -> EngineSample:
     samples = exposition.parse(text, PREFIXES, NAMES)
     if not any(s.name != PROCESS_START for s in samples) and not exposition.has_prefix(text, PREFIXES[:1]):
-        raise exposition.ExpositionError("no sglang: metrics in the body")
+        raise exposition.not_metrics(text, "sglang:")
     idx = by_name(samples)
     c = read_inputs(idx, "sglang", skip=_OWN)
     # one token_usage series per TP/DP rank: their mean is the pool's usage; likewise the rates

@@ -20,7 +20,7 @@ NAMES = wanted("vllm", "vllm:lora_requests_info", "vllm:cache_config_info", PROC
 def parse(text: str) -> EngineSample:
     samples = exposition.parse(text, PREFIXES, NAMES)
     if not any(s.name != PROCESS_START for s in samples) and not exposition.has_prefix(text, PREFIXES[:1]):
-        raise exposition.ExpositionError("no vllm: metrics in the body")
+        raise exposition.not_metrics(text, "vllm:")
     idx = by_name(samples)
     c = read_inputs(idx, "vllm", skip=_OWN)
     finished = idx.get("vllm:request_success_total", [])
