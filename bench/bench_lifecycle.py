@@ -135,7 +135,7 @@ def main() -> None:
     print(f"{'what':<50} {'bound / baseline':>17} {'median':>8} {'worst':>8}")
 
     def row(what: str, bound: str, xs: list[float]) -> None:
-        print(f"{what:<50} {bound:>17} {statistics.median(xs):>7.2f}s {max(xs):>7.2f}s")
+        print(f"{what:<50} {bound:>17} {statistics.median(xs):>7.3f}s {max(xs):>7.3f}s")
 
     for what, bound, xs in fetch_rows(args.repeat):
         row(what, f"deadline {bound:g}s", xs)
