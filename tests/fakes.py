@@ -192,20 +192,17 @@ def _redirect(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
     h.end_headers()
 
 
-def _http_500(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
-    body = b"internal error\n"
-    h.send_response(500)
-    h.send_header("Content-Length", str(len(body)))
-    h.end_headers()
-    h.wfile.write(body)
+def _answer(status: int, body: bytes) -> Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]:
+    def answer(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    return answer
 
 
-def _http_404(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
-    body = b"Not Found\n"
-    h.send_response(404)
-    h.send_header("Content-Length", str(len(body)))
-    h.end_headers()
-    h.wfile.write(body)
+_http_500 = _answer(500, b"internal error\n")
+_http_404 = _answer(404, b"Not Found\n")
 
 
 def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:

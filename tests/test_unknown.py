@@ -114,12 +114,16 @@ def test_a_target_backing_off_keeps_its_last_reason(tmp_path: Path) -> None:
     assert "connection refused" in down.message and "in a row" in down.message, down.message
 
 
-def test_an_old_engine_names_what_it_does_not_expose(tmp_path: Path) -> None:
-    v0 = FakeTarget([fixture_text("vllm/captured/v0-0.4.3-0.5.0_datadog-fixture.prom")])
+def served(tmp_path: Path, target: FakeTarget, name: str) -> TierReport:
+    """The tier after two cycles of ``target`` alone."""
     try:
-        t = tier_after(tmp_path, {"vllm": v0.url, "name": "old"})
+        return tier_after(tmp_path, {"vllm": target.url, "name": name})
     finally:
-        v0.close()
+        target.close()
+
+
+def test_an_old_engine_names_what_it_does_not_expose(tmp_path: Path) -> None:
+    t = served(tmp_path, FakeTarget([fixture_text("vllm/captured/v0-0.4.3-0.5.0_datadog-fixture.prom")]), "old")
     why = t.metrics["prefix_cache_hit_ratio"].reason or ""
     assert why.startswith("not exposed by this engine version: no prefix-cache query counter"), why
     assert "vllm:prefix_cache_queries_total" in why and "vllm:gpu_prefix_cache_hit_rate" in why
@@ -131,10 +135,7 @@ def test_an_invalid_reading_names_the_instance(tmp_path: Path) -> None:
     nan = FakeTarget(body_fn=lambda n: "\n".join(
         ln.rsplit(" ", 1)[0] + " NaN" if ln.startswith("vllm:num_preemptions_total{") else ln
         for ln in texts[min(n, 1)].splitlines()) + "\n")
-    try:
-        t = tier_after(tmp_path, {"vllm": nan.url, "name": "odd"})
-    finally:
-        nan.close()
+    t = served(tmp_path, nan, "odd")
     why = t.metrics["kv_cache_eviction_ratio"].reason or ""
     assert why.startswith("odd reported a NaN, infinite or negative preemption"), why
     assert t.metrics["ttft_p99_seconds"].value is not None
