@@ -49,8 +49,9 @@ class Alert:
         return tuple(sorted(self.labels.items()))
 
 
-def alerts_from_report(report: Report) -> list[Alert]:
-    """What is firing now: resize triggers and every warning or critical finding, per tier."""
+def alerts_from_report(report: Report, static: Mapping[str, str] | None = None) -> list[Alert]:
+    """What is firing now: resize triggers and every warning or critical finding, per tier, each with the
+    config's ``static`` labels (alert_labels) beside its own."""
     out: list[Alert] = []
     for name, t in report.tiers.items():
         r = t.resize
@@ -74,7 +75,7 @@ def alerts_from_report(report: Report) -> list[Alert]:
                 labels["instance"] = f.instance
             out.append(Alert(labels, {"summary": f"tier {name}: {f.kind.replace('_', ' ')}",
                                       "description": f.message}))
-    return out
+    return [Alert({**static, **a.labels}, a.annotations) for a in out] if static else out
 
 
 def _iso(t: float) -> str:

@@ -417,7 +417,24 @@ def _load_yaml(file: str) -> Any:
 
 
 _TOP = {"source", "discovery", "interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
-        "history", "alertmanagers", "tiers", "state_dir", "sidecar"}
+        "history", "alertmanagers", "tiers", "state_dir", "sidecar", "alert_labels"}
+# labels fleetwatch's alerts set themselves: alert_labels may not replace them
+ALERT_OWN_LABELS = {"alertname", "severity", "tier", "action", "instance", "kind", "status", "check"}
+
+
+def _alert_labels(c: _Ctx, v: Any, path: str) -> dict[str, str]:
+    m = c.mapping(v, path, set(v) if isinstance(v, dict) else set())
+    out = {}
+    for k, val in m.items():
+        p = _join(path, str(k))
+        if not isinstance(k, str) or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", k) or k.startswith("__"):
+            raise c.err(p, "a label name is letters, digits and '_', not starting with a digit or '__'")
+        if k in ALERT_OWN_LABELS:
+            raise c.err(p, f"{k} is a label fleetwatch's alerts set themselves")
+        if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+            raise c.err(p, f"expected a string, got {_kind(val)}")
+        out[k] = str(val)
+    return out
 
 
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
@@ -510,6 +527,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         prometheus=_source(c, m, base, tiers),
         kubernetes=kubernetes,
         kubernetes_endpoint=kubernetes_endpoint,
+        alert_labels=c.optional(m, "alert_labels", "", lambda v, p: _alert_labels(c, v, p)) or {},
     )
 
 

@@ -224,7 +224,7 @@ class Pipeline:
         self.cycles += 1
         if self.notifier is not None:
             try:
-                self.notifier.update(alerts_from_report(report))
+                self.notifier.update(alerts_from_report(report, self.config.alert_labels))
                 self.notifier.flush()  # bounded by its timeout; failures stay queued
             except Exception:  # noqa: BLE001 - notification trouble must not stop evaluation
                 log.exception("notifying Alertmanager failed")

@@ -479,6 +479,9 @@ class Config:
     prometheus: PrometheusSource | None = None  # set: the fleet is read from this API, not scraped
     kubernetes: KubernetesDiscovery | None = None  # set: the tiers' targets come from EndpointSlices
     kubernetes_endpoint: EndpointTemplate = EndpointTemplate()
+    # static labels on every alert, from the rules and from fleetwatch's own posts (kube-prometheus-stack's
+    # Alertmanager routes and inhibits by namespace)
+    alert_labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def discovers(self) -> bool:

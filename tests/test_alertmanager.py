@@ -41,6 +41,15 @@ def test_alerts_from_a_report_have_stable_labels() -> None:
     assert again[0].fingerprint == names["FleetwatchResizeTrigger"].fingerprint  # the count is not a label
 
 
+def test_every_post_carries_the_configs_static_labels() -> None:
+    plain = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),)))
+    labelled = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),)),
+                                  {"namespace": "llm", "tier": "not-this"})
+    assert len(labelled) == len(plain) == 2
+    for a, b in zip(plain, labelled):
+        assert b.labels == {"namespace": "llm", **a.labels}  # beside its own; its own tier label wins
+
+
 def test_resize_trigger_round_trip_through_a_real_alertmanager(alertmanager: Alertmanager) -> None:
     client = AlertmanagerClient([alertmanager.url], interval=1.0)
     client.update(alerts_from_report(report("scale_up")))

@@ -189,3 +189,18 @@ def test_validate_config_warns_when_the_plan_contradicts_its_own_figures(tmp_pat
         r = subprocess.run([sys.executable, "-m", "exporter", "validate-config", str(example)], capture_output=True,
                            text=True)
         assert r.returncode == 0 and r.stderr == "", (example, r.stderr)
+
+
+@pytest.mark.parametrize("labels, path, reason", [
+    ("{severity: page}", "alert_labels.severity", "fleetwatch's alerts set themselves"),
+    ("{'2bad': x}", "alert_labels.2bad", "a label name is letters"),
+    ("{team: [a, b]}", "alert_labels.team", "expected a string"),
+    ("[namespace]", "alert_labels", "expected a mapping"),
+])
+def test_alert_labels_are_label_names_with_string_values(tmp_path: Path, labels: str, path: str, reason: str) -> None:
+    f = write(tmp_path, f"alert_labels: {labels}\n" + GOOD)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(f"{f}: {path}: ") and reason in str(e.value), str(e.value)
+    ok = load_config(write(tmp_path, "alert_labels: {namespace: llm, team: 7}\n" + GOOD))
+    assert dict(ok.alert_labels) == {"namespace": "llm", "team": "7"}

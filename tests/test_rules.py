@@ -113,3 +113,17 @@ def test_prometheusrule_renders_the_same_groups_and_fits_the_crd() -> None:
     jsonschema.Draft7Validator(schema).validate(pr)  # the CRD's Go regexes are not Python ones: no metaschema check
     plain = yaml.safe_load((RULES / "fleetwatch.rules.yml").read_text())
     assert pr["kind"] == "PrometheusRule" and pr["spec"]["groups"] == plain["groups"]
+
+
+def test_every_alert_carries_the_configs_static_labels() -> None:
+    """alert_labels (here the example's namespace) reach every generated alert and its promtool test case."""
+    cfg = load_config(str(EXAMPLE))
+    assert cfg.alert_labels, "the example sets alert_labels"
+    doc = yaml.safe_load((RULES / "fleetwatch.rules.yml").read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    assert rules and all(r["labels"].items() >= cfg.alert_labels.items() for r in rules)
+    tests = yaml.safe_load((RULES / "tests" / "fleetwatch_test.yml").read_text())["tests"]
+    expected = [a["exp_labels"] for t in tests for case in t["alert_rule_test"] for a in case["exp_alerts"]]
+    assert expected and all(e.items() >= cfg.alert_labels.items() for e in expected)
+    # and an alert's own labels are never replaced by them
+    assert all(r["labels"]["severity"] in ("warning", "critical") for r in rules)

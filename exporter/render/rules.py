@@ -7,7 +7,7 @@ accepts: no group ``labels``, no ``query_offset``, no native histograms.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -334,7 +334,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
             ("scale_up", "critical", ">", None, f"{rec} > on (tier) {have}"),
             # not while a Step 13 check says the benchmark no longer describes the workload, and only
             # once the recommendation stayed below for the whole stabilization window (for:)
-            ("scale_down", "info", "<", format_duration(plan.scale_down_stabilization),
+            # warning, not info: kube-prometheus-stack's Alertmanager inhibits info alerts (InfoInhibitor)
+            ("scale_down", "warning", "<", format_duration(plan.scale_down_stabilization),
              f"{rec} < on (tier) {have} unless on (tier) ({step13})")):
         name = f"{PREFIX}{'ScaleUp' if action == 'scale_up' else 'ScaleDown'}"
         fire, hold = ("7x40", "4x40"), ("4x40", "4x40")
@@ -371,6 +372,8 @@ def alerts(config: Config) -> list[AlertSpec]:
     out: list[AlertSpec] = []
     for tier in config.tiers.values():
         out += band_alerts(tier, w) + special_alerts(tier, w)
+    if config.alert_labels:  # the config's static labels, on every alert (its own labels win)
+        out = [replace(a, extra_labels={**config.alert_labels, **a.extra_labels}) for a in out]
     return out
 
 
