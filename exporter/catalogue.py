@@ -276,7 +276,10 @@ def _compute_diag(ctx: Context, status: Status) -> str | None:
 
 def _queue_diag(ctx: Context, status: Status) -> str | None:
     if _bad(status):
-        return "Queue growing toward the Little's Law limit: the fleet is undersized; requests queue faster than they are served."
+        q, rps = ctx.v("queue_depth_requests"), ctx.v("requests_per_second")
+        past = q is not None and rps is not None and q >= ctx.plan.slo.ttft_p99 * rps
+        return (f"Queue {'past' if past else 'growing toward'} the Little's Law limit: the fleet is undersized; "
+                f"requests queue faster than they are served.")
     q, gpu = ctx.v("queue_depth_requests"), ctx.v("gpu_compute_utilization_ratio")
     if q is not None and q < 0.05 and gpu is not None and gpu < 0.4:
         return "Queue consistently zero at low GPU utilization: the fleet is oversized."

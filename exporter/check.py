@@ -46,7 +46,7 @@ def _num(v: float | None, unit: str) -> str:
     if unit == "ratio":
         return f"{v * 100:.1f}%"
     if unit == "s":
-        return f"{v * 1000:.0f}ms" if v < 1 else f"{v:.2f}s"
+        return seconds(v)
     return num(v)
 
 
@@ -89,6 +89,7 @@ def format_table(report: Report) -> str:
                 lines.append(f"     {f.status.value:<8} {f.kind:<28} {f.message}")
         g = t.guardrails
         parts = [f"{k} {_num(_f(v['value']), '')} ({_num(_f(v['low']), '')}-{_num(_f(v['high']), '')})"
+                 + (" at the plan's peak" if k == "circuit_breaker_queue_threshold" else "")
                  for k, v in g.items() if isinstance(v, dict) and v.get("value") is not None]
         if parts:
             lines.append(f"   guardrails: {'; '.join(parts)}")

@@ -181,6 +181,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=["table", "json", "yaml"], default="table",
                     help="table (the human report), json (for tools) or yaml (the plan serve reads)")
 
+    i = sub.add_parser(
+        "inject", help="add the fleetwatch sidecar to engine workloads: a Helm post-renderer, or a kustomize Component",
+        description="Read Kubernetes manifests on stdin (as Helm's post-renderer hands them) and write them to stdout "
+                    "with the fleetwatch sidecar added to every Deployment and StatefulSet labelled with the tier "
+                    "label. The sidecar reads its tier from the pod's label, its plan from the config map, and its "
+                    "GPUs from the node's dcgm-exporter. With --component, write the same addition as a kustomize "
+                    "Component instead.",
+        epilog="helm (4): helm plugin install deploy/helm/fleetwatch-sidecar, then helm install ... --post-renderer "
+               "fleetwatch-sidecar [--post-renderer-args=--image=REGISTRY/fleetwatch:TAG]")
+    i.add_argument("--image", default="fleetwatch:dev", help="the sidecar's image (default: fleetwatch:dev)")
+    i.add_argument("--tier-label", default="fleetwatch.io/tier",
+                   help="the workload and pod label that names the tier (default: fleetwatch.io/tier)")
+    i.add_argument("--config-map", default="fleetwatch-config",
+                   help="the ConfigMap with fleet.yaml and the plans, in the engines' namespace (default: "
+                        "fleetwatch-config)")
+    i.add_argument("--dcgm-url", default="http://fleetwatch-dcgm-local.gpu-operator.svc:9400/metrics",
+                   help="the node's dcgm-exporter, through a Service with internalTrafficPolicy: Local (default: "
+                        "fleetwatch-dcgm-local in gpu-operator); empty: no GPU rows")
+    i.add_argument("--engine-url", default=None, help="the engine's /metrics (default: localhost, vLLM :8000)")
+    i.add_argument("--component", default=None, metavar="DIR", help="write a kustomize Component to DIR instead")
+    i.add_argument("--check", action="store_true", help="with --component: exit 1 if DIR differs from what would "
+                                                        "be written")
+
     v = sub.add_parser("validate-config", help="validate a fleet config and exit (0 valid, 2 invalid)")
     v.add_argument("file", help="fleet config YAML")
     return p
@@ -212,6 +235,9 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
 
 def _serve_config(cfg: "Config", args: argparse.Namespace) -> "Config":
     """Fleet mode as configured, or with --tier the config of one sidecar."""
+    if args.tier is not None and not args.tier.strip():
+        raise ConfigError(cfg.path, "", "--tier is empty: in a pod, FLEETWATCH_TIER comes from the pod's tier label "
+                                        "(is the label on the pod template, not only on the workload?)")
     if not args.tier:
         if args.engine or args.engine_url or args.dcgm_url or args.nvml or args.dcgm_bearer_token_file:
             raise ConfigError(cfg.path, "", "--engine, --engine-url, --dcgm-url, --nvml and "
@@ -301,6 +327,26 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inject(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .render.inject import SidecarSpec, component, inject_text
+
+    spec = SidecarSpec(image=args.image, tier_label=args.tier_label, config_map=args.config_map,
+                       dcgm_url=args.dcgm_url or None, engine_url=args.engine_url)
+    if args.component:
+        return _write_or_check({Path(args.component) / n: t for n, t in component(spec).items()},
+                               "`fleetwatch inject --component` writes", args.check)
+    try:
+        sys.stdout.write(inject_text(sys.stdin.read(), spec))
+    except yaml.YAMLError as e:
+        print(f"fleetwatch: inject: the manifests on stdin are not YAML: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _countdown(seconds: float) -> None:
     """check's wait between its two scrapes, as one line on stderr that counts down and is then erased."""
     end = time.monotonic() + seconds
@@ -345,6 +391,8 @@ def _main(argv: list[str] | None) -> int:
                         flavour=args.engine, listen=args.listen)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "inject":
+        return _inject(args)
     if args.command == "dashboards":
         from pathlib import Path
 
@@ -362,8 +410,15 @@ def _main(argv: list[str] | None) -> int:
 
             cfg = load_config(args.file)
             n = sum(len(t.targets) for t in cfg.tiers.values())
+            found = [f"{name} by DNS" for name, t in cfg.tiers.items() if t.discover is not None]
+            if cfg.kubernetes is not None:
+                found.append(f"the rest from the Kubernetes API ({cfg.kubernetes.namespace}/{cfg.kubernetes.service})"
+                             if n or found else f"from the Kubernetes API ({cfg.kubernetes.namespace}/"
+                                                f"{cfg.kubernetes.service})")
             read = (f"read from prometheus {redact_url(cfg.prometheus.url)}" if cfg.prometheus is not None
-                    else plural(n, "target"))
+                    else "no targets: a config for sidecars (serve --tier)" if not n and not found
+                    else ", ".join(([plural(n, "target") + " listed"] if n else [])
+                                   + (["instances found at run time: " + "; ".join(found)] if found else [])))
             for name, tier in cfg.tiers.items():  # valid, but a plan that contradicts itself is worth a word
                 short = plan_shortfall(tier)
                 if short is not None:

@@ -92,6 +92,13 @@ def format_duration(seconds: float) -> str:
     return f"{int(round(seconds * 1000))}ms"
 
 
+def exact_duration(seconds: float) -> str:
+    """A duration for a file the config reads back, without rounding: 2s, 46.6ms."""
+    if seconds >= 1 and abs(seconds - round(seconds)) < 1e-9:
+        return f"{round(seconds)}s"
+    return f"{seconds * 1000:.6g}ms"
+
+
 # ---------------------------------------------------------------- validation helpers
 
 

@@ -184,7 +184,9 @@ class Pipeline:
 
     def evaluate(self, now: float) -> Report:
         self.store.trim(now)
-        return self._evaluate(now, {name: self.store.view(name, now) for name in self.config.tiers})
+        # the window the store holds: the config's, or check's span between its two scrapes
+        return self._evaluate(now, {name: self.store.view(name, now) for name in self.config.tiers},
+                              window=self.store.window)
 
     def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
         assert self.reader is not None

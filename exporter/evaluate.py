@@ -14,7 +14,7 @@ from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
-from .text import num, plural
+from .text import num, plural, seconds
 from .window import Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
@@ -42,13 +42,19 @@ def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "unknown"
     if unit == "s":
-        return f"{num(v)}s"
+        return seconds(v)
     if unit == "%":
         return f"{v * 100:.0f}%"
     return f"{num(v)}"
 
 
 # ------------------------------------------------------------------ Step 13
+
+
+BENCHMARK_CHECKS = {"ttft_p99_vs_benchmark": "TTFT P99", "itl_p99_vs_benchmark": "ITL P99",
+                    "gpu_utilization_vs_benchmark": "GPU utilization",
+                    "prefix_cache_hit_ratio_vs_benchmark": "prefix cache hit ratio",
+                    "kv_cache_eviction_ratio_vs_benchmark": "KV eviction ratio"}
 
 
 def predicted_at(plan: Plan, field: str, per_instance_rps: float | None) -> tuple[float | None, str]:
@@ -156,9 +162,10 @@ def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: 
                          "queue depth or arrival rate unknown")
     limit = plan.slo.ttft_p99 * rps
     return PlanCheck("queue_depth_littles_law", q, limit, queue_status,
-                     f"mean queue {num(q)} vs Little's Law max safe depth {num(limit)} "
-                     f"({_fmt(plan.slo.ttft_p99, 's')} x {num(rps)} RPS); shed load at "
-                     f"{num(BREAKER_RANGE[0] * limit)}-{num(BREAKER_RANGE[1] * limit)} queued requests.")
+                     f"mean queue {num(q)} vs Little's Law max safe depth at the current arrival rate, {num(limit)} "
+                     f"({_fmt(plan.slo.ttft_p99, 's')} TTFT SLO x {num(rps)} RPS now); warning at "
+                     f"{BREAKER_RANGE[0]:.0%}, critical at {BREAKER_RANGE[1]:.0%} of it. The gateway's static breaker "
+                     f"is sized on the plan's peak instead: see the guardrails.")
 
 
 # ------------------------------------------------------------------ resize
@@ -326,6 +333,14 @@ def explain(tw: TierView, row: Row, q: Quantity) -> Quantity:
     return q if cause is None else replace(q, reason=cause)
 
 
+def _explained(guardrails: dict[str, dict[str, object]], tw: TierView) -> dict[str, dict[str, object]]:
+    """A guardrail with no value says why as an unknown row does: the tier down or warming up first."""
+    cause = down_reason(tw) or (warming_reason(tw) if isinstance(tw, TierWindow) else None)
+    if cause is None:
+        return guardrails
+    return {k: ({**g, "basis": cause} if g.get("value") is None else g) for k, g in guardrails.items()}
+
+
 def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple[int, str]:
     """The fewest instances a scale-down may leave: the minimum warm count, and (Little's Law) enough to
     serve the arrivals and drain the current queue within the TTFT SLO."""
@@ -370,6 +385,13 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
 
     up = tw.up()
     step13 = step13_checks(plan, values, len(up))
+    if window_seconds and tw.span() < FULL_WINDOW_SHARE * window_seconds:
+        # just after a start a P99 rests on a few seconds of requests: one slow one would ask to
+        # re-characterize the workload. The benchmark is compared over a full window only
+        partial = (f"the window holds {seconds(tw.span())} of {seconds(window_seconds)} so far; production is "
+                   f"compared with the benchmark over a full window")
+        step13 = [replace(c, status=Status.UNKNOWN, message=f"{BENCHMARK_CHECKS[c.check]}: {partial}")
+                  if c.status is not Status.UNKNOWN else c for c in step13]
     checks = step13 + slo_checks(plan, values) + [littles_law_check(plan, values, statuses["queue_depth_requests"])]
     step13_critical = any(c.status is Status.CRITICAL for c in step13)
 
@@ -400,7 +422,7 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
         resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical, max_gap,
                       _scale_down_floor(tier, values)),
         workload=workload(tw), findings=tuple(findings),
-        guardrails=recommendations(tw, plan),
+        guardrails=_explained(recommendations(tw, plan), tw),
     )
 
 

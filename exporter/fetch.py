@@ -281,8 +281,8 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
         try:
             if resp.status != 200:
                 # the start of the body says why (a Prometheus API error, a proxy's page), on one line
-                said = " ".join(resp.read(300, decode_content=True).decode("utf-8", "replace").split())
-                raise FetchError("http_status", f"HTTP {resp.status}" + (f": {said[:200]}" if said else ""))
+                said = _said(resp.read(2000, decode_content=True).decode("utf-8", "replace"))
+                raise FetchError("http_status", f"HTTP {resp.status}" + (f": {said}" if said else ""))
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError("too_large", f"body of {int(declared)} bytes exceeds the {max_bytes} byte cap")
@@ -317,6 +317,19 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
 # urllib3 names its connection objects in its messages: "_DeadlineHTTPConnection(host=..., port=...): "
 # or "<...HTTPConnection object at 0x7f...>: ", which say nothing to an operator
 _CONNECTION_REPR = re.compile(r"[\w.]*(?:Connection|Pool)\(host=[^)]*\):?\s*|<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+
+
+def _said(body: str) -> str:
+    """What an error answer says, on one line: an HTML page's title (or its text), or the start of the body
+    (a Prometheus API error, a proxy's message)."""
+    text = body.strip()
+    if text.startswith("<"):
+        title = re.search(r"<title[^>]*>([^<]*)</title>", text, re.IGNORECASE)
+        heading = re.search(r"<h1[^>]*>([^<]*)</h1>", text, re.IGNORECASE)
+        found = title or heading
+        text = found.group(1) if found else re.sub(r"<[^>]*>", " ", text)
+        text = "an HTML page: " + " ".join(text.split())[:80] if text.strip() else "an HTML page"
+    return " ".join(text.split())[:200]
 
 
 def _first_line(e: BaseException) -> str:

@@ -49,8 +49,8 @@ def recommendations(tw: TierView, plan: Plan) -> dict[str, dict[str, Any]]:
             f"({p99_out.samples} requests)", f"output length unknown: {p99_out.reason}"),
         "circuit_breaker_queue_threshold": _range(
             limit, *BREAKER_RANGE, math.floor,
-            f"{num(BREAKER_RANGE[0])}-{num(BREAKER_RANGE[1])}x Little's Law max safe queue depth: "
-            f"{num(plan.slo.ttft_p99)}s TTFT SLO x {num(plan.peak_rps)} peak RPS = {num(limit)} queued requests",
+            f"{num(BREAKER_RANGE[0])}-{num(BREAKER_RANGE[1])}x Little's Law max safe queue depth at the plan's peak: "
+            f"{num(plan.slo.ttft_p99)} s TTFT SLO x {num(plan.peak_rps)} peak RPS = {num(limit)} queued requests",
             "no SLO or peak"),
     }
 

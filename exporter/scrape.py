@@ -233,7 +233,7 @@ class Scraper:
         self._failures[key] = before + 1
         wait = backoff_cycles(before + 1, self.config.interval)
         if wait > 1 and before + 1 == BACKOFF_AFTER:
-            log.warning("tier=%s instance=%s failed %d cycles in a row; trying it less often (at most %gs apart) "
+            log.warning("tier=%s instance=%s failed %d cycles in a row; trying it less often (at most %g s apart) "
                         "until it answers", tier, instance, before + 1, BACKOFF_MAX_SECONDS)
         self._next_try[key] = self._cycle + wait
 

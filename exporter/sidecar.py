@@ -49,4 +49,7 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSe
     target = Target(name=pod or urlparse(url).netloc, engine=engine, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
                     gpus=selector, bearer_token_file=s.bearer_token_file,
                     dcgm_bearer_token_file=s.dcgm_bearer_token_file)
-    return replace(config, mode="sidecar", tiers={tier: replace(config.tiers[tier], targets=(target,))})
+    # one engine on localhost: no discovery (the shared config may carry fleet mode's), and no history on
+    # disk (a sidecar's root filesystem is read-only, and the fleet verdicts that need it are the rules')
+    return replace(config, mode="sidecar", kubernetes=None, state_dir=None,
+                   tiers={tier: replace(config.tiers[tier], targets=(target,), discover=None)})

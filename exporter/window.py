@@ -359,7 +359,11 @@ class TierWindow:
                 assert p is not None and c is not None
                 events += len((p.running - c.running) & c.waiting)
         if not seen or seconds <= 0:
-            return Quantity(None, reason="the engine exposes no LoRA state (vllm:lora_requests_info needs --enable-lora)")
+            if "vllm" in self.engines():
+                return Quantity(None, reason="the engine exposes no LoRA state (vllm:lora_requests_info needs "
+                                             "--enable-lora)")
+            return Quantity(None, reason=f"not exposed: {' and '.join(sorted(self.engines())) or 'the engine'} has "
+                                         f"no LoRA adapter state")
         return Quantity(events / seconds, events)
 
 

@@ -203,6 +203,8 @@ def _answer(status: int, body: bytes) -> Callable[[BaseHTTPRequestHandler, "Fake
 
 _http_500 = _answer(500, b"internal error\n")
 _http_404 = _answer(404, b"Not Found\n")
+_http_404_page = _answer(404, b'<!DOCTYPE HTML>\n<html lang="en"><head><title>Error response</title></head>\n'
+                              b'<body><h1>Error response</h1><p>Error code: 404</p></body></html>\n')
 
 
 def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
@@ -215,7 +217,7 @@ def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
 
 _HOSTILE: dict[str, Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]] = {
     "drip": _drip, "header-drip": _header_drip, "chunked": _chunked, "gzip-bomb": _gzip_bomb,
-    "redirect": _redirect, "http-500": _http_500, "http-404": _http_404, "bad-utf8": _bad_utf8,
+    "redirect": _redirect, "http-500": _http_500, "http-404": _http_404, "http-404-page": _http_404_page, "bad-utf8": _bad_utf8,
 }
 
 

@@ -15,14 +15,11 @@ from exporter.config import load_config
 from exporter.render.dashboards import build as dashboards
 from exporter.sidecar import sidecar_config
 
-from conftest import REFERENCE, binary
+from conftest import binary
+from k8s import K8S_VERSION, ROOT, breaches, pod_specs, restricted_violations, validate_crds
 
-ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("sidecar", "fleet")
-K8S_VERSION = "1.32.0"
-CRDS = {"PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
-        "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+OVERLAYS = ("sidecar", "fleet", "prometheus")
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -30,43 +27,6 @@ def render(overlay: str) -> list[dict[str, Any]]:
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
-
-
-def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs
-            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
-
-
-def restricted_violations(spec: dict[str, Any]) -> list[str]:
-    """The restricted Pod Security Standard (v1.32), plus a read-only root filesystem."""
-    out = []
-    pod = spec.get("securityContext", {})
-    for key in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(key):
-            out.append(key)
-    out += [f"volume {v['name']}: hostPath" for v in spec.get("volumes", []) if "hostPath" in v]
-    for c in spec.get("initContainers", []) + spec["containers"]:
-        sc = c.get("securityContext", {})
-        name = c["name"]
-        if not (sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
-            out.append(f"{name}: runAsNonRoot")
-        if sc.get("runAsUser", pod.get("runAsUser")) == 0:
-            out.append(f"{name}: runAsUser 0")
-        seccomp = sc.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            out.append(f"{name}: seccompProfile")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            out.append(f"{name}: allowPrivilegeEscalation")
-        if sc.get("privileged"):
-            out.append(f"{name}: privileged")
-        caps = sc.get("capabilities", {})
-        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
-            out.append(f"{name}: capabilities")
-        if sc.get("readOnlyRootFilesystem") is not True:
-            out.append(f"{name}: readOnlyRootFilesystem")
-        if any("hostPort" in p for p in c.get("ports", [])):
-            out.append(f"{name}: hostPort")
-    return out
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -86,18 +46,8 @@ def test_overlay_core_kinds_pass_kubernetes_validate_strict(overlay: str) -> Non
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_monitors_and_rules_fit_the_prometheus_operator_crds(overlay: str) -> None:
-    import jsonschema
-
-    reference = REFERENCE / "prometheus-operator-crds"
     docs = render(overlay)
-    seen = set()
-    for d in docs:
-        if d["kind"] in CRDS:
-            crd = yaml.safe_load((reference / CRDS[d["kind"]]).read_text())
-            version = next(v for v in crd["spec"]["versions"] if v["name"] == d["apiVersion"].split("/")[1])
-            jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"]).validate(d)
-            seen.add(d["kind"])
-    assert seen == set(CRDS)
+    assert validate_crds(docs) == {"PodMonitor", "PrometheusRule"}
     # the engines' monitor gives every engine series the tier label the rules aggregate by
     engines = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "llm-engines")
     relabel = engines["spec"]["podMetricsEndpoints"][0]["relabelings"]
@@ -108,9 +58,11 @@ def test_overlay_monitors_and_rules_fit_the_prometheus_operator_crds(overlay: st
 def test_every_pod_spec_is_restricted(overlay: str) -> None:
     specs = pod_specs(render(overlay))
     assert specs
+    discovery = any(d["kind"] == "Role" for d in render(overlay))
     for name, spec in specs:
         assert restricted_violations(spec) == [], name
-        assert spec.get("automountServiceAccountToken") is False, name
+        # the API token only where fleetwatch lists pods and EndpointSlices (the fleet overlay)
+        assert spec.get("automountServiceAccountToken") is (discovery and name == "fleetwatch"), name
         for c in spec["containers"]:
             assert c.get("resources", {}).get("requests") and c["resources"].get("limits", {}).get("memory"), c["name"]
     fw = [c for _, s in specs for c in s["containers"] if c["name"] == "fleetwatch"]
@@ -119,11 +71,8 @@ def test_every_pod_spec_is_restricted(overlay: str) -> None:
 
 def test_the_restricted_check_can_fail() -> None:
     (_, spec), *_ = pod_specs(render("fleet"))
-    for breach in ({"privileged": True}, {"allowPrivilegeEscalation": True}, {"readOnlyRootFilesystem": False},
-                   {"capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}, {"runAsUser": 0}):
-        bad = copy.deepcopy(spec)
-        bad["containers"][0]["securityContext"].update(breach)
-        assert restricted_violations(bad), breach
+    for bad in breaches(spec, spec["containers"][0]["name"]):
+        assert restricted_violations(bad)
     bad = copy.deepcopy(spec)
     bad["securityContext"].pop("seccompProfile")
     assert restricted_violations(bad) == ["fleetwatch: seccompProfile"]
@@ -140,8 +89,17 @@ def test_the_config_map_holds_a_config_fleetwatch_accepts(overlay: str, tmp_path
     for name, spec in pod_specs(docs):
         assert {"name": cm["metadata"]["name"]} == {"name": v["configMap"]["name"]
                                                    for v in spec["volumes"] if "configMap" in v}, name
-    if overlay == "fleet":
-        assert all(t.targets for t in cfg.tiers.values())
+    if overlay == "fleet":  # the instances come from the API, through the Service the overlay creates
+        assert cfg.kubernetes is not None
+        service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == cfg.kubernetes.service)
+        assert service["metadata"]["namespace"] == cfg.kubernetes.namespace
+        assert cfg.kubernetes.port in {p["name"] for p in service["spec"]["ports"]}
+        roles = {(d["metadata"]["namespace"], r["resources"][0]) for d in docs if d["kind"] == "Role" for r in d["rules"]}
+        assert roles == {(cfg.kubernetes.namespace, "pods"), (cfg.kubernetes.namespace, "endpointslices"),
+                         (cfg.kubernetes.dcgm_namespace, "endpointslices")}
+        return
+    if overlay == "prometheus":
+        assert cfg.prometheus is not None and not any(d["kind"] in ("Role", "ClusterRole") for d in docs)
         return
     # a sidecar's tier comes from its pod's label through the downward API; the label names a tier
     for name, spec in pod_specs(docs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..config import exact_duration
 from ..model import Slo
 from ..text import num
 
@@ -40,8 +41,7 @@ class Curve:
 
     def as_benchmark(self) -> dict[str, object]:
         """The plan's ``benchmark:`` block (durations written the way the config reads them)."""
-        def d(s: float) -> str:
-            return f"{s * 1000:.6g}ms"
+        d = exact_duration
 
         out: dict[str, object] = {
             "usable_rps_per_instance": round(self.usable_rps_per_instance, 6),

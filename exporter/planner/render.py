@@ -8,12 +8,12 @@ from typing import Any
 import yaml
 
 from .curve import Curve
+from ..config import exact_duration
 from ..text import num, plural
-from .sizing import Workload
+from .sizing import RESOURCE_WORDS, Workload
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.6g}ms"
+_ms = exact_duration
 
 
 def plan_document(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def report_text(result: dict[str, Any]) -> str:
     out = [f"fleetwatch plan: {result['gpu']}, weights {result['precision']['weights']}, "
            f"KV cache {result['precision']['kv_cache']}", ""]
     hw = s["2_hardware"]
-    out.append(f"hardware       {hw['archetype']} ({hw['why']}); binding resource {hw['binding_resource']}; "
+    out.append(f"hardware       {hw['archetype']} ({hw['why']}); binding resource {RESOURCE_WORDS[hw['binding_resource']]}; "
                f"best per dollar: {', '.join(r['gpu'] for r in hw['ranking'][:3]) or 'n/a'}")
     out += [f"        note: {n}" for n in hw["notes"]]
     r = s["3_routing"]
@@ -86,7 +86,7 @@ def report_text(result: dict[str, Any]) -> str:
         out.append(f"benchmark      n/a: {b['reason']}")
     else:
         gap = b["littles_law_gap"]
-        out.append(f"benchmark      usable {num(b['usable_rps_per_instance'], 4)} RPS per instance at SLO (bound by "
+        out.append(f"benchmark      usable {num(b['usable_rps_per_instance'])} RPS per instance at SLO (bound by "
                    f"{b['binding']}), C_max {b['c_max']}, Little's Law gap "
                    f"{'n/a' if gap is None else f'{gap:.2f}x'}")
         out += [f"        warning: {w}" for w in b["warnings"]]
@@ -100,7 +100,7 @@ def report_text(result: dict[str, Any]) -> str:
         out.append(f"cost           n/a: {c['reason']}")
     else:
         util = c["average_utilization"]
-        out.append(f"cost           {num(c['cost_per_million_tokens_usd'], 4)} USD per million tokens, "
+        out.append(f"cost           {num(c['cost_per_million_tokens_usd'])} USD per million tokens, "
                    f"{c['annual_cost_usd']:,.0f} USD a year, average utilization "
                    f"{'n/a' if util is None else f'{util:.0%}'} ({c['why']})")
         if c["warning"]:

@@ -97,6 +97,9 @@ def _parallelism(arch: Architecture, gpu: Gpu, min_gpus: int) -> dict[str, Any]:
             else 0, "why": why, "warnings": warnings}
 
 
+RESOURCE_WORDS = {"tflops": "tensor throughput (TFLOPS)", "hbm_tb_s": "memory bandwidth (HBM TB/s)"}
+
+
 def _hardware(wl: Workload, gpu: Gpu, catalogue: Mapping[str, Gpu], weights: str) -> dict[str, Any]:
     ratio = wl.input_tokens.p50 / max(wl.output_tokens.p50, 1.0)
     prefill = ratio >= PREFILL_RATIO
@@ -114,7 +117,7 @@ def _hardware(wl: Workload, gpu: Gpu, catalogue: Mapping[str, Gpu], weights: str
     if weights not in gpu.tflops:
         notes.append(f"{gpu.name} has no {weights} tensor-core path: it runs {weights} weights without the speed-up")
     if ranking and ranking[0][0] != gpu.name:
-        notes.append(f"{ranking[0][0]} gives the most {resource} per dollar for this archetype")
+        notes.append(f"{ranking[0][0]} gives the most {RESOURCE_WORDS[resource]} per dollar for this archetype")
     return {"archetype": "prefill-heavy" if prefill else "decode-heavy",
             "why": f"P50 input / P50 output = {num(ratio)} ({'>=' if prefill else '<'} {num(PREFILL_RATIO)})",
             "binding_resource": resource, "ranking": [{"gpu": n, f"{resource}_per_usd_hour": round(v, 4)}
