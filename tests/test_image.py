@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tomllib
 import subprocess
 import time
 from pathlib import Path
@@ -35,10 +37,47 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return r
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.registry"])
+def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     hadolint = binary("hadolint")
-    r = subprocess.run([hadolint, str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([hadolint, str(ROOT / "deploy" / dockerfile)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_registry_dockerfile_pins_its_base_by_digest_and_installs_the_lock() -> None:
+    text = (ROOT / "deploy" / "Dockerfile.registry").read_text()
+    base = next(ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("ARG BASE="))
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+    assert "--require-hashes" in text and "-r /requirements.lock" in text
+
+
+def locked() -> dict[str, str]:
+    """deploy/requirements.lock as name -> version, names normalised as pip does."""
+    out = {}
+    for line in (ROOT / "deploy" / "requirements.lock").read_text().splitlines():
+        if "==" in line:
+            name, version = line.split(" ")[0].split("==")
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def test_the_lock_pins_every_runtime_dependency_with_a_hash() -> None:
+    text = (ROOT / "deploy" / "requirements.lock").read_text()
+    pins = locked()
+    assert {"prometheus-client", "requests", "pyyaml", "apscheduler", "nvidia-ml-py", "rich", "dnspython"} <= set(pins)
+    blocks = [b for b in text.split("\n") if "==" in b]
+    assert len(blocks) == len(pins) and text.count("--hash=sha256:") >= len(pins)
+    # every direct dependency of the package is locked, at a version its requirement admits
+    from packaging.requirements import Requirement
+
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins and req.specifier.contains(pins[name]), (spec, pins.get(name))
+    # the binary wheels have one hash per architecture (amd64 and arm64)
+    for name in ("pyyaml", "charset_normalizer"):
+        block = text.split(f"{name}==", 1)[1].split("==", 1)[0]
+        assert block.count("--hash=sha256:") >= 2, name
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +112,25 @@ def test_image_runs_as_65532_without_build_tools(image: str) -> None:
     # the installed package is this checkout's: its serve --help documents sidecar mode
     r = docker("run", "--rm", "--network=none", "--read-only", image, "serve", "--help")
     assert "sidecar mode" in r.stdout and "--tier" in r.stdout, r.stdout
+
+
+def test_image_holds_exactly_the_locked_dependencies_and_says_what_it_is(image: str) -> None:
+    r = docker("run", "--rm", "--network=none", "--read-only", "--entrypoint", "python3", image, "-c",
+               "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version "
+               "for d in m.distributions()}))")
+    installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in json.loads(r.stdout).items()}
+    assert installed.pop("fleetwatch") == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert installed == locked()
+    labels = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == "fleetwatch"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.version"] == installed_version(image)
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", labels["org.opencontainers.image.revision"])
+
+
+def installed_version(image: str) -> str:
+    return docker("run", "--rm", "--network=none", "--entrypoint", "python3", image, "-c",
+                  "import importlib.metadata as m; print(m.version('fleetwatch'))").stdout.strip()
 
 
 @pytest.fixture()
