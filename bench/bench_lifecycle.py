@@ -5,7 +5,9 @@ Prints a table, each bound beside a baseline measured in the same run. Run: pyth
 - an Alertmanager POST to one that drips its headers, against the client's timeout;
 - `validate-config` refusing a hostile file (huge, deeply nested, an alias bomb), against the same
   command on the smallest valid config (the interpreter's and the package's own start);
-- `serve` beside a target of every hostile kind: SIGTERM to exit, against interval + scrape_timeout.
+- `serve` beside a target of every hostile kind: SIGTERM to exit, against interval + scrape_timeout;
+- `serve` reading a Prometheus whose queries drip and whose history hangs: SIGTERM to exit, the same bound;
+- the cycle's duration beside six dripping Alertmanagers, against the same fleet with none.
 """
 from __future__ import annotations
 
@@ -127,6 +129,75 @@ def sigterm_rows(folder: Path, repeat: int) -> list[float]:
     return took
 
 
+def _sigterm_after(cfg: str, cycles_line: str) -> float:
+    """Start serve on ``cfg``, wait for ``cycles_line`` in its log, signal it mid-cycle; seconds to exit."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", cfg, "--listen",
+                             f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if re.search(cycles_line, line):
+            break
+    time.sleep(0.5)  # into the next cycle
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    return time.monotonic() - t0
+
+
+def prometheus_rows(folder: Path, repeat: int) -> list[float]:
+    """serve reading a Prometheus whose cycle queries drip and whose history range query hangs."""
+    from fakes import FakePrometheus
+
+    prom = FakePrometheus({"query": "drip", "query_range": "hang"})
+    cfg = folder / "backed.yaml"
+    cfg.write_text(f"interval: 2s\nscrape_timeout: 1s\nsource:\n  prometheus: {{url: '{prom.url}'}}\n"
+                   f"tiers:\n  h100: {{plan: {ROOT / 'examples' / 'plans' / 'h100.yaml'}}}\n")
+    try:
+        return [_sigterm_after(str(cfg), r"cycle failed") for _ in range(repeat)]
+    finally:
+        prom.close()
+
+
+def alertmanager_cycle_rows(folder: Path) -> tuple[list[float], list[float]]:
+    """Cycle durations (the daemon's own gauge) beside six dripping Alertmanagers, and without any."""
+    good = FakeTarget(["vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 1\n"])
+    ams = [FakeTarget(mode="header-drip", drip_seconds=0.1) for _ in range(6)]
+    out = []
+    try:
+        for with_ams in (False, True):
+            am_list = ", ".join(f"'{a.url.rsplit('/metrics', 1)[0]}'" for a in ams) if with_ams else ""
+            cfg = write_config(str(folder / "am.yaml"), {"h100": [{"vllm": good.url, "name": "up"},
+                                                                  {"vllm": refused_url(), "name": "down"}]},
+                               extra=f"interval: 1s\nscrape_timeout: 0.5s\nalertmanagers: [{am_list}]")
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "exporter", "serve", "--config", cfg, "--listen",
+                                     f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL, cwd=ROOT)
+            import requests
+
+            took: list[float] = []
+            seen = 0.0
+            try:
+                while len(took) < 10:
+                    time.sleep(0.2)  # polling another process
+                    try:
+                        page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                    except requests.RequestException:
+                        continue
+                    m = dict(re.findall(r"^(fleetwatch_cycle(?:s_total|_duration_seconds)) (\S+)$", page, re.M))
+                    if float(m.get("fleetwatch_cycles_total", 0)) > seen:
+                        seen = float(m["fleetwatch_cycles_total"])
+                        took.append(float(m["fleetwatch_cycle_duration_seconds"]))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=60)
+            out.append(took)
+    finally:
+        for t in (good, *ams):
+            t.close()
+    return out[0], out[1]
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the client's retry warnings are expected here
     ap = argparse.ArgumentParser()
@@ -145,6 +216,10 @@ def main() -> None:
         for name, xs in hostile:
             row(f"validate-config refuses: {name}", f"{statistics.median(baseline):.2f}s + refusal", xs)
         row("serve beside 7 hostile targets: SIGTERM to exit", "2s + 1.6s = 3.6s", sigterm_rows(Path(tmp), args.repeat))
+        row("serve, Prometheus drips, history hangs: SIGTERM", "2s + 1s = 3s", prometheus_rows(Path(tmp), args.repeat))
+        alone, dripping = alertmanager_cycle_rows(Path(tmp))
+        row("cycle with no Alertmanager", "baseline", alone)
+        row("cycle beside 6 dripping Alertmanagers", f"{statistics.median(alone):.2f}s, interval 1s", dripping)
 
 
 if __name__ == "__main__":

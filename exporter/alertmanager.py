@@ -11,6 +11,7 @@ It behaves as Prometheus does towards Alertmanager:
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,8 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
-from .config import redact_url
-from .fetch import deadline, new_session
+from .fetch import deadline, described, new_session
+from .secrets import redact, redact_url
 
 from .model import Report, Status
 from .text import num
@@ -99,6 +100,10 @@ class NotifyStats:
 
 
 class AlertmanagerClient:
+    """Per Alertmanager a bounded queue of the latest state of each alert. ``update`` (the cycle) only queues;
+    ``start`` gives each Alertmanager a sender thread of its own, so a slow, dripping or hanging one delays
+    only its own deliveries and never a cycle. ``flush`` posts every queue at once, in the caller's thread."""
+
     def __init__(self, urls: Iterable[str], *, interval: float, session: requests.Session | None = None,
                  timeout: float = 5.0, resend_delay: float = RESEND_DELAY_SECONDS, max_queue: int = 10000,
                  generator_url: str = "", verify: bool | str = True, clock: Callable[[], float] = time.time) -> None:
@@ -111,7 +116,12 @@ class AlertmanagerClient:
         self.queues: dict[str, OrderedDict[tuple[tuple[str, str], ...], dict[str, Any]]] = {
             u: OrderedDict() for u in self.urls}
         self._stats = NotifyStats({u: 0 for u in self.urls}, {u: 0 for u in self.urls}, {u: 0 for u in self.urls})
+        # one lock for the alerts, the queues and the counters: ``update`` runs on the cycle's thread while
+        # each sender takes its batch from, and removes what was delivered out of, its queue
         self._lock = threading.Lock()
+        self._wake = {u: threading.Event() for u in self.urls}
+        self._closed = threading.Event()
+        self._senders: list[threading.Thread] = []
 
     def stats(self) -> NotifyStats:
         with self._lock:
@@ -119,9 +129,15 @@ class AlertmanagerClient:
                                {u: len(q) for u, q in self.queues.items()})
 
     def update(self, firing: Iterable[Alert], now: float | None = None) -> None:
-        """Record what fires now and queue what is due for (re-)sending."""
+        """Record what fires now and queue what is due for (re-)sending; wakes the senders. Never posts."""
         now = self.clock() if now is None else now
         current = {a.fingerprint: a for a in firing}
+        with self._lock:
+            self._update(current, now)
+        for ev in self._wake.values():
+            ev.set()
+
+    def _update(self, current: dict[tuple[tuple[str, str], ...], Alert], now: float) -> None:
         for fp, a in current.items():
             st = self.active.get(fp)
             if st is None or st.resolved_at is not None:
@@ -148,38 +164,74 @@ class AlertmanagerClient:
                 q.move_to_end(fp)
                 while len(q) > self.max_queue:
                     q.popitem(last=False)
-                    with self._lock:
-                        self._stats.dropped[url] += 1
+                    self._stats.dropped[url] += 1
+
+    @property
+    def started(self) -> bool:
+        return bool(self._senders)
+
+    def start(self) -> None:
+        """A sender thread per Alertmanager: it posts its queue when ``update`` wakes it, and retries what
+        failed at the next wake (each cycle), each POST bounded by ``timeout``."""
+        for url in self.urls:
+            t = threading.Thread(target=self._send_loop, args=(url,), name="alertmanager", daemon=True)
+            self._senders.append(t)
+            t.start()
+
+    def _send_loop(self, url: str) -> None:
+        wake = self._wake[url]
+        while not self._closed.is_set():
+            wake.wait()
+            wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self.flush_one(url)
+            except Exception as e:  # noqa: BLE001 - the sender must outlive any one failure; the queue is kept
+                log.error("alertmanager %s: sending failed: %s", redact_url(url), redact(f"{type(e).__name__}: {e}"))
 
     def flush(self) -> None:
-        """POST each Alertmanager's queue; what fails stays queued for the next flush."""
-        for url, q in self.queues.items():
-            if not q:
-                continue
+        """POST each Alertmanager's queue now, one after the other; what fails stays queued."""
+        for url in self.urls:
+            self.flush_one(url)
+
+    def flush_one(self, url: str) -> None:
+        """POST ``url``'s queue; what fails stays queued for the next try."""
+        with self._lock:
+            q = self.queues[url]
             batch = list(q.items())
-            try:
-                with deadline(self.timeout) as d:  # the whole POST, even from an Alertmanager that drips
-                    r = self.session.post(f"{url}/api/v2/alerts", json=[p for _, p in batch], timeout=self.timeout,
-                                          verify=self.verify, allow_redirects=False)
-                    ok = 200 <= r.status_code < 300
-                    reason = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
-                if d.expired:  # cut mid-answer: a status line read up to the cut can look like a 200
-                    ok, reason = False, f"no answer within {num(self.timeout)}s"
-            except (requests.RequestException, OSError) as e:
-                ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                if d.expired:
-                    reason = f"no answer within {num(self.timeout)}s"
-            with self._lock:
-                if ok:
-                    for fp, p in batch:
-                        if q.get(fp) is p:  # not replaced meanwhile
-                            del q[fp]
-                    self._stats.sent[url] += len(batch)
-                else:
-                    self._stats.failed[url] += 1
-            if not ok:
-                log.warning("alertmanager %s: %d alerts not delivered, kept for retry: %s", redact_url(url), len(batch),
-                            reason)
+        if not batch:
+            return
+        # the payload goes through the redactor: an alert's description may quote a target's error
+        data = redact(json.dumps([p for _, p in batch])).encode("utf-8")
+        try:
+            with deadline(self.timeout) as d:  # the whole POST, even from an Alertmanager that drips
+                r = self.session.post(f"{url}/api/v2/alerts", data=data, timeout=self.timeout, verify=self.verify,
+                                      allow_redirects=False, headers={"Content-Type": "application/json"})
+                ok = 200 <= r.status_code < 300
+                # the status and what the body is, never its text: it may echo the request's credentials
+                reason = "" if ok else f"HTTP {r.status_code}: {described(r.content[:4096], r.headers.get('Content-Length'))}"
+            if d.expired:  # cut mid-answer: a status line read up to the cut can look like a 200
+                ok, reason = False, f"no answer within {num(self.timeout)}s"
+        except (requests.RequestException, OSError) as e:
+            ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if d.expired:
+                reason = f"no answer within {num(self.timeout)}s"
+        with self._lock:
+            if ok:
+                for fp, p in batch:
+                    if q.get(fp) is p:  # not replaced meanwhile
+                        del q[fp]
+                self._stats.sent[url] += len(batch)
+            else:
+                self._stats.failed[url] += 1
+        if not ok:
+            log.warning("alertmanager %s: %d alerts not delivered, kept for retry: %s", redact_url(url), len(batch),
+                        redact(reason))
 
     def close(self) -> None:
+        """Stop the senders (a POST in flight ends within ``timeout``; nothing waits for it) and the session."""
+        self._closed.set()
+        for ev in self._wake.values():
+            ev.set()
         self.session.close()

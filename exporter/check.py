@@ -121,4 +121,6 @@ def format_table(report: Report) -> str:
 
 
 def format_json(report: Report) -> str:
-    return json.dumps(report.as_dict(), allow_nan=False, sort_keys=False)
+    from .secrets import redact
+
+    return redact(json.dumps(report.as_dict(), allow_nan=False, sort_keys=False))

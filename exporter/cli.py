@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .demo.scenarios import Scenario
+    from .model import Slo
+    from .planner.curve import Curve
 
 DESCRIPTION = """\
 fleetwatch watches an LLM inference fleet (vLLM, SGLang, and their GPUs through dcgm-exporter
@@ -235,6 +237,10 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
 
 def _serve_config(cfg: "Config", args: argparse.Namespace) -> "Config":
     """Fleet mode as configured, or with --tier the config of one sidecar."""
+    from .sidecar import environment_value
+
+    for flag in ("tier", "engine_url", "dcgm_url", "dcgm_bearer_token_file"):  # flags, or FLEETWATCH_* variables
+        environment_value(f"--{flag.replace('_', '-')} (or FLEETWATCH_{flag.upper()})", getattr(args, flag))
     if args.tier is not None and not args.tier.strip():
         raise ConfigError(cfg.path, "", "--tier is empty: in a pod, FLEETWATCH_TIER comes from the pod's tier label "
                                         "(is the label on the pod template, not only on the workload?)")
@@ -252,8 +258,8 @@ def _serve_config(cfg: "Config", args: argparse.Namespace) -> "Config":
                                               "fleet mode")
     flags = SidecarSettings(engine=args.engine, url=args.engine_url, dcgm=args.dcgm_url, nvml=args.nvml,
                             dcgm_bearer_token_file=args.dcgm_bearer_token_file)
-    return sidecar_config(cfg, args.tier, flags, pod=os.environ.get("POD_NAME") or None,
-                          namespace=os.environ.get("POD_NAMESPACE") or None)
+    return sidecar_config(cfg, args.tier, flags, pod=environment_value("POD_NAME", os.environ.get("POD_NAME")),
+                          namespace=environment_value("POD_NAMESPACE", os.environ.get("POD_NAMESPACE")))
 
 
 def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
@@ -269,11 +275,23 @@ def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
     return 0
 
 
+def _curve(sweep: str | None, slo: Slo) -> Curve | None:
+    """The usable-capacity curve of a sweep file or folder; what cannot be sized on names the file."""
+    from .planner import files
+    from .planner.curve import usable_rps_at_slo
+
+    if not sweep:
+        return None
+    try:
+        return usable_rps_at_slo(files.load_sweep(sweep), slo)
+    except ValueError as e:
+        raise ConfigError(sweep, "", str(e)) from None
+
+
 def _plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .planner import files
-    from .planner.curve import usable_rps_at_slo
     from .planner.gpus import lookup, merge
     from .planner.render import plan_document, plan_yaml, report_json, report_text
     from .planner.sizing import SmallTier, size, with_observed
@@ -281,16 +299,11 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         wl = files.load_workload(args.workload)
         arch = files.load_architecture(args.model)
-        catalogue = merge(files.load_catalogue(args.gpu_catalog)) if args.gpu_catalog else merge({})
+        catalogue = files.load_catalogue(args.gpu_catalog) if args.gpu_catalog else merge({})
         if args.from_report:
             _, inputs, outputs, peak = files.observed(args.from_report, args.tier)
             wl = with_observed(wl, inputs, outputs, peak)
-        curve = None
-        if args.sweep:
-            try:
-                curve = usable_rps_at_slo(files.load_sweep(args.sweep), wl.slo)
-            except ValueError as e:
-                raise ConfigError(args.sweep, "", str(e)) from None
+        curve = _curve(args.sweep, wl.slo)
         gpu = lookup(args.gpu, catalogue)
         if args.lora_adapters is not None or args.lora_rank is not None:
             wl = replace(wl, lora_adapters=wl.lora_adapters if args.lora_adapters is None else args.lora_adapters,
@@ -299,8 +312,7 @@ def _plan(args: argparse.Namespace) -> int:
                 raise ConfigError(args.workload, "lora.rank", "adapters need a rank (--lora-rank)")
         small = None
         if args.small_model:
-            small_curve = (usable_rps_at_slo(files.load_sweep(args.small_sweep), wl.slo) if args.small_sweep
-                           else None)
+            small_curve = _curve(args.small_sweep, wl.slo)
             small = SmallTier(files.load_architecture(args.small_model), lookup(args.small_gpu or args.gpu, catalogue),
                               small_curve)
     except ConfigError as e:
@@ -380,6 +392,9 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .secrets import redact_logging
+
+    redact_logging()  # no password or token of the config in any log line, whatever logs it
     if args.log_level != "debug":  # the scheduler says "running job" twice a cycle: fleetwatch logs the cycle
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if args.command == "demo":
@@ -455,8 +470,13 @@ def _main(argv: list[str] | None) -> int:
                 print("fleetwatch: --watch needs a terminal on stdout (not a pipe, not TERM=dumb)", file=sys.stderr)
                 return 2
             logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        from .state import StateLocked
+
         try:
             return serve(cfg, watch=watch)
+        except StateLocked as e:
+            print(f"fleetwatch: {e}", file=sys.stderr)
+            return 2
         except OSError as e:  # the listen address is taken or not ours: a usage error, not a crash
             print(f"fleetwatch: cannot listen on {cfg.listen}: {e.strerror or e}", file=sys.stderr)
             return 2

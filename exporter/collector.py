@@ -179,15 +179,23 @@ class FleetCollector(Collector):
                                      labels=["tier", "instance", "source", "reason"])
         for (tier, inst, src, reason), n in sorted(st.errors.items()):
             errors.add_metric([tier, inst, src, reason], n)
-        resets = CounterMetricFamily("fleetwatch_counter_resets", "Engine counter resets seen (restarts).",
-                                     labels=["tier", "instance"])
+        restarts = CounterMetricFamily("fleetwatch_engine_restarts", "Engine restarts seen: its counters went back "
+                                       "toward zero (counted from zero again, as Prometheus does).",
+                                       labels=["tier", "instance"])
         for (tier, inst), n in sorted(st.resets.items()):
-            resets.add_metric([tier, inst], n)
+            restarts.add_metric([tier, inst], n)
+        if self.config.deprecated_metric_names:  # the previous release's name, one more release
+            old = CounterMetricFamily("fleetwatch_counter_resets", "DEPRECATED, removed in the next release: "
+                                      "fleetwatch_engine_restarts_total.", labels=["tier", "instance"])
+            for (tier, inst), n in sorted(st.resets.items()):
+                old.add_metric([tier, inst], n)
+            yield old
         skipped = CounterMetricFamily("fleetwatch_scrape_skipped",
-                                      "Cycles in which a target that kept failing was not tried (backoff).",
+                                      "Cycles in which a target was not tried: backoff (it kept failing), or deadline "
+                                      "(every scrape worker was busy until the cycle's deadline).",
                                       labels=["tier", "instance", "reason"])
-        for (tier, inst), n in sorted(st.skipped.items()):
-            skipped.add_metric([tier, inst, "backoff"], n)
+        for (tier, inst, reason), n in sorted(st.skipped.items()):
+            skipped.add_metric([tier, inst, reason], n)
         yield skipped
         invalid = CounterMetricFamily("fleetwatch_invalid_samples",
                                       "Scrapes in which an engine input was NaN, infinite or negative (not used).",
@@ -215,7 +223,7 @@ class FleetCollector(Collector):
         rejected = CounterMetricFamily("fleetwatch_http_connections_rejected",
                                        "Connections to /metrics closed at once because every handler was busy.")
         rejected.add_metric([], float(pub.http_rejected))
-        yield from (up, dur, errors, resets, invalid, cycles, overruns, failures, evaluation, state_errors, rejected)
+        yield from (up, dur, errors, restarts, invalid, cycles, overruns, failures, evaluation, state_errors, rejected)
         if pub.notify is not None:
             ns = pub.notify
             for key, help_text, values in (

@@ -11,10 +11,13 @@ import math
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
+from .files import ConfigError, read_text
+from .secrets import REDACT, redact_url
 from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
                     KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, ScheduleSettings, SidecarSettings, Slo,
                     Target, TierConfig, Workload)
@@ -29,16 +32,16 @@ MAX_FILE_BYTES = 1 << 20  # a config for a thousand targets is a few hundred kB
 MAX_DEPTH = 32  # the deepest real config nests 7 levels
 MAX_NODES = 100_000  # YAML nodes after aliases are expanded (a "billion laughs" file has 1e9)
 MAX_SHOWN = 80  # characters of a value an error message may echo
+MAX_NUMBER = 1e15  # no figure of a plan or a config is larger (costs, rates, token counts)
+MAX_COUNT = 1_000_000_000  # instances, GPUs, ports, sizes: a whole number past this is a mistake
+MAX_RPS = 1e9  # a tier's arrival rate or an instance's capacity, in requests a second
+MIN_CAPACITY = 1e-6  # requests a second an instance serves, at least (one in 11 days): below, counts overflow
 # upper bounds that keep every duration a number the scheduler and the clock can use
 MAX_DURATION = 366 * 86400.0
 MAX_INTERVAL = 3600.0
 CYCLE_SHARE = 0.8  # scrape_timeout may use at most this share of interval; the rest is evaluation
 
 
-class ConfigError(Exception):
-    def __init__(self, file: str, path: str, reason: str) -> None:
-        self.file, self.path, self.reason = file, path, reason
-        super().__init__(f"{file}: {path}: {reason}" if path else f"{file}: {reason}")
 
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y))+$")
@@ -61,15 +64,12 @@ def show(value: Any) -> str:
     of a whole structure (an alias bomb's repr is gigabytes)."""
     if isinstance(value, str):
         return repr(value[:MAX_SHOWN]) + ("..." if len(value) > MAX_SHOWN else "")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** MAX_SHOWN:
+        return f"a {len(str(abs(value)))}-digit number"
     if isinstance(value, (bool, int, float)) or value is None:
         text = repr(value)
         return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
     return _kind(value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without ``user:password@``: for labels, logs and reports."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
 def validate_listen(listen: str) -> str | None:
@@ -126,20 +126,25 @@ class _Ctx:
 
     def number(self, value: Any, path: str, *, minimum: float | None = None, maximum: float | None = None,
                strict_min: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (isinstance(value, float) and not math.isfinite(value)):
             raise self.err(path, f"expected a number, got {show(value)}")
+        if abs(value) > MAX_NUMBER:  # range-checked before any arithmetic: 10**400 would overflow float()
+            raise self.err(path, f"must be at most {MAX_NUMBER:.0e} in size, got {show(value)}")
         v = float(value)
         if minimum is not None and (v < minimum or (strict_min and v == minimum)):
-            raise self.err(path, f"must be {'>' if strict_min else '>='} {minimum:g}, got {show(value)}")
+            raise self.err(path, f"must be {'more than' if strict_min else 'at least'} {minimum:g}, got {show(value)}")
         if maximum is not None and v > maximum:
-            raise self.err(path, f"must be <= {maximum:g}, got {show(value)}")
+            raise self.err(path, f"must be at most {maximum:g}, got {show(value)}")
         return v
 
-    def integer(self, value: Any, path: str, *, minimum: int = 0) -> int:
+    def integer(self, value: Any, path: str, *, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.err(path, f"expected a whole number, got {show(value)}")
         if value < minimum:
-            raise self.err(path, f"must be >= {minimum}, got {show(value)}")
+            raise self.err(path, f"must be at least {minimum}, got {show(value)}")
+        if value > maximum:
+            raise self.err(path, f"must be at most {maximum:,}, got {show(value)}")
         return value
 
     def duration(self, value: Any, path: str, *, positive: bool = True, maximum: float = MAX_DURATION) -> float:
@@ -156,6 +161,8 @@ class _Ctx:
     def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not value:
             raise self.err(path, f"expected a non-empty string, got {show(value)}")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):  # one line: names, paths and URLs reach logs
+            raise self.err(path, "holds a line break or another control character")
         return value
 
     def boolean(self, value: Any, path: str) -> bool:
@@ -164,9 +171,26 @@ class _Ctx:
         return value
 
     def url(self, value: Any, path: str) -> str:
+        """An http(s) URL, parsed once here: a scheme, a host, a valid port, no spaces. A password is
+        never echoed: every message shows the URL redacted."""
         s = self.string(value, path)
+        shown = show(redact_url(s))
         if not re.match(r"^https?://[^/\s]+", s):
-            raise self.err(path, f"expected an http:// or https:// URL, got {show(s)}")
+            raise self.err(path, f"expected an http:// or https:// URL, got {shown}")
+        if any(ch.isspace() for ch in s):
+            raise self.err(path, f"a URL holds no spaces (write %20), got {shown}")
+        try:
+            parts = urlsplit(s)
+        except ValueError:  # an unbalanced [ of an IPv6 address
+            raise self.err(path, f"not a valid URL (an IPv6 host is written [::1]), got {shown}") from None
+        if parts.netloc.count("@") > 1:
+            raise self.err(path, f"an '@' in the user or password must be written %40, got {shown}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise self.err(path, f"the port must be a number 1-65535, got {shown}") from None
+        if not parts.hostname or port == 0:
+            raise self.err(path, f"expected a host{' and a port 1-65535' if port == 0 else ''}, got {shown}")
         return s
 
     def optional(self, m: Mapping[str, Any], key: str, path: str, fn: Callable[[Any, str], T]) -> T | None:
@@ -205,7 +229,7 @@ def _curve(c: _Ctx, v: Any, path: str) -> tuple[CurvePoint, ...]:
         p = _join(path, i)
         m = c.mapping(raw, p, {"rps", "ttft_p99", "itl_p99", "gpu_utilization"}, {"rps"})
         points.append(CurvePoint(
-            rps=c.number(m["rps"], _join(p, "rps"), minimum=0),
+            rps=c.number(m["rps"], _join(p, "rps"), minimum=0, maximum=MAX_RPS),
             ttft_p99=c.optional(m, "ttft_p99", p, c.duration),
             itl_p99=c.optional(m, "itl_p99", p, c.duration),
             gpu_utilization=c.optional(m, "gpu_utilization", p, _ratio(c)),
@@ -221,7 +245,7 @@ def _benchmark(c: _Ctx, v: Any, path: str) -> Benchmark:
     m = c.mapping(v, path, req | {"curve", "prefix_cache_hit_ratio", "kv_cache_eviction_ratio"}, req)
     return Benchmark(
         usable_rps_per_instance=c.number(m["usable_rps_per_instance"], _join(path, "usable_rps_per_instance"),
-                                         minimum=0, strict_min=True),
+                                         minimum=MIN_CAPACITY, maximum=MAX_RPS),
         ttft_p99=c.duration(m["ttft_p99"], _join(path, "ttft_p99")),
         itl_p99=c.duration(m["itl_p99"], _join(path, "itl_p99")),
         gpu_utilization=_ratio(c)(m["gpu_utilization"], _join(path, "gpu_utilization")),
@@ -262,7 +286,7 @@ def _plan(c: _Ctx, v: Any, path: str) -> Plan:
         gpus_per_instance=c.integer(m["gpus_per_instance"], _join(path, "gpus_per_instance"), minimum=1),
         instances=c.integer(m["instances"], _join(path, "instances"), minimum=0),
         gpu_hour_cost_usd=c.number(m["gpu_hour_cost_usd"], _join(path, "gpu_hour_cost_usd"), minimum=0),
-        peak_rps=c.number(m["peak_rps"], _join(path, "peak_rps"), minimum=0),
+        peak_rps=c.number(m["peak_rps"], _join(path, "peak_rps"), minimum=0, maximum=MAX_RPS),
         safety_factor=c.number(m["safety_factor"], _join(path, "safety_factor"), minimum=0, maximum=10),
         slo=_slo(c, m["slo"], _join(path, "slo")),
         benchmark=_benchmark(c, m["benchmark"], _join(path, "benchmark")),
@@ -301,7 +325,7 @@ def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
     if dcgm_token is not None and m.get("dcgm") is None:
         raise c.err(_join(path, "dcgm_bearer_token_file"), "set without dcgm: (the token is for that URL)")
     return Target(
-        name=c.optional(m, "name", path, c.string) or _default_name(url),
+        name=c.optional(m, "name", path, c.string) or default_name(url),
         engine=engine,
         url=url,
         dcgm=c.optional(m, "dcgm", path, c.url),
@@ -318,7 +342,7 @@ def _relative_to(base: Path, path: str | None) -> str | None:
     return str((base / path).resolve())
 
 
-def _default_name(url: str) -> str:
+def default_name(url: str) -> str:
     """The URL's host:port: never its user:password@, which would reach labels and logs."""
     return re.sub(r"^https?://", "", redact_url(url)).split("/", 1)[0]
 
@@ -391,29 +415,17 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _load_yaml(file: str) -> Any:
-    try:
-        size = os.stat(file).st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(file, "", f"{size} bytes is more than the {MAX_FILE_BYTES} byte limit for a config")
-        with open(file, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(file, "", "is a directory, not a file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(file, "", f"not UTF-8 text (byte {e.start}); is it a binary file?") from None
-    except OSError as e:
-        raise ConfigError(file, "", f"cannot read: {e.strerror}") from None
-    loader = _Loader(text)
+def _load_yaml(file: str, what: str = "config") -> Any:
+    loader = _Loader(read_text(file, MAX_FILE_BYTES, what))
     try:
         return loader.get_single_data()
     except RecursionError:
         raise ConfigError(file, "", f"nesting deeper than {MAX_DEPTH} levels") from None
     except _Refused as e:
         raise ConfigError(file, f"line {e.line}", e.reason) from None
+    except ValueError as e:  # the YAML constructors' own: a number of thousands of digits, a bad date
+        said = "a number of thousands of digits" if "digits" in str(e) else str(e).splitlines()[0][:100]
+        raise ConfigError(file, "", f"invalid YAML value: {said}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
@@ -424,7 +436,7 @@ def _load_yaml(file: str) -> Any:
 
 
 _TOP = {"source", "discovery", "interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
-        "history", "alertmanagers", "tiers", "state_dir", "sidecar", "alert_labels"}
+        "history", "alertmanagers", "tiers", "state_dir", "sidecar", "alert_labels", "deprecated_metric_names"}
 # labels fleetwatch's alerts set themselves: alert_labels may not replace them
 ALERT_OWN_LABELS = {"alertname", "severity", "tier", "action", "instance", "kind", "status", "check"}
 
@@ -434,7 +446,7 @@ def _alert_labels(c: _Ctx, v: Any, path: str) -> dict[str, str]:
     out = {}
     for k, val in m.items():
         p = _join(path, str(k))
-        if not isinstance(k, str) or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", k) or k.startswith("__"):
+        if not isinstance(k, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) or k.startswith("__"):
             raise c.err(p, "a label name is letters, digits and '_', not starting with a digit or '__'")
         if k in ALERT_OWN_LABELS:
             raise c.err(p, f"{k} is a label fleetwatch's alerts set themselves")
@@ -480,7 +492,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
     tiers: dict[str, TierConfig] = {}
     for name, traw in tiers_raw.items():
         p = _join("tiers", str(name))
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise c.err(p, "tier names may use letters, digits, '_', '.' and '-' only")
         # targets may be left out of a config that only sidecars read (serve --tier): they watch localhost
         t = c.mapping(traw, p, {"plan", "targets", "bands", "discover", "schedule"}, {"plan"})
@@ -517,7 +529,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
     if m.get("discovery") is not None:
         d = c.mapping(m["discovery"], "discovery", {"kubernetes"}, {"kubernetes"})
         kubernetes, kubernetes_endpoint = _kubernetes(c, d["kubernetes"], "discovery.kubernetes", base)
-    return Config(
+    cfg = Config(
         path=file,
         interval=interval,
         window=window,
@@ -535,7 +547,21 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         kubernetes=kubernetes,
         kubernetes_endpoint=kubernetes_endpoint,
         alert_labels=c.optional(m, "alert_labels", "", lambda v, p: _alert_labels(c, v, p)) or {},
+        deprecated_metric_names=bool(c.optional(m, "deprecated_metric_names", "", c.boolean)),
     )
+    REDACT.learn_urls(config_urls(cfg))  # their passwords are masked in everything written from now on
+    return cfg
+
+
+def config_urls(cfg: Config) -> list[str]:
+    """Every URL of a config: targets, dcgm-exporters, Alertmanagers, the Prometheus source, the API."""
+    urls = [u for t in cfg.tiers.values() for x in t.targets for u in (x.url, x.dcgm) if u]
+    urls += list(cfg.alertmanagers)
+    if cfg.prometheus is not None:
+        urls.append(cfg.prometheus.url)
+    if cfg.kubernetes is not None and cfg.kubernetes.api:
+        urls.append(cfg.kubernetes.api)
+    return urls
 
 
 def _schedule(c: _Ctx, v: Any, path: str) -> ScheduleSettings:

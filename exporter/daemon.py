@@ -8,7 +8,9 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -21,6 +23,9 @@ from prometheus_client.registry import CollectorRegistry
 from .alertmanager import AlertmanagerClient, alerts_from_report
 from .collector import Published, Snapshot, make_registry
 from .config import Config, redact_url
+from .fetch import cut_at
+from .secrets import redact
+from .text import num, plural
 from .evaluate import HistoryPoint, evaluate, peak_sample, plan_shortfall
 from .model import InstanceSample, Report
 from .scrape import Scraper, ScrapeStats
@@ -34,7 +39,10 @@ from . import state
 log = logging.getLogger(__name__)
 
 
+HISTORY_RETRY_FIRST = 30.0  # seconds before the Prometheus-backed history is asked again, doubling each time
+HISTORY_RETRY_MAX = 600.0
 STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdown
+STATE_ERROR_LOG_EVERY = 600.0  # seconds between two log lines about the same failing state write
 COLD_STARTS_KEPT = 50  # per tier: the P90 of the recent ones
 
 
@@ -50,6 +58,8 @@ class Pipeline:
         self.scraper = scraper
         self.reader = reader
         self._history_read = reader is None  # the Prometheus-backed history is read once, when it answers
+        self._history_async = False  # serve reads it on a thread of its own (start_history), never in a cycle
+        self._history_lock = threading.Lock()  # that thread replaces what the cycles extend
         self.clock = clock
         self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
                                  slack=config.interval / 2, expected=round(config.window / config.interval) + 1)
@@ -62,6 +72,8 @@ class Pipeline:
         self.state_errors: dict[str, int] = {}
         self.started_at = clock()
         self._saved_at: float | None = None
+        self._write_failing_since: float | None = None
+        self._write_logged_at = 0.0
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
         self._served: set[tuple[str, str, float | None]] = set()
@@ -95,9 +107,19 @@ class Pipeline:
         try:
             state.save(self.config.state_dir, self.history, now)
             self._saved_at = now
+            if self._write_failing_since is not None:
+                log.info("the state file in %s is written again", self.config.state_dir)
+                self._write_failing_since = None
         except OSError as e:
             self.state_errors["write"] = self.state_errors.get("write", 0) + 1
-            log.error("cannot write the state file in %s: %s", self.config.state_dir, e.strerror or e)
+            # said when it starts and then every STATE_ERROR_LOG_EVERY, not every cycle; always counted
+            if self._write_failing_since is None or now - self._write_logged_at >= STATE_ERROR_LOG_EVERY:
+                log.error("cannot write the state file in %s: %s (counted in fleetwatch_state_errors_total; said "
+                          "again in %g min if it persists)", self.config.state_dir, e.strerror or e,
+                          STATE_ERROR_LOG_EVERY / 60)
+                self._write_logged_at = now
+            if self._write_failing_since is None:
+                self._write_failing_since = now
 
     @property
     def stats(self) -> ScrapeStats:
@@ -105,8 +127,9 @@ class Pipeline:
         assert source is not None
         return source.stats
 
-    def read_history(self, now: float) -> None:
-        """source: prometheus: the history is Prometheus's own, read back once (then extended each cycle)."""
+    def read_history(self, now: float, retry_in: float | None = None) -> bool:
+        """source: prometheus: the history is Prometheus's own, read back once (then extended each cycle).
+        Points the cycles added after the last one read are kept. Returns whether it was read."""
         from .sources.prometheus_api import PrometheusError
 
         assert self.reader is not None
@@ -114,11 +137,29 @@ class Pipeline:
             history = self.reader.history(now)
         except PrometheusError as e:
             log.error("cannot read the history from prometheus %s (%s: %s); the resize verdicts use the plan's peak "
-                      "until it answers", self.reader.name, e.reason, str(e).splitlines()[0] if str(e) else e.reason)
-            return
-        for name, points in history.items():
-            self.history[name] = deque(points)
-        self._history_read = True
+                      "until it answers%s", self.reader.name, e.reason, str(e).splitlines()[0] if str(e) else e.reason,
+                      f" (trying again in {num(retry_in)}s)" if retry_in is not None else "")
+            return False
+        with self._history_lock:
+            for name, points in history.items():
+                last = points[-1].timestamp if points else -math.inf
+                self.history[name] = deque([*points, *(p for p in self.history[name] if p.timestamp > last)])
+            self._history_read = True
+        return True
+
+    def start_history(self, stop: threading.Event) -> None:
+        """Read the Prometheus-backed history on a thread of its own: a range query that hangs or fails holds
+        no cycle. Tried again after 30 s, then twice as long each time, at most 10 min apart, until it answers."""
+        self._history_async = True
+
+        def run() -> None:
+            wait = HISTORY_RETRY_FIRST
+            while not stop.is_set() and not self.read_history(self.clock(), retry_in=wait):
+                if stop.wait(wait):
+                    return
+                wait = min(2 * wait, HISTORY_RETRY_MAX)
+
+        threading.Thread(target=run, name="history", daemon=True).start()
 
     def history_note(self) -> dict[str, object]:
         """What the report says about the history behind the observed peak and scale-down."""
@@ -190,14 +231,15 @@ class Pipeline:
 
     def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
         assert self.reader is not None
-        if not self._history_read:
+        if not self._history_read and not self._history_async:  # a one-shot check reads it here
             self.read_history(now)
         views, rows = self.reader.read(now, window)
         return self._evaluate(now, views, rows, window)
 
     def _evaluate(self, now: float, windows: Mapping[str, TierView],
                   rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
-        history = {k: list(v) for k, v in self.history.items()}
+        with self._history_lock:
+            history = {k: list(v) for k, v in self.history.items()}
         report = evaluate(self.config, windows, history, now, window or self.config.window,
                           history_note=self.history_note(), rows=rows)
         report = annotate(report, self.config, history, now, self.cold_start_p90())
@@ -206,11 +248,12 @@ class Pipeline:
                 self.evaluation_errors[name] = self.evaluation_errors.get(name, 0) + 1
                 log.error("evaluating tier %s failed, its rows are unknown this cycle: %s", name, t.error)
                 continue
-            h = self.history[name]
             rps = peak_sample(windows[name], t.metrics["requests_per_second"].value, self.config.window)
-            h.append(HistoryPoint(now, rps, t.resize.recommended_instances))
-            while h and h[0].timestamp < now - self.config.history:
-                h.popleft()
+            with self._history_lock:
+                h = self.history[name]
+                h.append(HistoryPoint(now, rps, t.resize.recommended_instances))
+                while h and h[0].timestamp < now - self.config.history:
+                    h.popleft()
         return report
 
     def cycle(self) -> Report:
@@ -225,9 +268,10 @@ class Pipeline:
             report = self.evaluate(now)
         self.cycles += 1
         if self.notifier is not None:
-            try:
+            try:  # queued only: serve's sender threads post, off the cycle (a one-shot caller flushes)
                 self.notifier.update(alerts_from_report(report, self.config.alert_labels))
-                self.notifier.flush()  # bounded by its timeout; failures stay queued
+                if not self.notifier.started:
+                    self.notifier.flush()
             except Exception:  # noqa: BLE001 - notification trouble must not stop evaluation
                 log.exception("notifying Alertmanager failed")
         self.save_state()
@@ -256,21 +300,50 @@ class Pipeline:
             log.debug("cycle failure", exc_info=True)
             self.publish(None, None)
 
-    def healthy(self) -> bool:
+    def health(self) -> tuple[bool, str]:
+        """/healthz: (ok, what to say). Starting is healthy for a grace as long as a report may go stale; a
+        daemon that has never finished a cycle after it is not, nor one whose last report is older."""
         pub = self.snapshot.get()
+        now, bound = self.clock(), 3 * self.config.interval + self.config.scrape_timeout
         if pub.report is None:
-            return True  # starting up
-        return self.clock() - pub.report.generated_at < 3 * self.config.interval + self.config.scrape_timeout
+            if now - self.started_at < bound:
+                return True, f"starting: no cycle has finished yet ({num(now - self.started_at)}s since start)"
+            return False, (f"no cycle has succeeded since the start {num(now - self.started_at)}s ago "
+                           f"({plural(self.failures, 'failed cycle')}; see the log)")
+        age = now - pub.report.generated_at
+        if age < bound:
+            return True, "ok"
+        return False, f"stale: the last successful cycle is {num(age)}s old ({plural(self.failures, 'failed cycle')} since)"
+
+    def healthy(self) -> bool:
+        return self.health()[0]
 
 
-HTTP_IDLE_TIMEOUT = 10.0  # seconds a connection may sit without sending a full request
-HTTP_MAX_CONNECTIONS = 32  # handler threads at most; more connections are closed at once
+HTTP_IDLE_TIMEOUT = 10.0  # seconds a socket read or write may block (a client that stops reading the answer)
+HTTP_REQUEST_DEADLINE = 3.0  # seconds from waiting for a request to having all its headers, in total
+HTTP_MAX_CONNECTIONS = 64  # handler threads at most; more connections are closed at once
+HTTP_MAX_PER_CLIENT = 32  # of them from one address: one misbehaving client cannot take every slot
 
 
-def make_handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def make_handler(registry: CollectorRegistry, health: Callable[[], tuple[bool, str]]
+                 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "fleetwatch"
         timeout = HTTP_IDLE_TIMEOUT  # socket timeout: an idle or slow client is dropped, its thread ends
+
+        def handle_one_request(self) -> None:
+            # a total deadline on the request line and headers: a client that sends a byte a second (a
+            # slowloris) loses its connection after HTTP_REQUEST_DEADLINE, not after one idle timeout per byte
+            self._cut = cut_at(self.connection, HTTP_REQUEST_DEADLINE)
+            try:
+                super().handle_one_request()
+            finally:
+                self._cut.finish()
+
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            self._cut.finish()  # the headers are in: the answer is written under the idle timeout alone
+            return ok
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
@@ -278,13 +351,13 @@ def make_handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> ty
             if path == "/metrics":
                 # content negotiation (OpenMetrics or text) and gzip, as prometheus_client serves it
                 encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                body, code = encoder(registry), 200
+                # this page is unauthenticated: through the redactor, as every other output
+                body, code = redact(encoder(registry).decode("utf-8")).encode("utf-8"), 200
                 if "gzip" in self.headers.get("Accept-Encoding", ""):
                     body, encoding = gzip.compress(body, compresslevel=1), "gzip"
             elif path == "/healthz":
-                ok = healthy()
-                body, ctype, code = (b"ok\n" if ok else b"stale: no cycle finished recently\n"), "text/plain", (
-                    200 if ok else 503)
+                ok, said = health()
+                body, ctype, code = f"{said}\n".encode("utf-8"), "text/plain", 200 if ok else 503
             elif path == "/":
                 body, ctype, code = b"fleetwatch: see /metrics and /healthz\n", "text/plain", 200
             else:
@@ -310,35 +383,59 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # accept promptly, then refuse past the limit, rather than stall in backlog
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int,
+                 per_client: int | None = None) -> None:
         self._slots = threading.BoundedSemaphore(limit)
+        self._per_client = per_client or max(1, limit // 2)
+        self._clients: dict[str, int] = {}
+        self._clients_lock = threading.Lock()
         self.rejected = 0
         super().__init__(address, handler)
 
+    def _take(self, client: str) -> bool:
+        with self._clients_lock:
+            if self._clients.get(client, 0) >= self._per_client:
+                return False
+            if not self._slots.acquire(blocking=False):
+                return False
+            self._clients[client] = self._clients.get(client, 0) + 1
+            return True
+
+    def _give(self, client: str) -> None:
+        with self._clients_lock:
+            n = self._clients.get(client, 1) - 1
+            if n:
+                self._clients[client] = n
+            else:
+                self._clients.pop(client, None)
+            self._slots.release()
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        client = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        if not self._take(client):
             self.rejected += 1
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._give(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._give(str(client_address[0]) if isinstance(client_address, tuple) else str(client_address))
 
 
 class Server:
     """HTTP server for /metrics and /healthz on a daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
-                 max_connections: int = HTTP_MAX_CONNECTIONS) -> None:
-        self.httpd = _BoundedHTTPServer((host, port), make_handler(registry, healthy), max_connections)
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], tuple[bool, str]],
+                 max_connections: int = HTTP_MAX_CONNECTIONS, per_client: int | None = None) -> None:
+        self.httpd = _BoundedHTTPServer((host, port), make_handler(registry, health), max_connections,
+                                        per_client or min(HTTP_MAX_PER_CLIENT, max_connections))
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
     @property
@@ -362,6 +459,26 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     from apscheduler.events import EVENT_JOB_MAX_INSTANCES
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    # one daemon per state_dir: raises StateLocked (the caller says it in one line) before anything starts
+    held = None
+    if config.state_dir is not None:
+        try:
+            held = state.lock(config.state_dir, f"fleetwatch pid {os.getpid()} on {socket.gethostname()}")
+        except OSError as e:  # an unwritable state_dir: nothing is written there either, so nothing to guard
+            log.warning("cannot lock %s: %s; the state is kept in memory only", config.state_dir, e.strerror or e)
+    try:
+        return _serve(config, scraper, stop, on_ready, watch)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _serve(config: Config, scraper: Scraper | None, stop: threading.Event | None,
+           on_ready: Callable[[Server], None] | None, watch: bool) -> int:
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    return_freed_memory()
     reader = None
     if config.prometheus is not None and scraper is None:
         from .promread import PrometheusReader
@@ -377,8 +494,13 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         notifier = AlertmanagerClient(config.alertmanagers, interval=config.interval, verify=verify,
                                       timeout=min(5.0, config.interval / 2))
     pipeline = Pipeline(config, scraper, notifier=notifier, reader=reader)
+    if notifier is not None:
+        notifier.start()  # posting happens on its own threads: an Alertmanager never delays a cycle
+    stop = stop or threading.Event()
+    if reader is not None:
+        pipeline.start_history(stop)  # read off the cycle, with its own deadline and backoff
     registry = make_registry(config, pipeline.snapshot)
-    server = Server(config.listen_host, config.listen_port, registry, pipeline.healthy)
+    server = Server(config.listen_host, config.listen_port, registry, pipeline.health)
     pipeline.http_rejected = lambda: server.rejected
     server.start()
     log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %s)",
@@ -417,7 +539,6 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
     scheduler.add_job(pipeline.safe_cycle, "interval", seconds=config.interval, max_instances=1, coalesce=True,
                       next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(config.interval))
     scheduler.start()
-    stop = stop or threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
@@ -439,6 +560,20 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
         notifier.close()
     log.info("stopped after %d cycles", pipeline.cycles)
     return 0
+
+
+def return_freed_memory() -> None:
+    """Make glibc give freed bodies back to the kernel. By default it keeps large freed blocks in its heaps,
+    one heap per thread: bodies of many MB, freed after a cycle, would stay in the RSS for good. A fixed
+    mmap threshold serves each body from its own mapping, unmapped on free; few arenas bound the rest."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): their allocators return large blocks as it is
 
 
 def _maybe_nvml(config: Config) -> Any:

@@ -22,6 +22,8 @@ from .fetch import FetchError, fetch_text, new_session
 from .model import Config, DnsDiscovery, EndpointTemplate, GpuSelector, KubernetesDiscovery, Target
 from .text import num
 
+from .secrets import redact
+
 log = logging.getLogger(__name__)
 
 SOURCE = "discovery"  # the `source` label of the lookups' own error counter
@@ -33,7 +35,7 @@ LOOKUP_SHARE = 0.1  # of scrape_timeout, per lookup (a refresh makes one to thre
 class DiscoveryError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 def _url(template: EndpointTemplate, host: str, port: int) -> str:

@@ -54,19 +54,15 @@ _SUFFIXES = ("", "_bucket", "_sum", "_count", "_total", "_created", "_info")
 
 
 def not_metrics(text: str, what: str) -> ExpositionError:
-    """The error for a body that holds none of ``what`` (``vllm:`` metrics), saying what it holds instead:
-    a login or error page, JSON, nothing, or the start of whatever it is."""
-    head = text.lstrip()[:2000]
-    if not head:
-        kind = "the body is empty"
-    elif head.startswith("<"):
-        title = re.search(r"<title[^>]*>([^<]*)</title>", head, re.IGNORECASE)
-        words = " ".join((title.group(1) if title else re.sub(r"<[^>]*>", " ", head)).split())[:60]
-        kind = "it is an HTML page" + (f" ({words!r})" if words else "")
-    elif head[0] in "{[":
-        kind = f"it is JSON ({' '.join(head[:60].split())!r})"
-    else:
-        kind = f"it starts with {' '.join(head[:60].split())!r}"
+    """The error for a body that holds none of ``what`` (``vllm:`` metrics), saying what it is instead (a
+    login or error page, JSON, nothing) and its size, never a word of it: a page may reflect a request's
+    credentials."""
+    head = text.lstrip()[:1]
+    size = len(text.encode("utf-8", "replace"))
+    kind = ("the body is empty" if not head else
+            f"it is an HTML page of {size:,} bytes" if head == "<" else
+            f"it is JSON of {size:,} bytes" if head in "{[" else
+            f"it is text of {size:,} bytes in another format")
     return ExpositionError(f"no {what} metrics in the body: {kind}")
 
 

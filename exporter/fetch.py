@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import re
 import socket
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Iterator, Mapping
 
 from urllib.parse import unquote, urlencode
@@ -28,13 +30,16 @@ from urllib3.util import make_headers, parse_url
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .secrets import REDACT, redact
+
 
 class FetchError(Exception):
-    """A fetch failed. ``reason`` is a short, low-cardinality label for the error counter."""
+    """A fetch failed. ``reason`` is a short, low-cardinality label for the error counter. The message
+    goes through the redactor here, once: it reaches logs, reports and alerts."""
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 # ---------------------------------------------------------------- the deadline watchdog
@@ -57,6 +62,10 @@ class _Fetch:
             self.socks.append(sock)
             if self.expired:  # the deadline passed while this socket was being made
                 _shut(sock)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
 
     def expire(self) -> None:
         with self.lock:  # held while cutting, so a finished fetch's kept-alive socket is never cut
@@ -192,6 +201,83 @@ def deadline(seconds: float) -> Iterator[_Fetch]:
         _current.fetch = None
 
 
+def cut_at(sock: socket.socket, seconds: float) -> _Fetch:
+    """Shut ``sock`` ``seconds`` from now unless the returned handle's ``finish()`` comes first: a total
+    deadline on a server's read of a request, which a socket timeout (per read) is not."""
+    f = _Fetch(time.monotonic() + seconds)
+    f.attach(sock)
+    _WATCHDOG.watch(f)
+    return f
+
+
+# ---------------------------------------------------------------- the memory bodies may hold
+
+
+class BodyBudget:
+    """The bytes every body being read or parsed may hold together, beyond a small allowance each.
+
+    A fetch holds up to ``free`` bytes of its own (an engine's page is a few hundred kB); past that,
+    each further byte comes from ``total``, shared by all. A fetch that needs more than is left waits,
+    until its deadline at most, and then fails with reason "budget": so the number of fetches times
+    ``free`` plus ``total`` bounds what bodies hold, whatever mix of bodies the targets send.
+    """
+
+    def __init__(self, total: int, free: int) -> None:
+        self.total, self.free = total, free
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+    def lease(self, deadline: float) -> "Lease":
+        return Lease(self, deadline)
+
+    def _take(self, n: int, deadline: float) -> bool:
+        with self._cond:
+            while self._used + n > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0 or n > self.total:
+                    return False
+                self._cond.wait(left)
+            self._used += n
+            return True
+
+    def _give(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._used -= n
+                self._cond.notify_all()
+
+
+class Lease:
+    """What one fetch holds of a BodyBudget: grows as its body does, and is given back on ``release``."""
+
+    def __init__(self, budget: BodyBudget, deadline: float) -> None:
+        self.budget, self.deadline, self.held = budget, deadline, 0
+
+    def cover(self, size: int) -> None:
+        """Hold enough for a body of ``size`` bytes, or raise FetchError("budget")."""
+        need = max(0, size - self.budget.free) - self.held
+        if need > 0:
+            if not self.budget._take(need, self.deadline):
+                raise FetchError("budget", f"the {self.budget.total >> 20} MiB that bodies in flight may hold together "
+                                           f"stayed taken by other large bodies until the deadline")
+            self.held += need
+
+    def release(self) -> None:
+        self.budget._give(self.held)
+        self.held = 0
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -214,6 +300,7 @@ def read_token(path: str | None) -> str | None:
     if bad is not None:
         raise FetchError("token", f"bearer token file {path} holds a line break, space, control or non-ASCII "
                                   f"character at offset {bad}; a token is one line of printable ASCII")
+    REDACT.learn(token)  # whatever echoes the header back (a proxy's error page) is masked
     return token or None
 
 
@@ -230,6 +317,7 @@ def fetch_text(
     bearer_token_file: str | None = None,
     form: Mapping[str, str] | None = None,
     accept: str = "text/plain;version=0.0.4",
+    lease: Lease | None = None,
 ) -> str:
     """GET ``url`` (POST ``form``, URL-encoded, when given) and return its body as text, or raise FetchError.
 
@@ -246,7 +334,7 @@ def fetch_text(
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     with deadline(timeout) as f:
         try:
-            body = _get(session, url, headers, timeout, max_bytes, verify, payload)
+            body = _get(session, url, headers, timeout, max_bytes, verify, payload, lease)
         except FetchError:
             if f.expired:
                 raise FetchError("timeout", f"not complete within {timeout:g}s") from None
@@ -260,7 +348,7 @@ def fetch_text(
 
 
 def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: float, max_bytes: int,
-         verify: bool | str, payload: bytes | None = None) -> bytes:
+         verify: bool | str, payload: bytes | None = None, lease: Lease | None = None) -> bytearray:
     """One GET on the session's urllib3 pool for the URL, without requests' per-request machinery
     (preparing, merging settings, hooks, cookies), which cost more CPU than parsing the body."""
     parsed = parse_url(url)
@@ -280,20 +368,22 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
                             assert_same_host=False)
         try:
             if resp.status != 200:
-                # the start of the body says why (a Prometheus API error, a proxy's page), on one line
-                said = _said(resp.read(2000, decode_content=True).decode("utf-8", "replace"))
-                raise FetchError("http_status", f"HTTP {resp.status}" + (f": {said}" if said else ""))
+                # what the body is and its length, never its text: an error page may reflect the request's
+                # Authorization header. A Prometheus API error's own message is kept (it names the query's fault)
+                start = resp.read(4096, decode_content=True)
+                raise FetchError("http_status", f"HTTP {resp.status} {_phrase(resp.status)}: "
+                                                f"{described(start, resp.headers.get('Content-Length'))}")
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise FetchError("too_large", f"body of {int(declared)} bytes exceeds the {max_bytes} byte cap")
-            chunks: list[bytes] = []
-            size = 0
+            body = bytearray()  # grown in place: no list of chunks and a joined copy beside it
             for chunk in resp.stream(65536, decode_content=True):  # decoded: the cap also bounds gzip expansion
-                size += len(chunk)
-                if size > max_bytes:
+                if len(body) + len(chunk) > max_bytes:
                     raise FetchError("too_large", f"body exceeds the {max_bytes} byte cap")
-                chunks.append(chunk)
-            return b"".join(chunks)
+                if lease is not None:
+                    lease.cover(len(body) + len(chunk))
+                body += chunk
+            return body
         finally:
             resp.release_conn()
     except FetchError:
@@ -319,17 +409,29 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
 _CONNECTION_REPR = re.compile(r"[\w.]*(?:Connection|Pool)\(host=[^)]*\):?\s*|<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
 
 
-def _said(body: str) -> str:
-    """What an error answer says, on one line: an HTML page's title (or its text), or the start of the body
-    (a Prometheus API error, a proxy's message)."""
-    text = body.strip()
-    if text.startswith("<"):
-        title = re.search(r"<title[^>]*>([^<]*)</title>", text, re.IGNORECASE)
-        heading = re.search(r"<h1[^>]*>([^<]*)</h1>", text, re.IGNORECASE)
-        found = title or heading
-        text = found.group(1) if found else re.sub(r"<[^>]*>", " ", text)
-        text = "an HTML page: " + " ".join(text.split())[:80] if text.strip() else "an HTML page"
-    return " ".join(text.split())[:200]
+def _phrase(status: int) -> str:
+    try:  # the standard phrase, not the server's: a status line is the server's text too
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def described(start: bytes, length: str | None = None) -> str:
+    """What an answer's body is, from its first bytes, without a word of it: its kind and size. A Prometheus
+    API error (``{"status":"error","errorType":...,"error":...}``) says its error, redacted."""
+    size = int(length) if length and length.isdigit() else len(start)
+    text = start.decode("utf-8", "replace").lstrip()
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            kind = doc.get("errorType") if isinstance(doc.get("errorType"), str) else "error"
+            return " ".join(f"{str(kind)[:40]}: {doc['error'][:200]}".split())
+    kind = ("an empty body" if not text else "an HTML page" if text.startswith("<") else
+            "JSON" if text[0] in "{[" else "text")
+    return kind if not text else f"{kind} of {size:,} bytes"
 
 
 def _first_line(e: BaseException) -> str:

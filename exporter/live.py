@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
 
 from .model import Report, Status, TierReport
+from .secrets import redact
 from .text import num
 
 KEY_ROWS = ("ttft_p99_seconds", "itl_p99_seconds", "kv_cache_eviction_ratio", "fleet_utilization_ratio",
@@ -100,7 +101,7 @@ def _tier(name: str, t: TierReport, trend: Trend) -> list[Any]:
     head.append(f"{r.action} → {r.recommended_instances}" if r.recommended_instances is not None else r.action,
                 style=verdict)
     head.append(f"   TTFT P99 {sparkline(trend.ttft.get(name, ()))}  RPS {sparkline(trend.rps.get(name, ()))}")
-    why = Text(f"  {r.reason}", style="dim", overflow="fold")  # the arithmetic wraps: cut, it would lose its numbers
+    why = Text(f"  {redact(r.reason)}", style="dim", overflow="fold")  # the arithmetic wraps: cut, it would lose its numbers
     table = Table(box=None, show_header=False, padding=(0, 1), expand=True, pad_edge=False)
     table.add_column("row", no_wrap=True, width=30)
     table.add_column("value", justify="right", no_wrap=True, width=11)
@@ -111,18 +112,19 @@ def _tier(name: str, t: TierReport, trend: Trend) -> list[Any]:
     for key in [*bad[:MAX_EXTRA_ROWS], *KEY_ROWS]:
         m = t.metrics[key]
         note = m.diagnosis if m.status in (Status.WARNING, Status.CRITICAL) else (m.reason if m.value is None else "")
-        table.add_row(key, _num(m.value, m.unit), Text(m.status.value, style=COLOURS[m.status.value]), note or "")
+        table.add_row(key, _num(m.value, m.unit), Text(m.status.value, style=COLOURS[m.status.value]),
+                      redact(note or ""))
     out: list[Any] = [head, why, table]
     worst = next((t.metrics[k] for k in [*bad, *KEY_ROWS] if t.metrics[k].status is Status.CRITICAL and
                   t.metrics[k].diagnosis), None) or next(
         (t.metrics[k] for k in [*bad, *KEY_ROWS] if t.metrics[k].status is Status.WARNING and t.metrics[k].diagnosis),
         None)
     if worst is not None:  # the worst row's diagnosis in full, where the table cut it
-        out.append(Text(f"  {worst.key}: {worst.diagnosis}", style=COLOURS[worst.status.value]))
+        out.append(Text(f"  {worst.key}: {redact(worst.diagnosis or '')}", style=COLOURS[worst.status.value]))
     if hidden:
         out.append(Text(f"  … {hidden} more rows not ok (fleetwatch check shows them all)", style="dim"))
     for f in t.findings[:3]:
-        out.append(Text(f"  {f.status.value}: {f.kind}" + (f" [{f.instance}]" if f.instance else "") + f": {f.message}",
+        out.append(Text(f"  {f.status.value}: {f.kind}" + (f" [{f.instance}]" if f.instance else "") + f": {redact(f.message)}",
                         style=COLOURS[f.status.value], overflow="ellipsis", no_wrap=True))
     if len(t.findings) > 3:
         out.append(Text(f"  … {len(t.findings) - 3} more findings", style="dim"))
@@ -134,13 +136,13 @@ def screen(report: Report, trend: Trend, changed: Iterable[str], title: str) -> 
     from rich.console import Group
     from rich.text import Text
 
-    parts: list[Any] = [Text(title, style="bold")]
+    parts: list[Any] = [Text(redact(title), style="bold")]
     for name, t in report.tiers.items():
         parts.append(Text(""))
         parts += _tier(name, t, trend)
     moved = list(changed)
     parts.append(Text(""))
-    parts.append(Text("changed: " + ("; ".join(moved[:6]) + (f"; … {len(moved) - 6} more" if len(moved) > 6 else "")
+    parts.append(Text("changed: " + ("; ".join(redact(m) for m in moved[:6]) + (f"; … {len(moved) - 6} more" if len(moved) > 6 else "")
                                      if moved else "nothing since the last interval"),
                       overflow="ellipsis", no_wrap=True, style="bold" if moved else "dim"))
     parts.append(Text("CRITICAL" if report.critical else "no critical finding",

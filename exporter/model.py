@@ -482,6 +482,9 @@ class Config:
     # static labels on every alert, from the rules and from fleetwatch's own posts (kube-prometheus-stack's
     # Alertmanager routes and inhibits by namespace)
     alert_labels: Mapping[str, str] = field(default_factory=dict)
+    # also emit metric names of the previous release (fleetwatch_counter_resets_total), for dashboards and
+    # rules not yet moved; off by default, since those names fail promtool's lint
+    deprecated_metric_names: bool = False
 
     @property
     def discovers(self) -> bool:

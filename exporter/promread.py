@@ -24,8 +24,9 @@ from .window import Quantity
 log = logging.getLogger(__name__)
 
 POOL = 8  # concurrent queries: enough to hide latency, few enough not to load a shared Prometheus
-HISTORY_TIMEOUT = 60.0  # a week-long range query over a large fleet takes Prometheus a while; startup only
+HISTORY_TIMEOUT = 60.0  # a week-long range query over a large fleet takes Prometheus a while; off the cycle
 SOURCE = "prometheus"  # the `source` label of fleetwatch's own scrape metrics for these queries
+HISTORY_SOURCE = "prometheus_history"  # the same for the history's range query, read off the cycle
 
 
 class PrometheusReader:
@@ -48,8 +49,8 @@ class PrometheusReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
 
-    def _failed(self, e: PrometheusError) -> None:
-        self.stats.error("", self.name, SOURCE, e.reason)
+    def _failed(self, e: PrometheusError, source: str = SOURCE) -> None:
+        self.stats.error("", self.name, source, e.reason)
 
     def read(self, now: float, seconds: float | None = None
              ) -> tuple[dict[str, PromTierView], dict[str, dict[str, Quantity]]]:
@@ -59,12 +60,17 @@ class PrometheusReader:
         deadline = t0 + self.config.scrape_timeout
 
         def query(expr: str) -> Result:
-            remaining = deadline - time.monotonic()
-            try:  # after the prefetch (a query only some cycles ask): a timeout of its own
-                return self.api.query(expr, now, timeout=remaining if remaining > 0 else self.config.scrape_timeout)
+            # every query, a prefetched one or one a row asks later, ends by the cycle's deadline: one that
+            # would start after it is not sent (its row is unknown this cycle)
+            try:
+                return self.api.query(expr, now, timeout=deadline - time.monotonic())
             except PrometheusError as e:
                 self._failed(e)
                 raise
+            except Exception as e:  # noqa: BLE001 - whatever an answer holds, it is a counted, malformed answer
+                err = PrometheusError("malformed", f"{type(e).__name__}: {str(e)[:120]}")
+                self._failed(err)
+                raise err from None
 
         answers = Answers(query)
         exprs = prefetch(self.config, seconds, self.source.instance_label)
@@ -98,8 +104,12 @@ class PrometheusReader:
         try:
             series = self.api.query_range(expr, now - self.config.history, now, step, timeout=HISTORY_TIMEOUT)
         except PrometheusError as e:
-            self._failed(e)
+            self._failed(e, HISTORY_SOURCE)
             raise
+        except Exception as e:  # noqa: BLE001 - a malformed answer, counted; the history is asked again later
+            err = PrometheusError("malformed", f"{type(e).__name__}: {str(e)[:120]}")
+            self._failed(err, HISTORY_SOURCE)
+            raise err from None
         log.info("read %gs of history from prometheus %s in %.1fs", self.config.history, self.name,
                  time.monotonic() - t0)
         by_tier = {labels.get("tier", ""): points for labels, points in series}

@@ -4,26 +4,57 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Callable, TypeVar
 
 import requests
 
 from .model import Config, Target
 from .exposition import ExpositionError
-from .fetch import FetchError, fetch_text, new_session
+from .fairpool import ANSWERED, FAILING, NEW, NOT_STARTED, FairPool, Job, NotStarted
+from .fetch import BodyBudget, FetchError, Lease, fetch_text, new_session
 from .model import EngineSample, GpuReading, InstanceSample
 from .sources import dcgm, sglang, vllm
 from .sources.nvml import NvmlReader
 from .text import num, plural
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PARSERS: dict[str, Callable[[str], EngineSample]] = {"vllm": vllm.parse, "sglang": sglang.parse}
 WAIT_GRACE = 0.1  # seconds past the scrape deadline that a cycle waits for parsers to finish
+# memory: a fetch's body may hold SMALL_BODY bytes of its own; beyond that, all bodies in flight share
+# BUDGET_BODIES x max_body_bytes, and one large body is parsed at a time (see README, Performance)
+SMALL_BODY = 1 << 20
+BUDGET_BODIES = 4
 BACKOFF_AFTER = 3  # consecutive failed cycles after which a target's engine is tried less often
 BACKOFF_MAX_SECONDS = 60.0  # a target back up is tried again within this long, whatever the interval
+
+
+PARSE_FACTOR = 8  # a large body's parse peaks at about this many times its size (bench/bench_memory.py)
+BASELINE_MIB = {"fleet": 128, "sidecar": 64}  # the process with its pages and 1,000 targets' state (measured)
+
+
+def pool_size(targets: int) -> int:
+    """Fetches at once: two per target up to 64 (a node-wide dcgm-exporter and its engines), at least 4."""
+    return max(4, min(64, 2 * targets))
+
+
+def memory_bound_mib(targets: int, max_body_bytes: int, mode: str = "fleet") -> float:
+    """The peak RSS fleetwatch stays under whatever its targets send: the baseline, plus what bodies may hold
+    (each fetch's small allowance and the shared budget, never more than every fetch at the cap), twice (a
+    body's bytes, then its text), plus one large body's parse."""
+    workers = pool_size(targets)
+    held = min(workers * max_body_bytes, workers * SMALL_BODY + BUDGET_BODIES * max_body_bytes)
+    return BASELINE_MIB[mode] + (2 * held + PARSE_FACTOR * max_body_bytes) / (1 << 20)
+
+
+def memory_limit_mib(targets: int, max_body_bytes: int, mode: str = "fleet") -> int:
+    """A container memory limit from the bound: a quarter above it, rounded up to 64 MiB."""
+    need = 1.25 * memory_bound_mib(targets, max_body_bytes, mode)
+    return int(-(-need // 64) * 64)
 
 
 def backoff_cycles(failures: int, interval: float) -> int:
@@ -45,7 +76,7 @@ class ScrapeStats:
     up: dict[tuple[str, str, str], int] = field(default_factory=dict)
     resets: dict[tuple[str, str], int] = field(default_factory=dict)
     invalid: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tier, instance, canonical input
-    skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # tier, instance: cycles left out (backoff)
+    skipped: dict[tuple[str, str, str], int] = field(default_factory=dict)  # tier, instance, reason: cycles left out
 
     def error(self, tier: str, instance: str, source: str, reason: str) -> None:
         with self.lock:
@@ -71,9 +102,12 @@ class ScrapeStats:
             return ScrapeStats(errors=dict(self.errors), duration=dict(self.duration), up=dict(self.up),
                                resets=dict(self.resets), invalid=dict(self.invalid), skipped=dict(self.skipped))
 
-    def skip(self, tier: str, instance: str) -> None:
+    def skip(self, tier: str, instance: str, reason: str) -> None:
+        """A cycle this target was not tried: ``backoff`` (it keeps failing) or ``deadline`` (no worker was
+        free before the cycle's deadline; not a failure of the target)."""
         with self.lock:
-            self.skipped[(tier, instance)] = self.skipped.get((tier, instance), 0) + 1
+            k = (tier, instance, reason)
+            self.skipped[k] = self.skipped.get(k, 0) + 1
 
 
 class Scraper:
@@ -92,8 +126,11 @@ class Scraper:
         self._failures: dict[tuple[str, str], int] = {}  # consecutive failed cycles per target
         self._next_try: dict[tuple[str, str], int] = {}  # the cycle a failing target is tried again
         self._last_error: dict[tuple[str, str], str] = {}  # what a failing target last said, while it backs off
+        self._answered: dict[tuple[str, str], bool] = {}  # per target (and dcgm URL) tried: did its last try answer
         n = 32 if config.discovers else sum(len(t.targets) for t in config.tiers.values())
-        self._pool = ThreadPoolExecutor(max_workers=max(4, min(64, 2 * n)), thread_name_prefix="scrape")
+        self._pool = FairPool(pool_size(n))
+        self.budget = BodyBudget(BUDGET_BODIES * config.max_body_bytes, SMALL_BODY)
+        self._large_parse = threading.Semaphore(1)  # a large body's parse is CPU-bound: one at a time
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
         self.discoverer = None
         if config.discovers:
@@ -102,19 +139,19 @@ class Scraper:
             self.discoverer = Discoverer(config, lambda tier, what, reason: self.stats.error(tier, what, SOURCE, reason))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
         self.session.close()
         if self.discoverer is not None:
             self.discoverer.close()
 
-    def _get(self, url: str, token_file: str | None, deadline: float) -> str:
+    def _get(self, url: str, token_file: str | None, deadline: float, lease: Lease) -> str:
         # every fetch ends by the cycle's deadline, also one that waited in the pool's queue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("timeout", "the cycle's scrape deadline passed before this fetch could start")
         try:
             return fetch_text(self.session, url, timeout=remaining, max_bytes=self.config.max_body_bytes,
-                              verify=self._verify, bearer_token_file=token_file)
+                              verify=self._verify, bearer_token_file=token_file, lease=lease)
         except FetchError as e:
             if e.reason == "timeout":  # the operator set scrape_timeout; what was left of it says nothing
                 raise FetchError("timeout", f"no complete answer within the {num(self.config.scrape_timeout)}s "
@@ -125,7 +162,9 @@ class Scraper:
         """The parsed sample, or why there is none, in words."""
         t0 = time.monotonic()
         try:
-            sample = _PARSERS[target.engine](self._get(target.url, target.bearer_token_file, deadline))
+            with self.budget.lease(deadline) as lease:
+                sample = self._parse(_PARSERS[target.engine], self._get(target.url, target.bearer_token_file,
+                                                                        deadline, lease), deadline)
         except FetchError as e:
             return self._fail(tier, target.name, target.engine, e.reason, str(e), t0)
         except ExpositionError as e:
@@ -151,10 +190,26 @@ class Scraper:
         log.warning("scrape failed: tier=%s instance=%s source=%s reason=%s: %s", tier, instance, source, reason, said)
         return said
 
+    def _parse(self, parse: Callable[[str], T], text: str, deadline: float) -> T:
+        """``parse(text)`` unless the cycle's time is spent: a body that cannot be parsed in time is dropped,
+        and the other fetches go on. Large bodies are parsed one at a time (their parse is what costs)."""
+        if len(text) <= SMALL_BODY:
+            if time.monotonic() > deadline + WAIT_GRACE:
+                raise FetchError("timeout", "fetched, but the cycle's deadline passed before it could be parsed")
+            return parse(text)
+        if not self._large_parse.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise FetchError("timeout", f"fetched ({len(text) >> 20} MiB), but other large bodies were being parsed "
+                                        f"until the cycle's deadline")
+        try:
+            return parse(text)
+        finally:
+            self._large_parse.release()
+
     def _dcgm(self, url: str, token_file: str | None, deadline: float
               ) -> tuple[GpuReading, ...] | FetchError | ExpositionError:
         try:
-            return dcgm.parse(self._get(url, token_file, deadline))
+            with self.budget.lease(deadline) as lease:
+                return self._parse(dcgm.parse, self._get(url, token_file, deadline, lease), deadline)
         except (FetchError, ExpositionError) as e:
             return e
         except Exception as e:  # noqa: BLE001 - one bad exporter must never stop the cycle
@@ -167,21 +222,33 @@ class Scraper:
         if self.discoverer is not None:  # the targets of this cycle: as the lookups find them now
             self.config = self.discoverer.refresh()
         now = self.clock()
-        engine_futs: dict[tuple[str, str], Future[EngineSample | str]] = {}
-        dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError]] = {}
+        engine_futs: dict[tuple[str, str], Future[EngineSample | str | NotStarted]] = {}
+        dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError | NotStarted]] = {}
         self._cycle += 1
+        jobs: list[Job] = []
         for tier in self.config.tiers.values():
             for t in tier.targets:
                 if self._next_try.get((tier.name, t.name), 0) <= self._cycle:
-                    engine_futs[(tier.name, t.name)] = self._pool.submit(self._engine, tier.name, t, deadline)
+                    job = Job(tier.name, self._rank((tier.name, t.name)), partial(self._engine, tier.name, t, deadline))
+                    engine_futs[(tier.name, t.name)] = job.future
+                    jobs.append(job)
                 else:  # backing off: it stays down, and a hanging target no longer holds a thread every cycle
-                    self.stats.skip(tier.name, t.name)
+                    self.stats.skip(tier.name, t.name, "backoff")
                 if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
-                    dcgm_futs[t.dcgm] = self._pool.submit(self._dcgm, t.dcgm, t.dcgm_bearer_token_file, deadline)
+                    job = Job(tier.name, self._rank(("dcgm", t.dcgm)),
+                              partial(self._dcgm, t.dcgm, t.dcgm_bearer_token_file, deadline))
+                    dcgm_futs[t.dcgm] = job.future
+                    jobs.append(job)
+        self._pool.submit(jobs, deadline)
         local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
         all_futs: list[Future[object]] = [*engine_futs.values(), *dcgm_futs.values()]  # type: ignore[list-item]
         # the fetches end at the deadline by themselves (exporter/fetch.py); the grace is for parsing
         wait(all_futs, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE, return_when=ALL_COMPLETED)
+        not_started = self._pool.drop_queued()
+        if not_started:
+            log.warning("%s not tried this cycle: the %d scrape workers were busy until the deadline (slow or "
+                        "hanging targets of other tiers hold theirs; counted in fleetwatch_scrape_skipped_total "
+                        "reason=deadline)", plural(not_started, "fetch", "fetches"), self._pool.workers)
         out: list[InstanceSample] = []
         dcgm_t = time.monotonic() - started
         for tier in self.config.tiers.values():
@@ -193,10 +260,15 @@ class Scraper:
                     error: str | None = f"{self._last_error.get(key, 'did not answer')} (failing " \
                                         f"{plural(self._failures.get(key, 0), 'cycle')} in a row; tried again " \
                                         f"within {num(BACKOFF_MAX_SECONDS)} s)"
+                elif f.done() and f.result() is NOT_STARTED:  # not tried: no failure, no backoff
+                    self.stats.skip(tier.name, t.name, "deadline")
+                    error = (f"not tried this cycle: all {self._pool.workers} scrape workers were busy until the "
+                             f"deadline")
                 else:
                     res = f.result() if f.done() else self._fail(tier.name, t.name, t.engine, "timeout",
                                                                   "not complete when the cycle's deadline passed",
                                                                   started)
+                    assert not isinstance(res, NotStarted)
                     engine, error = (res, None) if isinstance(res, EngineSample) else (None, res)
                     if error is not None:
                         self._last_error[key] = error
@@ -207,10 +279,14 @@ class Scraper:
                     df = dcgm_futs[t.dcgm]
                     got = df.result() if df.done() else FetchError("timeout", "not complete when the cycle's "
                                                                               "deadline passed")
-                    if isinstance(got, tuple):
+                    if got is NOT_STARTED:
+                        gpu_error = "dcgm-exporter not tried this cycle: every scrape worker was busy until the deadline"
+                    elif isinstance(got, tuple):
                         gpus = dcgm.select(got, t.gpus)
+                        self._answered[("dcgm", t.dcgm)] = True
                         self.stats.observe(tier.name, t.name, "dcgm", dcgm_t, True)
                     else:
+                        self._answered[("dcgm", t.dcgm)] = False
                         reason = got.reason if isinstance(got, FetchError) else "malformed"
                         said = str(got) if isinstance(got, FetchError) else f"not Prometheus metrics: {got}"
                         gpu_error = "dcgm-exporter " + self._fail(tier.name, t.name, "dcgm", reason, said, started)
@@ -219,10 +295,16 @@ class Scraper:
                 out.append(InstanceSample(tier.name, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
         return out
 
+    def _rank(self, key: tuple[str, str]) -> int:
+        """Who goes first within a tier: what answered last time, then what was never tried, then what fails."""
+        answered = self._answered.get(key)
+        return NEW if answered is None else ANSWERED if answered else FAILING
+
     def _schedule(self, tier: str, instance: str, ok: bool) -> None:
         key = (tier, instance)
         before = self._failures.get(key, 0)
         if ok:
+            self._answered[key] = True
             if before >= BACKOFF_AFTER:
                 log.info("tier=%s instance=%s answers again after %s", tier, instance, plural(before, "failed try",
                                                                                               "failed tries"))
@@ -230,6 +312,7 @@ class Scraper:
             self._next_try.pop(key, None)
             self._last_error.pop(key, None)
             return
+        self._answered[key] = False
         self._failures[key] = before + 1
         wait = backoff_cycles(before + 1, self.config.interval)
         if wait > 1 and before + 1 == BACKOFF_AFTER:

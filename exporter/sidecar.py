@@ -10,9 +10,10 @@ rules in Prometheus, which see every sidecar.
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import urlparse
+import re
 
-from .config import ConfigError
+from .config import ConfigError, _Ctx, default_name
+from .secrets import REDACT
 from .model import Config, GpuSelector, SidecarSettings, Target
 
 DEFAULT_URLS = {"vllm": "http://127.0.0.1:8000/metrics", "sglang": "http://127.0.0.1:30000/metrics"}
@@ -37,19 +38,46 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSe
     engine = s.engine or "vllm"
     if engine not in DEFAULT_URLS:
         raise ConfigError(config.path, "sidecar.engine", f"expected vllm or sglang, got {engine[:40]!r}")
-    url = s.url or DEFAULT_URLS[engine]
-    for key, u in (("sidecar.url", url), ("sidecar.dcgm", s.dcgm)):
-        if u is not None and (urlparse(u).scheme not in ("http", "https") or not urlparse(u).netloc):
-            raise ConfigError(config.path, key, f"expected an http(s) URL, got {u[:80]!r}")
+    c = _Ctx(config.path)
+    url = c.url(s.url or DEFAULT_URLS[engine], "sidecar.url")  # as the config's: port, host, no spaces
+    if s.dcgm is not None:
+        c.url(s.dcgm, "sidecar.dcgm")
+    REDACT.learn_urls(u for u in (url, s.dcgm) if u)
     if s.dcgm_bearer_token_file and not s.dcgm:
         raise ConfigError(config.path, "sidecar.dcgm_bearer_token_file", "set without a dcgm URL")
     # a node-wide dcgm-exporter lists every pod's GPUs: keep this pod's. Without the downward API
     # there is no pod to select by, and every GPU of the exporter counts (as in fleet mode)
     selector = GpuSelector(pod=pod, namespace=namespace) if s.dcgm and pod else None
-    target = Target(name=pod or urlparse(url).netloc, engine=engine, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
+    target = Target(name=pod or default_name(url), engine=engine, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
                     gpus=selector, bearer_token_file=s.bearer_token_file,
                     dcgm_bearer_token_file=s.dcgm_bearer_token_file)
     # one engine on localhost: no discovery (the shared config may carry fleet mode's), and no history on
     # disk (a sidecar's root filesystem is read-only, and the fleet verdicts that need it are the rules')
     return replace(config, mode="sidecar", kubernetes=None, state_dir=None,
                    tiers={tier: replace(config.tiers[tier], targets=(target,), discover=None)})
+
+
+# what the downward API and the pod spec hand a sidecar: each value becomes a label and a log field
+_KUBERNETES_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+ENVIRONMENT_NAMES = {"POD_NAME": "a pod name", "POD_NAMESPACE": "a namespace"}
+
+
+def environment_value(name: str, value: str | None) -> str | None:
+    """``value`` of the environment variable or flag ``name``, checked as the config's values are: UTF-8, one
+    line, and for a pod or namespace a Kubernetes name (it becomes the instance label). ConfigError otherwise;
+    the message never echoes the value."""
+    if value is None or value == "":
+        return None
+    source = "environment" if name.isupper() else "command line"  # a flag's value may come from FLEETWATCH_*
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(source, name, "not UTF-8 text") from None
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        raise ConfigError(source, name, "holds a line break or another control character: one line only")
+    if len(value) > 1024:
+        raise ConfigError(source, name, f"{len(value)} characters; at most 1024")
+    if name in ENVIRONMENT_NAMES and not _KUBERNETES_NAME.fullmatch(value):
+        raise ConfigError(source, name, f"expected {ENVIRONMENT_NAMES[name]}: lower-case letters, digits, '-' and '.', "
+                                        f"at most 253 characters")
+    return value

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .config import MAX_RPS  # a point beyond it would pin the peak, and the count, forever
 from .evaluate import HistoryPoint
+from .files import ConfigError, loads_json, one_line, read_text
 
 FILE_NAME = "fleetwatch-state.json"
 VERSION = 1
 MAX_BYTES = 64 * 1024 * 1024  # a week of 15 s points for dozens of tiers fits many times over
+MAX_INSTANCES = 1_000_000
+MAX_SKEW = 3600.0  # seconds a saved point may lie ahead of this clock (clocks of two hosts disagree)
+LOCK_NAME = "fleetwatch.lock"
 
 
 class StateError(Exception):
@@ -46,12 +51,13 @@ def encode(history: Mapping[str, Sequence[HistoryPoint]], saved_at: float) -> st
                       separators=(",", ":"))
 
 
-def decode(text: str) -> dict[str, list[HistoryPoint]]:
-    """The history in ``text``, or StateError: every field is checked, nothing is trusted."""
+def decode(text: str, now: float | None = None) -> dict[str, list[HistoryPoint]]:
+    """The history in ``text``, or StateError: every field is checked, nothing is trusted. With ``now``, a
+    point from the future (beyond a clock's skew) is refused too."""
     try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise StateError("corrupt", f"not JSON: {str(e)[:80]}") from None
+        doc = loads_json(text, FILE_NAME)
+    except ConfigError as e:
+        raise StateError("corrupt", e.reason[:100]) from None
     if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("tiers"), dict):
         raise StateError("corrupt", f"not a version {VERSION} fleetwatch state")
     out: dict[str, list[HistoryPoint]] = {}
@@ -60,10 +66,15 @@ def decode(text: str) -> dict[str, list[HistoryPoint]]:
             raise StateError("corrupt", f"tier {str(name)[:40]!r}: expected a list of points")
         hist: list[HistoryPoint] = []
         for p in points:
-            if (not isinstance(p, list) or len(p) != 3 or not _finite(p[0])
-                    or not (p[1] is None or (_finite(p[1]) and p[1] >= 0))
-                    or not (p[2] is None or (isinstance(p[2], int) and not isinstance(p[2], bool) and p[2] >= 0))):
-                raise StateError("corrupt", f"tier {str(name)[:40]!r}: a point is not [time, rps, recommended]")
+            if (not isinstance(p, list) or len(p) != 3 or not _finite(p[0]) or p[0] < 0
+                    or not (p[1] is None or (_finite(p[1]) and 0 <= p[1] <= MAX_RPS))
+                    or not (p[2] is None or (isinstance(p[2], int) and not isinstance(p[2], bool)
+                                             and 0 <= p[2] <= MAX_INSTANCES))):
+                raise StateError("corrupt", f"tier {str(name)[:40]!r}: a point is not [time, rps, recommended] "
+                                            f"within range (rps up to {MAX_RPS:.0e}, instances up to {MAX_INSTANCES:,})")
+            if now is not None and p[0] > now + MAX_SKEW:
+                raise StateError("corrupt", f"tier {str(name)[:40]!r}: a point from the future "
+                                            f"({p[0] - now:.0f} s ahead of the clock)")
             hist.append(HistoryPoint(float(p[0]), None if p[1] is None else float(p[1]), p[2]))
         hist.sort(key=lambda h: h.timestamp)
         out[str(name)] = hist
@@ -107,21 +118,61 @@ def load(state_dir: str, tiers: Sequence[str], now: float | None = None) -> Load
     unreadable or corrupt one is moved aside (``moved_to``) and reported in ``error``."""
     path = Path(state_dir) / FILE_NAME
     empty: dict[str, list[HistoryPoint]] = {t: [] for t in tiers}
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise StateError("too_large", f"{size} bytes, more than the {MAX_BYTES} byte cap")
-        text = path.read_text(encoding="utf-8")
-        history = decode(text)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return Loaded(empty)
-    except UnicodeDecodeError:
-        return _aside(path, empty, StateError("corrupt", "not UTF-8 text"), now)
+    try:
+        # a regular file only (a FIFO would hang the start, /dev/zero stream without end), to a hard cap
+        text = read_text(str(path), MAX_BYTES, "state file")
+    except ConfigError as e:
+        if "cannot open" in e.reason or "cannot read" in e.reason:
+            return Loaded(empty, None, StateError("unreadable", f"cannot read {path}: {e.reason}"))
+        return _aside(path, empty, StateError("too_large" if "byte limit" in e.reason else "corrupt", e.reason), now)
+    try:
+        history = decode(text, now)
     except StateError as e:
         return _aside(path, empty, e, now)
-    except OSError as e:
-        return Loaded(empty, None, StateError("unreadable", f"cannot read {path}: {e.strerror}"))
+    except Exception as e:  # noqa: BLE001 - whatever breaks on a bad file, the daemon must start without it
+        return _aside(path, empty, StateError("corrupt", f"{type(e).__name__}: {str(e)[:80]}"), now)
     return Loaded({t: history.get(t, []) for t in tiers})
+
+
+class StateLocked(Exception):
+    """Another fleetwatch holds ``state_dir``: two writers would overwrite each other's history."""
+
+
+@dataclass
+class Lock:
+    fd: int
+    path: str
+
+    def release(self) -> None:
+        try:
+            os.close(self.fd)  # closing the descriptor drops the flock
+        except OSError:
+            pass
+
+
+def lock(state_dir: str, holder: str) -> Lock:
+    """An exclusive lock on ``state_dir`` for this process, or StateLocked naming who holds it. The lock is
+    the kernel's (flock): it goes with the process, so a crash never leaves it behind."""
+    import fcntl
+
+    folder = Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            said = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        finally:
+            os.close(fd)
+        raise StateLocked(f"{state_dir} is in use by {one_line(said)}: one fleetwatch per state_dir "
+                          f"(give each daemon its own)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder.encode("utf-8", "replace")[:200], 0)
+    return Lock(fd, str(path))
 
 
 def _aside(path: Path, empty: dict[str, list[HistoryPoint]], error: StateError, now: float | None) -> Loaded:

@@ -2,13 +2,50 @@
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Sequence
 
 
-class FakeTarget:
+def _start(handler: type[BaseHTTPRequestHandler], queue: int = 5) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A threaded loopback server for ``handler``, serving on a daemon thread."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    httpd.request_queue_size = queue
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return httpd, thread
+
+
+def _stop(httpd: ThreadingHTTPServer, release: threading.Event | None = None) -> None:
+    if release is not None:
+        release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Served:
+    """A fake server on loopback whose hanging handlers ``close`` releases."""
+
+    httpd: ThreadingHTTPServer
+    release: threading.Event
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        _stop(self.httpd, self.release)
+
+
+class FakeTarget(_Served):
     """Serves ``bodies`` in order, one per request, then repeats the last.
 
     ``mode`` makes it misbehave: "hang" never answers, "garbage" returns non-exposition text,
@@ -30,7 +67,7 @@ class FakeTarget:
         self.release = threading.Event()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 n = outer.requests
                 outer.requests += 1
@@ -71,22 +108,11 @@ class FakeTarget:
 
             do_POST = do_GET  # noqa: N815 - a hostile Alertmanager misbehaves the same way
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.thread = _start(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/metrics"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.base + "/metrics"
 
 
 class ReplayFleet:
@@ -99,7 +125,7 @@ class ReplayFleet:
         lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802
@@ -113,21 +139,104 @@ class ReplayFleet:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 1024
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.thread = _start(Handler, queue=1024)
 
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/t/{i}/metrics"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        _stop(self.httpd)
+
+
+class HangingFleet(_Served):
+    """Many engines that never answer, on one port: ``/t/<i>/metrics`` reads the request and then holds the
+    connection, unanswered, until ``hold`` seconds pass or the client goes away. Counts requests per path."""
+
+    def __init__(self, hold: float = 10.0) -> None:
+        self.requests: dict[str, int] = {}
+        self.release = threading.Event()
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(_QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                with lock:
+                    outer.requests[self.path] = outer.requests.get(self.path, 0) + 1
+                self.connection.settimeout(hold)
+                try:  # returns when the client shuts its side (the scrape deadline) or after ``hold``
+                    while not outer.release.is_set() and self.connection.recv(1):
+                        pass
+                except OSError:
+                    pass
+                self.close_connection = True
+
+        self.httpd, self.thread = _start(Handler, queue=1024)
+
+    def url(self, i: int) -> str:
+        return f"{self.base}/t/{i}/metrics"
+
+
+class FakePrometheus(_Served):
+    """The Prometheus HTTP API's two query endpoints, each answering as ``modes[endpoint]`` says:
+    "ok" (an empty result of the right type), "hang" (never answers), "drip" (a valid answer, one byte
+    every 0.2 s), "overflow" (a 400-digit sample time), "nested" (200,000 brackets), "types" (a label value
+    and a sample of the wrong JSON types). Endpoints: "query", "query_range". Counts requests per endpoint."""
+
+    def __init__(self, modes: dict[str, str]) -> None:
+        self.modes = modes
+        self.requests: dict[str, int] = {"query": 0, "query_range": 0}
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(_QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                endpoint = self.path.rsplit("/", 1)[-1]
+                outer.requests[endpoint] = outer.requests.get(endpoint, 0) + 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                kind = "vector" if endpoint == "query" else "matrix"
+                mode = outer.modes.get(endpoint, "ok")
+                if mode == "hang":
+                    outer.release.wait(60)
+                    return
+                body = _prometheus_answer(kind, mode)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    if mode == "drip":
+                        for i in range(len(body)):
+                            if outer.release.wait(0.2):
+                                return
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(body)
+                except OSError:
+                    pass
+
+        self.httpd, self.thread = _start(Handler)
+
+    @property
+    def url(self) -> str:
+        return self.base
+
+
+def _prometheus_answer(kind: str, mode: str) -> bytes:
+    if mode == "nested":
+        return b"[" * 200_000 + b"]" * 200_000
+    if mode == "overflow":
+        t = "1" + "0" * 400
+        sample = f'"value": [{t}, "1"]' if kind == "vector" else f'"values": [[{t}, "1"]]'
+        return ('{"status": "success", "data": {"resultType": "%s", "result": [{"metric": {"tier": "h100"}, %s}]}}'
+                % (kind, sample)).encode()
+    if mode == "types":
+        sample = '"value": {"t": 1}' if kind == "vector" else '"values": [["1700000000", 1]]'
+        return ('{"status": "success", "data": {"resultType": "%s", "result": [{"metric": {"tier": 5}, %s}]}}'
+                % (kind, sample)).encode()
+    return ('{"status": "success", "data": {"resultType": "%s", "result": []}}' % kind).encode()
 
 
 _DRIP_BODY = b'vllm:num_requests_running{engine="0",model_name="m"} 1.0\n' * 4
@@ -215,7 +324,24 @@ def _bad_utf8(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
     h.wfile.write(body)
 
 
+def _reflect(status: int, kind: str) -> Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]:
+    """An answer that echoes the request's credentials back, as some proxies' error pages do."""
+    def answer(h: BaseHTTPRequestHandler, t: "FakeTarget") -> None:
+        if h.command == "POST":
+            h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        said = f"{h.command} {h.path} Authorization: {h.headers.get('Authorization')}"
+        body = (json.dumps({"status": "error", "errorType": "bad_data", "error": said}) if kind == "json" else
+                f"<html><head><title>{said}</title></head><body>{said}</body></html>").encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json" if kind == "json" else "text/html")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    return answer
+
+
 _HOSTILE: dict[str, Callable[[BaseHTTPRequestHandler, "FakeTarget"], None]] = {
+    "reflect-500": _reflect(500, "html"), "reflect-json-400": _reflect(400, "json"), "reflect-200": _reflect(200, "html"),
     "drip": _drip, "header-drip": _header_drip, "chunked": _chunked, "gzip-bomb": _gzip_bomb,
     "redirect": _redirect, "http-500": _http_500, "http-404": _http_404, "http-404-page": _http_404_page, "bad-utf8": _bad_utf8,
 }

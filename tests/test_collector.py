@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client import generate_latest
 
-from exporter.collector import Snapshot, make_registry
+from exporter.collector import Published, Snapshot, make_registry
 from exporter.config import load_config
 from exporter.daemon import Pipeline
 from exporter.exposition import parse
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 
 def test_own_exposition_passes_promtool_and_never_scrapes(tmp_path: Path) -> None:
     promtool = binary("promtool")
-    texts = [fixture_text(f"vllm/generated/vllm-0.11.0-features/snapshot-{i:02d}.prom") for i in (4, 9)]
+    # the second scrape's counters are lower: a restart, so that its counter is on the page too
+    texts = [fixture_text(f"vllm/generated/vllm-0.11.0-features/snapshot-{i:02d}.prom") for i in (9, 4)]
     engine = FakeTarget(texts)
     dcgm = FakeTarget([fixture_text("dcgm/dcgm_t4_dcp_ericsson-ccd.prom")])
     cfg = load_config(write_config(str(tmp_path / "f.yaml"), {"h100": [{"vllm": engine.url, "dcgm": dcgm.url}]}))
@@ -50,6 +51,29 @@ def test_own_exposition_passes_promtool_and_never_scrapes(tmp_path: Path) -> Non
     assert samples[("fleetwatch_metric_status", (("metric", "lora_adapter_cache_hit_ratio"), ("status", "unknown"),
                                                    ("tier", "h100")))] == 1
     assert ("fleetwatch_recommended_instances", (("tier", "h100"),)) in samples
+    restarts = {labels: v for (name, labels), v in samples.items() if name == "fleetwatch_engine_restarts_total"}
+    assert list(restarts.values()) == [1.0], restarts
+    assert not any(name.startswith("fleetwatch_counter_resets") for name, _ in samples)  # deprecated: opt-in
+
+
+def test_the_deprecated_restart_counter_name_is_opt_in(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from exporter.scrape import ScrapeStats
+
+    cfg = load_config(write_config(str(tmp_path / "f.yaml"), {"a100": [{"vllm": "http://127.0.0.1:9/metrics"}]}))
+    stats = ScrapeStats()
+    stats.reset_seen("a100", "e0", 2)
+    pages = {}
+    for on in (False, True):
+        snapshot = Snapshot()
+        snapshot.publish(Published(None, stats, 0, None, 0))
+        pages[on] = generate_latest(make_registry(replace(cfg, deprecated_metric_names=on), snapshot)).decode()
+    for page in pages.values():
+        assert 'fleetwatch_engine_restarts_total{instance="e0",tier="a100"} 2.0' in page
+    assert "fleetwatch_counter_resets" not in pages[False]
+    assert 'fleetwatch_counter_resets_total{instance="e0",tier="a100"} 2.0' in pages[True]
+    assert "# HELP fleetwatch_counter_resets_total DEPRECATED" in pages[True]
 
 
 def test_empty_snapshot_renders_plan_figures(tmp_path: Path) -> None:

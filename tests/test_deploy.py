@@ -53,3 +53,21 @@ def test_prometheus_example_attaches_tier_statically_and_from_the_pod_label(tmp_
     f.write_text(yaml.safe_dump(doc))
     r = subprocess.run([binary("promtool"), "check", "config", str(f)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_memory_limits_are_derived_from_the_documented_bound() -> None:
+    """The chart's and kustomize's limits are the memory bound (bench/bench_memory.py measures against it)
+    plus a quarter: for the evaluator at 1,000 targets, for a sidecar at its two fetches, 16 MiB bodies."""
+    from exporter.scrape import memory_bound_mib, memory_limit_mib
+
+    fleet, sidecar = memory_limit_mib(1000, 16 << 20), memory_limit_mib(2, 16 << 20, "sidecar")
+    assert fleet >= 1.25 * memory_bound_mib(1000, 16 << 20) and fleet % 64 == 0
+    values = yaml.safe_load((ROOT / "deploy/helm/fleetwatch/values.yaml").read_text())
+    assert values["resources"]["limits"]["memory"] == f"{fleet}Mi"
+    evaluator = yaml.safe_load((ROOT / "deploy/kubernetes/components/evaluator/deployment.yaml").read_text())
+    (container,) = [c for c in evaluator["spec"]["template"]["spec"]["containers"] if c["name"] == "fleetwatch"]
+    assert container["resources"]["limits"]["memory"] == f"{fleet}Mi"
+    patch = (ROOT / "deploy/kubernetes/components/sidecar/sidecar.yaml").read_text()
+    assert f"memory: {sidecar}Mi" in patch
+    # the bound grows with the body cap: a config that raises max_body_bytes needs a larger limit
+    assert memory_limit_mib(1000, 64 << 20) > fleet

@@ -102,7 +102,7 @@ def test_faulty_targets_are_contained(tmp_path: Path) -> None:
                                  ("huge", "too_large")):
                 assert (f'fleetwatch_scrape_errors_total{{instance="{inst}",reason="{reason}",source="vllm",'
                         f'tier="bad"}}') in text, inst
-            assert 'fleetwatch_counter_resets_total{instance="reset",tier="bad"}' in text
+            assert 'fleetwatch_engine_restarts_total{instance="reset",tier="bad"}' in text
             assert 'fleetwatch_target_up{instance="good-0",source="vllm",tier="good"} 1.0' in text
             assert 'fleetwatch_target_up{instance="hang",source="vllm",tier="bad"} 0.0' in text
             assert 'fleetwatch_finding{instance="hang",kind="target_down",status="warning",tier="bad"} 1.0' in text
@@ -248,7 +248,7 @@ def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
                 name, reason, {k: v for k, v in m.items() if name in k})
         for inst, key in (("plus-inf", "kv_cache_usage"), ("nan", "requests_waiting"), ("negative", "preemptions")):
             assert m[f'fleetwatch_invalid_samples_total{{input="{key}",instance="{inst}",tier="bad"}}'] >= CYCLES - 1
-        assert m['fleetwatch_counter_resets_total{instance="reset",tier="bad"}'] >= 3
+        assert m['fleetwatch_engine_restarts_total{instance="reset",tier="bad"}'] >= 3
         assert requests.get(mixed_url + "/healthz", timeout=5).status_code == 200
 
         # SIGTERM: the running cycle finishes, no other starts, exit 0, whatever the targets are doing

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -228,15 +228,19 @@ def test_idle_connections_are_bounded_and_time_out(monkeypatch: pytest.MonkeyPat
     # bounded: 40 idle clients that never send a request, and handlers that wait for them far longer
     # than the test runs: 8 threads hold them, and every connection past those is closed and counted
     monkeypatch.setattr(d, "HTTP_IDLE_TIMEOUT", 600.0)
-    server = d.Server("127.0.0.1", 0, CollectorRegistry(), lambda: True, max_connections=8)
+    monkeypatch.setattr(d, "HTTP_REQUEST_DEADLINE", 600.0)
+    server = d.Server("127.0.0.1", 0, CollectorRegistry(), lambda: (True, "ok"), max_connections=8)
     server.start()
     socks = []
+    def handlers() -> int:
+        return sum("process_request_thread" in t.name for t in threading.enumerate())
+
     try:
-        before = threading.active_count()
+        before = handlers()
         for _ in range(40):
             socks.append(socket.create_connection(("127.0.0.1", server.port)))
         until(lambda: server.rejected == 32)
-        assert threading.active_count() - before == 8, "one handler thread per connection"
+        assert handlers() - before == 8, "one handler thread per connection"
     finally:
         for s in socks:
             s.close()
@@ -244,7 +248,7 @@ def test_idle_connections_are_bounded_and_time_out(monkeypatch: pytest.MonkeyPat
 
     # timing out: an idle client that never closes still frees its thread, by the handler's idle timeout
     monkeypatch.setattr(d, "HTTP_IDLE_TIMEOUT", 0.5)
-    server = d.Server("127.0.0.1", 0, CollectorRegistry(), lambda: True, max_connections=8)
+    server = d.Server("127.0.0.1", 0, CollectorRegistry(), lambda: (True, "ok"), max_connections=8)
     server.start()
     idle = socket.create_connection(("127.0.0.1", server.port))
     try:
@@ -256,6 +260,68 @@ def test_idle_connections_are_bounded_and_time_out(monkeypatch: pytest.MonkeyPat
     finally:
         idle.close()
         server.stop()
+
+
+def test_a_sustained_slowloris_leaves_scrapes_answered() -> None:
+    """About 5 connections a second, each sending its request one byte a second and never finishing it, for
+    15 s: at least 99% of a well-behaved client's scrapes of /metrics, 6 a second, are answered. Each slow
+    connection is cut at the request deadline (3 s in all), so it holds a handler thread 3 s, not forever."""
+    import socket
+
+    import requests
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client import Gauge
+
+    import exporter.daemon as d
+
+    registry = CollectorRegistry()
+    Gauge("fleetwatch_test_up", "a series to scrape", registry=registry).set(1)
+    server = d.Server("127.0.0.1", 0, registry, lambda: (True, "ok"))
+    server.start()
+    stop = threading.Event()
+    opened: list[int] = []
+
+    def attack() -> None:
+        socks: list[socket.socket] = []
+        tick = 0
+        while not stop.wait(0.2):  # paces a real attack over real sockets
+            tick += 1
+            try:
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=1)
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                socks.append(s)
+                opened.append(1)
+            except OSError:
+                pass
+            if tick % 5 == 0:  # one more byte a second on each, never the blank line that ends the headers
+                for s in list(socks):
+                    try:
+                        s.send(b"X")
+                    except OSError:
+                        socks.remove(s)
+                        s.close()
+        for s in socks:
+            s.close()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    answered = failed = 0
+    try:
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            try:
+                r = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+                answered += r.status_code == 200 and "fleetwatch_test_up 1.0" in r.text
+                failed += not (r.status_code == 200)
+            except requests.RequestException:
+                failed += 1
+            stop.wait(0.15)  # a scraper's pace, over real sockets
+    finally:
+        stop.set()
+        attacker.join(10)
+        server.stop()
+    assert len(opened) >= 60, f"the attack opened only {len(opened)} connections"
+    assert answered + failed >= 50 and answered >= 0.99 * (answered + failed), (answered, failed)
 
 
 def test_math_isfinite_guard_on_quantities() -> None:
@@ -284,6 +350,78 @@ def test_an_alertmanager_that_drips_cannot_hold_the_cycle() -> None:
         stats = client.stats()
         assert am.dripped < 200, f"{am.dripped} bytes of headers dripped before the POST ended"
         assert list(stats.failed.values()) == [1] and list(stats.queued.values()) == [1]
+    finally:
+        client.close()
+        am.close()
+
+
+def test_dripping_alertmanagers_never_delay_a_cycle(tmp_path: Path) -> None:
+    """Six Alertmanagers that drip their answers' headers, beside a tier with a target down (so there is
+    always an alert to post): each POST is cut at its timeout on a sender thread of its own, and no cycle
+    overruns its 1 s interval. Posting inside the cycle, six of them took 3 s a cycle."""
+    import requests
+
+    from fakes import free_port, refused_url, write_config
+    from test_faults import _at_cycle, _start_serve, sigterm_and_check, snapshots
+
+    texts = snapshots()
+    engine = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
+    ams = [FakeTarget(mode="header-drip", drip_seconds=0.1) for _ in range(6)]
+    am_list = ", ".join(f"'{am.url.rsplit('/metrics', 1)[0]}'" for am in ams)
+    cfg = write_config(str(tmp_path / "f.yaml"), {"h100": [{"vllm": engine.url, "name": "up"},
+                                                           {"vllm": refused_url(), "name": "down"}]},
+                       extra=f"interval: 1s\nscrape_timeout: 0.5s\nalertmanagers: [{am_list}]")
+    proc, url = _start_serve(cfg)
+    try:
+        m = _at_cycle(proc, url, 8, [], 1.0)
+        assert m["fleetwatch_cycle_overruns_total"] == 0, "a cycle waited for an Alertmanager"
+        assert requests.get(url + "/healthz", timeout=5).status_code == 200
+        failed = {k: v for k, v in m.items() if k.startswith("fleetwatch_alertmanager_notifications_failed_total")}
+        assert len(failed) == 6 and all(v >= 1 for v in failed.values()), failed
+        assert all(am.requests >= 1 for am in ams)
+        assert "Traceback" not in sigterm_and_check(proc, m["fleetwatch_cycles_total"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        engine.close()
+        for am in ams:
+            am.close()
+
+
+def test_update_and_the_senders_share_one_lock() -> None:
+    """The cycle's update and every sender touch the same queues: 500 updates with changing alerts while
+    three senders post to a recording Alertmanager end with no error and exactly the last state delivered."""
+    from exporter.alertmanager import Alert, AlertmanagerClient
+
+    received: list[list[dict[str, object]]] = []
+    am = FakeTarget(body_fn=lambda n: "")
+    original = am.httpd.RequestHandlerClass.do_POST  # type: ignore[attr-defined]
+
+    def record(handler: Any) -> None:
+        received.append(json.loads(handler.rfile.read(int(handler.headers["Content-Length"]))))
+        original(handler)
+
+    am.httpd.RequestHandlerClass.do_POST = record  # type: ignore[attr-defined]
+    base = am.url.rsplit("/metrics", 1)[0]
+    client = AlertmanagerClient([base, base + "/", base + "//"], interval=1.0, timeout=5.0, resend_delay=0.0)
+    client.start()
+    try:
+        for i in range(500):
+            client.update([Alert({"alertname": "FleetwatchResizeTrigger", "tier": f"t{i % 7}"},
+                                 {"summary": f"update {i}"})], now=1000.0 + i)
+        guard = time.monotonic() + 30  # against a hang only
+        while any(client.stats().queued.values()) and time.monotonic() < guard:
+            client.update([Alert({"alertname": "FleetwatchResizeTrigger", "tier": "t3"}, {"summary": "update 499"})],
+                          now=1499.0)  # the same state again: wakes the senders without changing anything
+            time.sleep(0.05)  # waiting on the sender threads
+        stats = client.stats()
+        assert not any(stats.queued.values()) and not any(stats.failed.values()), stats
+        last = {}
+        for batch in received:
+            for a in batch:
+                last[a["labels"]["tier"]] = a  # type: ignore[index]
+        assert last["t3"]["annotations"] == {"summary": "update 499"}  # type: ignore[index]
     finally:
         client.close()
         am.close()
@@ -358,7 +496,7 @@ def test_a_failing_target_is_tried_less_often_and_seen_again_when_it_answers(tmp
         for _ in range(20):
             assert scraper.scrape()[0].engine is None
         tried = target.requests
-        skipped = scraper.stats.skipped[("h100", "t")]
+        skipped = scraper.stats.skipped[("h100", "t", "backoff")]
         assert tried + skipped == 20 and 3 <= tried < 12, (tried, skipped)
         target.mode = "replay"  # it recovers: within the cap it is tried, and answers
         ups = [scraper.scrape()[0].engine is not None for _ in range(int(60 / 1.0) + 1)]

@@ -95,6 +95,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env=env)
 
 
+@pytest.mark.parametrize("name, value, reason", [
+    (b"POD_NAME", b"vllm-\xff\xfe-0", "fleetwatch: environment: POD_NAME: not UTF-8 text"),
+    (b"POD_NAME", b"vllm-0\nfleetwatch: forged line", "fleetwatch: environment: POD_NAME: holds a line break"),
+    (b"POD_NAMESPACE", b"LLM Team", "fleetwatch: environment: POD_NAMESPACE: expected a namespace"),
+    (b"POD_NAME", b"vllm-0\";evil=\"", "fleetwatch: environment: POD_NAME: expected a pod name"),
+    (b"FLEETWATCH_TIER", b"h100\x1b[2J", "command line: --tier (or FLEETWATCH_TIER): holds a line break"),
+    (b"FLEETWATCH_ENGINE_URL", b"http://u:secret@127.0.0.1:99999/metrics", "sidecar.url: the port must be"),
+])
+def test_the_sidecars_environment_is_checked_like_the_config(name: bytes, value: bytes, reason: str) -> None:
+    """What the downward API and the pod spec hand a sidecar becomes labels and log fields: a non-UTF-8
+    POD_NAME once broke /metrics for the life of the process, and a newline in it forged log lines."""
+    import os
+
+    env = {k.encode(): v.encode() for k, v in os.environ.items()} | {b"FLEETWATCH_TIER": b"a100", name: value}
+    r = subprocess.run([sys.executable, "-m", "exporter.cli", "serve", "--config", str(EXAMPLE)], capture_output=True,
+                       timeout=60, env=env)  # type: ignore[arg-type]
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2 and len(err.strip().splitlines()) == 1 and reason in err, err
+    assert "forged" not in err and "secret" not in err and "\x1b" not in err
+
+
 def test_serve_refuses_an_unknown_tier_and_fleet_mode_without_targets(tmp_path: Path) -> None:
     import os
 

@@ -90,9 +90,9 @@ def test_check_warms_up_over_its_two_scrapes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode, said", [
     ("refused", "connection refused"),
     ("hang", "no complete answer within the 1s scrape_timeout"),
-    ("http-404", "HTTP 404: Not Found"),
-    ("http-404-page", "HTTP 404: an HTML page: Error response"),
-    ("garbage", "not Prometheus metrics: no vllm: metrics in the body: it is an HTML page ('502 Bad Gateway"),
+    ("http-404", "HTTP 404 Not Found: text of "),
+    ("http-404-page", "HTTP 404 Not Found: an HTML page of "),
+    ("garbage", "not Prometheus metrics: no vllm: metrics in the body: it is an HTML page of 57 bytes"),
 ])
 def test_a_target_down_says_the_fetchs_reason(tmp_path: Path, mode: str, said: str) -> None:
     target = None if mode == "refused" else FakeTarget(mode=mode)

@@ -190,7 +190,7 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
     demo = start_fleet(scenario, flavour=flavour, plans=plans, listen=listen)
     snapshot = Snapshot()
     server = Server(demo.config.listen_host, demo.config.listen_port, make_registry(demo.config, snapshot),
-                    lambda: True)
+                    lambda: (True, "ok"))
     server.start()
     url = f"http://{demo.config.listen_host}:{server.port}/metrics"
     sc = SCENARIOS[scenario]

@@ -88,13 +88,20 @@ def lora_bytes(arch: Architecture, rank: int, dtype: str) -> int:
     return int(arch.layers * rank * (q + kv + o) * BYTES[dtype])
 
 
+MAX_DIMENSION = 10_000_000  # no layer count, width, head count or vocabulary of a real model is larger
+
+
 def _int(cfg: Mapping[str, Any], *keys: str) -> int | None:
+    """The first of ``keys`` present, as a positive whole number; None when none is there. A key that is
+    there but not such a number is an error: falling back would size another model (a kv-head count
+    taken for the head count gives 8x the KV)."""
     for k in keys:
-        v = cfg.get(k)
-        if isinstance(v, bool):
+        if k not in cfg or cfg[k] is None:
             continue
-        if isinstance(v, int) and v > 0:
-            return v
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_DIMENSION:
+            raise ArchitectureError(f"{k}: expected a whole number from 1 to {MAX_DIMENSION:,}, got {str(v)[:40]!s}")
+        return v
     return None
 
 
@@ -116,11 +123,14 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
     dtype = _TORCH_DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), "bf16")
     experts = _int(cfg, "num_local_experts", "num_experts", "n_routed_experts") or 0
     params = cfg.get("num_parameters")
+    if params is not None and (isinstance(params, bool) or not isinstance(params, (int, float))
+                               or not 0 < params <= 1e15):
+        raise ArchitectureError(f"num_parameters: expected a positive number up to 1e15, got {str(params)[:40]}")
     return Architecture(
         layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         intermediate=_int(cfg, "intermediate_size", "ffn_dim"), vocab=_int(cfg, "vocab_size"),
         experts=experts, experts_per_token=_int(cfg, "num_experts_per_tok", "num_experts_per_token") or (2 if experts else 0),
         moe_intermediate=_int(cfg, "moe_intermediate_size"), shared_experts=_int(cfg, "n_shared_experts") or 0,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), native_dtype=dtype,
-        params=float(params) if isinstance(params, (int, float)) and not isinstance(params, bool) and params > 0 else None,
+        params=float(params) if params is not None else None,
     )

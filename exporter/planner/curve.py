@@ -5,10 +5,11 @@ runs later) and returns the curve the plan's ``benchmark:`` block is written fro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import exact_duration
+from ..config import MIN_CAPACITY, exact_duration
 from ..model import Slo
 from ..text import num
 
@@ -76,6 +77,8 @@ def littles_law_gap(p: SweepPoint) -> float | None:
     if p.mean_latency is None or p.rps <= 0 or p.mean_latency <= 0 or p.concurrency <= 0:
         return None
     lw = p.rps * p.mean_latency
+    if not 0 < lw < math.inf:  # tiny figures underflow to 0
+        return None
     return max(p.concurrency / lw, lw / p.concurrency)
 
 
@@ -94,9 +97,12 @@ def usable_rps_at_slo(points: Sequence[SweepPoint], slo: Slo) -> Curve:
         return p.ttft_p99 <= slo.ttft_p99 and p.itl_p99 <= slo.itl_p99
 
     if not ok(pts[0]):
-        raise ValueError(f"even concurrency {pts[0].concurrency} misses the SLO "
-                         f"(TTFT P99 {num(pts[0].ttft_p99)}s, ITL P99 {num(pts[0].itl_p99)}s)")
-    last = max(i for i, p in enumerate(pts) if ok(p) and all(ok(q) for q in pts[: i + 1]))
+        raise ValueError(f"even concurrency {pts[0].concurrency} misses the workload's SLO "
+                         f"(TTFT P99 {num(pts[0].ttft_p99)}s against {num(slo.ttft_p99)}s, ITL P99 "
+                         f"{num(pts[0].itl_p99)}s against {num(slo.itl_p99)}s)")
+    last = 0  # the last point of the passing run from the start: linear, a sweep may have many points
+    while last + 1 < len(pts) and ok(pts[last + 1]):
+        last += 1
     lo = pts[last]
     if last == len(pts) - 1:
         usable, binding = lo.rps, "sweep_end"
@@ -126,6 +132,9 @@ def usable_rps_at_slo(points: Sequence[SweepPoint], slo: Slo) -> Curve:
         warnings.append(f"Little's Law gap {gap:.2f}x exceeds 2x: the benchmark's inputs do not match production")
     ttft, itl = at("ttft_p99"), at("itl_p99")
     assert ttft is not None and itl is not None
+    if not math.isfinite(usable) or usable < MIN_CAPACITY:
+        raise ValueError(f"the sweep gives a usable capacity of {num(usable)} RPS per instance: no plan can be sized on "
+                         f"it (do its rows measure throughput?)")
     return Curve(points=tuple(pts), usable_rps_per_instance=usable, c_max=lo.concurrency, ttft_p99=ttft,
                  itl_p99=itl, gpu_utilization=at("gpu_utilization"), binding=binding, littles_law_gap=gap,
                  warnings=tuple(warnings))

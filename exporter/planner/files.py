@@ -5,35 +5,48 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import ConfigError, _Ctx, _load_yaml, parse_duration
+from ..config import MAX_NUMBER, MAX_RPS, ConfigError, _Ctx, _load_yaml, parse_duration
+from ..files import loads_json, read_text
 from ..model import Slo
-from .architecture import Architecture, ArchitectureError, from_hf_config
+from .architecture import Architecture, ArchitectureError, count_params, from_hf_config
 from .curve import SweepPoint
+from .gpus import CatalogueError, Gpu, merge
 from .sizing import Lengths, Workload
 from ..text import num
 
 MAX_JSON_BYTES = 16 << 20  # a sweep's result files carry per-request arrays: a few MB each
+MAX_SWEEP_FILES = 1000  # result files in a sweep directory
+MAX_MEASURE = 1e9  # RPS, seconds, utilization: no real sweep measures more
+MAX_CONCURRENCY = 1_000_000
+
+
+MAX_TOKENS = 10_000_000  # a request's prompt or output: past any model's context
+MAX_SLO = 86_400.0  # seconds: a latency objective longer than a day is a typo
+MIN_SLO = 0.001  # and one under a millisecond is no latency an engine reaches
 
 
 def _seconds(c: _Ctx, v: Any, path: str) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-        return float(v)
-    try:
-        s = parse_duration(v)
-    except ValueError as e:
-        raise c.err(path, str(e)) from None
-    if s <= 0:
-        raise c.err(path, "must be longer than 0s")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        s = c.number(v, path, minimum=0, strict_min=True)
+    else:
+        try:
+            s = parse_duration(v)
+        except ValueError as e:
+            raise c.err(path, str(e)) from None
+        if s <= 0:
+            raise c.err(path, "must be longer than 0s")
+    if not MIN_SLO <= s <= MAX_SLO:
+        raise c.err(path, f"must be from 1ms to 1d, got {num(s)} s")
     return s
 
 
 def _lengths(c: _Ctx, v: Any, path: str) -> Lengths:
     m = c.mapping(v, path, {"p50", "p95", "p99"}, {"p50", "p95", "p99"})
-    p = {k: c.number(m[k], f"{path}.{k}", minimum=1) for k in ("p50", "p95", "p99")}
+    p = {k: c.number(m[k], f"{path}.{k}", minimum=1, maximum=MAX_TOKENS) for k in ("p50", "p95", "p99")}
     if not p["p50"] <= p["p95"] <= p["p99"]:
         raise c.err(path, f"percentiles must not decrease: p50 {p['p50']:g}, p95 {p['p95']:g}, p99 {p['p99']:g}")
     return Lengths(p["p50"], p["p95"], p["p99"])
@@ -45,11 +58,11 @@ WORKLOAD_KEYS = {"input_tokens", "output_tokens", "peak_rps", "average_rps", "sl
 
 def load_workload(file: str) -> Workload:
     c = _Ctx(file)
-    raw = _load_yaml(file)
+    raw = _load_yaml(file, "workload")
     m = c.mapping(raw, "", WORKLOAD_KEYS, {"input_tokens", "output_tokens", "peak_rps", "average_rps", "slo"})
     slo = c.mapping(m["slo"], "slo", {"ttft_p99", "itl_p99"}, {"ttft_p99", "itl_p99"})
-    peak = c.number(m["peak_rps"], "peak_rps", minimum=0, strict_min=True)
-    average = c.number(m["average_rps"], "average_rps", minimum=0)
+    peak = c.number(m["peak_rps"], "peak_rps", minimum=0, strict_min=True, maximum=MAX_RPS)
+    average = c.number(m["average_rps"], "average_rps", minimum=0, maximum=MAX_RPS)
     if average > peak:
         raise c.err("average_rps", f"{num(average)} is above peak_rps {num(peak)}")
     lora = c.mapping(m["lora"], "lora", {"adapters", "rank"}, {"adapters", "rank"}) if m.get("lora") else {}
@@ -62,41 +75,39 @@ def load_workload(file: str) -> Workload:
         slo=Slo(_seconds(c, slo["ttft_p99"], "slo.ttft_p99"), _seconds(c, slo["itl_p99"], "slo.itl_p99")),
         online_share=1.0 if online is None else online,
         concurrency_per_instance=c.optional(m, "concurrency_per_instance", "",
-                                            lambda v, p: c.integer(v, p, minimum=1)) or 32,
+                                            lambda v, p: c.integer(v, p, minimum=1, maximum=1_000_000)) or 32,
         safety_factor=0.2 if safety is None else safety,
         simple_share=c.optional(m, "simple_share", "", lambda v, p: c.number(v, p, minimum=0, maximum=1)) or 0.0,
         shared_prefixes=bool(c.optional(m, "shared_prefixes", "", c.boolean)),
-        lora_adapters=c.integer(lora["adapters"], "lora.adapters") if lora else 0,
-        lora_rank=c.integer(lora["rank"], "lora.rank", minimum=1) if lora else 0,
+        lora_adapters=c.integer(lora["adapters"], "lora.adapters", maximum=1_000_000) if lora else 0,
+        lora_rank=c.integer(lora["rank"], "lora.rank", minimum=1, maximum=65_536) if lora else 0,
     )
 
 
-def _read_json(file: str) -> Any:
+def _read_json(file: str, what: str) -> Any:
+    text = read_text(file, MAX_JSON_BYTES, what)
     try:
-        p = Path(file)
-        if p.stat().st_size > MAX_JSON_BYTES:
-            raise ConfigError(file, "", f"larger than {MAX_JSON_BYTES} bytes")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(file, "", f"cannot read: {e}") from None
-    try:
-        return json.loads(text)
-    except ValueError:
+        return loads_json(text, file)
+    except ConfigError as whole:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise
         try:  # JSON lines: one result per line
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as e:
-            raise ConfigError(file, "", f"not JSON: {e}") from None
+            return [loads_json(line, file) for line in lines]
+        except ConfigError:
+            raise whole from None
 
 
 def load_architecture(file: str) -> Architecture:
     """A Hugging Face config.json, or a YAML/JSON block with the same keys (and num_parameters)."""
-    doc = _read_json(file) if file.endswith(".json") else _load_yaml(file)
+    doc = _read_json(file, "model config") if file.endswith(".json") else _load_yaml(file, "model config")
     if not isinstance(doc, dict):
         raise ConfigError(file, "", "expected a JSON object (a model's config.json)")
     try:
-        return from_hf_config(doc)
+        arch = from_hf_config(doc)
+        if arch.params is None:
+            count_params(arch)  # every shape the parameter count needs is there, said now, not mid-sizing
+        return arch
     except ArchitectureError as e:
         raise ConfigError(file, "", str(e)) from None
 
@@ -108,14 +119,14 @@ def _vllm_point(c: _Ctx, doc: Any, where: str) -> SweepPoint:
     def num(*keys: str, required: bool = True) -> float | None:
         for k in keys:
             v = doc.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
+            if v is not None and not isinstance(v, bool):
+                return _measure(c, v, where, k)
         if required:
             raise c.err(where, f"no {' or '.join(keys)}")
         return None
 
     concurrency = doc.get("max_concurrency")
-    if not isinstance(concurrency, int) or concurrency <= 0:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 0 < concurrency <= MAX_CONCURRENCY:
         raise c.err(f"{where}.max_concurrency", "a sweep point needs the concurrency it ran at (--max-concurrency)")
     itl = num("p99_itl_ms", "p99_tpot_ms")
     e2e = num("mean_e2el_ms", required=False)
@@ -131,43 +142,70 @@ def load_sweep(file: str) -> list[SweepPoint]:
     p = Path(file)
     if p.is_dir():
         points = []
-        for f in sorted(p.glob("*.json")):
+        files = sorted(p.glob("*.json"))
+        if len(files) > MAX_SWEEP_FILES:
+            raise c.err("", f"{len(files)} result files; a sweep has at most {MAX_SWEEP_FILES}")
+        for f in files:
             points += load_sweep(str(f))
         if not points:
             raise c.err("", "a directory with no *.json results")
         return points
     if file.endswith(".csv"):
         try:
-            rows = list(csv.DictReader(io.StringIO(p.read_text(encoding="utf-8"))))
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise c.err("", f"cannot read CSV: {e}") from None
-        out = []
-        for i, r in enumerate(rows):
-            try:
-                out.append(SweepPoint(int(r["concurrency"]), float(r["rps"]), float(r["ttft_p99"]), float(r["itl_p99"]),
-                                      float(r["mean_latency"]) if r.get("mean_latency") else None,
-                                      float(r["gpu_utilization"]) if r.get("gpu_utilization") else None))
-            except (KeyError, TypeError, ValueError) as e:
-                raise c.err(f"row {i + 2}", f"needs concurrency, rps, ttft_p99, itl_p99 as numbers ({e})") from None
+            rows = csv.DictReader(io.StringIO(read_text(file, MAX_JSON_BYTES, "sweep")))
+            out = [_csv_point(c, r, i + 2) for i, r in enumerate(rows)]
+        except csv.Error as e:
+            raise c.err("", f"not CSV: {e}") from None
         if not out:
             raise c.err("", "no rows")
         return out
-    doc = _read_json(file)
+    doc = _read_json(file, "sweep")
     docs = doc if isinstance(doc, list) else [doc]
     return [_vllm_point(c, d, f"[{i}]" if isinstance(doc, list) else "") for i, d in enumerate(docs)]
 
 
-def load_catalogue(file: str) -> Mapping[str, Any]:
-    raw = _load_yaml(file)
+def _measure(c: _Ctx, v: Any, where: str, key: str, *, required: bool = True) -> float | None:
+    """A sweep's number: finite, not negative, and not absurd (a latency of years, a billion RPS)."""
+    if v is None or v == "":
+        if required:
+            raise c.err(where, f"needs {key}")
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        raise c.err(where, f"{key}: expected a number, got {str(v)[:40]}") from None
+    if not math.isfinite(x) or x < 0 or x > MAX_MEASURE:
+        raise c.err(where, f"{key}: expected a number from 0 to {MAX_MEASURE:.0e}, got {str(v)[:40]}")
+    return x
+
+
+def _csv_point(c: _Ctx, r: Mapping[str, Any], row: int) -> SweepPoint:
+    where = f"row {row}"
+    conc = _measure(c, r.get("concurrency"), where, "concurrency")
+    assert conc is not None
+    if conc != int(conc) or not 0 < conc <= MAX_CONCURRENCY:
+        raise c.err(where, f"concurrency: expected a whole number from 1 to {MAX_CONCURRENCY:,}")
+    rps, ttft, itl = (_measure(c, r.get(k), where, k) or 0.0 for k in ("rps", "ttft_p99", "itl_p99"))
+    return SweepPoint(int(conc), rps, ttft, itl,
+                      _measure(c, r.get("mean_latency"), where, "mean_latency", required=False),
+                      _measure(c, r.get("gpu_utilization"), where, "gpu_utilization", required=False))
+
+
+def load_catalogue(file: str) -> dict[str, Gpu]:
+    """The built-in catalogue with the file's GPUs added or overridden."""
+    raw = _load_yaml(file, "GPU catalogue")
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "expected a mapping of GPU name to fields")
-    return raw
+    try:
+        return merge(raw)
+    except CatalogueError as e:
+        raise ConfigError(file, e.path, e.reason) from None
 
 
 def observed(report_file: str, tier: str | None) -> tuple[str, Lengths | None, Lengths | None, float | None]:
     """(tier, input lengths, output lengths, peak RPS) that a fleetwatch JSON report observed."""
     c = _Ctx(report_file)
-    doc = _read_json(report_file)
+    doc = _read_json(report_file, "report")
     tiers = doc.get("tiers") if isinstance(doc, dict) else None
     if not isinstance(tiers, dict) or not tiers:
         raise c.err("tiers", "not a fleetwatch report (fleetwatch check --format json)")
@@ -177,20 +215,40 @@ def observed(report_file: str, tier: str | None) -> tuple[str, Lengths | None, L
         tier = next(iter(tiers))
     if tier not in tiers:
         raise c.err("tiers", f"no tier {tier!r} (the report has {', '.join(sorted(tiers))})")
-    t = tiers[tier]
-    wl = t.get("workload") or {}
+    t = _section(c, tiers[tier], f"tiers.{tier}")
+    wl = _section(c, t.get("workload"), f"tiers.{tier}.workload")
+
+    def figure(v: Any, path: str, maximum: float) -> float | None:
+        """A figure the report observed: None when it had none (null, or absent); else in range."""
+        if v is None:
+            return None
+        return c.number(v, path, minimum=0, maximum=maximum)
 
     def lengths(key: str) -> Lengths | None:
-        b = wl.get(key) or {}
-        vals = [b.get(k) for k in ("p50", "p95", "p99")]
-        if all(isinstance(v, (int, float)) and v > 0 for v in vals):
-            return Lengths(*(float(v) for v in vals))  # type: ignore[arg-type]
+        b = _section(c, wl.get(key), f"tiers.{tier}.workload.{key}")
+        vals = [figure(b.get(k), f"tiers.{tier}.workload.{key}.{k}", MAX_TOKENS) for k in ("p50", "p95", "p99")]
+        if all(v is not None and v > 0 for v in vals):
+            return Lengths(*vals)  # type: ignore[arg-type]
         return None
 
     # the observed peak: the resize verdict's, once it rests on a day of history (before that it is
     # floored by the plan's own peak); else the arrival rate of the report's window
-    covers = (t.get("history") or {}).get("covers_seconds")
-    peak = (t.get("resize") or {}).get("peak_rps") if isinstance(covers, (int, float)) and covers >= 86400 else None
-    rps = ((t.get("metrics") or {}).get("requests_per_second") or {}).get("value")
-    seen = [v for v in (peak, rps) if isinstance(v, (int, float)) and v > 0]
+    where = f"tiers.{tier}"
+    covers = figure(_section(c, t.get("history"), f"{where}.history").get("covers_seconds"),
+                    f"{where}.history.covers_seconds", MAX_NUMBER)
+    peak = figure(_section(c, t.get("resize"), f"{where}.resize").get("peak_rps"), f"{where}.resize.peak_rps", MAX_RPS) \
+        if covers is not None and covers >= 86400 else None
+    rps_row = _section(c, _section(c, t.get("metrics"), f"{where}.metrics").get("requests_per_second"),
+                       f"{where}.metrics.requests_per_second")
+    rps = figure(rps_row.get("value"), f"{where}.metrics.requests_per_second.value", MAX_RPS)
+    seen = [v for v in (peak, rps) if v is not None and v > 0]
     return tier, lengths("input_tokens"), lengths("output_tokens"), max(seen) if seen else None
+
+
+def _section(c: _Ctx, v: Any, path: str) -> Mapping[str, Any]:
+    """A report's object at ``path``: absent or null is empty, anything but an object is an error."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise c.err(path, "expected an object (is this a fleetwatch check --format json report?)")
+    return v

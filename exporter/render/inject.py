@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..scrape import memory_limit_mib
+
 WORKLOADS = ("Deployment", "StatefulSet")
 CONTAINER = "fleetwatch"
 VOLUME = "fleetwatch-config"
@@ -52,7 +54,9 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "ports": [{"name": PORT_NAME, "containerPort": spec.port}],
         "readinessProbe": {**probe, "periodSeconds": 15},
         "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 4},
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        # the limit is the memory bound of a sidecar's two fetches (engine, dcgm-exporter) at 16 MiB bodies
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                      "limits": {"memory": f"{memory_limit_mib(2, 16 << 20, 'sidecar')}Mi"}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},

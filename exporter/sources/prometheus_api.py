@@ -6,14 +6,15 @@ kept apart from the fetch; every failure is a PrometheusError with a reason for 
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import requests
 
 from ..fetch import FetchError, fetch_text, new_session
+from ..files import ConfigError, loads_json
 from ..model import PrometheusSource
+from ..secrets import redact
 
 Labels = dict[str, str]
 
@@ -23,7 +24,7 @@ class PrometheusError(Exception):
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 def _value(v: Any) -> float:
@@ -36,11 +37,14 @@ def _value(v: Any) -> float:
         raise PrometheusError("malformed", f"sample value {v[:40]!r} is not a number") from None
 
 
+MAX_TIMESTAMP = 1e11  # seconds since 1970: year 5138; a sample time past it is not a time
+
+
 def _data(body: str, kind: str) -> list[Any]:
-    try:
-        doc = json.loads(body)
-    except ValueError as e:
-        raise PrometheusError("malformed", f"answer is not JSON: {e}") from None
+    try:  # depth, integer length and NaN checked: a 400-digit number or 200,000 brackets is a malformed answer
+        doc = loads_json(body, "answer")
+    except ConfigError as e:
+        raise PrometheusError("malformed", f"answer is not usable JSON: {e.reason}") from None
     if not isinstance(doc, dict):
         raise PrometheusError("malformed", "answer is not a JSON object")
     if doc.get("status") != "success":
@@ -51,6 +55,12 @@ def _data(body: str, kind: str) -> list[Any]:
         raise PrometheusError("malformed", f"expected a {kind} result, got {str(got)[:40]}")
     result: list[Any] = data["result"]
     return result
+
+
+def _time(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_TIMESTAMP:
+        raise PrometheusError("malformed", f"a sample time {str(v)[:40]} is not [time, value] in range")
+    return float(v)
 
 
 def _labels(item: Any) -> Labels:
@@ -67,6 +77,7 @@ def parse_vector(body: str) -> list[tuple[Labels, float]]:
         pair = item.get("value") if isinstance(item, dict) else None
         if not isinstance(pair, list) or len(pair) != 2:
             raise PrometheusError("malformed", "a vector sample is not [time, value]")
+        _time(pair[0])
         out.append((_labels(item), _value(pair[1])))
     return out
 
@@ -80,9 +91,7 @@ def parse_matrix(body: str) -> list[tuple[Labels, list[tuple[float, float]]]]:
             raise PrometheusError("malformed", "a matrix series without values")
         points = []
         for pair in values:
-            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], (int, float)):
-                raise PrometheusError("malformed", "a matrix sample is not [time, value]")
-            points.append((float(pair[0]), _value(pair[1])))
+            points.append((_time(pair[0] if isinstance(pair, list) and len(pair) == 2 else None), _value(pair[1])))
         out.append((_labels(item), points))
     return out
 
