@@ -1,8 +1,12 @@
 """The metric catalogue: every derived quantity, defined once.
 
-Each row holds its key and unit, the 9.3 row it answers, its Python computation over a
-TierWindow, the PromQL for the same quantity (``{w}`` is the window, e.g. ``5m``), its band,
-and its diagnosis. The daemon, the rule generator and the dashboard generator read this module.
+A ``Row`` is the whole of one quantity: its key and unit, its Python computation over a
+TierWindow, the PromQL for the same quantity (``{w}`` is the window, e.g. ``5m``) and for its
+evidence, its band as data (``BandSpec``: thresholds that are constants or factors of a plan
+figure), its diagnosis, and its alert's name and runbook text. The daemon, the Prometheus-backed
+mode, the rule, runbook and dashboard generators all iterate ``ROWS``: a row added here gets its
+value, its recording rule, its alerts, its runbook entries and its panel, and none of them keeps a
+table of rows of its own.
 """
 from __future__ import annotations
 
@@ -34,17 +38,150 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """One band threshold as data: ``factor``, times a plan figure if ``plan`` names one, times
+    another row's current value if ``per`` names one (the queue's limit scales with the arrival
+    rate). It does not apply while a figure it needs is unknown."""
+
+    factor: float
+    plan: str | None = None  # a key of PLAN_TERMS: one of the plan's figures
+    per: str | None = None  # a row key
+    inclusive: bool = False  # ">=" / "<=" rather than ">" / "<"
+
+    def value(self, plan: Plan | None, values: Values, per_unit: bool = False) -> float | None:
+        """``per_unit``: the coefficient of ``per`` (its value taken as 1), for readers that multiply
+        by the row's series themselves (the rules)."""
+        base = 1.0
+        if self.plan is not None:
+            figure = None if plan is None else PLAN_TERMS[self.plan](plan)
+            if figure is None:
+                return None
+            base = figure
+        if self.per is not None and not per_unit:
+            q = values.get(self.per)
+            if q is None or q.value is None:
+                return None
+            base = base * q.value
+        return self.factor * base
+
+
+Limits = tuple[Limit, ...]  # the largest that applies
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """A row's band as data. ``target`` may name ``{ref}``, the value of ``reference`` (the line the
+    factors scale, e.g. the SLO): while the reference is unknown, so is the band."""
+
+    target: str
+    warning_above: Limits = ()
+    critical_above: Limits = ()
+    warning_below: Limits = ()
+    critical_below: Limits = ()
+    reference: Limit | None = None
+    reference_name: str = ""  # what the reference is, in words (alert summaries)
+    reference_text: str = ""  # the same, with its value as ``{ref}`` (alert descriptions)
+    ok_floor: float | None = None  # values below this are ok whatever else says (a queue under 1 request)
+    while_serving: bool = False  # the lower thresholds apply only while the tier serves requests
+
+    SIDES = ("warning_above", "critical_above", "warning_below", "critical_below")
+
+    def limits(self) -> tuple[Limit, ...]:
+        return tuple(lim for side in self.SIDES for lim in getattr(self, side))
+
+    @property
+    def static(self) -> bool:
+        """The same on every tier: no plan figure, no other row, no serving condition."""
+        refs = (*self.limits(), *((self.reference,) if self.reference else ()))
+        return not self.while_serving and all(lim.plan is None and lim.per is None for lim in refs)
+
+    def resolve(self, plan: Plan | None, values: Values, per_unit: bool = False) -> Band | None:
+        """The band on one tier at one moment. ``per_unit``: thresholds that scale with another row
+        are given per unit of it, and the serving condition is left to the reader (the rules)."""
+        ref = None
+        if self.reference is not None:
+            ref = self.reference.value(plan, values, per_unit)
+            if ref is None:
+                return None
+        serving = per_unit or _serving(values)
+        sides: dict[str, Threshold] = {}
+        for side in self.SIDES:
+            if side.endswith("_below") and self.while_serving and not serving:
+                continue
+            candidates = [(v, lim.inclusive) for lim in getattr(self, side)
+                          if (v := lim.value(plan, values, per_unit)) is not None]
+            if candidates:
+                v, inclusive = max(candidates)
+                sides[side] = Threshold(v, inclusive)
+        return Band(target=self.target.format(ref=ref) if ref is not None else self.target,
+                    ok_floor=self.ok_floor, **sides)
+
+
+def _serving(values: Values) -> bool:
+    rps = values.get("requests_per_second")
+    return rps is not None and rps.value is not None and rps.value > 0
+
+
+def band(target: str, *, warning_above: float | None = None, critical_above: float | None = None,
+         warning_below: float | None = None, critical_below: float | None = None,
+         inclusive: tuple[str, ...] = (), **more: object) -> BandSpec:
+    """A band of constant thresholds; ``inclusive`` names the sides compared with >= or <=."""
+    given = {"warning_above": warning_above, "critical_above": critical_above,
+             "warning_below": warning_below, "critical_below": critical_below}
+    sides = {k: (Limit(v, inclusive=k in inclusive),) for k, v in given.items() if v is not None}
+    return BandSpec(target, **sides, **more)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RowAlert:
+    """The alerts a row's band raises: their names and their runbook text. ``name`` is the alert's
+    stem; ``below`` and ``critical_above`` name the alerts of those sides where they differ."""
+
+    name: str
+    meaning: str
+    check: str
+    do: str
+    below: str | None = None
+    critical_above: str | None = None
+
+    def alert_name(self, above: bool, severity: str) -> str:
+        if not above and self.below:
+            return self.below
+        if above and severity == "critical" and self.critical_above:
+            return self.critical_above
+        return self.name
+
+
+# Grafana's unit for each of the rows' units
+GRAFANA_UNITS = {"s": "s", "ratio": "percentunit", "requests/s": "reqps", "requests": "short", "1/s": "short",
+                 "tokens/GPU-hour": "short", "USD/1M tokens": "currencyUSD"}
+
+
+@dataclass(frozen=True)
 class Row:
     key: str
-    unit: str
-    title: str  # the 9.3 (or 9.2) row it implements
+    unit: str  # a key of GRAFANA_UNITS
+    title: str  # the monitoring table's name for it
     help: str
     compute: Callable[[TierWindow, Plan], Quantity]
-    promql: str
-    band: Callable[[Context], Band | None]
+    promql: str  # "" where only fleetwatch can compute it: the rules and panels read its exported gauge
+    band: BandSpec
     diagnose: Callable[[Context, Status], str | None]
     inputs: tuple[str, ...] = ()  # the canonical engine inputs it reads (exporter/inputs.py)
     readings: int = 2  # readings of an instance it needs: two for rates and quantiles, one for a gauge
+    op: str = "rate"  # the aggregation in its recording rule's name: tier:fleetwatch_<key>:<op><window>
+    evidence: str = ""  # PromQL of what its ``samples`` counts, for the Prometheus-backed mode
+    alert: RowAlert | None = None  # None: the band raises no alert (or the row has no thresholds)
+    panel: bool = True  # False: no engine exposes it, and a panel that is always empty helps nobody
+
+    @property
+    def gauge_only(self) -> bool:
+        """Only fleetwatch computes it: the rules and dashboards read fleetwatch_<key>{tier}."""
+        return not self.promql
+
+    @property
+    def grafana_unit(self) -> str:
+        return GRAFANA_UNITS[self.unit]
 
 
 # ------------------------------------------------------------------ computations
@@ -184,52 +321,28 @@ def cost_per_million_tokens(tw: TierWindow, plan: Plan) -> Quantity:
 # ------------------------------------------------------------------ bands
 
 
-def _t(v: float, inclusive: bool = False) -> Threshold:
-    return Threshold(v, inclusive)
+def _slo_band(slo: str, critical: bool) -> BandSpec:
+    return BandSpec("within SLO ({ref:g}s)", warning_above=(Limit(0.8, plan=slo),),
+                    critical_above=(Limit(1.0, plan=slo),) if critical else (),
+                    reference=Limit(1.0, plan=slo), reference_name="the SLO")
 
 
-def _slo_band(slo: Callable[[Plan], float], critical: bool) -> Callable[[Context], Band]:
-    def band(ctx: Context) -> Band:
-        s = slo(ctx.plan)
-        return Band(target=f"within SLO ({s:g}s)", warning_above=_t(0.8 * s),
-                    critical_above=_t(s) if critical else None)
-    return band
+# Little's Law: the max safe queue is the max wait (the TTFT SLO) x the arrival rate; warn and page
+# where the gateway circuit breaker goes, at 80% and 90% of it
+_LITTLES_LAW = Limit(1.0, plan="slo_ttft_p99_seconds", per="requests_per_second")
+_QUEUE_BAND = BandSpec(
+    "near zero; Little's Law limit {ref:.3g} requests",
+    warning_above=(replace(_LITTLES_LAW, factor=BREAKER_RANGE[0], inclusive=True),),
+    critical_above=(replace(_LITTLES_LAW, factor=BREAKER_RANGE[1], inclusive=True),),
+    reference=_LITTLES_LAW, reference_name="Little's Law's limit",
+    reference_text="the max safe depth {ref:g}s TTFT SLO x arrival rate", ok_floor=1.0)
 
+# a workload with known prefix reuse should hit at least 30%; a benchmark's prediction, 70% of it
+_PREFIX_BAND = BandSpec("workload-dependent", warning_below=(Limit(0.30, plan="workload_prefix_reuse"),
+                                                             Limit(0.7, plan="benchmark_prefix_cache_hit_ratio")))
 
-def _fixed(band: Band) -> Callable[[Context], Band]:
-    return lambda ctx: band
-
-
-def _queue_band(ctx: Context) -> Band | None:
-    rps = ctx.v("requests_per_second")
-    if rps is None:
-        return None
-    limit = ctx.plan.slo.ttft_p99 * rps  # Little's Law: max safe queue = max wait x arrival rate
-    # warn and page where 9.4 sets the circuit breaker: 80% and 90% of the limit
-    return Band(target=f"near zero; Little's Law limit {limit:.3g} requests",
-                warning_above=_t(BREAKER_RANGE[0] * limit, True), critical_above=_t(BREAKER_RANGE[1] * limit, True),
-                ok_floor=1.0)
-
-
-def _prefix_band(ctx: Context) -> Band | None:
-    wl, pred = ctx.plan.workload, ctx.plan.benchmark.prefix_cache_hit_ratio
-    floors = []
-    if wl is not None and wl.prefix_reuse:
-        floors.append(0.30)
-    if pred is not None:
-        floors.append(0.7 * pred)
-    return Band(target="workload-dependent", warning_below=_t(max(floors)) if floors else None)
-
-
-def _compute_band(ctx: Context) -> Band:
-    rps = ctx.v("requests_per_second")
-    serving = rps is not None and rps > 0
-    # "< 60% while serving": an idle tier's low utilization is the fleet row's business, not this one's
-    return Band("60-85% during active serving", warning_below=_t(0.60) if serving else None)
-
-
-def _no_band(target: str) -> Callable[[Context], Band]:
-    return lambda ctx: Band(target=target)
+# "< 60% while serving": an idle tier's low utilization is the fleet row's business, not this one's
+_COMPUTE_BAND = band("60-85% during active serving", warning_below=0.60, while_serving=True)
 
 
 # ------------------------------------------------------------------ diagnoses
@@ -372,6 +485,14 @@ PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
 )
 
 
+# every plan figure a band may scale: the exported ones, and those only a band reads (None: not set)
+PLAN_TERMS: dict[str, Callable[[Plan], float | None]] = {
+    **{key: get for key, _, get in PLAN_FIGURES},
+    "benchmark_prefix_cache_hit_ratio": lambda p: p.benchmark.prefix_cache_hit_ratio,
+    "workload_prefix_reuse": lambda p: 1.0 if p.workload is not None and p.workload.prefix_reuse else None,
+}
+
+
 def fleet_series() -> dict[str, str]:
     """Recorded name -> PromQL of the plan and instance series, in the order they must be recorded."""
     out = {plan_series(k): f"max by ({_T}) (fleetwatch_plan_{k})" for k, _, _ in PLAN_FIGURES}
@@ -421,6 +542,23 @@ GPU_COMPUTE_PER_GPU = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_EN
 
 _FINISHED = I.rate("requests_finished")
 
+# What each row's ``samples`` counts, in PromQL, for the Prometheus-backed mode: the same evidence
+# the Python computation reports (requests, observations, instances or GPUs behind the value).
+_FINISHED_N = _sum(I.increase("requests_finished"))
+_TOKENS_N = _sum(I.increase("generation_tokens"))
+
+
+def _observations(canonical: str) -> str:
+    return _sum(I.count_increase(canonical))
+
+
+def _instances(canonical: str) -> str:
+    return f"count by ({_T}) ({I.avg_over_time(canonical)})"
+
+
+_TTFT_CHECK = ("Queue depth and fleet utilization of the tier; input length P95 against the plan.",
+               "Scale the tier up if utilization is high; otherwise re-characterize the workload.")
+
 ROWS: tuple[Row, ...] = (
     Row("requests_per_second", "requests/s", "Arrival rate",
         "Arrival rate: finished-request rate plus the growth of running+waiting requests.",
@@ -428,59 +566,106 @@ ROWS: tuple[Row, ...] = (
         # finished rate + backlog growth; "or (finished * 0)" keeps tiers whose engine has no gauges
         f"{_sum(_FINISHED)} + ({_sum(I.delta('requests_running') + ' + ' + I.delta('requests_waiting'))} / {{ws}}"
         f" or {_sum(_FINISHED)} * 0)",
-        _no_band("load"), _none, ("requests_finished", "requests_running", "requests_waiting")),
+        BandSpec("load"), _none, ("requests_finished", "requests_running", "requests_waiting"),
+        evidence=_FINISHED_N),
     Row("ttft_p50_seconds", "s", "TTFT P50", "Median time to first token over the tier.",
         _quantile("ttft_seconds", 0.50), _q(0.5, "ttft_seconds"),
-        _slo_band(lambda p: p.slo.ttft_p99, critical=False), _ttft_diag, ("ttft_seconds",)),
+        _slo_band("slo_ttft_p99_seconds", critical=False), _ttft_diag, ("ttft_seconds",),
+        evidence=_observations("ttft_seconds"),
+        alert=RowAlert("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
+                       "workload shifted beyond the benchmark (P50 and P99 both violating).", *_TTFT_CHECK)),
     Row("ttft_p99_seconds", "s", "TTFT P99", "99th percentile time to first token over the tier.",
         _quantile("ttft_seconds", 0.99), _q(0.99, "ttft_seconds"),
-        _slo_band(lambda p: p.slo.ttft_p99, critical=True), _ttft_diag, ("ttft_seconds",)),
+        _slo_band("slo_ttft_p99_seconds", critical=True), _ttft_diag, ("ttft_seconds",),
+        evidence=_observations("ttft_seconds"),
+        alert=RowAlert("TTFTP99High", "Tail time to first token violates or approaches the SLO. P99 bad with P50 "
+                       "fine means queueing or prefill interference.",
+                       "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
+                       "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker.")),
     Row("itl_p50_seconds", "s", "ITL / TPOT P50", "Median inter-token latency over the tier.",
         _quantile("itl_seconds", 0.50), _q(0.5, "itl_seconds"),
-        _slo_band(lambda p: p.slo.itl_p99, critical=False), _itl_diag, ("itl_seconds",)),
+        _slo_band("slo_itl_p99_seconds", critical=False), _itl_diag, ("itl_seconds",),
+        evidence=_observations("itl_seconds"),
+        alert=RowAlert("ITLP50High", "Inter-token latency is elevated at the median: decode batch too large or "
+                       "decode hardware undersized.", "Running batch size, KV cache usage, GPU compute utilization.",
+                       "Lower max_num_seqs or scale the tier; consider P/D disaggregation.")),
     Row("itl_p99_seconds", "s", "ITL / TPOT P99", "99th percentile inter-token latency over the tier.",
         _quantile("itl_seconds", 0.99), _q(0.99, "itl_seconds"),
-        _slo_band(lambda p: p.slo.itl_p99, critical=True), _itl_diag, ("itl_seconds",)),
+        _slo_band("slo_itl_p99_seconds", critical=True), _itl_diag, ("itl_seconds",),
+        evidence=_observations("itl_seconds"),
+        alert=RowAlert("ITLP99High", "Inter-token latency spikes at P99: prefill interference.",
+                       "Prefill tokens per step (max_num_batched_tokens), long prompts in the mix.",
+                       "Try chunked prefill with a smaller token budget, or separate long-prompt traffic.")),
     Row("kv_cache_utilization_ratio", "ratio", "KV cache utilization", "Mean over instances of KV cache usage.",
         kv_cache_utilization, f"avg by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
-        _fixed(Band("75-90%", warning_above=_t(0.90), critical_above=_t(0.98, True))),
+        band("75-90%", warning_above=0.90, critical_above=0.98, inclusive=("critical_above",)),
         _by_status("Near the ceiling: evaluate KV cache quantization or offloading before it becomes the bottleneck."),
-        ("kv_cache_usage",), readings=1),
+        ("kv_cache_usage",), readings=1, op="avg", evidence=_instances("kv_cache_usage"),
+        alert=RowAlert("KVCacheUtilizationHigh", "KV cache near the ceiling: it becomes the bottleneck before compute "
+                       "does.", "KV usage per instance, eviction ratio, input lengths.",
+                       "Evaluate KV cache quantization or offloading; cap max_input_tokens at the gateway.")),
     Row("kv_cache_eviction_ratio", "ratio", "KV cache eviction rate",
         "Preemptions per finished request (SGLang: retractions).",
         kv_cache_eviction,
         f"{_sum(I.increase('preemptions'))} / {_sum(I.increase('requests_finished'))}",
-        _fixed(Band("below 5%", warning_above=_t(0.05, True), critical_above=_t(0.20))),
+        band("below 5%", warning_above=0.05, critical_above=0.20, inclusive=("warning_above",)),
         _by_status("KV budget undersized for current traffic.",
                    "Above 20%: degraded state presenting as a latency problem rather than a memory problem "
                    "(the memory pressure cascade)."),
-        ("preemptions", "requests_finished")),
+        ("preemptions", "requests_finished"), op="increase", evidence=_FINISHED_N,
+        alert=RowAlert("KVCacheEvictionHigh", "Requests are preempted for KV space: above 5% the KV budget is "
+                       "undersized; above 20% it is the memory pressure cascade, which shows up as latency.",
+                       "Preemptions per finished request, KV usage, prompt P95 against the plan.",
+                       "Add KV capacity (instances, quantized KV, offload) or cap input length; re-characterize if "
+                       "prompts grew.")),
     Row("prefix_cache_hit_ratio", "ratio", "Prefix cache hit rate", "Prefix-cache hit tokens over queried tokens.",
         prefix_cache_hit,
         f"{_sum(I.rate('prefix_cache_hits'))} / {_sum(I.rate('prefix_cache_queries'))}"
         f" or {_rate_gauge('prefix_cache_hit_rate')}",
-        _prefix_band,
+        _PREFIX_BAND,
         _by_status("Low on a workload with known prefix reuse: routing misconfiguration or cache too small."),
-        ("prefix_cache_hits", "prefix_cache_queries", "prefix_cache_hit_rate")),
+        ("prefix_cache_hits", "prefix_cache_queries", "prefix_cache_hit_rate"),
+        evidence=f"{_sum(I.increase('prefix_cache_queries'))} or count by ({_T}) "
+                 f"({I.avg_over_time('prefix_cache_hit_rate')} >= 0)",
+        alert=RowAlert("PrefixCacheHitLow", "Low prefix cache hits on a workload with known prefix reuse: routing "
+                       "misconfiguration or a cache too small.",
+                       "Prefix-aware routing, cache size, whether the shared prefixes changed.",
+                       "Fix routing (session or prefix affinity) or give the cache more room.")),
     Row("queue_depth_requests", "requests", "Queue depth", "Window mean of waiting requests, summed over the tier.",
         queue_depth, _sum(I.avg_over_time("requests_waiting")),
-        _queue_band, _queue_diag, ("requests_waiting",), readings=1),
+        _QUEUE_BAND, _queue_diag, ("requests_waiting",), readings=1, op="avg", evidence=_instances("requests_waiting"),
+        alert=RowAlert("QueueDepthHigh", "The queue nears Little's Law's limit (max wait x arrival rate): requests "
+                       "queue faster than they are served.",
+                       "Arrival rate against the plan's peak, fleet utilization, instances up.",
+                       "Scale up; make sure the gateway circuit breaker sheds load at 80-90% of the limit.")),
     Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
         "Arrival rate over (instances up x usable RPS per instance from the plan).",
         fleet_utilization,
         f"tier:fleetwatch_requests_per_second:rate{{w}} / on ({_T}) ({INSTANCES_UP} * on ({_T}) "
         f"{plan_series('usable_rps_per_instance')})",
-        _fixed(Band("60-80%", warning_below=_t(0.40), warning_above=_t(0.80), critical_above=_t(0.90))),
-        _fleet_diag, ("requests_finished", "requests_running", "requests_waiting")),
+        band("60-80%", warning_below=0.40, warning_above=0.80, critical_above=0.90),
+        _fleet_diag, ("requests_finished", "requests_running", "requests_waiting"), evidence=_FINISHED_N,
+        alert=RowAlert("UtilizationHigh", "Load against usable capacity: below 40% is the utilization trap (idle "
+                       "GPUs inflate cost per token); above 80% leaves little headroom; above 90% none.",
+                       "Requests per second against the plan's peak and the instances up.",
+                       "Below 40%: scale down or consolidate. Above 80-90%: scale up or quantize.",
+                       below="UtilizationTrap", critical_above="NoHeadroom")),
     Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
         "used / (free + used + reserved) of the tier's worst GPU.",
         gpu_memory_utilization, f"max by ({_T}) ({GPU_MEMORY_PER_GPU})",
-        _fixed(Band("80-90%", warning_below=_t(0.70), warning_above=_t(0.90), critical_above=_t(0.95))),
-        _memory_diag, readings=1),
+        band("80-90%", warning_below=0.70, warning_above=0.90, critical_above=0.95),
+        _memory_diag, readings=1, op="avg", evidence=f"count by ({_T}) ({GPU_MEMORY_PER_GPU})",
+        alert=RowAlert("GPUMemoryHigh", "GPU memory: below 70% is over-provisioned; above 90-95% risks OOM on "
+                       "spikes.", "gpu_memory_utilization setting, weights and KV pool sizes.",
+                       "Resize the KV pool or the model's footprint; pick a smaller GPU if far below.",
+                       below="GPUMemoryLow")),
     Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
         "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
         gpu_compute_utilization, f"avg by ({_T}) ({GPU_COMPUTE_PER_GPU})",
-        _compute_band, _compute_diag, readings=1),
+        _COMPUTE_BAND, _compute_diag, readings=1, op="avg", evidence=f"count by ({_T}) ({GPU_COMPUTE_PER_GPU})",
+        alert=RowAlert("GPUComputeLow", "Low compute during active serving: batches too small or the workload is "
+                       "decode-dominated.", "Running batch size, max_num_seqs.",
+                       "Raise batch size / concurrency; consider a cheaper tier for decode.")),
     Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
         "Accepted draft tokens over proposed draft tokens.",
         spec_decode_acceptance,
@@ -488,68 +673,65 @@ ROWS: tuple[Row, ...] = (
         # SGLang's rate gauge reads 0 while speculative decoding is off: only with drafts
         f" or avg by ({_T}) (avg_over_time(vllm:spec_decode_draft_acceptance_rate[{{w}}]) >= 0"
         f" or (avg_over_time(sglang:spec_accept_rate[{{w}}]) and avg_over_time(sglang:spec_accept_length[{{w}}]) > 0))",
-        _fixed(Band("above 60%", warning_below=_t(0.60, True), critical_below=_t(0.50))),
+        band("above 60%", warning_below=0.60, critical_below=0.50, inclusive=("warning_below",)),
         _by_status("Draft acceptance is marginal: the draft model matches current traffic poorly.",
                    "Below 50%: the draft model is poorly matched to current traffic; speculative decoding adds "
                    "overhead without benefit. Disable or retune it."),
-        ("spec_accepted_tokens", "spec_draft_tokens", "spec_acceptance_rate")),
+        ("spec_accepted_tokens", "spec_draft_tokens", "spec_acceptance_rate"),
+        evidence=_sum(I.increase("spec_draft_tokens")),
+        alert=RowAlert("SpecDecodeAcceptanceLow", "The draft model matches current traffic poorly: below 50% "
+                       "speculative decoding costs more than it saves.", "Acceptance by traffic type; draft model "
+                       "version.", "Disable speculative decoding or retune the draft model.")),
     Row("lora_adapter_cache_hit_ratio", "ratio", "Adapter cache hit rate",
         "Adapter cache hits over lookups, where the engine exposes it.",
         lora_cache_hit,
         "",  # no engine exposes it: no PromQL
-        _fixed(Band("above 80% for stable traffic", warning_below=_t(0.80), critical_below=_t(0.60))),
+        band("above 80% for stable traffic", warning_below=0.80, critical_below=0.60),
         _by_status("Adapter variants compete for GPU memory.",
-                   "Below 60%: too many simultaneous adapter variants; increase max_loras or reduce adapter rank."), readings=1),
+                   "Below 60%: too many simultaneous adapter variants; increase max_loras or reduce adapter rank."),
+        readings=1, panel=False,
+        alert=RowAlert("LoRAAdapterCacheHitLow", "Adapter variants compete for GPU memory.",
+                       "Adapters per instance, max_loras, adapter ranks.",
+                       "Increase max_loras or reduce adapter rank; route adapters to fewer instances.")),
     Row("lora_adapter_evictions_per_second", "1/s", "Adapter eviction rate",
         "Adapters leaving the running set while requests for them wait.",
         lora_evictions,
         "",  # needs set difference across scrapes: computed by fleetwatch, exported as a gauge
-        _fixed(Band("near zero", warning_above=_t(0.01))),
+        band("near zero", warning_above=0.01),
         _by_status("Adapters are paged out and reloaded on demand, adding hidden latency: TTFT spikes on specific "
-                   "tenants that do not respond to chunked prefill tuning.")),
+                   "tenants that do not respond to chunked prefill tuning."),
+        alert=RowAlert("LoRAAdapterEvictions", "Adapters are paged out and reloaded on demand: TTFT spikes on "
+                       "specific tenants.", "Running vs waiting adapters.",
+                       "Increase max_loras or pin hot adapters to dedicated instances.")),
     Row("tokens_per_gpu_hour", "tokens/GPU-hour", "Tokens/GPU-hour",
         "Generated tokens per GPU-hour of the instances that are up.",
         tokens_per_gpu_hour,
         f"{_sum(I.rate('generation_tokens'))} * 3600"
         f" / on ({_T}) ({INSTANCES_UP} * on ({_T}) {plan_series('gpus_per_instance')})",
-        _no_band("maximize"), _tokens_diag, ("generation_tokens",)),
+        BandSpec("maximize"), _tokens_diag, ("generation_tokens",), evidence=_TOKENS_N),
     Row("cost_per_million_tokens_usd", "USD/1M tokens", "Cost per million tokens",
         "Provisioned GPU cost per hour over generated tokens per hour, per million tokens.",
         cost_per_million_tokens,
         f"({plan_series('gpu_hour_cost_usd')} * on ({_T}) {plan_series('gpus_per_instance')} * on ({_T})"
         f" {INSTANCES}) / on ({_T}) ({_sum(I.rate('generation_tokens'))} * 3600) * 1e6",
-        _no_band("minimize"), _none, ("generation_tokens",)),
+        BandSpec("minimize"), _none, ("generation_tokens",), evidence=_TOKENS_N),
 )
 
-# What each row's ``samples`` counts, in PromQL, for the Prometheus-backed mode: the same evidence
-# the Python computation reports (requests, observations, instances or GPUs behind the value).
-_FINISHED_N = _sum(I.increase("requests_finished"))
-_TOKENS_N = _sum(I.increase("generation_tokens"))
-EVIDENCE: Mapping[str, str] = {
-    "requests_per_second": _FINISHED_N,
-    **{f"{k}_{p}_seconds": _sum(I.count_increase(f"{k}_seconds")) for k in ("ttft", "itl") for p in ("p50", "p99")},
-    "kv_cache_utilization_ratio": f"count by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
-    "kv_cache_eviction_ratio": _FINISHED_N,
-    "prefix_cache_hit_ratio": f"{_sum(I.increase('prefix_cache_queries'))} or count by ({_T}) "
-                              f"({I.avg_over_time('prefix_cache_hit_rate')} >= 0)",
-    "queue_depth_requests": f"count by ({_T}) ({I.avg_over_time('requests_waiting')})",
-    "fleet_utilization_ratio": _FINISHED_N,
-    "gpu_memory_utilization_ratio": f"count by ({_T}) ({GPU_MEMORY_PER_GPU})",
-    "gpu_compute_utilization_ratio": f"count by ({_T}) ({GPU_COMPUTE_PER_GPU})",
-    "spec_decode_acceptance_ratio": _sum(I.increase("spec_draft_tokens")),
-    "tokens_per_gpu_hour": _TOKENS_N,
-    "cost_per_million_tokens_usd": _TOKENS_N,
-}
 
-ROW_KEYS: tuple[str, ...] = tuple(r.key for r in ROWS)
-ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
+def row(key: str) -> Row:
+    """The row of ``key``; looked up in ``ROWS`` at call time, so a row added there is found."""
+    return next(r for r in ROWS if r.key == key)
+
+
+def row_keys() -> tuple[str, ...]:
+    return tuple(r.key for r in ROWS)
 
 
 def written_out(promql: str, plan: Mapping[str, str] | None = None) -> str:
     """A row's PromQL with the series the rules record in front of it written out, for readers that
     have no rules loaded (dashboards, the Prometheus-backed mode): the recorded arrival rate, the
     instance series, and the plan series, as their PromQL or, given ``plan`` (key -> PromQL), as that."""
-    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({ROWS_BY_KEY['requests_per_second'].promql})")
+    promql = promql.replace("tier:fleetwatch_requests_per_second:rate{w}", f"({row('requests_per_second').promql})")
     for key, _, _ in PLAN_FIGURES:
         if plan is not None:
             promql = promql.replace(plan_series(key), plan[key])

@@ -12,7 +12,8 @@ from typing import Callable, Iterator, Mapping
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .catalogue import PLAN_FIGURES, ROWS
+from . import catalogue
+from .catalogue import PLAN_FIGURES
 from .alertmanager import NotifyStats
 from .config import redact_url
 from .model import Config, Plan
@@ -74,7 +75,7 @@ class FleetCollector(Collector):
         report = pub.report
         sidecar = self.config.mode == "sidecar"
         yield from self._plan()
-        rows = {r.key: GaugeMetricFamily(metric_name(r.key), f"{r.help} ({r.unit})", labels=["tier"]) for r in ROWS}
+        rows = {r.key: GaugeMetricFamily(metric_name(r.key), f"{r.help} ({r.unit})", labels=["tier"]) for r in catalogue.ROWS}
         status = GaugeMetricFamily("fleetwatch_metric_status",
                                    "1 for the current status of each catalogue row per tier (ok, warning, critical, unknown).",
                                    labels=["tier", "metric", "status"])

@@ -128,6 +128,12 @@ class _Ctx:
                strict_min: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or (isinstance(value, float) and not math.isfinite(value)):
+            if isinstance(value, float):
+                raise self.err(path, f"expected a finite number, got {show(value)}")
+            if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+                # YAML 1.1 reads an exponent without a decimal point as text, not a number
+                raise self.err(path, f"expected a number, got the text {show(value)} (write it with a decimal "
+                                     f"point, as in 1.0e-3)")
             raise self.err(path, f"expected a number, got {show(value)}")
         if abs(value) > MAX_NUMBER:  # range-checked before any arithmetic: 10**400 would overflow float()
             raise self.err(path, f"must be at most {MAX_NUMBER:.0e} in size, got {show(value)}")
@@ -176,7 +182,8 @@ class _Ctx:
         s = self.string(value, path)
         shown = show(redact_url(s))
         if not re.match(r"^https?://[^/\s]+", s):
-            raise self.err(path, f"expected an http:// or https:// URL, got {shown}")
+            # not a URL, so no userinfo to cut: whatever precedes an @ may be a password
+            raise self.err(path, f"expected an http:// or https:// URL, got {show(re.sub(r'^[^@]*@', '***@', s))}")
         if any(ch.isspace() for ch in s):
             raise self.err(path, f"a URL holds no spaces (write %20), got {shown}")
         try:
@@ -415,8 +422,8 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _load_yaml(file: str, what: str = "config") -> Any:
-    loader = _Loader(read_text(file, MAX_FILE_BYTES, what))
+def _load_yaml(file: str, what: str = "config", text: str | None = None) -> Any:
+    loader = _Loader(read_text(file, MAX_FILE_BYTES, what) if text is None else text)
     try:
         return loader.get_single_data()
     except RecursionError:
@@ -459,9 +466,9 @@ def _alert_labels(c: _Ctx, v: Any, path: str) -> dict[str, str]:
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
     """Read and validate a fleet config. Raises ConfigError with a one-line message."""
     if known_rows is None:
-        from .catalogue import ROW_KEYS  # late import: the catalogue is the source of row names
+        from .catalogue import row_keys  # late import: the catalogue is the source of row names
 
-        known_rows = set(ROW_KEYS)
+        known_rows = set(row_keys())
     c = _Ctx(file)
     raw = _load_yaml(file)
     if raw is None:
@@ -498,11 +505,16 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         t = c.mapping(traw, p, {"plan", "targets", "bands", "discover", "schedule"}, {"plan"})
         plan_raw, plan_ctx, plan_path, plan_file = t["plan"], c, _join(p, "plan"), None
         if isinstance(plan_raw, str):  # a path to a plan file, relative to this config
-            plan_file = str((base / plan_raw).resolve()) if not os.path.isabs(plan_raw) else plan_raw
-            if not os.path.exists(plan_file):
+            # the path as written, not a symlink's target: the message names what the user wrote
+            plan_file = os.path.normpath(base / plan_raw) if not os.path.isabs(plan_raw) else plan_raw
+            if not os.path.lexists(plan_file):
                 raise c.err(_join(p, "plan"), f"plan file {plan_file} not found")
+            try:  # a plan that cannot be read is this key's error; one that does not parse, the plan's
+                text = read_text(plan_file, MAX_FILE_BYTES, "plan")
+            except ConfigError as e:
+                raise c.err(_join(p, "plan"), f"plan file {plan_file}: {e.reason}") from None
             plan_ctx, plan_path = _Ctx(plan_file), ""
-            plan_raw = _load_yaml(plan_file)
+            plan_raw = _load_yaml(plan_file, "plan", text)
         targets_raw = t.get("targets", [])
         if not isinstance(targets_raw, list) or ("targets" in t and not targets_raw):
             raise c.err(_join(p, "targets"), "expected a non-empty list of targets")

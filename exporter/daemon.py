@@ -296,7 +296,8 @@ class Pipeline:
             self.cycle()
         except Exception as e:  # noqa: BLE001 - the daemon keeps serving the last good snapshot
             self.failures += 1
-            log.error("cycle failed, serving the previous snapshot: %s: %s", type(e).__name__, str(e)[:200])
+            kept = "serving the previous snapshot" if self.snapshot.get().report is not None else "nothing to serve yet"
+            log.error("cycle failed, %s: %s: %s", kept, type(e).__name__, str(e)[:200])
             log.debug("cycle failure", exc_info=True)
             self.publish(None, None)
 
@@ -307,7 +308,8 @@ class Pipeline:
         now, bound = self.clock(), 3 * self.config.interval + self.config.scrape_timeout
         if pub.report is None:
             if now - self.started_at < bound:
-                return True, f"starting: no cycle has finished yet ({num(now - self.started_at)}s since start)"
+                failed = f"; {plural(self.failures, 'cycle')} failed, see the log" if self.failures else ""
+                return True, f"starting: no cycle has succeeded yet ({num(now - self.started_at)}s since start{failed})"
             return False, (f"no cycle has succeeded since the start {num(now - self.started_at)}s ago "
                            f"({plural(self.failures, 'failed cycle')}; see the log)")
         age = now - pub.report.generated_at
@@ -558,7 +560,8 @@ def _serve(config: Config, scraper: Scraper | None, stop: threading.Event | None
     (reader or scraper).close()  # type: ignore[union-attr]
     if notifier is not None:
         notifier.close()
-    log.info("stopped after %d cycles", pipeline.cycles)
+    log.info("stopped after %s%s", plural(pipeline.cycles, "cycle"),
+             f" ({plural(pipeline.failures, 'failed cycle')})" if pipeline.failures else "")
     return 0
 
 

@@ -8,25 +8,24 @@ import math
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from .catalogue import ROWS, Context, Row, apply_override
+from . import catalogue
+from .catalogue import Context, Row, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
+from .sizing import (ONE_DAY, counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
+                     scale_down_floor, scale_down_to, sizing_peak)
 from .text import num, plural, seconds
 from .window import Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
 STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
 OPERATING_POINT_TOLERANCE = 0.15  # with no curve, compare only within +-15% of the operating point
-ONE_DAY = 86400.0
-FULL_WINDOW_SHARE = 0.9  # a rate over less of the window (just after start) is too noisy to call a peak
-
-
 def peak_sample(tw: TierView, rps: float | None, window_seconds: float) -> float | None:
     """The window's RPS if it may count toward the observed peak: only over a full window."""
-    return rps if tw.span() >= FULL_WINDOW_SHARE * window_seconds else None
+    return rps if counts_toward_peak(tw.span(), window_seconds) else None
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,10 @@ def predicted_at(plan: Plan, field: str, per_instance_rps: float | None) -> tupl
     """The benchmark's prediction of ``field`` at the observed per-instance load, or (None, why)."""
     b = plan.benchmark
     op = CurvePoint(b.usable_rps_per_instance, b.ttft_p99, b.itl_p99, b.gpu_utilization)
-    points = {p.rps: p for p in b.curve}
-    points.setdefault(op.rps, op)
-    pts = sorted(((p.rps, getattr(p, field)) for p in points.values() if getattr(p, field) is not None))
+    # the curve's points that give the field, and the operating point where the curve gives none at its RPS
+    given = {p.rps: v for p in b.curve if (v := getattr(p, field)) is not None}
+    given.setdefault(op.rps, getattr(op, field))
+    pts = sorted(given.items())
     if per_instance_rps is None:
         return None, "observed RPS is unknown"
     if len(pts) == 1:
@@ -171,11 +171,6 @@ def littles_law_check(plan: Plan, values: Mapping[str, Quantity], queue_status: 
 # ------------------------------------------------------------------ resize
 
 
-def recommended_instances(peak_rps: float, usable_rps: float, safety: float) -> int:
-    """ceil(ceil(P / usable) x (1 + safety)), with a tolerance for float noise."""
-    return max(0, math.ceil(math.ceil(peak_rps / usable_rps - 1e-9) * (1 + safety) - 1e-9))
-
-
 def plan_shortfall(tier: TierConfig) -> str | None:
     """Where the plan's own figures need more instances than it decided: its peak over its usable RPS per
     instance, with its safety margin. ``serve`` would then say scale_up on its first cycle."""
@@ -205,11 +200,13 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
     the current queue within the TTFT SLO)."""
     observed = [h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else [])
     observed_peak = max(observed) if observed else None
-    covered = now - min((h.timestamp for h in history), default=now)
-    if covered >= ONE_DAY and observed_peak is not None:
-        peak, basis = observed_peak, f"observed peak {num(observed_peak)} RPS over the retained history"
+    oldest = min((h.timestamp for h in history), default=now)
+    covered = now - oldest
+    a_day = history_covers_a_day(oldest, now)
+    peak = sizing_peak(observed_peak, a_day, plan.peak_rps)
+    if a_day and observed_peak is not None:
+        basis = f"observed peak {num(observed_peak)} RPS over the retained history"
     else:
-        peak = max(observed_peak or 0.0, plan.peak_rps)
         if observed_peak is None:
             basis = (f"the plan's peak of {num(plan.peak_rps)} RPS (no full window observed yet, and less than a "
                      f"day of history)")
@@ -237,7 +234,7 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
         window = [h for h in history if h.timestamp >= start]
         long_enough = covered >= plan.scale_down_stabilization and observed_throughout(history, start, now, max_gap)
         if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
-            to = max(rec, floor[0])
+            to = scale_down_to(rec, floor[0])
             return Resize(current, rec, "scale_down",
                           f"tier {tier} needs {plural(rec, 'instance')}, has {current}, for the whole "
                           f"{num(plan.scale_down_stabilization / 60)}m stabilization window: {formula}"
@@ -347,10 +344,9 @@ def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple
     warm = tier.schedule.min_warm_instances
     rps, queue = values["requests_per_second"].value, values["queue_depth_requests"].value
     usable, slo = tier.plan.benchmark.usable_rps_per_instance, tier.plan.slo.ttft_p99
-    if rps is None or queue is None:
-        return warm, f"the minimum warm count is {warm}"
-    drain = math.ceil((rps + queue / slo) / usable - 1e-9)
-    if drain > warm:
+    drain = littles_law_floor(rps, queue, usable, slo)
+    if drain is not None and scale_down_floor(warm, drain) > warm:
+        assert rps is not None and queue is not None
         return drain, (f"{num(rps)} RPS plus draining {num(queue)} queued requests within the {num(slo)}s TTFT SLO need "
                        f"{drain} instances")
     return warm, f"the minimum warm count is {warm}"
@@ -365,18 +361,18 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
     if rows is None:
         assert isinstance(tw, TierWindow), "a view that is not a TierWindow comes with its rows computed"
         window = tw
-        rows = {row.key: row.compute(window, plan) for row in ROWS}
-    values = {row.key: explain(tw, row, _usable(rows[row.key], tw, row.inputs)) for row in ROWS}
+        rows = {row.key: row.compute(window, plan) for row in catalogue.ROWS}
+    values = {row.key: explain(tw, row, _usable(rows[row.key], tw, row.inputs)) for row in catalogue.ROWS}
     bands: dict[str, Band | None] = {}
     statuses: dict[str, Status] = {}
     ctx = Context(plan, values, statuses, _ttft_rising(tw))
-    for row in ROWS:
-        band = apply_override(row.band(ctx), tier.bands.get(row.key))
+    for row in catalogue.ROWS:
+        band = apply_override(row.band.resolve(plan, values), tier.bands.get(row.key))
         bands[row.key] = band
         statuses[row.key] = band.status(values[row.key].value) if band is not None else (
             Status.UNKNOWN if values[row.key].value is None else Status.OK)
     metrics = {}
-    for row in ROWS:
+    for row in catalogue.ROWS:
         q, st = values[row.key], statuses[row.key]
         metrics[row.key] = MetricValue(
             key=row.key, value=q.value, unit=row.unit, status=st, band=bands[row.key],
@@ -385,7 +381,7 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
 
     up = tw.up()
     step13 = step13_checks(plan, values, len(up))
-    if window_seconds and tw.span() < FULL_WINDOW_SHARE * window_seconds:
+    if window_seconds and not counts_toward_peak(tw.span(), window_seconds):
         # just after a start a P99 rests on a few seconds of requests: one slow one would ask to
         # re-characterize the workload. The benchmark is compared over a full window only
         partial = (f"the window holds {seconds(tw.span())} of {seconds(window_seconds)} so far; production is "
@@ -430,7 +426,7 @@ def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
     """What a tier reports when its evaluation raised: every row unknown, the error said once."""
     reason = f"evaluation of this tier failed: {error}"
     metrics = {row.key: MetricValue(row.key, None, row.unit, Status.UNKNOWN, None, None, 0, None, reason)
-               for row in ROWS}
+               for row in catalogue.ROWS}
     total = len(tw.instances)
     return TierReport(
         tier=tier.name, instances_up=len(tw.up()), instances_total=total, metrics=metrics, plan_checks=(),
@@ -463,7 +459,7 @@ def replay_history(plan: Plan, points: Sequence[tuple[float, float | None]]) -> 
             peak = rps if peak is None else max(peak, rps)
         else:
             rps = None
-        basis = peak if (peak is not None and t - first >= ONE_DAY) else max(peak or 0.0, plan.peak_rps)
+        basis = sizing_peak(peak, history_covers_a_day(first, t), plan.peak_rps)
         out.append(HistoryPoint(t, rps, recommended_instances(basis, plan.benchmark.usable_rps_per_instance,
                                                                plan.safety_factor)))
     return out

@@ -30,7 +30,10 @@ from urllib3.util import make_headers, parse_url
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .files import ConfigError, read_text
 from .secrets import REDACT, redact
+
+MAX_TOKEN_BYTES = 65536
 
 
 class FetchError(Exception):
@@ -289,13 +292,10 @@ def read_token(path: str | None) -> str | None:
     """
     if not path:
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read(65536).strip()
-    except UnicodeDecodeError:
-        raise FetchError("token", f"bearer token file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise FetchError("token", f"cannot read bearer token file {path}: {e.strerror}") from None
+    try:  # a regular file only: a FIFO would block the scrape worker that opened it for good
+        token = read_text(path, MAX_TOKEN_BYTES, "bearer token file").strip()
+    except ConfigError as e:
+        raise FetchError("token", f"bearer token file {e}") from None
     bad = next((i for i, ch in enumerate(token) if not 0x20 < ord(ch) < 0x7F), None)
     if bad is not None:
         raise FetchError("token", f"bearer token file {path} holds a line break, space, control or non-ASCII "

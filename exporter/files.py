@@ -69,7 +69,7 @@ def read_text(file: str, max_bytes: int, what: str = "file") -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(file, "", f"not UTF-8 text (byte {e.start}); is it a binary file?") from None
+        raise ConfigError(file, "", f"not UTF-8 text (at byte offset {e.start}); is it a binary file?") from None
     if "\x00" in text:
         raise ConfigError(file, "", f"holds a NUL byte (at {text.index(chr(0))}): not a text file")
     return text

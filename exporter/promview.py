@@ -15,7 +15,8 @@ import threading
 from typing import Callable, Iterable, Mapping, Sequence
 
 from . import inputs as I
-from .catalogue import ENGINE_TARGETS, EVIDENCE, PLAN_FIGURES, PODDED_EXPORTERS, ROWS, written_out
+from . import catalogue
+from .catalogue import ENGINE_TARGETS, PLAN_FIGURES, PODDED_EXPORTERS, written_out
 from .config import format_duration
 from .model import Config
 from .window import Quantity
@@ -81,8 +82,8 @@ def inline(promql: str, config: Config, seconds: float) -> str:
 def row_queries(config: Config, seconds: float) -> dict[str, tuple[str, str | None]]:
     """row key -> (value PromQL, evidence PromQL), for the rows that have PromQL."""
     return {r.key: (inline(r.promql, config, seconds),
-                    inline(EVIDENCE[r.key], config, seconds) if r.key in EVIDENCE else None)
-            for r in ROWS if r.promql}
+                    inline(r.evidence, config, seconds) if r.evidence else None)
+            for r in catalogue.ROWS if not r.gauge_only}
 
 
 def _selector(tier: str, label: str, instances: Sequence[str] | None) -> str:
@@ -250,7 +251,7 @@ def rows(config: Config, answers: Answers, seconds: float) -> dict[str, dict[str
     """tier -> row key -> the row's value as Prometheus computes it."""
     queries = row_queries(config, seconds)
     out: dict[str, dict[str, Quantity]] = {name: {} for name in config.tiers}
-    for row in ROWS:
+    for row in catalogue.ROWS:
         if row.key not in queries:
             for name in config.tiers:
                 out[name][row.key] = Quantity(None, reason="not available with source: prometheus: fleetwatch "

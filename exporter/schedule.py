@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from dataclasses import replace
 from typing import Mapping
 
-from .evaluate import HistoryPoint, recommended_instances
+from .evaluate import HistoryPoint
+from .sizing import recommended_instances
 from .model import Config, Plan, Report, ScheduleSettings
 from .text import num
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalogue import ROW_KEYS
+from exporter.catalogue import row_keys
 
 from conftest import fixture_text
 from fakes import FakeTarget, refused_url, write_config
@@ -43,7 +43,7 @@ def test_check_json_report_is_complete_per_tier(tmp_path: Path) -> None:
     report = json.loads(r.stdout)
     assert set(report["tiers"]) == {"h100", "a100"}
     for name, tier in report["tiers"].items():
-        assert set(tier["metrics"]) == set(ROW_KEYS)
+        assert set(tier["metrics"]) == set(row_keys())
         for key, m in tier["metrics"].items():
             assert m["status"] in {"ok", "warning", "critical", "unknown"}
             if m["value"] is None:

@@ -174,7 +174,7 @@ def test_serve_refuses_a_bad_listen_flag_without_a_traceback(tmp_path: Path) -> 
 def test_validate_config_warns_when_the_plan_contradicts_its_own_figures(tmp_path: Path) -> None:
     """Valid (exit 0), but a plan whose peak, usable RPS and safety factor need more instances than it decided
     gets a warning naming the key, with the arithmetic; every shipped example holds its own arithmetic."""
-    from exporter.evaluate import recommended_instances
+    from exporter.sizing import recommended_instances
 
     f = write(tmp_path, GOOD)
     plan = load_config(f).tiers["h100"].plan

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from exporter.catalogue import ROW_KEYS
+from exporter.catalogue import row_keys
 from exporter.demo.run import SimClock, reports, start_fleet
 from exporter.model import Report, Status, TierReport
 
@@ -59,9 +59,9 @@ def test_healthy_raises_nothing_for_a_whole_day() -> None:
             for key, m in tier.metrics.items():
                 assert m.value is not None or m.reason, f"{key} unknown without a reason"
     final = history[-1][1].tiers
-    filled = {k for k in ROW_KEYS if final["h100"].metrics[k].value is not None}
+    filled = {k for k in row_keys() if final["h100"].metrics[k].value is not None}
     # what no vLLM exposes without speculative decoding or LoRA stays unknown, everything else is filled
-    assert set(ROW_KEYS) - filled == {"spec_decode_acceptance_ratio", "lora_adapter_cache_hit_ratio",
+    assert set(row_keys()) - filled == {"spec_decode_acceptance_ratio", "lora_adapter_cache_hit_ratio",
                                       "lora_adapter_evictions_per_second"}
     util = [r.tiers["h100"].metrics["fleet_utilization_ratio"].value for _, r in history[6:]]
     assert max(util) - min(util) > 0.05, "the diurnal swing should show in fleet utilization"  # type: ignore[operator]
@@ -120,7 +120,7 @@ def test_cli_demo_prints_a_json_report_per_interval_and_exits() -> None:
     docs = [json.loads(ln) for ln in lines]
     assert set(docs[-1]["tiers"]) == {"h100", "a100"}
     for tier in docs[-1]["tiers"].values():
-        assert set(tier["metrics"]) == set(ROW_KEYS)
+        assert set(tier["metrics"]) == set(row_keys())
         assert all(m["value"] is not None or m["reason"] for m in tier["metrics"].values())
     assert "fleetwatch /metrics: http://127.0.0.1:" in r.stderr
 

@@ -5,7 +5,8 @@ import math
 from dataclasses import replace
 
 from exporter.config import Benchmark, CurvePoint, Plan, Slo, TierConfig, Target, Workload
-from exporter.evaluate import HistoryPoint, evaluate_tier, predicted_at, recommended_instances
+from exporter.evaluate import HistoryPoint, evaluate_tier, predicted_at
+from exporter.sizing import recommended_instances
 from exporter.model import EngineSample, Histogram, InstanceSample, Status
 from exporter.window import tier_window
 
@@ -114,3 +115,11 @@ def test_missing_inputs_are_unknown_with_reasons() -> None:
                 "lora_adapter_evictions_per_second", "itl_p99_seconds"):
         m = rep.metrics[key]
         assert m.value is None and m.status is Status.UNKNOWN and m.reason, key
+
+
+def test_a_curve_point_at_the_operating_rps_without_the_field_falls_back_to_the_operating_point() -> None:
+    """Found by bench/fuzz_files.py: a curve point at the operating point's RPS that gives no TTFT hid
+    the operating point's own, and the lookup indexed an empty list."""
+    plan = replace(PLAN, benchmark=replace(PLAN.benchmark, curve=(CurvePoint(2.0, itl_p99=0.03),)))
+    assert predicted_at(plan, "ttft_p99", 2.0) == (1.0, "operating point")
+    assert predicted_at(plan, "itl_p99", 2.0)[0] == 0.03

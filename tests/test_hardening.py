@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from exporter.sources import dcgm, sglang, vllm
 from exporter.window import tier_window
 
 from conftest import fixture_text
-from fakes import FakeTarget, write_config
+from fakes import FakeTarget, refused_url, write_config
 
 V033 = "vllm/generated/vllm-0.33.0"
 
@@ -175,6 +176,29 @@ def test_a_token_with_a_line_break_inside_is_refused_without_echoing_it(tmp_path
         assert secret not in caplog.text and "token" in caplog.text
     finally:
         target.close()
+
+
+def test_a_token_file_that_is_a_fifo_fails_the_fetch_and_never_holds_a_worker(tmp_path: Path) -> None:
+    """A FIFO as a token file used to block the worker that opened it forever; with enough of them the
+    pool ran dry and healthy targets in other tiers were skipped while /healthz said ok."""
+    from exporter.scrape import Scraper
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    healthy = FakeTarget([fixture_text(f"{V033}/snapshot-05.prom")])
+    try:
+        cfg = load_config(write_config(str(tmp_path / "c.yaml"), {
+            "bad": [{"vllm": refused_url(), "name": f"b{i}", "bearer_token_file": str(fifo)} for i in range(8)],
+            "good": [{"vllm": healthy.url, "name": "g"}]}))
+        scraper = Scraper(cfg)
+        for _ in range(3):  # more cycles than it took to strand the pool before
+            samples = {s.instance: s for s in scraper.scrape()}
+            assert samples["g"].engine is not None
+        scraper.close()
+        assert {k[3] for k in scraper.stats.errors if k[0] == "bad"} == {"token"}
+        assert not [k for k in scraper.stats.skipped if k[0] == "good"]
+    finally:
+        healthy.close()
 
 
 def test_userinfo_never_reaches_a_label_or_the_metrics_page(tmp_path: Path) -> None:

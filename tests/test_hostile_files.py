@@ -104,7 +104,9 @@ def test_a_config_or_a_plan_file_that_is_not_a_regular_file_is_refused(kind: str
     f = tmp_path / "with-plan.yaml"
     text = "tiers:\n  h100:\n    plan: " + plan + "\n    targets: [{vllm: 'http://127.0.0.1:8000/metrics'}]\n"
     f.write_text(text)
-    _refused(["validate-config", str(f)], plan, words)
+    line = _refused(["validate-config", str(f)], plan, words)
+    # said as the config's error: the config, the key that names the plan, and the path as written
+    assert line.startswith(f"fleetwatch: {f}: tiers.h100.plan: plan file {plan}:"), line
 
 
 def test_a_fifo_with_a_writer_is_still_not_read(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.evaluate import recommended_instances
+from exporter.sizing import recommended_instances
 from exporter.planner.architecture import count_params, from_hf_config, kv_bytes_per_token
 from exporter.planner.gpus import CATALOGUE
 from exporter.planner.sizing import Lengths, Workload, size

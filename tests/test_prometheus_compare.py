@@ -16,6 +16,7 @@ from typing import Callable
 
 import pytest
 
+from exporter.catalogue import ROWS
 from exporter.model import EngineSample, GpuReading, GpuSelector, InstanceSample
 from exporter.sources import dcgm, sglang, vllm
 from exporter.window import tier_window
@@ -172,11 +173,11 @@ def test_quantiles_and_rates_match_prometheus(scraped) -> None:  # type: ignore[
     assert math.isclose(tw.rate("generation_tokens") or 0, float(res["value"][1]), rel_tol=1e-6)
 
 
-# rows whose PromQL reads only engine and DCGM series (the others need fleetwatch's own gauges)
-ENGINE_ROWS = ("requests_per_second", "ttft_p50_seconds", "ttft_p99_seconds", "itl_p50_seconds",
-               "itl_p99_seconds", "kv_cache_utilization_ratio", "kv_cache_eviction_ratio",
-               "prefix_cache_hit_ratio", "queue_depth_requests", "spec_decode_acceptance_ratio")
-GPU_ROWS = ("gpu_memory_utilization_ratio", "gpu_compute_utilization_ratio")
+# rows whose PromQL reads only engine and DCGM series (the others need fleetwatch's own gauges or
+# the series the rules record): engine rows read engine inputs, GPU rows none
+_SOURCE_ROWS = [r for r in ROWS if not r.gauge_only and "fleetwatch" not in r.promql]
+ENGINE_ROWS = tuple(r.key for r in _SOURCE_ROWS if r.inputs)
+GPU_ROWS = tuple(r.key for r in _SOURCE_ROWS if not r.inputs)
 # what each version must yield in both renderings: the old names must reach the rules too
 MUST = {
     "vllm-0-33": set(ENGINE_ROWS) - {"spec_decode_acceptance_ratio"},
@@ -195,7 +196,7 @@ MUST = {
 def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped) -> None:  # type: ignore[no-untyped-def]
     """The recording rules' PromQL, run by Prometheus, against fleetwatch's Python for each row,
     on captures of every engine version (old metric names included) and on shared GPU nodes."""
-    from exporter.catalogue import ROWS_BY_KEY
+    from exporter.catalogue import row
     from exporter.model import Benchmark, Plan, Slo
 
     prom, replays, stamps = scraped
@@ -207,14 +208,14 @@ def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped) ->
             for r, ts in zip(replays, stamps) if r.engine is not None}
     compared: dict[str, set[str]] = {t: set() for t in ends}
     for key in ENGINE_ROWS + GPU_ROWS:
-        row = ROWS_BY_KEY[key]
+        the_row = row(key)
         for tier, (T_ms, W_ms, tw) in ends.items():
-            expr = row.promql.replace("{w}", f"{W_ms}ms").replace("{ws}", f"{W_ms / 1000}")
+            expr = the_row.promql.replace("{w}", f"{W_ms}ms").replace("{ws}", f"{W_ms / 1000}")
             res = prom.query(expr, at=T_ms / 1000)
             # grouped by tier and nothing else: one series per tier, never a blend
             assert all(list(r["metric"]) == ["tier"] for r in res), (key, res)
             theirs = {r["metric"]["tier"]: float(r["value"][1]) for r in res}
-            ours = row.compute(tw, plan).value
+            ours = the_row.compute(tw, plan).value
             if key in GPU_ROWS and not tier.startswith("gpu-"):
                 continue  # engine-only tiers have no exporter; their GPU rows are empty on both sides
             assert (ours is None) == (tier not in theirs), (key, tier, ours, theirs.get(tier))
@@ -225,16 +226,16 @@ def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped) ->
         assert rows <= compared[tier], (tier, sorted(rows - compared[tier]))
     # the shared node: pod B's GPU went to gpu-b although its exporter is labelled gpu-a, and the
     # pod-less GPU 2 (14000 of 15360 MiB used) to neither
-    mem = {t: row for t, row in ((t, ROWS_BY_KEY["gpu_memory_utilization_ratio"].compute(ends[t][2], plan).value)
+    mem = {t: row for t, row in ((t, row("gpu_memory_utilization_ratio").compute(ends[t][2], plan).value)
                                  for t in ("gpu-a", "gpu-b"))}
     assert mem["gpu-a"] is not None and mem["gpu-b"] is not None and mem["gpu-a"] < mem["gpu-b"] < 0.8
 
 
 def test_itl_promql_reads_the_old_name_where_only_it_exists() -> None:
     """The rendering itself: newest first, the old name as the fallback, for both engines."""
-    from exporter.catalogue import ROWS_BY_KEY
+    from exporter.catalogue import row
 
-    expr = ROWS_BY_KEY["itl_p99_seconds"].promql
+    expr = row("itl_p99_seconds").promql
     names = re.findall(r"rate\(([a-z:_]+)_bucket", expr)
     assert names == ["vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds",
                      "sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"]

@@ -23,7 +23,8 @@ import pytest
 
 from exporter.config import ConfigError, load_config
 from exporter.daemon import Pipeline
-from exporter.evaluate import recommended_instances, replay_history
+from exporter.evaluate import replay_history
+from exporter.sizing import recommended_instances
 from exporter.model import PrometheusSource, Status
 from exporter.promread import PrometheusReader
 from exporter.promview import Answers, inline, prefetch, row_queries

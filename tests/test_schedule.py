@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, load_config
-from exporter.evaluate import HistoryPoint, recommended_instances, resize
+from exporter.evaluate import HistoryPoint, resize
+from exporter.sizing import recommended_instances
 from exporter.model import ScheduleSettings
 from exporter.schedule import DAY, learn, schedule, scheduled, utilization_levers
 

@@ -147,14 +147,18 @@ def test_no_planted_secret_reaches_any_channel(tmp_path: Path) -> None:
         outputs["live view"] = screen.getvalue()
 
         # a password with an unencoded @, and userinfo with a bad port: refused without echoing either
+        # and what is no URL at all: no scheme, one slash, a scheme-relative form
         for bad in (f"http://target:{SECRETS['target']}@x@127.0.0.1:8000/metrics",
-                    f"http://target:{SECRETS['target']}@127.0.0.1:99999/metrics"):
+                    f"http://target:{SECRETS['target']}@127.0.0.1:99999/metrics",
+                    f"target:{SECRETS['target']}@127.0.0.1:8000/metrics",
+                    f"http:/target:{SECRETS['target']}@127.0.0.1:8000/metrics",
+                    f"//target:{SECRETS['target']}@127.0.0.1:8000/metrics"):
             broken = tmp_path / "broken.yaml"
             broken.write_text(fleet.read_text().replace(targets[0]["vllm"], bad))
             r = subprocess.run([sys.executable, "-m", "exporter", "validate-config", str(broken)], capture_output=True,
                                text=True, cwd=ROOT, timeout=60)
             assert r.returncode == 2
-            outputs[f"validate-config {bad.split('@')[-1]}"] = r.stdout + r.stderr
+            outputs[f"validate-config {bad.split('@')[-1]} {bad[:6]}"] = r.stdout + r.stderr
     finally:
         for p in procs:
             if p.poll() is None:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from ..model import Slo
-from ..evaluate import recommended_instances
+from ..sizing import recommended_instances
 from ..model import Histogram, InstanceSample
 from ..planner.curve import Curve, SweepPoint, usable_rps_at_slo
 from ..sources import vllm

@@ -12,6 +12,7 @@ active parameters per token beside them.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -100,7 +101,7 @@ def _int(cfg: Mapping[str, Any], *keys: str) -> int | None:
             continue
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_DIMENSION:
-            raise ArchitectureError(f"{k}: expected a whole number from 1 to {MAX_DIMENSION:,}, got {str(v)[:40]!s}")
+            raise ArchitectureError(f"{k}: expected a whole number from 1 to {MAX_DIMENSION:,}, got {_json(v)}")
         return v
     return None
 
@@ -125,7 +126,7 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
     params = cfg.get("num_parameters")
     if params is not None and (isinstance(params, bool) or not isinstance(params, (int, float))
                                or not 0 < params <= 1e15):
-        raise ArchitectureError(f"num_parameters: expected a positive number up to 1e15, got {str(params)[:40]}")
+        raise ArchitectureError(f"num_parameters: expected a positive number up to 1e15, got {_json(params)}")
     return Architecture(
         layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         intermediate=_int(cfg, "intermediate_size", "ffn_dim"), vocab=_int(cfg, "vocab_size"),
@@ -134,3 +135,12 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), native_dtype=dtype,
         params=float(params) if params is not None else None,
     )
+
+
+def _json(value: Any) -> str:
+    """A config.json value as JSON spells it (a string in quotes, true, null), cut at 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text if len(text) <= 40 else text[:40] + "..."

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..evaluate import recommended_instances
+from ..sizing import recommended_instances
 from ..model import Slo
 from ..text import num, plural
 from .architecture import BYTES, Architecture, kv_bytes_per_token, lora_bytes

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import inputs as I
-from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, ROWS,
-                         ROWS_BY_KEY, Context, fleet_series, written_out)
-from ..model import Band, Benchmark, Plan, Slo
+from .. import catalogue
+from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
+                         written_out)
+from ..model import Band
 
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 TIER = 'tier=~"$tier"'
-UNITS = {"s": "s", "ratio": "percentunit", "requests/s": "reqps", "requests": "short", "1/s": "short",
-         "tokens/GPU-hour": "short", "USD/1M tokens": "currencyUSD"}
 # a tier filter for expressions that already aggregate by tier
 _TIER_ONLY = f'group by (tier) (fleetwatch_plan_instances{{{TIER}}})'
 
@@ -42,7 +41,7 @@ def _inline(promql: str) -> str:
 
 def row_query(key: str) -> str:
     """A catalogue row's PromQL over ``$__rate_interval``, for the selected tiers."""
-    return for_tiers(_inline(ROWS_BY_KEY[key].promql))
+    return for_tiers(_inline(catalogue.row(key).promql))
 
 
 def plan_query(key: str) -> str:
@@ -128,17 +127,10 @@ def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]
     return p
 
 
-# the plan-independent default bands (SLO, queue and prefix bands depend on the tier's plan)
-_PLAN_FREE = ("kv_cache_utilization_ratio", "kv_cache_eviction_ratio", "fleet_utilization_ratio",
-              "gpu_memory_utilization_ratio", "spec_decode_acceptance_ratio", "lora_adapter_cache_hit_ratio",
-              "lora_adapter_evictions_per_second")
-_ANY_PLAN = Plan(1, 1, 1.0, 1.0, 0.0, Slo(1.0, 1.0), Benchmark(1.0, 1.0, 1.0, 1.0))
-
-
 def _default_band(key: str) -> Band | None:
-    if key not in _PLAN_FREE:
-        return None
-    return ROWS_BY_KEY[key].band(Context(_ANY_PLAN, {}, {}))
+    """The row's band where it is the same on every tier; bands that depend on the plan get none."""
+    spec = catalogue.row(key).band
+    return spec.resolve(None, {}) if spec.static else None
 
 
 def _variables() -> list[dict[str, Any]]:
@@ -168,14 +160,14 @@ def fleet_overview() -> dict[str, Any]:
                  "short", transformations=[{"id": "organize", "options": {
                      "excludeByName": {"Time": True}, "indexByName": {},
                      "renameByName": {"Value": "exporters"}}}]), 8, 12)
-    for row in ROWS:
-        if row.key in ("lora_adapter_cache_hit_ratio",):
-            continue  # no engine exposes it: a panel that is always empty helps nobody
+    for row in catalogue.ROWS:
+        if not row.panel:
+            continue
         # from the engines' series where the row has PromQL, so a tier of sidecars shows one value
-        expr = (row_query(row.key).replace(TIER, one) if row.promql
+        expr = (row_query(row.key).replace(TIER, one) if not row.gauge_only
                 else f"sum by (tier) (fleetwatch_{row.key}{{{one}}})")
         b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the monitoring table (README, Definitions).",
-                     [_target(expr, row.key, "A", instant=True)], UNITS[row.unit],
+                     [_target(expr, row.key, "A", instant=True)], row.grafana_unit,
                      _thresholds(_default_band(row.key)),
                      options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                               "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
@@ -211,7 +203,7 @@ def tier_drilldown() -> dict[str, Any]:
     b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 against the observed RPS per "
                  "instance, beside the benchmark's prediction at the same load (observed vs benchmark): points above the "
                  "prediction by more than 30% ask to re-characterize the workload.",
-                 [_target(for_tiers(f"{_inline(ROWS_BY_KEY['requests_per_second'].promql)} / on (tier) "
+                 [_target(for_tiers(f"{_inline(catalogue.row('requests_per_second').promql)} / on (tier) "
                                     f"({fleet_series()[INSTANCES_UP]})"),
                           "{{tier}} RPS per instance", "A"),
                   _target(f'fleetwatch_plan_check_observed{{{TIER}, check="ttft_p99_vs_benchmark"}}',

@@ -7,12 +7,14 @@ accepts: no group ``labels``, no ``query_offset``, no native histograms.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 
-from ..catalogue import INSTANCES, RECOMMENDED, ROWS, Context, apply_override, fleet_series, plan_series
+from .. import catalogue, sizing
+from ..catalogue import INSTANCES, RECOMMENDED, Limit, Row, apply_override, fleet_series, plan_series
 from ..config import Config, TierConfig, format_duration
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
@@ -21,72 +23,6 @@ from ..window import Quantity
 
 PREFIX = "Fleetwatch"
 RUNBOOK = "runbook.md"
-# the aggregation in each recording rule's name: tier:fleetwatch_<key>:<op><window>
-OPS = {"requests_per_second": "rate", "ttft_p50_seconds": "rate", "ttft_p99_seconds": "rate",
-       "itl_p50_seconds": "rate", "itl_p99_seconds": "rate", "kv_cache_utilization_ratio": "avg",
-       "kv_cache_eviction_ratio": "increase", "prefix_cache_hit_ratio": "rate", "queue_depth_requests": "avg",
-       "fleet_utilization_ratio": "rate", "gpu_memory_utilization_ratio": "avg",
-       "gpu_compute_utilization_ratio": "avg", "spec_decode_acceptance_ratio": "rate",
-       "tokens_per_gpu_hour": "rate", "cost_per_million_tokens_usd": "rate"}
-
-# 9.3 "what it tells you", what to check, what to do: the runbook, per band alert
-ROW_TEXT: dict[str, tuple[str, str, str, str]] = {
-    # key: (alert stem, meaning, check, do)
-    "ttft_p50_seconds": ("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
-                         "workload shifted beyond the benchmark (P50 and P99 both violating).",
-                         "Queue depth and fleet utilization of the tier; input length P95 against the plan.",
-                         "Scale the tier up if utilization is high; otherwise re-characterize the workload."),
-    "ttft_p99_seconds": ("TTFTP99High", "Tail time to first token violates or approaches the SLO. P99 bad with P50 "
-                         "fine means queueing or prefill interference.",
-                         "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
-                         "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker."),
-    "itl_p50_seconds": ("ITLP50High", "Inter-token latency is elevated at the median: decode batch too large or "
-                        "decode hardware undersized.", "Running batch size, KV cache usage, GPU compute utilization.",
-                        "Lower max_num_seqs or scale the tier; consider P/D disaggregation."),
-    "itl_p99_seconds": ("ITLP99High", "Inter-token latency spikes at P99: prefill interference.",
-                        "Prefill tokens per step (max_num_batched_tokens), long prompts in the mix.",
-                        "Try chunked prefill with a smaller token budget, or separate long-prompt traffic."),
-    "kv_cache_utilization_ratio": ("KVCacheUtilizationHigh", "KV cache near the ceiling: it becomes the bottleneck "
-                                   "before compute does.", "KV usage per instance, eviction ratio, input lengths.",
-                                   "Evaluate KV cache quantization or offloading; cap max_input_tokens at the gateway."),
-    "kv_cache_eviction_ratio": ("KVCacheEvictionHigh", "Requests are preempted for KV space: above 5% the KV budget "
-                                "is undersized; above 20% it is the memory pressure cascade, which shows up as "
-                                "latency.", "Preemptions per finished request, KV usage, prompt P95 against the plan.",
-                                "Add KV capacity (instances, quantized KV, offload) or cap input length; "
-                                "re-characterize if prompts grew."),
-    "prefix_cache_hit_ratio": ("PrefixCacheHitLow", "Low prefix cache hits on a workload with known prefix reuse: "
-                               "routing misconfiguration or a cache too small.",
-                               "Prefix-aware routing, cache size, whether the shared prefixes changed.",
-                               "Fix routing (session or prefix affinity) or give the cache more room."),
-    "queue_depth_requests": ("QueueDepthHigh", "The queue nears Little's Law's limit (max wait x arrival rate): "
-                             "requests queue faster than they are served.",
-                             "Arrival rate against the plan's peak, fleet utilization, instances up.",
-                             "Scale up; make sure the gateway circuit breaker sheds load at 80-90% of the limit."),
-    "fleet_utilization_ratio": ("Utilization", "Load against usable capacity: below 40% is the utilization trap "
-                                "(idle GPUs inflate cost per token); above 80% leaves little headroom; above 90% "
-                                "none.", "Requests per second against the plan's peak and the instances up.",
-                                "Below 40%: scale down or consolidate. Above 80-90%: scale up or quantize."),
-    "gpu_memory_utilization_ratio": ("GPUMemory", "GPU memory: below 70% is over-provisioned; above 90-95% risks "
-                                     "OOM on spikes.", "gpu_memory_utilization setting, weights and KV pool sizes.",
-                                     "Resize the KV pool or the model's footprint; pick a smaller GPU if far below."),
-    "gpu_compute_utilization_ratio": ("GPUComputeLow", "Low compute during active serving: batches too small or "
-                                      "the workload is decode-dominated.", "Running batch size, max_num_seqs.",
-                                      "Raise batch size / concurrency; consider a cheaper tier for decode."),
-    "spec_decode_acceptance_ratio": ("SpecDecodeAcceptanceLow", "The draft model matches current traffic poorly: "
-                                     "below 50% speculative decoding costs more than it saves.",
-                                     "Acceptance by traffic type; draft model version.",
-                                     "Disable speculative decoding or retune the draft model."),
-    "lora_adapter_cache_hit_ratio": ("LoRAAdapterCacheHitLow", "Adapter variants compete for GPU memory.",
-                                     "Adapters per instance, max_loras, adapter ranks.",
-                                     "Increase max_loras or reduce adapter rank; route adapters to fewer instances."),
-    "lora_adapter_evictions_per_second": ("LoRAAdapterEvictions", "Adapters are paged out and reloaded on demand: "
-                                          "TTFT spikes on specific tenants.", "Running vs waiting adapters.",
-                                          "Increase max_loras or pin hot adapters to dedicated instances."),
-}
-
-# rows without PromQL of their own read fleetwatch's exported per-tier gauge instead
-GAUGE_ROWS = {"lora_adapter_cache_hit_ratio", "lora_adapter_evictions_per_second"}
-
 FINDINGS: dict[str, tuple[str, str, str, str]] = {
     "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's workload "
                            "profile.", "The workload block of the report against the plan.",
@@ -149,7 +85,7 @@ VALUE = '{{ $value | printf "%.4g" }}'
 
 
 def record_name(key: str, window: str) -> str:
-    return f"tier:fleetwatch_{key}:{OPS[key]}{window}"
+    return f"tier:fleetwatch_{key}:{catalogue.row(key).op}{window}"
 
 
 def peak_name(history: float) -> str:
@@ -157,34 +93,47 @@ def peak_name(history: float) -> str:
 
 
 SIZING_PEAK = "tier:fleetwatch_resize_peak_rps:max"
+LITTLES_LAW_FLOOR = "tier:fleetwatch_littles_law_floor:ceil"
+SCALE_DOWN_FLOOR = "tier:fleetwatch_scale_down_floor:max"
 
 
-def sizing_rules(window: float, history: float) -> dict[str, str]:
-    """Step 11 in PromQL, as ``evaluate.resize`` computes it: P is the peak of the recorded arrival
-    rate over the retained history, or, until that history reaches back one day, the larger of it
-    and the plan's peak. recommended = ceil(ceil(P / usable - 1e-9) x (1 + safety) - 1e-9)."""
-    rps, peak, plan_peak = record_name("requests_per_second", format_duration(window)), peak_name(history), \
-        plan_series("peak_rps")
-    return {
-        peak: f"max_over_time({rps}[{format_duration(history)}])",
-        SIZING_PEAK: f"({peak} and on (tier) ({rps} offset 1d))"
-                     f" or on (tier) ({peak} >= on (tier) {plan_peak}) or on (tier) {plan_peak}",
-        RECOMMENDED: f"clamp_min(ceil(ceil({SIZING_PEAK} / on (tier) {plan_series('usable_rps_per_instance')} - 1e-9)"
-                     f" * on (tier) (1 + {plan_series('safety_factor')}) - 1e-9), 0)",
-    }
+def counted_rate_name(window: float) -> str:
+    return f"tier:fleetwatch_resize_rps:rate{format_duration(window)}"
 
 
-def recording_rules(window: float, history: float = 7 * 86400.0) -> list[dict[str, str]]:
+def sizing_rules(config: Config) -> list[tuple[str, str]]:
+    """The sizing policy (exporter/sizing.py) as recording rules, as ``evaluate.resize`` computes it:
+    the counted arrival rate, its peak over the retained history, the peak the fleet is sized for,
+    the recommended count, and each tier's scale-down floor."""
+    w = format_duration(config.window)
+    rps, queue = record_name("requests_per_second", w), record_name("queue_depth_requests", w)
+    counted, peak = counted_rate_name(config.window), peak_name(config.history)
+    out = [
+        (counted, sizing.counted_rate_promql(rps, config.window)),
+        (peak, f"max_over_time({counted}[{format_duration(config.history)}])"),
+        (SIZING_PEAK, sizing.sizing_peak_promql(peak, rps, plan_series("peak_rps"), config.history)),
+        (RECOMMENDED, sizing.recommended_promql(SIZING_PEAK, plan_series("usable_rps_per_instance"),
+                                                plan_series("safety_factor"))),
+        (LITTLES_LAW_FLOOR, sizing.littles_law_floor_promql(rps, queue, plan_series("usable_rps_per_instance"),
+                                                            plan_series("slo_ttft_p99_seconds"))),
+    ]
+    warm = {name: tier.schedule.min_warm_instances for name, tier in config.tiers.items()}
+    out.append((SCALE_DOWN_FLOOR, sizing.scale_down_floor_promql(LITTLES_LAW_FLOOR, warm, INSTANCES)))
+    return out
+
+
+def recording_rules(config: Config) -> list[dict[str, str]]:
     """In the order Prometheus must evaluate them: a group's rules run in sequence, each seeing the
     ones before it at the same timestamp."""
+    window = config.window
     w = format_duration(window)
     out = [{"record": name, "expr": expr} for name, expr in fleet_series().items()]
-    for row in ROWS:
-        if not row.promql:
+    for row in catalogue.ROWS:
+        if row.gauge_only:
             continue
         expr = row.promql.replace("{w}", w).replace("{ws}", f"{window:g}")
         out.append({"record": record_name(row.key, w), "expr": expr})
-    out += [{"record": name, "expr": expr} for name, expr in sizing_rules(window, history).items()]
+    out += [{"record": name, "expr": expr} for name, expr in sizing_rules(config)]
     return out
 
 
@@ -196,87 +145,84 @@ def _threshold_cases(series: str, t: Threshold, above: bool) -> tuple[TestCase, 
     return TestCase(((series, f"{_g(fire)}x40"),), True), TestCase(((series, f"{_g(edge)}x40"),), False)
 
 
-def _band(tier: TierConfig, key: str) -> Band | None:
-    row = next(r for r in ROWS if r.key == key)
-    values = {r.key: Quantity(None) for r in ROWS}
-    values["requests_per_second"] = Quantity(1.0)  # "while serving": rules add the serving condition themselves
-    ctx = Context(tier.plan, values, {})
-    return apply_override(row.band(ctx), tier.bands.get(key))
+def _band(tier: TierConfig, row: Row) -> Band | None:
+    """The row's band on ``tier`` as the rules compare it: thresholds that scale with another row
+    given per unit of it (the expression multiplies by that row's series)."""
+    return apply_override(row.band.resolve(tier.plan, {}, per_unit=True), tier.bands.get(row.key))
+
+
+def _series(row: Row, tier: str, window: str) -> str:
+    if row.gauge_only:
+        return f'fleetwatch_{row.key}{{tier="{tier}"}}'
+    return f'{record_name(row.key, window)}{{tier="{tier}"}}'
+
+
+# the value the test cases give a row that a threshold scales with (the queue's arrival rate)
+PER_VALUE = 10.0
 
 
 def band_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     out: list[AlertSpec] = []
     t = tier.name
-    for row in ROWS:
-        if row.key not in ROW_TEXT or row.key == "queue_depth_requests":
+    for row in catalogue.ROWS:
+        band = _band(tier, row)
+        if row.alert is None or band is None:
             continue
-        band = _band(tier, row.key)
-        if band is None:
-            continue
-        stem, meaning, check, do = ROW_TEXT[row.key]
-        if row.key in GAUGE_ROWS:
-            series = f'fleetwatch_{row.key}{{tier="{t}"}}'
-        else:
-            series = f'{record_name(row.key, window)}{{tier="{t}"}}'
-        serving = ""
-        if row.key == "gpu_compute_utilization_ratio":
-            serving = f' and on (tier) {record_name("requests_per_second", window)}{{tier="{t}"}} > 0'
+        text = row.alert
+        series = _series(row, t, window)
+        spec = row.band
         for attr, severity, above in (("warning_above", "warning", True), ("critical_above", "critical", True),
                                       ("warning_below", "warning", False), ("critical_below", "critical", False)):
             th: Threshold | None = getattr(band, attr)
             if th is None:
                 continue
             op = (">=" if th.inclusive else ">") if above else ("<=" if th.inclusive else "<")
-            name = _alert_name(row.key, stem, above, severity)
-            fire, edge = _threshold_cases(series, th, above)
+            name = PREFIX + text.alert_name(above, severity)
+            per = next((lim.per for lim in getattr(spec, attr) if lim.per), None)
+            direction = "above" if above else "below"
             extra: tuple[tuple[str, str], ...] = ()
-            if serving:
-                extra = ((f'{record_name("requests_per_second", window)}{{tier="{t}"}}', "5x40"),)
-            fire = TestCase(fire.series + extra, True)
-            edge = TestCase(edge.series + extra, False)
+            cond, scale = "", 1.0
+            if per is not None:  # the threshold scales with another row: compare with it x its series
+                per_series = f'{record_name(per, window)}{{tier="{t}"}}'
+                cond = f" * {per_series}"
+                extra, scale = ((per_series, f"{_g(PER_VALUE)}x40"),), PER_VALUE
+            if spec.while_serving and not above:  # lower thresholds hold only while the tier serves
+                rps = f'{record_name("requests_per_second", window)}{{tier="{t}"}}'
+                cond += f" and on (tier) {rps} > 0"
+                extra += ((rps, "5x40"),)
+            floor = band.ok_floor
+            if floor is not None and above:
+                cond += f" and {series} >= {floor:g}"
+            effective = Threshold(th.value * scale, th.inclusive)
+            fire, edge = _threshold_cases(series, effective, above)
+            if floor is not None and above:
+                fire = TestCase(((series, f"{_g(max(_first_value(fire), floor * 2))}x40"),), True)
+            summary = f"Tier {t}: {row.title} {direction} {th.value:g} ({severity})"
+            description = (f"{row.title} of tier {t} is {VALUE} {row.unit}, {direction} the {severity} threshold "
+                           f"{th.value:g} (target: {band.target}). {text.meaning}")
+            if per is not None:
+                ref = _reference(tier, row) or 1.0
+                share = th.value / ref
+                summary = f"Tier {t}: {row.title} at {share * 100:.0f}% of {spec.reference_name} ({severity})"
+                description = (f"{row.title} of tier {t} is {VALUE} {row.unit}, at or above {share * 100:.0f}% of "
+                               f"{spec.reference_text.format(ref=ref)}. {text.meaning}")
             out.append(AlertSpec(
-                name, severity, t, f"{series} {op} {th.value:g}{serving}",
-                summary=f"Tier {t}: {row.title} {'above' if above else 'below'} {th.value:g} ({severity})",
-                description=f"{row.title} of tier {t} is {VALUE} {row.unit}, {'above' if above else 'below'} the "
-                            f"{severity} threshold {th.value:g} (target: {band.target}). {meaning}",
-                runbook=(meaning, check, do), cases=(fire, edge),
-                op=op, th=th.value))
+                name, severity, t, f"{series} {op} {th.value:g}{cond}", summary=summary, description=description,
+                runbook=(text.meaning, text.check, text.do),
+                cases=(TestCase(fire.series + extra, True), TestCase(edge.series + extra, False)),
+                op=op, th=max(floor or -math.inf, effective.value) if above else effective.value))
     return out
 
 
-def _alert_name(key: str, stem: str, above: bool, severity: str) -> str:
-    if key == "fleet_utilization_ratio":
-        if not above:
-            return f"{PREFIX}UtilizationTrap"
-        return f"{PREFIX}NoHeadroom" if severity == "critical" else f"{PREFIX}UtilizationHigh"
-    if key == "gpu_memory_utilization_ratio":
-        return f"{PREFIX}{stem}{'High' if above else 'Low'}"
-    return f"{PREFIX}{stem}"
+def _reference(tier: TierConfig, row: Row) -> float | None:
+    ref = row.band.reference
+    return None if ref is None else ref.value(tier.plan, {}, per_unit=True)
 
 
 def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     t, plan = tier.name, tier.plan
     out: list[AlertSpec] = []
-    rps = f'{record_name("requests_per_second", window)}{{tier="{t}"}}'
     queue = f'{record_name("queue_depth_requests", window)}{{tier="{t}"}}'
-    stem, meaning, check, do = ROW_TEXT["queue_depth_requests"]
-    # the catalogue's Little's Law band at 1 RPS gives the queue per unit of arrival rate
-    band = _band(tier, "queue_depth_requests")
-    assert band is not None
-    floor = band.ok_floor if band.ok_floor is not None else 0.0
-    for severity, th in (("warning", band.warning_above), ("critical", band.critical_above)):
-        if th is None:
-            continue
-        share = th.value / plan.slo.ttft_p99
-        out.append(AlertSpec(
-            f"{PREFIX}{stem}", severity, t, f"{queue} >= {th.value:g} * {rps} and {queue} >= {floor:g}",
-            summary=f"Tier {t}: queue at {share * 100:.0f}% of Little's Law's limit ({severity})",
-            description=f"Mean queue of tier {t} is {VALUE} requests, at or above {share * 100:.0f}% of the "
-                        f"max safe depth {plan.slo.ttft_p99:g}s TTFT SLO x arrival rate. {meaning}",
-            runbook=(meaning, check, do),
-            cases=(TestCase(((queue, "50x40"), (rps, "10x40")), True),
-                   TestCase(((queue, f"{_g(th.value * 10 - 0.01)}x40"), (rps, "10x40")), False)),
-            op=">=", th=max(floor, th.value * 10)))
     # the gateway circuit breaker recommended by fleetwatch (9.4): the queue passed its low end
     br = f'fleetwatch_guardrail_recommended{{tier="{t}",guardrail="circuit_breaker_queue_threshold",bound="low"}}'
     out.append(AlertSpec(
@@ -330,17 +276,27 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     step13 = (f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}} == 1')
     formula = (f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
                f"(1 + {plan.safety_factor:g} safety)")
+    floor = f'{SCALE_DOWN_FLOOR}{{tier="{t}"}}'
+    littles_law = f'{LITTLES_LAW_FLOOR}{{tier="{t}"}}'
     for action, severity, op, for_, expr in (
             ("scale_up", "critical", ">", None, f"{rec} > on (tier) {have}"),
-            # not while a Step 13 check says the benchmark no longer describes the workload, and only
-            # once the recommendation stayed below for the whole stabilization window (for:)
+            # to the recommendation, never under the tier's floors; not while a Step 13 check says the
+            # benchmark no longer describes the workload, and only once that stayed below the deployed
+            # count for the whole stabilization window (for:)
             # warning, not info: kube-prometheus-stack's Alertmanager inhibits info alerts (InfoInhibitor)
             ("scale_down", "warning", "<", format_duration(plan.scale_down_stabilization),
-             f"{rec} < on (tier) {have} unless on (tier) ({step13})")):
+             f"({sizing.scale_down_to_promql(rec, floor)}) < on (tier) {have} unless on (tier) ({step13})")):
         name = f"{PREFIX}{'ScaleUp' if action == 'scale_up' else 'ScaleDown'}"
-        fire, hold = ("7x40", "4x40"), ("4x40", "4x40")
+        cases: tuple[TestCase, ...] = (TestCase(((rec, "7x40"), (have, "4x40")), True),
+                                       TestCase(((rec, "4x40"), (have, "4x40")), False))
         if action == "scale_down":
-            fire, hold = ("2x40", "4x40"), ("4x40", "4x40")
+            warm = tier.schedule.min_warm_instances
+            cases = (TestCase(((rec, f"{max(2, warm)}x40"), (have, f"{max(2, warm) + 2}x40"),
+                               (littles_law, "1x40")), True),
+                     TestCase(((rec, "4x40"), (have, "4x40"), (littles_law, "1x40")), False),
+                     # the recommendation is below, but Little's Law's floor is not: no scale-down
+                     TestCase(((rec, "2x40"), (have, f"{max(4, warm)}x40"), (littles_law, f"{max(4, warm)}x40")),
+                              False))
         out.append(AlertSpec(
             name, severity, t, expr,
             summary=f"Tier {t}: resize to {{{{ $value }}}} instances ({action})",
@@ -350,8 +306,7 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                      "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize "
                      "reason in fleetwatch's report in fleet mode.",
                      "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
-            cases=(TestCase(((rec, fire[0]), (have, fire[1])), True), TestCase(((rec, hold[0]), (have, hold[1])), False)),
-            extra_labels={"action": action}, for_=for_, op=op, th=4.0))
+            cases=cases, extra_labels={"action": action}, for_=for_, op=op, th=4.0))
     # findings fleetwatch computes (guardrails, drift, mixed tiers)
     for kind, (fstem, meaning, check, do) in FINDINGS.items():
         for severity in ("warning", "critical"):
@@ -385,7 +340,7 @@ def rule_groups(config: Config, for_: str, runbook_base: str, eval_interval: str
                 ) -> list[dict[str, Any]]:
     interval = eval_interval or format_duration(config.interval)
     return [
-        {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config.window, config.history)},
+        {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config)},
         {"name": "fleetwatch-alerts", "interval": interval,
          "rules": [a.rule(for_, runbook_base) for a in alerts(config)]},
     ]
