@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from . import inputs as I
+from . import engines as I
+from .inputs import INPUTS
 from .model import BandOverride, Plan
 from .guardrails import BREAKER_RANGE
 from .model import Band, Status, Threshold
@@ -195,9 +196,9 @@ def _ratio(tw: TierWindow, num: str, den: str, gauge: str | None, what: str) -> 
         means = tw.gauge_means(gauge)
         if means:
             return Quantity(sum(means.values()) / len(means), len(means), source="gauge")
-    if d is None or n is None:
-        return Quantity(None, reason=absent(tw, den, *((gauge,) if gauge else ())))
-    return Quantity(None, 0, reason=f"no {what}: the {I.INPUTS[den].what} did not increase in the window")
+    if d is None or n is None:  # say what is missing: the denominator, else the numerator
+        return Quantity(None, reason=absent(tw, den if d is None else num, *((gauge,) if gauge else ())))
+    return Quantity(None, 0, reason=f"no {what}: the {INPUTS[den].what} did not increase in the window")
 
 
 def requests_per_second(tw: TierWindow, plan: Plan) -> Quantity:
@@ -291,7 +292,7 @@ def spec_decode_acceptance(tw: TierWindow, plan: Plan) -> Quantity:
 
 
 def lora_cache_hit(tw: TierWindow, plan: Plan) -> Quantity:
-    return Quantity(None, reason="vLLM and SGLang expose no adapter cache hit counter")
+    return Quantity(None, reason="no engine exposes an adapter cache hit counter")
 
 
 def lora_evictions(tw: TierWindow, plan: Plan) -> Quantity:
@@ -455,7 +456,7 @@ def _sum(expr: str) -> str:
 # An engine target is one that exposed an engine series within ENGINE_SEEN: a target down longer
 # than that is no longer counted as deployed.
 ENGINE_SEEN = "1h"
-ENGINE_TARGETS = (f'group by (job, instance) (last_over_time({{__name__=~"{"|".join(I.INPUTS["requests_running"].all_names())}"}}'
+ENGINE_TARGETS = (f'group by (job, instance) (last_over_time({{__name__=~"{"|".join(I.all_names("requests_running"))}"}}'
             f"[{ENGINE_SEEN}]))")
 INSTANCES_UP = "tier:fleetwatch_instances_up:sum"
 INSTANCES = "tier:fleetwatch_instances:count"
@@ -670,9 +671,8 @@ ROWS: tuple[Row, ...] = (
         "Accepted draft tokens over proposed draft tokens.",
         spec_decode_acceptance,
         f"{_sum(I.rate('spec_accepted_tokens'))} / {_sum(I.rate('spec_draft_tokens'))}"
-        # SGLang's rate gauge reads 0 while speculative decoding is off: only with drafts
-        f" or avg by ({_T}) (avg_over_time(vllm:spec_decode_draft_acceptance_rate[{{w}}]) >= 0"
-        f" or (avg_over_time(sglang:spec_accept_rate[{{w}}]) and avg_over_time(sglang:spec_accept_length[{{w}}]) > 0))",
+        # engines with only a rate gauge: each engine says when its reading means something
+        f" or avg by ({_T}) ({I.valid_gauge('spec_acceptance_rate')})",
         band("above 60%", warning_below=0.60, critical_below=0.50, inclusive=("warning_below",)),
         _by_status("Draft acceptance is marginal: the draft model matches current traffic poorly.",
                    "Below 50%: the draft model is poorly matched to current traffic; speculative decoding adds "

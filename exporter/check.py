@@ -103,7 +103,7 @@ def format_table(report: Report) -> str:
         if sc:
             lead, ahead = _f(sc.get("lead_seconds")), sc.get("ahead")
             later = "; ".join(f"{n} in {h}" for h, n in ahead.items()) if isinstance(ahead, dict) else ""
-            lines.append(f"   schedule: " + (
+            lines.append("   schedule: " + (
                 f"{plural(_f(sc.get('now')) or 0, 'instance')} now" + (f", {later}" if later else "") +
                 f" ({sc.get('profile')} P{_pct(sc.get('quantile'))} load profile, read "
                 f"{seconds(lead) if lead is not None else '?'} ahead: cold start ({sc.get('lead_source')}) plus margin)"

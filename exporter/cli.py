@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .config import ConfigError, load_config, parse_duration, redact_url, require_targets, validate_listen
+from .engines import engine_names
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,8 +66,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "on a node-wide dcgm-exporter.")
     side.add_argument("--tier", default=os.environ.get("FLEETWATCH_TIER") or None,
                       help="run as a sidecar of an instance of this tier (env FLEETWATCH_TIER)")
-    side.add_argument("--engine", choices=["vllm", "sglang"], default=os.environ.get("FLEETWATCH_ENGINE") or None,
-                      help="the engine beside it (env FLEETWATCH_ENGINE; default vllm)")
+    side.add_argument("--engine", choices=engine_names(), default=os.environ.get("FLEETWATCH_ENGINE") or None,
+                      help=f"the engine beside it (env FLEETWATCH_ENGINE; default {engine_names()[0]})")
     side.add_argument("--engine-url", default=os.environ.get("FLEETWATCH_ENGINE_URL") or None,
                       help="its /metrics URL (env FLEETWATCH_ENGINE_URL; default http://127.0.0.1:8000/metrics, "
                            "SGLang :30000)")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
+from .engines import engine_names, in_words
 from .files import ConfigError, read_text
 from .secrets import REDACT, redact_url
 from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
@@ -111,7 +112,8 @@ class _Ctx:
     def err(self, path: str, reason: str) -> ConfigError:
         return ConfigError(self.file, path, reason)
 
-    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str] = set()) -> dict[str, Any]:
+    def mapping(self, value: Any, path: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+                ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.err(path, f"expected a mapping, got {_kind(value)}")
         for k in value:
@@ -320,11 +322,11 @@ def _selector(c: _Ctx, v: Any, path: str) -> GpuSelector:
 
 
 def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
-    m = c.mapping(v, path, {"name", "vllm", "sglang", "dcgm", "nvml", "gpus", "bearer_token_file",
+    m = c.mapping(v, path, {"name", *engine_names(), "dcgm", "nvml", "gpus", "bearer_token_file",
                             "dcgm_bearer_token_file"})
-    engines = [k for k in ("vllm", "sglang") if m.get(k) is not None]
+    engines = [k for k in engine_names() if m.get(k) is not None]
     if len(engines) != 1:
-        raise c.err(path, "each target needs exactly one of vllm: or sglang: (the engine's /metrics URL)")
+        raise c.err(path, f"each target needs exactly one of {in_words(':', ' or ')}: (the engine's /metrics URL)")
     engine = engines[0]
     url = c.url(m[engine], _join(path, engine))
     token, dcgm_token = (_relative_to(base, c.optional(m, k, path, c.string))
@@ -597,9 +599,9 @@ _ENDPOINT_KEYS = {"engine", "path", "scheme", "bearer_token_file"}
 
 
 def _endpoint(c: _Ctx, m: Mapping[str, Any], path: str, base: Path) -> EndpointTemplate:
-    engine = c.optional(m, "engine", path, c.string) or "vllm"
-    if engine not in ("vllm", "sglang"):
-        raise c.err(_join(path, "engine"), f"expected vllm or sglang, got {show(engine)}")
+    engine = c.optional(m, "engine", path, c.string) or engine_names()[0]
+    if engine not in engine_names():
+        raise c.err(_join(path, "engine"), f"expected {in_words()}, got {show(engine)}")
     scheme = c.optional(m, "scheme", path, c.string) or "http"
     if scheme not in ("http", "https"):
         raise c.err(_join(path, "scheme"), f"expected http or https, got {show(scheme)}")
@@ -687,8 +689,8 @@ def _source(c: _Ctx, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierC
 def _sidecar(c: _Ctx, v: Any, path: str, base: Path) -> SidecarSettings:
     m = c.mapping(v, path, {"engine", "url", "dcgm", "nvml", "bearer_token_file", "dcgm_bearer_token_file"})
     engine = c.optional(m, "engine", path, c.string)
-    if engine is not None and engine not in ("vllm", "sglang"):
-        raise c.err(_join(path, "engine"), f"expected vllm or sglang, got {show(engine)}")
+    if engine is not None and engine not in engine_names():
+        raise c.err(_join(path, "engine"), f"expected {in_words()}, got {show(engine)}")
     s = SidecarSettings(
         engine=engine,
         url=c.optional(m, "url", path, c.url),

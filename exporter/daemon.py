@@ -78,7 +78,7 @@ class Pipeline:
         self._last: dict[tuple[str, str], InstanceSample] = {}
         self._served: set[tuple[str, str, float | None]] = set()
         self.history_extra: dict[str, object] = {}  # what else the history rests on (the demo's seeded days)
-        self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view  # instances seen generating (a restart is a new process)
+        self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view
         self.cold_starts: dict[str, deque[float]] = {}
         if config.state_dir is not None:
             self._load_state(config.state_dir)
@@ -458,8 +458,6 @@ class Server:
 
 def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Event | None = None,
           on_ready: Callable[[Server], None] | None = None, watch: bool = False) -> int:
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
-    from apscheduler.schedulers.background import BackgroundScheduler
 
     # one daemon per state_dir: raises StateLocked (the caller says it in one line) before anything starts
     held = None

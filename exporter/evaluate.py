@@ -15,7 +15,7 @@ from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
 from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
-from .sizing import (ONE_DAY, counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
+from .sizing import (counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
                      scale_down_floor, scale_down_to, sizing_peak)
 from .text import num, plural, seconds
 from .window import Quantity, TierView, TierWindow
@@ -149,7 +149,8 @@ def slo_checks(plan: Plan, values: Mapping[str, Quantity]) -> list[PlanCheck]:
         if obs is None:
             out.append(PlanCheck(check, None, slo, Status.UNKNOWN, f"{label}: {values[key].reason}"))
         elif obs > slo:
-            out.append(PlanCheck(check, obs, slo, Status.CRITICAL, f"{label} {_fmt(obs, 's')} violates the SLO of {_fmt(slo, 's')}."))
+            out.append(PlanCheck(check, obs, slo, Status.CRITICAL,
+                                 f"{label} {_fmt(obs, 's')} violates the SLO of {_fmt(slo, 's')}."))
         else:
             out.append(PlanCheck(check, obs, slo, Status.OK, f"{label} {_fmt(obs, 's')} within the SLO of {_fmt(slo, 's')}."))
     return out

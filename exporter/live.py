@@ -142,7 +142,8 @@ def screen(report: Report, trend: Trend, changed: Iterable[str], title: str) -> 
         parts += _tier(name, t, trend)
     moved = list(changed)
     parts.append(Text(""))
-    parts.append(Text("changed: " + ("; ".join(redact(m) for m in moved[:6]) + (f"; … {len(moved) - 6} more" if len(moved) > 6 else "")
+    more = f"; … {len(moved) - 6} more" if len(moved) > 6 else ""
+    parts.append(Text("changed: " + ("; ".join(redact(m) for m in moved[:6]) + more
                                      if moved else "nothing since the last interval"),
                       overflow="ellipsis", no_wrap=True, style="bold" if moved else "dim"))
     parts.append(Text("CRITICAL" if report.critical else "no critical finding",

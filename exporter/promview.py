@@ -14,7 +14,9 @@ import re
 import threading
 from typing import Callable, Iterable, Mapping, Sequence
 
-from . import inputs as I
+from . import engines as I
+from .engines import ENGINES
+from .inputs import INPUTS
 from . import catalogue
 from .catalogue import ENGINE_TARGETS, PLAN_FIGURES, PODDED_EXPORTERS, written_out
 from .config import format_duration
@@ -109,8 +111,10 @@ def up_expr(label: str) -> str:
 
 
 def reasons_expr(seconds: float) -> str:
-    (name,) = I.names("requests_finished", "vllm")  # only vLLM labels its finished requests with the reason
-    return _window(f"sum by (tier, finished_reason) (increase({name}[{{w}}]))", seconds)
+    # the engines that label their finished requests with the reason, under one label name
+    parts = [f"sum by (tier, finished_reason) (increase({e.names['requests_finished'][0]}[{{w}}]))"
+             for e in ENGINES if e.finished_reason_label == "finished_reason" and e.names.get("requests_finished")]
+    return _window(" or ".join(parts), seconds)
 
 
 def gpu_models_expr(label: str) -> tuple[str, str]:
@@ -215,10 +219,10 @@ class PromTierView:
             ns = self.answers.by(count_expr(key, "tier", self.seconds, self.offset, sel), "tier")
             k = (self._tier,)
         n, v = ns.get(k), qs.get(k)
-        what = I.INPUTS[key].what if key in I.INPUTS else f"{key} histogram"
+        what = INPUTS[key].what if key in INPUTS else f"{key} histogram"
         if n is None or v is None:
-            return Quantity(None, 0, reason=f"Prometheus has no {what} ({', '.join(I.INPUTS[key].all_names())}) "
-                                            f"for this tier over the window" if key in I.INPUTS else
+            return Quantity(None, 0, reason=f"Prometheus has no {what} ({', '.join(I.all_names(key))}) "
+                                            f"for this tier over the window" if key in INPUTS else
                             f"Prometheus has no {what} for this tier over the window")
         if not math.isfinite(n):
             return Quantity(None, 0, reason=f"the {what} bucket counts overflow")

@@ -16,14 +16,14 @@ from .exposition import ExpositionError
 from .fairpool import ANSWERED, FAILING, NEW, NOT_STARTED, FairPool, Job, NotStarted
 from .fetch import BodyBudget, FetchError, Lease, fetch_text, new_session
 from .model import EngineSample, GpuReading, InstanceSample
-from .sources import dcgm, sglang, vllm
+from .engines import engine
+from .sources import dcgm
 from .sources.nvml import NvmlReader
 from .text import num, plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_PARSERS: dict[str, Callable[[str], EngineSample]] = {"vllm": vllm.parse, "sglang": sglang.parse}
 WAIT_GRACE = 0.1  # seconds past the scrape deadline that a cycle waits for parsers to finish
 # memory: a fetch's body may hold SMALL_BODY bytes of its own; beyond that, all bodies in flight share
 # BUDGET_BODIES x max_body_bytes, and one large body is parsed at a time (see README, Performance)
@@ -163,7 +163,7 @@ class Scraper:
         t0 = time.monotonic()
         try:
             with self.budget.lease(deadline) as lease:
-                sample = self._parse(_PARSERS[target.engine], self._get(target.url, target.bearer_token_file,
+                sample = self._parse(engine(target.engine).parse, self._get(target.url, target.bearer_token_file,
                                                                         deadline, lease), deadline)
         except FetchError as e:
             return self._fail(tier, target.name, target.engine, e.reason, str(e), t0)

@@ -13,10 +13,15 @@ from dataclasses import replace
 import re
 
 from .config import ConfigError, _Ctx, default_name
+from .engines import engine, engine_names, in_words
 from .secrets import REDACT
 from .model import Config, GpuSelector, SidecarSettings, Target
 
-DEFAULT_URLS = {"vllm": "http://127.0.0.1:8000/metrics", "sglang": "http://127.0.0.1:30000/metrics"}
+
+
+def default_url(engine_name: str) -> str:
+    """Where a sidecar finds its engine: the engine's default port on localhost."""
+    return f"http://127.0.0.1:{engine(engine_name).default_port}/metrics"
 
 
 def merge(base: SidecarSettings, flags: SidecarSettings) -> SidecarSettings:
@@ -25,9 +30,10 @@ def merge(base: SidecarSettings, flags: SidecarSettings) -> SidecarSettings:
                               for k in SidecarSettings.__dataclass_fields__})
 
 
-def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSettings(),
+def sidecar_config(config: Config, tier: str, flags: SidecarSettings | None = None,
                    pod: str | None = None, namespace: str | None = None) -> Config:
     """The config of one sidecar. Raises ConfigError naming what is wrong."""
+    flags = flags or SidecarSettings()
     if tier not in config.tiers:
         raise ConfigError(config.path, "tiers", f"has no tier {tier!r} (asked for by --tier or FLEETWATCH_TIER); "
                                                 f"it has {', '.join(sorted(config.tiers))}")
@@ -35,11 +41,11 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSe
     if s.dcgm and s.nvml:
         raise ConfigError(config.path, "sidecar", "dcgm and nvml both set (flags included): a sidecar reads its "
                                                   "GPUs from one of them")
-    engine = s.engine or "vllm"
-    if engine not in DEFAULT_URLS:
-        raise ConfigError(config.path, "sidecar.engine", f"expected vllm or sglang, got {engine[:40]!r}")
+    engine_name = s.engine or engine_names()[0]
+    if engine_name not in engine_names():
+        raise ConfigError(config.path, "sidecar.engine", f"expected {in_words()}, got {engine_name[:40]!r}")
     c = _Ctx(config.path)
-    url = c.url(s.url or DEFAULT_URLS[engine], "sidecar.url")  # as the config's: port, host, no spaces
+    url = c.url(s.url or default_url(engine_name), "sidecar.url")  # as the config's: port, host, no spaces
     if s.dcgm is not None:
         c.url(s.dcgm, "sidecar.dcgm")
     REDACT.learn_urls(u for u in (url, s.dcgm) if u)
@@ -48,7 +54,7 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings = SidecarSe
     # a node-wide dcgm-exporter lists every pod's GPUs: keep this pod's. Without the downward API
     # there is no pod to select by, and every GPU of the exporter counts (as in fleet mode)
     selector = GpuSelector(pod=pod, namespace=namespace) if s.dcgm and pod else None
-    target = Target(name=pod or default_name(url), engine=engine, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
+    target = Target(name=pod or default_name(url), engine=engine_name, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
                     gpus=selector, bearer_token_file=s.bearer_token_file,
                     dcgm_bearer_token_file=s.dcgm_bearer_token_file)
     # one engine on localhost: no discovery (the shared config may carry fleet mode's), and no history on

@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
+from .engines import ENGINES, names as engine_names
 from .inputs import INPUTS
 from .model import EngineSample, GpuReading, Histogram, InstanceSample
 
@@ -359,9 +360,9 @@ class TierWindow:
                 assert p is not None and c is not None
                 events += len((p.running - c.running) & c.waiting)
         if not seen or seconds <= 0:
-            if "vllm" in self.engines():
-                return Quantity(None, reason="the engine exposes no LoRA state (vllm:lora_requests_info needs "
-                                             "--enable-lora)")
+            infos = [e.lora_info for e in ENGINES if e.name in self.engines() and e.lora_info]
+            if infos:
+                return Quantity(None, reason=f"the engine exposes no LoRA state ({infos[0]} needs --enable-lora)")
             return Quantity(None, reason=f"not exposed: {' and '.join(sorted(self.engines())) or 'the engine'} has "
                                          f"no LoRA adapter state")
         return Quantity(events / seconds, events)
@@ -423,7 +424,7 @@ def absent(tw: TierWindow, *keys: str) -> str:
             else "fewer than two scrapes in the window hold it yet"
     engines = sorted(tw.engines())
     what = " or ".join(INPUTS[k].what for k in keys if k in INPUTS) or keys[0]
-    names = [n for k in keys if k in INPUTS for e in engines for n in INPUTS[k].names.get(e, ())]
+    names = [n for k in keys if k in INPUTS for e in engines for n in engine_names(k, e)]
     if not names:
         return f"not exposed: {' and '.join(engines) or 'the engine'} has no {what}"
     return f"not exposed by this engine version: no {what} ({', '.join(names)})"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from exporter.check import format_json
 from exporter.evaluate import evaluate
 from exporter.exposition import ExpositionError
+from exporter.engines import all_names
 from exporter.inputs import INPUTS
 from exporter.model import (Benchmark, Config, CurvePoint, EngineSample, InstanceSample, LengthProfile, Plan, Slo,
                             Target, TierConfig, Workload)
@@ -70,7 +71,7 @@ def mutations() -> st.SearchStrategy[list[Mutation]]:
     return st.lists(one, min_size=1, max_size=6)
 
 
-_READ = tuple(n for i in INPUTS.values() for n in i.all_names()) + (
+_READ = tuple(n for i in INPUTS.values() for n in all_names(i.canonical)) + (
     "vllm:lora_requests_info", "vllm:cache_config_info", "sglang:max_total_num_tokens", "sglang:spec_accept_length",
     "DCGM_FI_DEV_FB", "DCGM_FI_PROF", "DCGM_FI_DEV_GPU_UTIL")
 

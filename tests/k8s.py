@@ -98,7 +98,7 @@ def restricted_violations(spec: Doc, containers: Iterable[str] | None = None) ->
             continue
         sc = c.get("securityContext", {})
         name = c["name"]
-        if not (sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is not True:
             out.append(f"{name}: runAsNonRoot")
         if sc.get("runAsUser", pod.get("runAsUser")) == 0:
             out.append(f"{name}: runAsUser 0")

@@ -25,6 +25,9 @@ SCHEMA = ROOT / "tests" / "grafana-schema"  # package.json pins @grafana/schema 
 BOARDS = {name: json.loads(text) for name, text in build().items()}
 
 
+NO_SCHEMA = "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)"
+
+
 def fleetwatch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
@@ -112,7 +115,7 @@ def _ts(v: Any, enums: dict[str, dict[str, str]], parent: str = "", key: str = "
 def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
     """tsc --noEmit --strict on ``source``, written beside tests/grafana-schema/node_modules."""
     tsc = SCHEMA / "node_modules" / ".bin" / "tsc"
-    need(tsc.exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
+    need(tsc.exists(), NO_SCHEMA)
     check = SCHEMA / name
     check.write_text(source)
     try:
@@ -125,7 +128,7 @@ def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.integration
 def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
-    need((SCHEMA / "node_modules").exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
+    need((SCHEMA / "node_modules").exists(), NO_SCHEMA)
     enums = _enums()
     lines = ["import type { Dashboard } from '@grafana/schema';",
              f"import {{ {', '.join(sorted(set(_ENUM_FIELDS.values())))} }} from '@grafana/schema';"]
@@ -138,7 +141,7 @@ def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
 @pytest.mark.integration
 def test_the_schema_check_catches_a_bad_field() -> None:
     """The check above can fail: a dashboard whose field has a type Grafana's does not allow."""
-    need((SCHEMA / "node_modules").exists(), "@grafana/schema and typescript not installed (npm ci --prefix tests/grafana-schema; needs Node.js and npm)")
+    need((SCHEMA / "node_modules").exists(), NO_SCHEMA)
     bad = dict(BOARDS["fleetwatch-plan.json"], graphTooltip="shared")
     r = _tsc("bad.generated.ts", "import type { Dashboard } from '@grafana/schema';\n"
                                  f"export const d: Dashboard = {_ts(bad, _enums())};\n")

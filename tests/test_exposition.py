@@ -37,7 +37,7 @@ def engine_fixtures() -> list[tuple[Path, tuple[str, ...], frozenset[str]]]:
     for module in (vllm, sglang):
         engine = module.PREFIXES[0].rstrip(":")
         for p in sorted((FIXTURES / engine).rglob("*.prom")):
-            out.append((p, module.PREFIXES, module.NAMES))
+            out.append((p, module.PREFIXES, module.WANTED))
     assert len(out) > 60
     return out
 
@@ -122,8 +122,9 @@ def exposition_text(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
                 sample_names += [name + "_bucket", name + "_sum", name + "_count"]
             else:
                 sname = name + ("_total" if kind == "counter" else "")
-                lines.append(f"{sname}{{{body}}} {_number(draw(_NUMBER), draw(st.integers(0, 1)))}{stamp}" if body or draw(st.booleans())
-                             else f"{sname} {_number(draw(_NUMBER), draw(st.integers(0, 1)))}{stamp}")
+                labelled = body or draw(st.booleans())
+                value = _number(draw(_NUMBER), draw(st.integers(0, 1)))
+                lines.append(f"{sname}{{{body}}} {value}{stamp}" if labelled else f"{sname} {value}{stamp}")
                 sample_names.append(sname)
         blocks.append("\n".join(lines))
     order = draw(st.permutations(blocks))  # families in any order

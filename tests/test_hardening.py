@@ -385,7 +385,7 @@ def test_dripping_alertmanagers_never_delay_a_cycle(tmp_path: Path) -> None:
     overruns its 1 s interval. Posting inside the cycle, six of them took 3 s a cycle."""
     import requests
 
-    from fakes import free_port, refused_url, write_config
+    from fakes import refused_url, write_config
     from test_faults import _at_cycle, _start_serve, sigterm_and_check, snapshots
 
     texts = snapshots()
@@ -418,17 +418,19 @@ def test_update_and_the_senders_share_one_lock() -> None:
     three senders post to a recording Alertmanager end with no error and exactly the last state delivered."""
     from exporter.alertmanager import Alert, AlertmanagerClient
 
-    received: list[list[dict[str, object]]] = []
-    am = FakeTarget(body_fn=lambda n: "")
-    original = am.httpd.RequestHandlerClass.do_POST  # type: ignore[attr-defined]
+    received: list[tuple[int, list[dict[str, object]]]] = []  # (which receiver, the batch)
+    ams = [FakeTarget(body_fn=lambda n: "") for _ in range(3)]
 
-    def record(handler: Any) -> None:
-        received.append(json.loads(handler.rfile.read(int(handler.headers["Content-Length"]))))
-        original(handler)
+    def recorder(k: int, original: Any) -> Any:
+        def record(handler: Any) -> None:
+            received.append((k, json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))))
+            original(handler)
+        return record
 
-    am.httpd.RequestHandlerClass.do_POST = record  # type: ignore[attr-defined]
-    base = am.url.rsplit("/metrics", 1)[0]
-    client = AlertmanagerClient([base, base + "/", base + "//"], interval=1.0, timeout=5.0, resend_delay=0.0)
+    for k, am in enumerate(ams):
+        am.httpd.RequestHandlerClass.do_POST = recorder(k, am.httpd.RequestHandlerClass.do_POST)  # type: ignore[attr-defined]
+    client = AlertmanagerClient([am.url.rsplit("/metrics", 1)[0] for am in ams], interval=1.0, timeout=5.0,
+                                resend_delay=0.0)
     client.start()
     try:
         for i in range(500):
@@ -441,20 +443,24 @@ def test_update_and_the_senders_share_one_lock() -> None:
             time.sleep(0.05)  # waiting on the sender threads
         stats = client.stats()
         assert not any(stats.queued.values()) and not any(stats.failed.values()), stats
-        last = {}
-        for batch in received:
+        # three receivers, each with its own sender: what each received last for a tier is that tier's
+        # last state; across receivers, posts interleave freely
+        last: dict[tuple[int, str], dict[str, object]] = {}
+        for k, batch in received:
             for a in batch:
-                last[a["labels"]["tier"]] = a  # type: ignore[index]
-        assert last["t3"]["annotations"] == {"summary": "update 499"}  # type: ignore[index]
+                last[(k, a["labels"]["tier"])] = a  # type: ignore[index]
+        assert {k for k, _ in received} == {0, 1, 2}
+        assert all(a["annotations"] == {"summary": "update 499"}  # type: ignore[index]
+                   for (k, tier), a in last.items() if tier == "t3"), last
     finally:
         client.close()
-        am.close()
+        for am in ams:
+            am.close()
 
 
 # ---------------------------------------------------------------- TLS: verified by default
 
 def test_tls_is_verified_by_default_and_a_ca_file_or_opt_out_is_honoured(tmp_path: Path) -> None:
-    import shutil
     import ssl
     import subprocess
     from http.server import BaseHTTPRequestHandler, HTTPServer

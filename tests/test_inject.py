@@ -76,7 +76,7 @@ def test_both_ways_add_the_same_sidecar_to_every_engine_pod_and_nothing_else(tmp
             assert {"name": "fleetwatch-config", "configMap": {"name": "fleetwatch-config"}} in pod["volumes"]
             assert restricted_violations(pod, containers=["fleetwatch"]) == [], name
         # the router and everything else pass through unchanged (kustomize sorts them by kind)
-        def others(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        def others(docs: list[dict[str, Any]], got: Any = got) -> list[dict[str, Any]]:
             return sorted((x for x in docs if x["kind"] != "Deployment" or x["metadata"]["name"] not in got),
                           key=lambda x: (x["kind"], x["metadata"]["name"]))
         assert others(d) == others(before)

@@ -87,8 +87,7 @@ def test_the_config_map_holds_a_config_fleetwatch_accepts(overlay: str, tmp_path
     cfg = load_config(str(tmp_path / "fleet.yaml"))
     # every workload mounts this ConfigMap (kustomize renamed it with its hash everywhere)
     for name, spec in pod_specs(docs):
-        assert {"name": cm["metadata"]["name"]} == {"name": v["configMap"]["name"]
-                                                   for v in spec["volumes"] if "configMap" in v}, name
+        assert {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v} == {cm["metadata"]["name"]}, name
     if overlay == "fleet":  # the instances come from the API, through the Service the overlay creates
         assert cfg.kubernetes is not None
         service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == cfg.kubernetes.service)

@@ -27,21 +27,22 @@ def test_sparkline_scales_to_its_own_range_and_keeps_gaps() -> None:
 
 class Pane:
     def __init__(self, command: str, env: dict[str, str]) -> None:
-        self.tmux = binary("tmux")
         self.name = f"fw-{uuid.uuid4().hex[:8]}"
+        # a tmux server of its own: a pane created as another's server exits would join a dying server
+        self.tmux = [binary("tmux"), "-L", self.name]
         exports = " ".join(f"{k}={v}" for k, v in env.items())
-        subprocess.run([self.tmux, "new-session", "-d", "-s", self.name, "-x", "100", "-y", "40",
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.name, "-x", "100", "-y", "40",
                         # the pane's own size, not a COLUMNS/LINES the caller's environment may carry
                         f"cd {ROOT} && env -u COLUMNS -u LINES {exports} {sys.executable} -m exporter {command}; "
                         "sleep 120"], check=True)
 
     def screen(self, escapes: bool = False, scrollback: bool = False) -> str:
-        args = [self.tmux, "capture-pane", "-p", "-t", self.name] + (["-e"] if escapes else []) + (
+        args = [*self.tmux, "capture-pane", "-p", "-t", self.name] + (["-e"] if escapes else []) + (
             ["-S", "-"] if scrollback else [])
         return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
     def scrolled(self) -> int:
-        return int(subprocess.run([self.tmux, "display", "-p", "-t", self.name, "#{history_size}"],
+        return int(subprocess.run([*self.tmux, "display", "-p", "-t", self.name, "#{history_size}"],
                                   capture_output=True, text=True, check=True).stdout)
 
     def wait_for(self, pattern: str, seconds: float, scrollback: bool = False) -> str:
@@ -54,7 +55,7 @@ class Pane:
         raise AssertionError(f"{pattern!r} never appeared; the pane:\n{self.screen()}")
 
     def close(self) -> None:
-        subprocess.run([self.tmux, "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 @pytest.mark.integration

@@ -17,8 +17,9 @@ from typing import Callable
 import pytest
 
 from exporter.catalogue import ROWS
+from exporter.engines import ENGINES as REGISTERED
 from exporter.model import EngineSample, GpuReading, GpuSelector, InstanceSample
-from exporter.sources import dcgm, sglang, vllm
+from exporter.sources import dcgm
 from exporter.window import tier_window
 
 from conftest import binary, fixture_text
@@ -49,8 +50,9 @@ ENGINES: dict[str, tuple[str, Callable[[], list[str]]]] = {
     "vllm-v0-0-7": ("vllm", lambda: _replayed("vllm/captured/v0-0.7_aibrix-docs.prom")),
     "sglang-0-5": ("sglang", lambda: _sequence("sglang/generated/sglang-0.5.23")),
     "sglang-0-4": ("sglang", lambda: _replayed("sglang/v0.4.0_docs-production-metrics.prom")),
+    "trtllm": ("trtllm", lambda: _sequence("trtllm/generated/trtllm-050f80de")),
 }
-PARSERS: dict[str, Callable[[str], EngineSample]] = {"vllm": vllm.parse, "sglang": sglang.parse}
+PARSERS: dict[str, Callable[[str], EngineSample]] = {e.name: e.parse for e in REGISTERED}
 NAMESPACE = "llm"
 POD_A, POD_B = "h100-engine-a", "h100-engine-b"
 
@@ -189,6 +191,8 @@ MUST = {
                     "queue_depth_requests"},
     "sglang-0-5": set(ENGINE_ROWS) - {"spec_decode_acceptance_ratio"},
     "sglang-0-4": {"ttft_p99_seconds", "itl_p99_seconds", "kv_cache_utilization_ratio", "prefix_cache_hit_ratio"},
+    # TensorRT-LLM has no preemption counter: its eviction row is unknown on both sides
+    "trtllm": set(ENGINE_ROWS) - {"spec_decode_acceptance_ratio", "kv_cache_eviction_ratio"},
     "gpu-a": set(GPU_ROWS), "gpu-b": set(GPU_ROWS), "gpu-c": set(GPU_ROWS),
 }
 
@@ -232,10 +236,12 @@ def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped) ->
 
 
 def test_itl_promql_reads_the_old_name_where_only_it_exists() -> None:
-    """The rendering itself: newest first, the old name as the fallback, for both engines."""
+    """The rendering itself: newest first, the old name as the fallback, for every engine in the
+    registry's order (TensorRT-LLM has one name)."""
     from exporter.catalogue import row
 
     expr = row("itl_p99_seconds").promql
     names = re.findall(r"rate\(([a-z:_]+)_bucket", expr)
     assert names == ["vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds",
-                     "sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"]
+                     "sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds",
+                     "trtllm_time_per_output_token_seconds"]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from exporter import catalogue, inputs as I
+from exporter import catalogue, engines as I
 from exporter.catalogue import BandSpec, Limit, Row, RowAlert, band
 from exporter.collector import Published, Snapshot, make_registry
 from exporter.config import Config, load_config

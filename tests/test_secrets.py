@@ -93,7 +93,6 @@ def test_no_planted_secret_reaches_any_channel(tmp_path: Path) -> None:
     am_bad = FakeTarget(mode="reflect-500")
     received: list[bytes] = []
     am_good = FakeTarget(body_fn=lambda n: "")
-    original = am_good.httpd.RequestHandlerClass.do_POST  # type: ignore[attr-defined]
 
     def record(handler: Any) -> None:
         received.append(handler.rfile.read(int(handler.headers["Content-Length"])))

@@ -13,7 +13,6 @@ import threading
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +22,7 @@ from exporter.daemon import Server, serve
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
 from exporter.model import GpuReading, GpuSelector, SidecarSettings
-from exporter.sidecar import DEFAULT_URLS, sidecar_config
+from exporter.sidecar import default_url, sidecar_config
 from exporter.sources import dcgm
 from exporter.render.rules import build
 
@@ -65,7 +64,7 @@ def test_flags_override_the_config_block_and_select_the_pods_gpus(tmp_path: Path
     cfg = load_config(str(f))
     assert cfg.sidecar.engine == "sglang" and cfg.sidecar.dcgm_bearer_token_file == str(tmp_path / "dcgm.token")
     (t,) = sidecar_config(cfg, "h100", pod="p1", namespace="llm").tiers["h100"].targets
-    assert (t.engine, t.url, t.dcgm) == ("sglang", DEFAULT_URLS["sglang"], "http://10.0.0.1:9400/metrics")
+    assert (t.engine, t.url, t.dcgm) == ("sglang", default_url("sglang"), "http://10.0.0.1:9400/metrics")
     assert t.dcgm_bearer_token_file == str(tmp_path / "dcgm.token")
     flags = SidecarSettings(engine="vllm", url="http://127.0.0.1:9000/metrics", dcgm="http://10.9.9.9:9400/metrics")
     (t,) = sidecar_config(cfg, "h100", flags, pod="p1", namespace="llm").tiers["h100"].targets
@@ -179,7 +178,7 @@ def test_sidecars_and_fleet_mode_agree_on_the_recommended_count(tmp_path: Path) 
                                       daemon=True)
                 th.start()
                 threads.append(th)
-                assert wait_until(lambda: ready, 10), "a sidecar did not start"
+                assert wait_until(lambda ready=ready: ready, 10), "a sidecar did not start"
                 sidecar_urls.append(f"http://127.0.0.1:{ready[0].port}/metrics")
         rules = tmp_path / "rules"
         for fname, text in build(demo.config, for_="2s", eval_interval="1s").items():

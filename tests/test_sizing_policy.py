@@ -105,11 +105,13 @@ def _python(config: Config, s: Scenario) -> dict[int, Resize]:
         start = now if start is None else start
 
         class Span:  # what peak_sample asks of a window: how much of it the data covers
-            @staticmethod
-            def span() -> float:
-                return now - start  # type: ignore[operator]
+            def __init__(self, seconds: float) -> None:
+                self.seconds = seconds
 
-        counted = peak_sample(Span, rps, window)  # type: ignore[arg-type]
+            def span(self) -> float:
+                return self.seconds
+
+        counted = peak_sample(Span(now - start), rps, window)  # type: ignore[arg-type]
         floor = scale_down_floor(tier.schedule.min_warm_instances,
                                  littles_law_floor(rps, s.queue, plan.benchmark.usable_rps_per_instance,
                                                    plan.slo.ttft_p99))

@@ -8,7 +8,7 @@ import pytest
 
 from exporter.config import GpuSelector
 from exporter.exposition import ExpositionError, parse
-from exporter.sources import dcgm, sglang, vllm
+from exporter.sources import dcgm, sglang, trtllm, vllm
 
 from conftest import FIXTURES, fixture_text
 
@@ -80,6 +80,30 @@ def test_sglang_040_docs_capture() -> None:
     assert e.counters["requests_finished"] == 11228  # e2e latency count: 0.4.0 has no request counter
     assert e.gauges["prefix_cache_hit_rate"] == pytest.approx(0.007507552643049313)
     assert e.gauges["requests_waiting"] == 2826
+
+
+def test_trtllm_snapshot_against_prometheus_clients_parser() -> None:
+    """TensorRT-LLM's families (tests/fixtures/trtllm/generate.py) read as an independent parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = fixture_text("trtllm/generated/trtllm-050f80de/snapshot-20.prom")
+    e = trtllm.parse(text)
+    theirs: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            theirs[smp.name] = theirs.get(smp.name, 0.0) + smp.value
+    assert e.counters["requests_finished"] == theirs["trtllm_request_success_total"] > 0
+    assert e.counters["prefix_cache_queries"] == theirs["trtllm_prompt_tokens_total"]
+    assert e.counters["prefix_cache_hits"] == theirs["trtllm_prompt_cached_tokens_total"] > 0
+    assert e.gauges["kv_cache_usage"] == theirs["trtllm_kv_cache_utilization"]
+    assert e.gauges["requests_waiting"] == theirs["trtllm_num_requests_waiting"]
+    assert e.histograms["ttft_seconds"].count == theirs["trtllm_time_to_first_token_seconds_count"]
+    assert e.histograms["itl_seconds"].count == theirs["trtllm_time_per_output_token_seconds_count"]
+    assert e.kv_capacity_tokens == theirs["trtllm_kv_cache_max_blocks"] * theirs["trtllm_kv_cache_tokens_per_block"]
+    reasons = {k.split(":", 1)[1]: v for k, v in e.counters.items() if k.startswith("requests_finished_reason:")}
+    assert sum(reasons.values()) == e.counters["requests_finished"] and set(reasons) == {"stop", "length"}
+    # what it lacks is absent, never zero: the eviction and workload rows say why
+    assert "preemptions" not in e.counters and "prompt_tokens_per_request" not in e.histograms
 
 
 def test_every_engine_capture_parses() -> None:

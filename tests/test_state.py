@@ -111,7 +111,8 @@ def test_a_corrupt_state_file_is_set_aside_logged_and_counted(tmp_path: Path,
 
 
 @pytest.mark.parametrize("text", ["", "[]", '{"version": 2, "tiers": {}}', '{"version": 1, "tiers": {"t": [[1, -1, 2]]}}',
-                                  '{"version": 1, "tiers": {"t": [[NaN, 1, 2]]}}', '{"version": 1, "tiers": {"t": [[1, 1, true]]}}'])
+                                  '{"version": 1, "tiers": {"t": [[NaN, 1, 2]]}}',
+                                  '{"version": 1, "tiers": {"t": [[1, 1, true]]}}'])
 def test_decode_trusts_nothing(text: str) -> None:
     with pytest.raises(state.StateError):
         state.decode(text)

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out / (n + '.yaml')}: differs from a fresh sweep; run python -m exporter.demo.sweep",
                   file=sys.stderr)
         return 1 if stale else 0
-    for name, path in write_plans(args.out, texts).items():
+    for path in write_plans(args.out, texts).values():
         print(f"wrote {path}")
     return 0
 

@@ -57,7 +57,8 @@ def report_text(result: dict[str, Any]) -> str:
                f"best per dollar: {', '.join(r['gpu'] for r in hw['ranking'][:3]) or 'n/a'}")
     out += [f"        note: {n}" for n in hw["notes"]]
     r = s["3_routing"]
-    out.append(f"routing        {'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'}: {r['why']}")
+    routing = 'multi-tier' if r['multi_tier'] else 'single fleet' if r['multi_tier'] is False else 'unknown'
+    out.append(f"routing        {routing}: {r['why']}")
     for t in r.get("tiers") or []:
         p = t.get("plan")
         out.append(f"        tier {t['tier']}: {num(t['peak_rps'], 4)} peak RPS: " + (
@@ -93,7 +94,7 @@ def report_text(result: dict[str, Any]) -> str:
     out.append("checklist      " + "; ".join(f"{i['item']} {'ON' if i['on'] else 'off'}" for i in s["8_9_checklist"]))
     out += [f"        {i['item']}: {i['why']}" for i in s["8_9_checklist"]]
     f = s["11_fleet"]
-    out.append(f"fleet          " + (f"{plural(f['instances'], 'instance')}, {plural(f['total_gpus'], 'GPU')}: {f['why']}"
+    out.append("fleet          " + (f"{plural(f['instances'], 'instance')}, {plural(f['total_gpus'], 'GPU')}: {f['why']}"
                                           if "reason" not in f else f"n/a: {f['reason']}"))
     c = s["12_cost"]
     if "reason" in c:

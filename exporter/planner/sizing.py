@@ -153,7 +153,8 @@ def _checklist(wl: Workload, gpu: Gpu, chosen: Mapping[str, Any], curve: Curve |
          + ("" if "fp8" in gpu.tflops else f"; {gpu.name} has no FP8 path")),
         ("prefix_caching", wl.shared_prefixes,
          "the workload declares shared prefixes" if wl.shared_prefixes else "no shared prefixes declared"),
-        ("chunked_prefill", spread > MIXED_LENGTHS, f"input P99 / P50 = {num(spread)} ({'>' if spread > MIXED_LENGTHS else '<='} {num(MIXED_LENGTHS)})"),
+        ("chunked_prefill", spread > MIXED_LENGTHS,
+         f"input P99 / P50 = {num(spread)} ({'>' if spread > MIXED_LENGTHS else '<='} {num(MIXED_LENGTHS)})"),
         ("speculative_decoding", latency_sensitive and wl.concurrency_per_instance <= 16,
          f"online share {wl.online_share:.0%}, ITL SLO {num(wl.slo.itl_p99 * 1000)} ms, "
          f"{wl.concurrency_per_instance} sequences per instance (on when latency-sensitive and at most 16)"),
@@ -283,7 +284,8 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
             "7_10_benchmark": bench if bench is not None else {"reason": reasons["usable_rps_per_instance"]},
             "8_9_checklist": _checklist(wl, gpu, chosen, curve, total_gpus),
             "11_fleet": ({"instances": instances, "total_gpus": total_gpus, "dp": instances,
-                          "why": f"ceil(ceil({num(wl.peak_rps)} / {num(usable or 0, 4)}) x (1 + {num(wl.safety_factor)})) = {instances}"
+                          "why": f"ceil(ceil({num(wl.peak_rps)} / {num(usable or 0, 4)}) x "
+                                 f"(1 + {num(wl.safety_factor)})) = {instances}"
                                  f" instances x {par['gpus_per_instance']} GPUs"}
                          if instances is not None else {"reason": reasons["instances"]}),
             "12_cost": ({"cost_per_million_tokens_usd": cost, "annual_cost_usd": annual,

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import inputs as I
+from .. import engines as I
 from .. import catalogue
 from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
                          written_out)
@@ -141,7 +141,8 @@ def _variables() -> list[dict[str, Any]]:
                 "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}
 
     return [
-        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0, "options": [], "refresh": 1, "regex": "", "includeAll": False, "multi": False},
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0,
+         "options": [], "refresh": 1, "regex": "", "includeAll": False, "multi": False},
         query("tier", "Tier", "label_values(fleetwatch_plan_instances, tier)"),
         query("instance", "Instance", f"label_values(fleetwatch_target_up{{{TIER}}}, instance)"),
     ]
@@ -258,8 +259,8 @@ def plan_validation() -> dict[str, Any]:
     b.add(_panel("table", "Findings", "Current findings (target down, drift, runaway generation, mixed tier, ...) "
                  "with the instance to blame.",
                  [_target(f"fleetwatch_finding{{{TIER}}} == 1", "", "A", instant=True, table=True)], "short"), 12, 8)
-    b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated rules) "
-                 "against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
+    b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated "
+                 "rules) against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
                  [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
                   _target(f"{INSTANCES}{{{TIER}}}", "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)

@@ -14,12 +14,11 @@ from typing import Any
 import yaml
 
 from .. import catalogue, sizing
-from ..catalogue import INSTANCES, RECOMMENDED, Limit, Row, apply_override, fleet_series, plan_series
+from ..catalogue import INSTANCES, RECOMMENDED, Row, apply_override, fleet_series, plan_series
 from ..config import Config, TierConfig, format_duration
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
 from ..model import Band, Threshold
-from ..window import Quantity
 
 PREFIX = "Fleetwatch"
 RUNBOOK = "runbook.md"
@@ -235,7 +234,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
         runbook=("The queue passed the recommended gateway circuit-breaker threshold: without a breaker, a spike "
                  "becomes an OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
                  "Configure the breaker at the recommended threshold; scale up if this persists."),
-        cases=(TestCase(((queue, "100x40"), (br, "80x40")), True), TestCase(((queue, "80x40"), (br, "80x40")), False)), op=">", th=80.0))
+        cases=(TestCase(((queue, "100x40"), (br, "80x40")), True), TestCase(((queue, "80x40"), (br, "80x40")), False)),
+        op=">", th=80.0))
     # Step 13: production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
     checks = "ttft_p99_vs_benchmark|itl_p99_vs_benchmark|gpu_utilization_vs_benchmark"
     status = f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}}'

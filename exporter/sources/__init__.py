@@ -18,11 +18,30 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..exposition import Sample
 from ..inputs import INPUTS
-from ..model import Histogram
+from ..model import EngineSample, Histogram
+
+Names = Mapping[str, tuple[str, ...]]  # canonical input -> the engine's raw names, newest first
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An inference engine fleetwatch reads: everything about it is in its own module
+    (``exporter/sources/<name>.py``), registered by one line in ``exporter/engines.py``."""
+
+    name: str  # the config key of its targets (``vllm: URL``) and its samples' engine
+    title: str  # in words
+    prefix: str  # every metric of its own starts with it
+    default_port: int  # where a sidecar finds it on localhost
+    names: Names
+    parse: Callable[[str], EngineSample]
+    # PromQL of a rate gauge where the engine's reading means something (engines without the counters)
+    gauge_promql: Mapping[str, str] = field(default_factory=dict)
+    finished_reason_label: str | None = None  # the label that splits requests_finished by reason
+    lora_info: str | None = None  # the series that reports its LoRA adapters, where it has one
 
 
 def valid(v: float) -> bool:
@@ -152,20 +171,20 @@ class Canonical:
     invalid: set[str] = field(default_factory=set)
 
 
-def read_inputs(index: dict[str, list[Sample]], engine: str, *, skip: frozenset[str] = frozenset()) -> Canonical:
-    """Every input of exporter.inputs that ``engine`` exposes, summed over the engine's own labels,
+def read_inputs(index: dict[str, list[Sample]], names: Names, *, skip: frozenset[str] = frozenset()) -> Canonical:
+    """Every input the engine exposes (``names``, its table), summed over the engine's own labels,
     first present name first; the parsers handle the inputs in ``skip`` themselves."""
     out = Canonical()
-    for inp in INPUTS.values():
-        raw = inp.names.get(engine, ())
-        if not raw or inp.canonical in skip:
+    for canonical, raw in names.items():
+        kind = INPUTS[canonical].kind
+        if not raw or canonical in skip:
             continue
-        if inp.kind == "counter":
-            put(out.counters, index, inp.canonical, *raw, invalid=out.invalid)
-        elif inp.kind == "gauge":
-            put(out.gauges, index, inp.canonical, *raw, invalid=out.invalid)
-    out.histograms = histograms(index, tuple((i.canonical, i.names[engine]) for i in INPUTS.values()
-                                             if i.kind == "histogram" and engine in i.names), out.invalid)
+        if kind == "counter":
+            put(out.counters, index, canonical, *raw, invalid=out.invalid)
+        elif kind == "gauge":
+            put(out.gauges, index, canonical, *raw, invalid=out.invalid)
+    out.histograms = histograms(index, tuple((c, raw) for c, raw in names.items() if INPUTS[c].kind == "histogram"),
+                                out.invalid)
     return out
 
 
@@ -179,11 +198,11 @@ def process_start(idx: Mapping[str, Sequence[Sample]], gauges: dict[str, float])
         gauges["process_start_time"] = series[0].value
 
 
-def wanted(engine: str, *extra: str) -> frozenset[str]:
-    """Every sample name the parsers read for ``engine``: the inputs table's names (a histogram's
-    as _bucket, _sum and _count) plus ``extra``. The exposition parser skips every other line."""
+def wanted(names: Names, *extra: str) -> frozenset[str]:
+    """Every sample name a parser reads: the engine's table (a histogram's as _bucket, _sum and
+    _count) plus ``extra``. The exposition parser skips every other line."""
     out = set(extra)
-    for i in INPUTS.values():
-        for n in i.names.get(engine, ()):
-            out |= {n + s for s in ("_bucket", "_sum", "_count")} if i.kind == "histogram" else {n}
+    for canonical, raw in names.items():
+        for n in raw:
+            out |= {n + s for s in ("_bucket", "_sum", "_count")} if INPUTS[canonical].kind == "histogram" else {n}
     return frozenset(out)

@@ -1,8 +1,8 @@
 """vLLM /metrics (V0 and V1, 0.4 -> 0.33) -> canonical engine inputs.
 
 The names read, and the renames between versions (newest first, the old one ignored when both
-exist), are the table in exporter/inputs.py. V0's gpu_prefix_cache_hit_rate gauge reads -1 for
-"no data" and is treated as missing.
+exist), are ``NAMES`` below. V0's gpu_prefix_cache_hit_rate gauge reads -1 for "no data" and is
+treated as missing.
 """
 from __future__ import annotations
 
@@ -10,19 +10,44 @@ import math
 
 from .. import exposition
 from ..model import EngineSample, LoraState
-from ..inputs import names
-from . import PROCESS_START, by_name, mean_of_valid, process_start, read_inputs, wanted
+from . import PROCESS_START, Engine, by_name, mean_of_valid, process_start, read_inputs, wanted
 
+# canonical input -> vLLM's names for it, newest first
+NAMES: dict[str, tuple[str, ...]] = {
+    "requests_finished": ("vllm:request_success_total",),
+    "prompt_tokens": ("vllm:prompt_tokens_total",),
+    "generation_tokens": ("vllm:generation_tokens_total",),
+    "preemptions": ("vllm:num_preemptions_total",),
+    # 0.9 renamed gpu_prefix_cache_* to prefix_cache_*
+    "prefix_cache_queries": ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total"),
+    "prefix_cache_hits": ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total"),
+    "spec_draft_tokens": ("vllm:spec_decode_num_draft_tokens_total",),
+    "spec_accepted_tokens": ("vllm:spec_decode_num_accepted_tokens_total",),
+    "requests_running": ("vllm:num_requests_running",),
+    "requests_waiting": ("vllm:num_requests_waiting",),
+    # 0.9 renamed gpu_cache_usage_perc (kept until 0.10.x, hidden in 0.11)
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    # V0's rate gauges, read where the counters are absent; they read -1 for "no data"
+    "prefix_cache_hit_rate": ("vllm:gpu_prefix_cache_hit_rate",),
+    "spec_acceptance_rate": ("vllm:spec_decode_draft_acceptance_rate",),
+    "ttft_seconds": ("vllm:time_to_first_token_seconds",),
+    # 0.10.2 renamed time_per_output_token_seconds (in V1 it was already ITL)
+    "itl_seconds": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+    "prompt_tokens_per_request": ("vllm:request_prompt_tokens",),
+    "generation_tokens_per_request": ("vllm:request_generation_tokens",),
+    "e2e_seconds": ("vllm:e2e_request_latency_seconds",),
+}
 PREFIXES = ("vllm:", PROCESS_START)
-NAMES = wanted("vllm", "vllm:lora_requests_info", "vllm:cache_config_info", PROCESS_START)  # the only lines split into labels and values
+# the only lines split into labels and values
+WANTED = wanted(NAMES, "vllm:lora_requests_info", "vllm:cache_config_info", PROCESS_START)
 
 
 def parse(text: str) -> EngineSample:
-    samples = exposition.parse(text, PREFIXES, NAMES)
+    samples = exposition.parse(text, PREFIXES, WANTED)
     if not any(s.name != PROCESS_START for s in samples) and not exposition.has_prefix(text, PREFIXES[:1]):
         raise exposition.not_metrics(text, "vllm:")
     idx = by_name(samples)
-    c = read_inputs(idx, "vllm", skip=_OWN)
+    c = read_inputs(idx, NAMES, skip=_OWN)
     finished = idx.get("vllm:request_success_total", [])
     if "requests_finished" in c.counters:  # the same series, split by finished_reason
         for s in finished:
@@ -32,7 +57,7 @@ def parse(text: str) -> EngineSample:
     # where the counters that replaced them are absent
     for gauge, counter in (("prefix_cache_hit_rate", "prefix_cache_queries"), ("spec_acceptance_rate", "spec_draft_tokens")):
         if counter not in c.counters and counter not in c.invalid:
-            rate = mean_of_valid(idx.get(names(gauge, "vllm")[0], ()))
+            rate = mean_of_valid(idx.get(NAMES[gauge][0], ()))
             if rate is not None:
                 c.gauges[gauge] = rate
     process_start(idx, c.gauges)
@@ -78,3 +103,9 @@ def _kv_capacity(idx: dict[str, list[exposition.Sample]]) -> float | None:
         except (KeyError, ValueError):
             continue
     return total if total > 0 and math.isfinite(total) else None
+
+
+ENGINE = Engine(
+    "vllm", "vLLM", "vllm:", 8000, NAMES, parse,
+    gauge_promql={"spec_acceptance_rate": "avg_over_time(vllm:spec_decode_draft_acceptance_rate[{w}]) >= 0"},
+    finished_reason_label="finished_reason", lora_info="vllm:lora_requests_info")
