@@ -25,7 +25,7 @@ import requests
 from .fetch import deadline, described, new_session
 from .secrets import redact, redact_url
 
-from .model import Report, Status
+from .model import Action, Report, Status
 from .text import num
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,12 @@ def alerts_from_report(report: Report, static: Mapping[str, str] | None = None) 
         r = t.resize
         breaker = t.guardrails.get("circuit_breaker_queue_threshold")
         breaker_value = breaker.get("value") if isinstance(breaker, dict) else None
-        if r.action in ("scale_up", "scale_down", "recharacterize"):
+        if r.action != Action.HOLD:
             out.append(Alert(
                 {"alertname": "FleetwatchResizeTrigger", "tier": name, "action": r.action,
-                 "severity": "critical" if r.action == "scale_up" else "warning"},
+                 "severity": "critical" if r.action == Action.SCALE_UP else "warning"},
                 {"summary": f"tier {name}: {r.action.replace('_', ' ')} to {r.recommended_instances} instances"
-                 if r.action != "recharacterize" else f"tier {name}: re-characterize the workload",
+                 if r.action != Action.RECHARACTERIZE else f"tier {name}: re-characterize the workload",
                  "description": r.reason,
                  "recommended_instances": str(r.recommended_instances),
                  "current_instances": str(r.current_instances),

@@ -17,11 +17,11 @@ from .catalogue import PLAN_FIGURES
 from .alertmanager import NotifyStats
 from .config import redact_url
 from .model import Config, Plan
-from .model import Report, Status
+from .model import Action, Report, Status
 from .scrape import ScrapeStats
 
 STATUSES = [s.value for s in Status]
-ACTIONS = ("scale_up", "recharacterize", "scale_down", "hold")
+ACTIONS = tuple(a.value for a in Action)
 
 
 # findings about the tier as a whole, which one instance's sidecar cannot see

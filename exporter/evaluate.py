@@ -13,7 +13,7 @@ from .catalogue import Context, Row, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
-from .model import (Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
+from .model import (Action, Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
 from .inputs import INPUTS
 from .sizing import (counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
                      scale_down_floor, scale_down_to, sizing_peak)
@@ -220,15 +220,15 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
     rec = recommended_instances(peak, usable, plan.safety_factor)
     formula = f"{basis} / {num(usable)} usable RPS per instance x (1 + {num(plan.safety_factor)} safety)"
     if rec > current:
-        return Resize(current, rec, "scale_up", f"tier {tier} needs {plural(rec, 'instance')}, has {current}: "
+        return Resize(current, rec, Action.SCALE_UP, f"tier {tier} needs {plural(rec, 'instance')}, has {current}: "
                                                 f"{formula}.", peak)
     if step13_critical:
-        return Resize(current, rec, "recharacterize",
+        return Resize(current, rec, Action.RECHARACTERIZE,
                       f"tier {tier}: production no longer matches the benchmark the plan was sized on (observed vs "
                       f"benchmark is critical); re-characterize the workload and re-run the benchmark before "
                       f"resizing. The sizing math says {rec} for {current}.", peak)
     if rec < current and floor[0] >= current:
-        return Resize(current, rec, "hold", f"tier {tier} could run {plural(rec, 'instance')} by the sizing math, but "
+        return Resize(current, rec, Action.HOLD, f"tier {tier} could run {plural(rec, 'instance')} by the sizing math, but "
                                             f"keeps {current}: {floor[1]}.", peak)
     if rec < current:
         start = now - plan.scale_down_stabilization
@@ -236,14 +236,14 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
         long_enough = covered >= plan.scale_down_stabilization and observed_throughout(history, start, now, max_gap)
         if long_enough and all(h.recommended is not None and h.recommended < current for h in window):
             to = scale_down_to(rec, floor[0])
-            return Resize(current, rec, "scale_down",
+            return Resize(current, rec, Action.SCALE_DOWN,
                           f"tier {tier} needs {plural(rec, 'instance')}, has {current}, for the whole "
                           f"{num(plan.scale_down_stabilization / 60)}m stabilization window: {formula}"
                           + (f"; scale down to {to}, not below: {floor[1]}" if to > rec else "") + ".", peak)
-        return Resize(current, rec, "hold",
+        return Resize(current, rec, Action.HOLD,
                       f"tier {tier} could run {plural(rec, 'instance')} instead of {current}, but not yet for a whole "
                       f"{num(plan.scale_down_stabilization / 60)}m stabilization window: {formula}.", peak)
-    return Resize(current, rec, "hold", f"tier {tier} has the {plural(current, 'instance')} it needs: {formula}.",
+    return Resize(current, rec, Action.HOLD, f"tier {tier} has the {plural(current, 'instance')} it needs: {formula}.",
                   peak)
 
 
@@ -431,7 +431,7 @@ def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
     total = len(tw.instances)
     return TierReport(
         tier=tier.name, instances_up=len(tw.up()), instances_total=total, metrics=metrics, plan_checks=(),
-        resize=Resize(total, None, "hold", f"tier {tier.name}: no resize verdict ({reason}).", None),
+        resize=Resize(total, None, Action.HOLD, f"tier {tier.name}: no resize verdict ({reason}).", None),
         workload={}, findings=(), guardrails={}, error=error)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Mapping
 
 
@@ -204,11 +204,20 @@ class Finding:
         return {"kind": self.kind, "status": self.status.value, "message": self.message, "instance": self.instance}
 
 
+class Action(StrEnum):
+    """A tier's resize verdict. Its value is what reports, labels and alerts say."""
+
+    SCALE_UP = "scale_up"
+    RECHARACTERIZE = "recharacterize"
+    SCALE_DOWN = "scale_down"
+    HOLD = "hold"
+
+
 @dataclass(frozen=True)
 class Resize:
     current_instances: int
     recommended_instances: int | None
-    action: str  # scale_up | recharacterize | scale_down | hold
+    action: Action
     reason: str
     peak_rps: float | None
 
@@ -216,7 +225,7 @@ class Resize:
         return {
             "current_instances": self.current_instances,
             "recommended_instances": self.recommended_instances,
-            "action": self.action,
+            "action": str(self.action),
             "reason": self.reason,
             "peak_rps": self.peak_rps,
         }
