@@ -188,6 +188,16 @@ def read_inputs(index: dict[str, list[Sample]], names: Names, *, skip: frozenset
     return out
 
 
+def split_by_reason(c: Canonical, series: Iterable[Sample], label: str = "finished_reason") -> None:
+    """The finished-request counter again, split by its reason label (requests_finished_reason:<reason>),
+    where the whole counter was read."""
+    if "requests_finished" not in c.counters:
+        return
+    for s in series:
+        key = f"requests_finished_reason:{s.labels.get(label, 'unknown')}"
+        c.counters[key] = c.counters.get(key, 0.0) + s.value
+
+
 PROCESS_START = "process_start_time_seconds"  # prometheus_client's process collector, in every engine's /metrics
 
 

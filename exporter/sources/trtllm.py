@@ -14,7 +14,7 @@ import math
 
 from .. import exposition
 from ..model import EngineSample
-from . import PROCESS_START, Engine, by_name, process_start, read_inputs, wanted
+from . import PROCESS_START, Engine, by_name, process_start, read_inputs, split_by_reason, wanted
 
 # canonical input -> TensorRT-LLM's names for it
 NAMES: dict[str, tuple[str, ...]] = {
@@ -42,10 +42,7 @@ def parse(text: str) -> EngineSample:
         raise exposition.not_metrics(text, "trtllm_")
     idx = by_name(samples)
     c = read_inputs(idx, NAMES)
-    if "requests_finished" in c.counters:  # the same series, split by finished_reason
-        for s in idx.get(NAMES["requests_finished"][0], ()):
-            key = f"requests_finished_reason:{s.labels.get('finished_reason', 'unknown')}"
-            c.counters[key] = c.counters.get(key, 0.0) + s.value
+    split_by_reason(c, idx.get(NAMES["requests_finished"][0], ()))
     process_start(idx, c.gauges)
     return EngineSample(engine="trtllm", counters=c.counters, gauges=c.gauges, histograms=c.histograms,
                         kv_capacity_tokens=_kv_capacity(idx), invalid=frozenset(c.invalid))

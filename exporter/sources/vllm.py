@@ -10,7 +10,7 @@ import math
 
 from .. import exposition
 from ..model import EngineSample, LoraState
-from . import PROCESS_START, Engine, by_name, mean_of_valid, process_start, read_inputs, wanted
+from . import PROCESS_START, Engine, by_name, mean_of_valid, process_start, read_inputs, split_by_reason, wanted
 
 # canonical input -> vLLM's names for it, newest first
 NAMES: dict[str, tuple[str, ...]] = {
@@ -48,11 +48,7 @@ def parse(text: str) -> EngineSample:
         raise exposition.not_metrics(text, "vllm:")
     idx = by_name(samples)
     c = read_inputs(idx, NAMES, skip=_OWN)
-    finished = idx.get("vllm:request_success_total", [])
-    if "requests_finished" in c.counters:  # the same series, split by finished_reason
-        for s in finished:
-            key = f"requests_finished_reason:{s.labels.get('finished_reason', 'unknown')}"
-            c.counters[key] = c.counters.get(key, 0.0) + s.value
+    split_by_reason(c, idx.get(NAMES["requests_finished"][0], ()))
     # V0's rate gauges read -1 for "no data": only usable values are averaged, and only
     # where the counters that replaced them are absent
     for gauge, counter in (("prefix_cache_hit_rate", "prefix_cache_queries"), ("spec_acceptance_rate", "spec_draft_tokens")):
