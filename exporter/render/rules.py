@@ -8,6 +8,7 @@ accepts: no group ``labels``, no ``query_offset``, no native histograms.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -354,27 +355,108 @@ def prometheus_rule(groups: list[dict[str, Any]], name: str = "fleetwatch") -> d
 
 
 def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str) -> dict[str, Any]:
-    """One test per alert and case: the fire case expects exactly the rules that fire on it."""
+    """Every alert's cases; each fire case expects exactly the rules that fire on it.
+
+    Cases are packed into as few test groups as stay independent (see ``_pack``): promtool evaluates
+    every rule at every step of every group, so one group per case took it half a minute."""
     specs = alerts(config)
     interval = format_duration(config.interval)
-    tests = []
+    by_wait: dict[float, list[tuple[AlertSpec, TestCase]]] = {}
     for spec in specs:
         wait = max(config.interval * 4, _seconds(spec.for_ or for_) + config.interval * 4)
-        eval_time = format_duration(wait)
+        by_wait.setdefault(wait, []).extend((spec, case) for case in spec.cases)
+    reads = _reads(recording_rules(config))
+    tests = []
+    for wait, cases in sorted(by_wait.items()):
         samples = int(wait / config.interval) + 2  # every series spans the whole wait
-        for case in spec.cases:
-            expected = []
-            for other in specs:  # the same alert name on the same inputs: every severity that fires
-                if other.name == spec.name and other.tier == spec.tier and _fires(other, case, spec):
-                    expected.append({"exp_labels": {"severity": other.severity, "tier": other.tier,
-                                                    **other.extra_labels, **case.labels},
-                                     "exp_annotations": _annotations(other, case, runbook_base)})
-            tests.append({"interval": interval,
-                          "input_series": [{"series": s, "values": f"{v.split('x')[0]}x{samples}"}
-                                           for s, v in case.series],
-                          "alert_rule_test": [{"eval_time": eval_time, "alertname": spec.name,
-                                               "exp_alerts": expected}]})
+        for group in _pack(cases, reads):
+            series: list[dict[str, str]] = []
+            checks = []
+            for spec, case in group:
+                series += [{"series": s, "values": f"{v.split('x')[0]}x{samples}"} for s, v in case.series]
+                checks.append({"eval_time": format_duration(wait), "alertname": spec.name,
+                               "exp_alerts": _expected(specs, spec, case, runbook_base)})
+            tests.append({"interval": interval, "input_series": series, "alert_rule_test": checks})
     return {"rule_files": [rule_file], "evaluation_interval": interval, "tests": tests}
+
+
+def _expected(specs: list[AlertSpec], spec: AlertSpec, case: TestCase, runbook_base: str) -> list[dict[str, Any]]:
+    """The same alert name on the same inputs: every severity that fires."""
+    return [{"exp_labels": {"severity": other.severity, "tier": other.tier, **other.extra_labels, **case.labels},
+             "exp_annotations": _annotations(other, case, runbook_base)}
+            for other in specs if other.name == spec.name and other.tier == spec.tier and _fires(other, case, spec)]
+
+
+_SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?')
+_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"')
+Selector = tuple[str, frozenset[tuple[str, str]]]  # a name and its equality matchers
+
+
+def _selectors(expr: str) -> set[Selector]:
+    """Every name an expression reads, with the equality matchers it puts on it (words such as ``sum``
+    come along; no input series has their names)."""
+    return {(name, frozenset(_MATCHER.findall(braces or ""))) for name, braces in _SELECTOR.findall(expr)}
+
+
+def _reads(recording: list[dict[str, Any]]) -> dict[str, set[Selector]]:
+    """Each recorded series -> every selector it is computed from, through other recording rules."""
+    direct: dict[str, set[Selector]] = {}
+    for r in recording:
+        direct.setdefault(r["record"], set()).update(_selectors(r["expr"]))
+    closed: dict[str, set[Selector]] = {}
+
+    def close(name: str, seen: frozenset[str]) -> set[Selector]:
+        if name not in closed:
+            out = set(direct.get(name, ()))
+            for n, _ in list(out):
+                if n in direct and n not in seen:
+                    out |= close(n, seen | {n})
+            closed[name] = out
+        return closed[name]
+    return {name: close(name, frozenset({name})) for name in direct}
+
+
+def read_by(exprs: list[str], recording: list[dict[str, Any]]) -> set[str]:
+    """The recorded series the expressions read, directly or through other recording rules."""
+    reads = _reads(recording)
+    names = {n for e in exprs for n, _ in _selectors(e) if n in reads}
+    return names | {n for name in names for n, _ in reads[name] if n in reads}
+
+
+def _input(text: str) -> tuple[str, dict[str, str]]:
+    name, _, labels = text.partition("{")
+    return name, dict(_MATCHER.findall(labels))
+
+
+def _pack(cases: list[tuple[AlertSpec, TestCase]], reads: dict[str, set[Selector]]
+          ) -> list[list[tuple[AlertSpec, TestCase]]]:
+    """First fit: a group holds each alert name once, and no case's input series is selected by another
+    case's alert (by its expression or the recording rules behind it), so each case sees only its own."""
+    exprs: dict[str, set[Selector]] = {}  # promtool checks an alert name on every tier and severity at once
+    for spec, _ in cases:
+        exprs.setdefault(spec.name, set()).update(_selectors(spec.expr))
+
+    def reached(spec: AlertSpec) -> set[Selector]:
+        sel = exprs[spec.name]
+        return sel.union(*(reads.get(n, set()) for n, _ in sel))
+
+    def hits(series: list[tuple[str, dict[str, str]]], selectors: set[Selector]) -> bool:
+        return any(n == name and all(labels.get(k, "") == v for k, v in m) for name, labels in series
+                   for n, m in selectors)
+
+    groups: list[tuple[list[tuple[AlertSpec, TestCase]], set[str], list[tuple[str, dict[str, str]]], set[Selector]]] = []
+    for spec, case in cases:
+        mine, mine_reached = [_input(s) for s, _ in case.series], reached(spec)
+        for members, names, fed, read in groups:
+            if spec.name not in names and not hits(mine, read) and not hits(fed, mine_reached):
+                members.append((spec, case))
+                names.add(spec.name)
+                fed += mine
+                read |= mine_reached
+                break
+        else:
+            groups.append(([(spec, case)], {spec.name}, list(mine), set(mine_reached)))
+    return [members for members, *_ in groups]
 
 
 def _seconds(d: str) -> float:
