@@ -57,7 +57,7 @@ def alerts_from_report(report: Report, static: Mapping[str, str] | None = None) 
     for name, t in report.tiers.items():
         r = t.resize
         breaker = t.guardrails.get("circuit_breaker_queue_threshold")
-        breaker_value = breaker.get("value") if isinstance(breaker, dict) else None
+        breaker_value = breaker.value if breaker is not None else None
         if r.action != Action.HOLD:
             out.append(Alert(
                 {"alertname": "FleetwatchResizeTrigger", "tier": name, "action": r.action,

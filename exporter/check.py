@@ -8,7 +8,7 @@ from typing import Callable
 
 from .config import Config
 from .daemon import Pipeline
-from .model import Report
+from .model import Report, Status
 from .scrape import Scraper
 from .text import num, plural, seconds
 
@@ -53,13 +53,8 @@ def _num(v: float | None, unit: str) -> str:
 SHARED_REASON = 3  # an unknown reason on this many rows of a tier is said once, above its rows
 
 
-def _f(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) else None
-
-
-def _pct(v: object) -> str:
-    f = _f(v)
-    return "?" if f is None else f"{num(f * 100)}"
+def _pct(v: float) -> str:
+    return num(v * 100)
 
 
 def format_table(report: Report) -> str:
@@ -87,34 +82,30 @@ def format_table(report: Report) -> str:
             lines.append("   findings:")
             for f in t.findings:
                 lines.append(f"     {f.status.value:<8} {f.kind:<28} {f.message}")
-        g = t.guardrails
-        parts = [f"{k} {_num(_f(v['value']), '')} ({_num(_f(v['low']), '')}-{_num(_f(v['high']), '')})"
+        parts = [f"{k} {_num(g.value, '')} ({_num(g.low, '')}-{_num(g.high, '')})"
                  + (" at the plan's peak" if k == "circuit_breaker_queue_threshold" else "")
-                 for k, v in g.items() if isinstance(v, dict) and v.get("value") is not None]
+                 for k, g in t.guardrails.items() if g.value is not None]
         if parts:
             lines.append(f"   guardrails: {'; '.join(parts)}")
-        wl = t.workload
-        inp, out = wl.get("input_tokens"), wl.get("output_tokens")
-        if isinstance(inp, dict) and isinstance(out, dict):
-            lines.append(f"   workload: input p50/p95/p99 {_num(inp.get('p50'), '')}/{_num(inp.get('p95'), '')}/"
-                         f"{_num(inp.get('p99'), '')} tokens; output {_num(out.get('p50'), '')}/"
-                         f"{_num(out.get('p95'), '')}/{_num(out.get('p99'), '')}")
+        if t.workload is not None:
+            inp, out = t.workload.input_tokens, t.workload.output_tokens
+            lines.append(f"   workload: input p50/p95/p99 {_num(inp.p50, '')}/{_num(inp.p95, '')}/{_num(inp.p99, '')} "
+                         f"tokens; output {_num(out.p50, '')}/{_num(out.p95, '')}/{_num(out.p99, '')}")
         sc = t.schedule
-        if sc:
-            lead, ahead = _f(sc.get("lead_seconds")), sc.get("ahead")
-            later = "; ".join(f"{n} in {h}" for h, n in ahead.items()) if isinstance(ahead, dict) else ""
+        if sc is not None:
+            later = "; ".join(f"{n} in {h}" for h, n in sc.ahead.items())
             lines.append("   schedule: " + (
-                f"{plural(_f(sc.get('now')) or 0, 'instance')} now" + (f", {later}" if later else "") +
-                f" ({sc.get('profile')} P{_pct(sc.get('quantile'))} load profile, read "
-                f"{seconds(lead) if lead is not None else '?'} ahead: cold start ({sc.get('lead_source')}) plus margin)"
-                if sc.get("status") == "ok" else f"unknown: {sc.get('reason')}"))
+                f"{plural(sc.now or 0, 'instance')} now" + (f", {later}" if later else "") +
+                f" ({sc.profile} P{_pct(sc.quantile)} load profile, read {seconds(sc.lead_seconds)} ahead: cold "
+                f"start ({sc.lead_source}) plus margin)"
+                if sc.status is Status.OK else f"unknown: {sc.reason}"))
         lv = t.utilization_levers
-        windows = lv.get("idle_windows") if lv else None
-        if isinstance(windows, list) and windows:
-            cost = sum(_f(w.get("idle_cost_usd_per_day")) or 0.0 for w in windows)
+        if lv is not None and lv.idle_windows:
+            windows = lv.idle_windows
+            cost = sum(w.idle_cost_usd_per_day for w in windows)
             lines.append(f"   idle windows: {plural(len(windows), 'hour')} a day under 40% utilization (UTC "
-                         f"{', '.join(str(w['hour_utc']) for w in windows)}), {num(cost)} USD/day idle; scaling down "
-                         f"when it could would save {_num(_f(lv.get('scale_down_savings_usd_per_day')), '')} USD/day")
+                         f"{', '.join(str(w.hour_utc) for w in windows)}), {num(cost)} USD/day idle; scaling down "
+                         f"when it could would save {_num(lv.scale_down_savings_usd_per_day, '')} USD/day")
         lines.append("")
     lines.append("CRITICAL" if report.critical else "no critical finding")
     return "\n".join(lines)

@@ -114,21 +114,17 @@ class FleetCollector(Collector):
         if report is not None:
             for name, t in report.tiers.items():
                 sched = t.schedule
-                if isinstance(sched.get("now"), int):
-                    scheduled.add_metric([name, ""], float(sched["now"]))  # type: ignore[arg-type]
-                ahead = sched.get("ahead")
-                for horizon, n in (ahead.items() if isinstance(ahead, dict) else ()):
-                    if isinstance(n, int):
-                        scheduled.add_metric([name, horizon], float(n))
-                if isinstance(sched.get("lead_seconds"), (int, float)):
-                    lead.add_metric([name], float(sched["lead_seconds"]))  # type: ignore[arg-type]
-                if isinstance(sched.get("cold_start_p90_seconds"), (int, float)):
-                    cold.add_metric([name], float(sched["cold_start_p90_seconds"]))  # type: ignore[arg-type]
+                if sched is not None:
+                    for horizon, n in (("", sched.now), *sched.ahead.items()):
+                        if n is not None:
+                            scheduled.add_metric([name, horizon], float(n))
+                    lead.add_metric([name], sched.lead_seconds)
+                    if sched.cold_start_p90_seconds is not None:
+                        cold.add_metric([name], sched.cold_start_p90_seconds)
                 for g, rec in t.guardrails.items():
-                    if isinstance(rec, dict):
-                        for bound in ("value", "low", "high"):
-                            if isinstance(rec.get(bound), (int, float)):
-                                guardrails.add_metric([name, g, bound], float(rec[bound]))
+                    for bound, v in (("value", rec.value), ("low", rec.low), ("high", rec.high)):
+                        if v is not None:
+                            guardrails.add_metric([name, g, bound], float(v))
                 for key, m in t.metrics.items():
                     if m.value is not None:
                         rows[key].add_metric([name], m.value)

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -27,7 +28,7 @@ from .fetch import cut_at
 from .secrets import redact
 from .text import num, plural
 from .evaluate import HistoryPoint, evaluate, peak_sample, plan_shortfall
-from .model import InstanceSample, Report
+from .model import HistoryNote, InstanceSample, Report
 from .scrape import Scraper, ScrapeStats
 from .schedule import annotate
 from .window import Quantity, TierView, WindowStore, count_resets
@@ -77,7 +78,7 @@ class Pipeline:
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
         self._served: set[tuple[str, str, float | None]] = set()
-        self.history_extra: dict[str, object] = {}  # what else the history rests on (the demo's seeded days)
+        self.history_seeded: str | None = None  # the demo's simulated days, when it seeded them
         self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view
         self.cold_starts: dict[str, deque[float]] = {}
         if config.state_dir is not None:
@@ -161,20 +162,18 @@ class Pipeline:
 
         threading.Thread(target=run, name="history", daemon=True).start()
 
-    def history_note(self) -> dict[str, object]:
+    def history_note(self) -> HistoryNote:
         """What the report says about the history behind the observed peak and scale-down."""
-        return {**self._history_note(), **self.history_extra}
-
-    def _history_note(self) -> dict[str, object]:
+        oldest = min((h[0].timestamp for h in self.history.values() if h), default=None)
         if self.reader is not None:
-            return {"persisted": True, "source": "prometheus", "read": self._history_read,
-                    "since": min((h[0].timestamp for h in self.history.values() if h), default=None)}
-        if self.config.state_dir is None:
-            return {"persisted": False, "since": self.started_at,
-                    "note": "no state_dir: the history is in memory only and started empty when fleetwatch "
-                            "started; scale_down waits for a whole stabilization window observed since then"}
-        return {"persisted": True, "since": min((h[0].timestamp for h in self.history.values() if h),
-                                                 default=self.started_at), "state_dir": self.config.state_dir}
+            note = HistoryNote(True, oldest, source="prometheus", read=self._history_read)
+        elif self.config.state_dir is None:
+            note = HistoryNote(False, self.started_at,
+                               note="no state_dir: the history is in memory only and started empty when fleetwatch "
+                                    "started; scale_down waits for a whole stabilization window observed since then")
+        else:
+            note = HistoryNote(True, self.started_at if oldest is None else oldest, state_dir=self.config.state_dir)
+        return replace(note, seeded=self.history_seeded)
 
     def cold_start_p90(self) -> dict[str, float | None]:
         """Per tier, the P90 of the cold starts seen: process start to the first generated token."""

@@ -13,7 +13,8 @@ from .catalogue import Context, Row, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from .model import Config, CurvePoint, Plan, TierConfig
-from .model import (Action, Band, Finding, MetricValue, PlanCheck, Report, Resize, Status, TierReport)
+from .model import (Action, Band, Finding, Guardrail, HistoryNote, MetricValue, ObservedWorkload, PlanCheck, Report, Resize,
+                    Status, TierReport, TokenLengths)
 from .inputs import INPUTS
 from .sizing import (counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
                      scale_down_floor, scale_down_to, sizing_peak)
@@ -250,18 +251,14 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
 # ------------------------------------------------------------------ workload
 
 
-def workload(tw: TierView) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, key in (("input_tokens", "prompt_tokens_per_request"), ("output_tokens", "generation_tokens_per_request")):
-        block: dict[str, object] = {}
-        for label, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-            block[label] = tw.quantile(key, q).value
-        block["samples"] = tw.quantile(key, 0.5).samples
-        out[name] = block
+def workload(tw: TierView) -> ObservedWorkload:
+    def lengths(key: str) -> TokenLengths:
+        return TokenLengths(tw.quantile(key, 0.50).value, tw.quantile(key, 0.95).value, tw.quantile(key, 0.99).value,
+                            tw.quantile(key, 0.5).samples)
     reasons = {k.split(":", 1)[1]: tw.increase(k) for k in tw.counter_keys("requests_finished_reason:")}
     total = sum(v for v in reasons.values() if v)
-    out["finished_reasons"] = ({r: (v or 0.0) / total for r, v in sorted(reasons.items())} if total > 0 else {})
-    return out
+    return ObservedWorkload(lengths("prompt_tokens_per_request"), lengths("generation_tokens_per_request"),
+                            {r: (v or 0.0) / total for r, v in sorted(reasons.items())} if total > 0 else {})
 
 
 # ------------------------------------------------------------------ the tier
@@ -331,12 +328,12 @@ def explain(tw: TierView, row: Row, q: Quantity) -> Quantity:
     return q if cause is None else replace(q, reason=cause)
 
 
-def _explained(guardrails: dict[str, dict[str, object]], tw: TierView) -> dict[str, dict[str, object]]:
+def _explained(guardrails: dict[str, Guardrail], tw: TierView) -> dict[str, Guardrail]:
     """A guardrail with no value says why as an unknown row does: the tier down or warming up first."""
     cause = down_reason(tw) or (warming_reason(tw) if isinstance(tw, TierWindow) else None)
     if cause is None:
         return guardrails
-    return {k: ({**g, "basis": cause} if g.get("value") is None else g) for k, g in guardrails.items()}
+    return {k: (replace(g, basis=cause) if g.value is None else g) for k, g in guardrails.items()}
 
 
 def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple[int, str]:
@@ -432,7 +429,7 @@ def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
     return TierReport(
         tier=tier.name, instances_up=len(tw.up()), instances_total=total, metrics=metrics, plan_checks=(),
         resize=Resize(total, None, Action.HOLD, f"tier {tier.name}: no resize verdict ({reason}).", None),
-        workload={}, findings=(), guardrails={}, error=error)
+        workload=None, findings=(), guardrails={}, error=error)
 
 
 MAX_HISTORY_POINTS = 10_000  # per tier and range query; Prometheus refuses more than 11,000
@@ -467,7 +464,7 @@ def replay_history(plan: Plan, points: Sequence[tuple[float, float | None]]) -> 
 
 
 def evaluate(config: Config, windows: Mapping[str, TierView], history: Mapping[str, Sequence[HistoryPoint]],
-             now: float, window_seconds: float, history_note: Mapping[str, object] | None = None,
+             now: float, window_seconds: float, history_note: HistoryNote | None = None,
              rows: Mapping[str, Mapping[str, Quantity]] | None = None) -> Report:
     tiers: dict[str, TierReport] = {}
     for name, t in config.tiers.items():
@@ -478,5 +475,6 @@ def evaluate(config: Config, windows: Mapping[str, TierView], history: Mapping[s
         except Exception as e:  # noqa: BLE001 - one tier's bug must never take the others down
             tr = failed_tier(t, windows[name], f"{type(e).__name__}: {str(e)[:200]}")
         oldest = min((h.timestamp for h in hist), default=now)
-        tiers[name] = replace(tr, history={**(history_note or {}), "points": len(hist), "covers_seconds": now - oldest})
+        note = history_note or HistoryNote(persisted=False, since=None)
+        tiers[name] = replace(tr, history=replace(note, points=len(hist), covers_seconds=now - oldest))
     return Report(generated_at=now, window_seconds=window_seconds, tiers=tiers)

@@ -6,15 +6,15 @@ workload is no longer the one the plan (Step 1) was sized for. Pure functions of
 - ``max_output_tokens``: from the observed P99 output length, generous but finite (1.5-2.5x);
 - ``circuit_breaker_queue_threshold``: 80-90% of Little's Law's maximum safe queue depth,
   ``slo.ttft_p99 x plan.peak_rps`` (the static number of 9.4's worked example).
-Each recommendation is {value, low, high, basis}; ``value`` is the middle of the range.
+Each recommendation is a Guardrail (value, low, high, basis); ``value`` is the middle of the range.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Callable
 
 from .model import LengthProfile, Plan
-from .model import Finding, Status
+from .model import Finding, Guardrail, Status
 from .window import Quantity, TierView
 from .text import num, plural
 
@@ -27,14 +27,14 @@ MIN_FINISHED = 20  # fewer finished requests in the window say nothing about sha
 MIN_TAIL_SAMPLES = 10  # a percentile with fewer requests beyond it is noise, not drift (P95: 200, P99: 1000)
 
 
-def _range(base: float | None, lo: float, hi: float, rounding: Any, basis: str, reason: str) -> dict[str, Any]:
+def _range(base: float | None, lo: float, hi: float, rounding: Callable[[float], int], basis: str,
+           reason: str) -> Guardrail:
     if base is None:
-        return {"value": None, "low": None, "high": None, "basis": reason}
-    return {"value": rounding(base * (lo + hi) / 2), "low": rounding(base * lo), "high": rounding(base * hi),
-            "basis": basis}
+        return Guardrail(None, None, None, reason)
+    return Guardrail(rounding(base * (lo + hi) / 2), rounding(base * lo), rounding(base * hi), basis)
 
 
-def recommendations(tw: TierView, plan: Plan) -> dict[str, dict[str, Any]]:
+def recommendations(tw: TierView, plan: Plan) -> dict[str, Guardrail]:
     p95_in = tw.quantile("prompt_tokens_per_request", 0.95)
     p99_out = tw.quantile("generation_tokens_per_request", 0.99)
     limit = plan.slo.ttft_p99 * plan.peak_rps

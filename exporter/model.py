@@ -232,6 +232,147 @@ class Resize:
 
 
 @dataclass(frozen=True)
+class TokenLengths:
+    """Observed tokens per request: percentiles and how many requests they rest on."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    samples: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"p50": self.p50, "p95": self.p95, "p99": self.p99, "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class ObservedWorkload:
+    """The workload profile production measured: what the plan's was, observed."""
+
+    input_tokens: TokenLengths
+    output_tokens: TokenLengths
+    finished_reasons: Mapping[str, float]  # reason -> share of the finished requests
+
+    def as_dict(self) -> dict[str, object]:
+        return {"input_tokens": self.input_tokens.as_dict(), "output_tokens": self.output_tokens.as_dict(),
+                "finished_reasons": dict(self.finished_reasons)}
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """A gateway setting the observed traffic calls for: a range, its middle, and what it rests on."""
+
+    value: int | None
+    low: int | None
+    high: int | None
+    basis: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"value": self.value, "low": self.low, "high": self.high, "basis": self.basis}
+
+
+@dataclass(frozen=True)
+class HistoryNote:
+    """What the observed peak and the scale-down rest on. The optional keys appear only when set."""
+
+    persisted: bool
+    since: float | None
+    points: int = 0
+    covers_seconds: float = 0.0
+    source: str | None = None  # "prometheus" when the history is read from it
+    read: bool | None = None  # with source: whether Prometheus has answered yet
+    state_dir: str | None = None
+    note: str | None = None
+    seeded: str | None = None  # the demo's simulated days
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"persisted": self.persisted}
+        for key in ("source", "read"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["since"] = self.since
+        for key in ("state_dir", "note", "seeded"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["points"], out["covers_seconds"] = self.points, self.covers_seconds
+        return out
+
+
+@dataclass(frozen=True)
+class ScheduledBin:
+    start: float
+    profile_rps: float | None
+    instances: int | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"from": self.start, "profile_rps": self.profile_rps, "instances": self.instances}
+
+
+@dataclass(frozen=True)
+class CapacitySchedule:
+    """Predictive capacity: what the tier's learned load profile says must run now and ahead."""
+
+    status: Status  # OK or UNKNOWN (with the reason)
+    reason: str | None
+    profile: str
+    quantile: float
+    bin_seconds: float
+    history_seconds: float
+    lead_seconds: float
+    lead_source: str
+    cold_start_p90_seconds: float | None
+    min_warm_instances: int
+    now: int | None
+    ahead: Mapping[str, int | None]  # horizon ("15m", "1h") -> instances
+    upcoming: tuple[ScheduledBin, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"profile": self.profile, "quantile": self.quantile, "bin_seconds": self.bin_seconds,
+                "history_seconds": self.history_seconds, "lead_seconds": self.lead_seconds,
+                "lead_source": self.lead_source, "cold_start_p90_seconds": self.cold_start_p90_seconds,
+                "min_warm_instances": self.min_warm_instances, "status": self.status.value, "reason": self.reason,
+                "now": self.now, "ahead": dict(self.ahead), "upcoming": [b.as_dict() for b in self.upcoming]}
+
+
+@dataclass(frozen=True)
+class IdleWindow:
+    hour_utc: int
+    mean_rps: float
+    utilization: float
+    idle_gpu_hours_per_day: float
+    idle_cost_usd_per_day: float
+    batch_fill_tokens: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"hour_utc": self.hour_utc, "mean_rps": self.mean_rps, "utilization": self.utilization,
+                "idle_gpu_hours_per_day": self.idle_gpu_hours_per_day,
+                "idle_cost_usd_per_day": self.idle_cost_usd_per_day, "batch_fill_tokens": self.batch_fill_tokens}
+
+
+@dataclass(frozen=True)
+class UtilizationLevers:
+    """From the history: idle hours of the day, the time the tier could have run smaller, batch fill."""
+
+    status: Status
+    reason: str | None
+    in_trap: bool | None = None
+    mean_utilization: float | None = None
+    idle_windows: tuple[IdleWindow, ...] = ()
+    scale_down_share: float | None = None
+    scale_down_savings_usd: float | None = None
+    observed_hours: float | None = None
+    scale_down_savings_usd_per_day: float | None = None
+    batch_fill_tokens_per_day: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"status": self.status.value, "reason": self.reason, "in_trap": self.in_trap,
+                "mean_utilization": self.mean_utilization, "idle_windows": [w.as_dict() for w in self.idle_windows],
+                "scale_down_share": self.scale_down_share, "scale_down_savings_usd": self.scale_down_savings_usd,
+                "observed_hours": self.observed_hours,
+                "scale_down_savings_usd_per_day": self.scale_down_savings_usd_per_day,
+                "batch_fill_tokens_per_day": self.batch_fill_tokens_per_day}
+
+
+@dataclass(frozen=True)
 class TierReport:
     tier: str
     instances_up: int
@@ -239,13 +380,13 @@ class TierReport:
     metrics: Mapping[str, MetricValue]
     plan_checks: tuple[PlanCheck, ...]
     resize: Resize
-    workload: Mapping[str, object]
+    workload: ObservedWorkload | None  # None when evaluating the tier failed
     findings: tuple[Finding, ...]
-    guardrails: Mapping[str, object]
+    guardrails: Mapping[str, Guardrail]  # max_input_tokens, max_output_tokens, circuit_breaker_queue_threshold
     error: str | None = None  # set when evaluating this tier raised; every row is then unknown
-    history: Mapping[str, object] = field(default_factory=dict)  # what the observed peak rests on
-    schedule: Mapping[str, object] = field(default_factory=dict)  # 9.2's predictive capacity (exporter/schedule.py)
-    utilization_levers: Mapping[str, object] = field(default_factory=dict)
+    history: HistoryNote | None = None  # what the observed peak rests on
+    schedule: CapacitySchedule | None = None  # fleet mode only (exporter/schedule.py)
+    utilization_levers: UtilizationLevers | None = None  # fleet mode only
 
     def statuses(self) -> list[Status]:
         return (
@@ -260,13 +401,13 @@ class TierReport:
             "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
             "plan_checks": [c.as_dict() for c in self.plan_checks],
             "resize": self.resize.as_dict(),
-            "workload": dict(self.workload),
+            "workload": self.workload.as_dict() if self.workload else {},
             "findings": [f.as_dict() for f in self.findings],
-            "guardrails": dict(self.guardrails),
+            "guardrails": {k: g.as_dict() for k, g in self.guardrails.items()},
             "error": self.error,
-            "history": dict(self.history),
-            "schedule": dict(self.schedule),
-            "utilization_levers": dict(self.utilization_levers),
+            "history": self.history.as_dict() if self.history else {},
+            "schedule": self.schedule.as_dict() if self.schedule else {},
+            "utilization_levers": self.utilization_levers.as_dict() if self.utilization_levers else {},
         }
 
 

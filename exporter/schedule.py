@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from functools import partial
+from typing import Sequence
 
 from dataclasses import replace
 from typing import Mapping
 
 from .evaluate import HistoryPoint
 from .sizing import recommended_instances
-from .model import Config, Plan, Report, ScheduleSettings
+from .model import (CapacitySchedule, Config, IdleWindow, Plan, Report, ScheduledBin, ScheduleSettings, Status,
+                    UtilizationLevers)
 from .text import num
 
 DAY, WEEK = 86400.0, 7 * 86400.0
@@ -97,35 +99,31 @@ def scheduled(profile: Profile, plan: Plan, t: float, lead: float, s: ScheduleSe
 
 
 def schedule(history: Sequence[HistoryPoint], plan: Plan, now: float, s: ScheduleSettings,
-             measured_cold_start: float | None) -> dict[str, Any]:
+             measured_cold_start: float | None) -> CapacitySchedule:
     profile = learn(history, s)
     lead, lead_source = lead_time(s, measured_cold_start)
-    out: dict[str, Any] = {"profile": profile.kind, "quantile": s.quantile, "bin_seconds": s.bin,
-                           "history_seconds": profile.covers, "lead_seconds": lead, "lead_source": lead_source,
-                           "cold_start_p90_seconds": measured_cold_start, "min_warm_instances": s.min_warm_instances}
+    known = partial(CapacitySchedule, profile=profile.kind, quantile=s.quantile, bin_seconds=s.bin,
+                    history_seconds=profile.covers, lead_seconds=lead, lead_source=lead_source,
+                    cold_start_p90_seconds=measured_cold_start, min_warm_instances=s.min_warm_instances)
     if profile.kind == "unknown":
-        return {**out, "status": "unknown", "reason": profile.reason, "now": None,
-                "ahead": {h: None for h, _ in HORIZONS}, "upcoming": []}
-    out["status"], out["reason"] = "ok", None
-    out["now"] = scheduled(profile, plan, now, lead, s)
-    out["ahead"] = {h: scheduled(profile, plan, now + dt, lead, s) for h, dt in HORIZONS}
+        return known(status=Status.UNKNOWN, reason=profile.reason, now=None, ahead={h: None for h, _ in HORIZONS},
+                     upcoming=())
     start = now - now % s.bin
-    out["upcoming"] = [{"from": start + i * s.bin, "profile_rps": profile.at(start + i * s.bin),
-                        "instances": scheduled(profile, plan, start + i * s.bin, lead, s)}
-                       for i in range(int(DAY // s.bin))]
-    return out
+    return known(status=Status.OK, reason=None, now=scheduled(profile, plan, now, lead, s),
+                 ahead={h: scheduled(profile, plan, now + dt, lead, s) for h, dt in HORIZONS},
+                 upcoming=tuple(ScheduledBin(start + i * s.bin, profile.at(start + i * s.bin),
+                                             scheduled(profile, plan, start + i * s.bin, lead, s))
+                                for i in range(int(DAY // s.bin))))
 
 
 def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: int,
-                       tokens_per_request: float | None) -> dict[str, Any]:
+                       tokens_per_request: float | None) -> UtilizationLevers:
     """Figures from the history: idle windows by hour of day, scale-down time and savings, batch fill."""
     usable = plan.benchmark.usable_rps_per_instance
     gpu_hour = plan.gpu_hour_cost_usd * plan.gpus_per_instance
     points = [h for h in history if h.rps is not None]
     if len(points) < 2 or deployed <= 0:  # the same keys as a known answer: tools read one shape
-        return {"status": "unknown", "reason": "no history yet (or no instance deployed)", "in_trap": None,
-                "mean_utilization": None, "idle_windows": [], "scale_down_share": None, "scale_down_savings_usd": None,
-                "observed_hours": None, "scale_down_savings_usd_per_day": None, "batch_fill_tokens_per_day": None}
+        return UtilizationLevers(Status.UNKNOWN, "no history yet (or no instance deployed)")
     by_hour: dict[int, list[float]] = {}
     for h in points:
         by_hour.setdefault(int((h.timestamp % DAY) // 3600), []).append(h.rps)  # type: ignore[arg-type]
@@ -136,12 +134,10 @@ def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: in
         util = mean / capacity
         if util < IDLE_BELOW:
             idle_instances = deployed * (1 - util)
-            windows.append({
-                "hour_utc": hour, "mean_rps": mean, "utilization": util,
-                "idle_gpu_hours_per_day": idle_instances * plan.gpus_per_instance,
-                "idle_cost_usd_per_day": idle_instances * gpu_hour,
-                "batch_fill_tokens": (capacity - mean) * 3600 * tokens_per_request if tokens_per_request else None,
-            })
+            windows.append(IdleWindow(
+                hour, mean, util, idle_gpu_hours_per_day=idle_instances * plan.gpus_per_instance,
+                idle_cost_usd_per_day=idle_instances * gpu_hour,
+                batch_fill_tokens=(capacity - mean) * 3600 * tokens_per_request if tokens_per_request else None))
     # time the tier could have run smaller, and what that would have saved (each point until the next)
     smaller = saved = total = 0.0
     for a, b in zip(points, points[1:]):
@@ -154,13 +150,11 @@ def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: in
             smaller += dt
             saved += (deployed - need) * gpu_hour * dt / 3600
     mean_util = sum(h.rps or 0.0 for h in points) / len(points) / capacity
-    return {"status": "ok", "reason": None, "in_trap": mean_util < IDLE_BELOW, "mean_utilization": mean_util,
-            "idle_windows": windows,
-            "scale_down_share": smaller / total if total else None,
-            "scale_down_savings_usd": saved, "observed_hours": total / 3600,
-            "scale_down_savings_usd_per_day": saved / (total / DAY) if total else None,
-            "batch_fill_tokens_per_day": sum(w["batch_fill_tokens"] or 0.0 for w in windows) if tokens_per_request
-            else None}
+    return UtilizationLevers(
+        Status.OK, None, in_trap=mean_util < IDLE_BELOW, mean_utilization=mean_util, idle_windows=tuple(windows),
+        scale_down_share=smaller / total if total else None, scale_down_savings_usd=saved, observed_hours=total / 3600,
+        scale_down_savings_usd_per_day=saved / (total / DAY) if total else None,
+        batch_fill_tokens_per_day=sum(w.batch_fill_tokens or 0.0 for w in windows) if tokens_per_request else None)
 
 
 def annotate(report: Report, config: Config, history: Mapping[str, Sequence[HistoryPoint]], now: float,
@@ -173,9 +167,7 @@ def annotate(report: Report, config: Config, history: Mapping[str, Sequence[Hist
     for name, t in report.tiers.items():
         tc = config.tiers[name]
         hist = history.get(name, ())
-        out = t.workload.get("output_tokens")
-        p50 = out.get("p50") if isinstance(out, dict) else None
+        p50 = t.workload.output_tokens.p50 if t.workload else None
         tiers[name] = replace(t, schedule=schedule(hist, tc.plan, now, tc.schedule, cold_starts.get(name)),
-                              utilization_levers=utilization_levers(hist, tc.plan, t.instances_total,
-                                                                    p50 if isinstance(p50, (int, float)) else None))
+                              utilization_levers=utilization_levers(hist, tc.plan, t.instances_total, p50))
     return replace(report, tiers=tiers)

@@ -87,7 +87,7 @@ def rule_alerts() -> list[dict[str, str]]:
 
 def own_alerts() -> list[dict[str, str]]:
     """fleetwatch's own posts, with the example's alert_labels."""
-    tier = TierReport("h100", 5, 5, {}, (), Resize(5, 7, Action.SCALE_UP, "tier h100 needs 7 instances, has 5", 40.0), {},
+    tier = TierReport("h100", 5, 5, {}, (), Resize(5, 7, Action.SCALE_UP, "tier h100 needs 7 instances, has 5", 40.0), None,
                       (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),
                        Finding("runaway_generation", Status.CRITICAL, "35% ...")), {})
     report = Report(time.time(), 300, {"h100": tier})

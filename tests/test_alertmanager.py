@@ -5,7 +5,7 @@ import time
 from datetime import datetime
 
 from exporter.alertmanager import Alert, AlertmanagerClient, alerts_from_report
-from exporter.model import Action, Finding, Report, Resize, Status, TierReport
+from exporter.model import Action, Finding, Guardrail, Report, Resize, Status, TierReport
 
 from conftest import binary
 from realbins import Alertmanager
@@ -13,7 +13,7 @@ from realbins import Alertmanager
 
 def report(action: str, findings: tuple[Finding, ...] = ()) -> Report:
     tier = TierReport("h100", 5, 5, {}, (), Resize(5, 7, Action(action), "tier h100 needs 7 instances, has 5: ...", 40.0),
-                      {}, findings, {"circuit_breaker_queue_threshold": {"value": 85, "low": 80, "high": 90}})
+                      None, findings, {"circuit_breaker_queue_threshold": Guardrail(85, 80, 90, "Little's Law")})
     return Report(generated_at=time.time(), window_seconds=300, tiers={"h100": tier})
 
 

@@ -52,28 +52,28 @@ def test_max_input_tokens_is_two_to_three_times_the_p95() -> None:
     # 95 of 100 prompts in (500, 1000], 5 in (1000, 2000]: P95 = 1000 exactly
     tw = window({"prompt_tokens_per_request": {1000.0: 95, 2000.0: 5}})
     rec = recommendations(tw, PLAN)["max_input_tokens"]
-    assert (rec["low"], rec["high"]) == (2 * 1000, 3 * 1000)
-    assert rec["low"] <= rec["value"] <= rec["high"]
+    assert (rec.low, rec.high) == (2 * 1000, 3 * 1000)
+    assert rec.low <= rec.value <= rec.high
 
 
 def test_max_output_tokens_comes_from_the_p99() -> None:
     # 99 of 100 outputs in (200, 500], one in (500, 1000]: P99 = 500 exactly
     tw = window({"generation_tokens_per_request": {500.0: 99, 1000.0: 1}})
     rec = recommendations(tw, PLAN)["max_output_tokens"]
-    assert rec["low"] <= rec["value"] <= rec["high"]
-    assert rec["low"] >= 500 and rec["value"] == 2 * 500
+    assert rec.low <= rec.value <= rec.high
+    assert rec.low >= 500 and rec.value == 2 * 500
 
 
 def test_circuit_breaker_is_the_worked_example_of_9_4() -> None:
     # "a 2-second TTFT SLO and 50 RPS ... 2 x 50 = 100 requests. Set your circuit breaker at 80-90"
     rec = recommendations(window(), PLAN)["circuit_breaker_queue_threshold"]
-    assert (rec["low"], rec["high"]) == (80, 90)
-    assert 80 <= rec["value"] <= 90
+    assert (rec.low, rec.high) == (80, 90)
+    assert 80 <= rec.value <= 90
 
 
 def test_unknown_lengths_give_no_number_and_a_reason() -> None:
     rec = recommendations(window(), PLAN)
-    assert rec["max_input_tokens"]["value"] is None and "unknown" in rec["max_input_tokens"]["basis"]
+    assert rec["max_input_tokens"].value is None and "unknown" in rec["max_input_tokens"].basis
 
 
 WORKLOAD = Workload(input_tokens=LengthProfile(p95=1000), output_tokens=LengthProfile(p95=500, p99=1000))
@@ -161,7 +161,9 @@ def test_real_captures_fill_the_workload_block_and_the_recommendations() -> None
     for tw in windows:
         wl = workload(tw)
         for block in ("input_tokens", "output_tokens"):
-            assert all(isinstance(wl[block][p], float) for p in ("p50", "p95", "p99")), wl  # type: ignore[index]
+            lengths = getattr(wl, block)
+            assert all(isinstance(v, float) for v in (lengths.p50, lengths.p95, lengths.p99)), wl
         rec = recommendations(tw, PLAN)
-        p95 = wl["input_tokens"]["p95"]  # type: ignore[index]
-        assert rec["max_input_tokens"]["low"] == math.ceil(2 * p95) and rec["max_output_tokens"]["value"] is not None
+        p95 = wl.input_tokens.p95
+        assert p95 is not None
+        assert rec["max_input_tokens"].low == math.ceil(2 * p95) and rec["max_output_tokens"].value is not None

@@ -47,7 +47,7 @@ def test_a_hostile_answer_to_the_cycles_queries_is_counted_and_the_cycle_ends(mo
         assert pipe.failures == 2 and pipe.cycles == 0
         assert _errors(pipe, REASON[mode]) >= 2, pipe.snapshot.get().stats.errors
         assert _errors(pipe, "other") == 0, "an unexpected exception, not a PrometheusError"
-        assert pipe.history_note()["read"] is True  # the history (an empty answer) was fine
+        assert pipe.history_note().read is True  # the history (an empty answer) was fine
     finally:
         reader.close()
         prom.close()
@@ -68,12 +68,12 @@ def test_a_hostile_history_answer_holds_no_cycle(mode: str, tmp_path: Path, monk
             pipe.safe_cycle()
         assert pipe.failures == 0 and pipe.cycles == 3
         if mode == "hang":  # still asking: the cycles did not wait for it
-            assert prom.requests["query_range"] == 1 and pipe.history_note()["read"] is False
+            assert prom.requests["query_range"] == 1 and pipe.history_note().read is False
         else:
             deadline = time.monotonic() + 30  # against a hang only: the history thread's one try ends on its own
             while _errors(pipe, REASON[mode], "prometheus_history") == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)  # waiting on another thread's outcome
-            assert _errors(pipe, REASON[mode], "prometheus_history") == 1 and pipe.history_note()["read"] is False
+            assert _errors(pipe, REASON[mode], "prometheus_history") == 1 and pipe.history_note().read is False
             assert prom.requests["query_range"] == 1, "retried at once, not after its backoff"
         assert prom.requests["query"] >= 3 * 1  # the cycles' own queries ran
     finally:

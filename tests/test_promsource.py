@@ -160,7 +160,7 @@ def test_a_dead_prometheus_fails_the_cycle_counted_and_keeps_serving(tmp_path: P
         errors = pipe.snapshot.get().stats.errors
         assert sum(n for (tier, inst, src, reason), n in errors.items() if src == "prometheus" and reason == "refused") \
             >= 2 * len(prefetch(cfg, cfg.window, "pod"))
-        assert pipe.history_note()["read"] is False  # the history is asked again once Prometheus answers
+        assert pipe.history_note().read is False  # the history is asked again once Prometheus answers
     finally:
         reader.close()
     r = subprocess.run([sys.executable, "-m", "exporter", "check", "-c", str(tmp_path / "fleet.yaml")],

@@ -11,7 +11,7 @@ import pytest
 from exporter.config import ConfigError, load_config
 from exporter.evaluate import HistoryPoint, resize
 from exporter.sizing import recommended_instances
-from exporter.model import ScheduleSettings
+from exporter.model import ScheduleSettings, Status
 from exporter.schedule import DAY, learn, schedule, scheduled, utilization_levers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,20 +68,20 @@ def test_two_tiers_with_different_cold_starts_get_different_leads() -> None:
     assert rises(slow) == 1800.0
     a = schedule(history, PLAN, peak - 3600, fast, None)
     b = schedule(history, PLAN, peak - 3600, slow, measured_cold_start=None)
-    assert (a["lead_seconds"], b["lead_seconds"]) == (180.0, 1800.0) and a["lead_source"] == "configured"
+    assert (a.lead_seconds, b.lead_seconds) == (180.0, 1800.0) and a.lead_source == "configured"
     # and a measured cold start is used when none is configured
     m = schedule(history, PLAN, peak, replace(fast, cold_start=None), measured_cold_start=400.0)
-    assert (m["lead_seconds"], m["lead_source"]) == (460.0, "measured")
+    assert (m.lead_seconds, m.lead_source) == (460.0, "measured")
 
 
 def test_the_profile_is_unknown_until_warmed_up_and_weekly_after_a_week() -> None:
     s = ScheduleSettings(warmup=2 * DAY)
     young = schedule(diurnal(1), PLAN, T0 + DAY, s, None)
-    assert young["status"] == "unknown" and young["now"] is None and "trusted after" in young["reason"]
+    assert young.status is Status.UNKNOWN and young.now is None and "trusted after" in (young.reason or "")
     assert learn(diurnal(3), s).kind == "daily"
     assert learn(diurnal(8, step=300.0), s).kind == "weekly"
     ok = schedule(diurnal(3), PLAN, T0 + 3 * DAY + 12 * 3600, s, None)
-    assert ok["status"] == "ok" and len(ok["upcoming"]) == 24 and set(ok["ahead"]) == {"15m", "1h"}
+    assert ok.status is Status.OK and len(ok.upcoming) == 24 and set(ok.ahead) == {"15m", "1h"}
 
 
 def test_utilization_levers_are_figures_from_the_history() -> None:
@@ -91,17 +91,17 @@ def test_utilization_levers_are_figures_from_the_history() -> None:
     the peak ceil(ceil(5) x 1.2) = 6, so the tier could always run smaller: 8 fewer for 23 h and 4 fewer
     for 1 h a day, (23 x 8 + 4) x 2 GPUs x 4.10 USD = 1,541.6 USD a day."""
     levers = utilization_levers(diurnal(3), PLAN, deployed=10, tokens_per_request=200)
-    assert levers["in_trap"] is True
-    hours = [w["hour_utc"] for w in levers["idle_windows"]]
+    assert levers.in_trap is True
+    hours = [w.hour_utc for w in levers.idle_windows]
     assert hours == [h for h in range(24) if h != PEAK_HOUR]
-    w = levers["idle_windows"][0]
-    assert w["utilization"] == pytest.approx(0.05) and w["idle_gpu_hours_per_day"] == pytest.approx(19.0)
-    assert w["idle_cost_usd_per_day"] == pytest.approx(77.9)
-    assert w["batch_fill_tokens"] == pytest.approx((80 - 4) * 3600 * 200)
-    assert levers["scale_down_share"] == pytest.approx(1.0)
-    assert levers["scale_down_savings_usd_per_day"] == pytest.approx(1541.6, rel=0.002)
+    w = levers.idle_windows[0]
+    assert w.utilization == pytest.approx(0.05) and w.idle_gpu_hours_per_day == pytest.approx(19.0)
+    assert w.idle_cost_usd_per_day == pytest.approx(77.9)
+    assert w.batch_fill_tokens == pytest.approx((80 - 4) * 3600 * 200)
+    assert levers.scale_down_share == pytest.approx(1.0)
+    assert levers.scale_down_savings_usd_per_day == pytest.approx(1541.6, rel=0.002)
     # at a deployment that the peak needs (6), only the 23 quiet hours could run smaller
-    assert utilization_levers(diurnal(3), PLAN, deployed=6, tokens_per_request=None)["scale_down_share"] == \
+    assert utilization_levers(diurnal(3), PLAN, deployed=6, tokens_per_request=None).scale_down_share == \
         pytest.approx(23 / 24, abs=0.002)
 
 
@@ -145,25 +145,30 @@ def test_the_demos_utilization_trap_shows_idle_windows_schedule_and_savings() ->
     finally:
         demo.close()
     t = history[-1][1].tiers["h100"]
-    assert t.schedule["status"] == "ok" and t.schedule["profile"] == "daily"
-    assert isinstance(t.schedule["now"], int) and t.schedule["now"] >= t.schedule["min_warm_instances"]
+    assert t.schedule is not None and t.schedule.status is Status.OK and t.schedule.profile == "daily"
+    assert t.schedule.now is not None and t.schedule.now >= t.schedule.min_warm_instances
     levers = t.utilization_levers
-    assert levers["in_trap"] is True and len(levers["idle_windows"]) == 24  # under 40% every hour of the day
-    assert levers["scale_down_savings_usd_per_day"] > 0 and levers["scale_down_share"] == pytest.approx(1.0)
+    assert levers is not None
+    assert levers.in_trap is True and len(levers.idle_windows) == 24  # under 40% every hour of the day
+    assert (levers.scale_down_savings_usd_per_day or 0) > 0 and levers.scale_down_share == pytest.approx(1.0)
     # the healthy a100 tier of the same run is not in the trap, and has no idle window
     a100 = history[-1][1].tiers["a100"].utilization_levers
-    assert a100["in_trap"] is False and a100["idle_windows"] == []
-    assert "seeded" in history[-1][1].tiers["h100"].history
+    assert a100 is not None and a100.in_trap is False and a100.idle_windows == ()
+    note = history[-1][1].tiers["h100"].history
+    assert note is not None and note.seeded and "seeded" in note.as_dict()
     # and exported: now and ahead, per tier, as an autoscaler reads them
     got = {(x.labels["tier"], x.labels["horizon"]): x.value for x in families["fleetwatch_scheduled_instances"].samples}
-    assert got[("h100", "")] == t.schedule["now"] and got[("h100", "1h")] == t.schedule["ahead"]["1h"]
+    assert got[("h100", "")] == t.schedule.now and got[("h100", "1h")] == t.schedule.ahead["1h"]
     assert {k[1] for k in got} == {"", "15m", "1h"}
 
 
 def test_known_and_unknown_answers_have_the_same_keys() -> None:
     s = ScheduleSettings()
-    assert set(schedule(diurnal(3), PLAN, T0 + 3 * DAY, s, None)) == set(schedule(diurnal(0), PLAN, T0, s, None))
-    assert set(utilization_levers(diurnal(2), PLAN, 4, 200.0)) == set(utilization_levers([], PLAN, 4, 200.0))
+    known, unknown = schedule(diurnal(3), PLAN, T0 + 3 * DAY, s, None), schedule(diurnal(0), PLAN, T0, s, None)
+    assert (known.status, unknown.status) == (Status.OK, Status.UNKNOWN)
+    assert set(known.as_dict()) == set(unknown.as_dict())
+    assert set(utilization_levers(diurnal(2), PLAN, 4, 200.0).as_dict()) == \
+        set(utilization_levers([], PLAN, 4, 200.0).as_dict())
 
 
 def test_cold_starts_are_measured_from_process_start_to_the_first_token() -> None:

@@ -149,8 +149,8 @@ def seed_history(pipeline: Pipeline, fleet: SimFleet, now: float, days: int = SE
             points.append((t, tier.rate(run_t)))
             t += SEEDED_STEP
         pipeline.history[name].extend(replay_history(pipeline.config.tiers[name].plan, points))
-    pipeline.history_extra = {"seeded": f"{days} simulated days before the demo started (the scenario's "
-                                        f"compressed day stretched to 24 h), so that the schedule and the levers show"}
+    pipeline.history_seeded = (f"{days} simulated days before the demo started (the scenario's compressed day "
+                               f"stretched to 24 h), so that the schedule and the levers show")
 
 
 def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None
