@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def _alias_bomb(levels: int) -> str:
     return text + MINIMAL.replace("tiers:", f"interval: *a{levels}\ntiers:", 1)
 
 
-HOSTILE_CONFIGS = {
+HOSTILE_CONFIGS: dict[str, Callable[[], str]] = {
     "50 MB file": lambda: MINIMAL + ("# " + "x" * 1022 + "\n") * (50 * 1024),
     "nested 5,000 deep": lambda: "tiers: " + "[" * 5000 + "]" * 5000 + "\n",
     "alias bomb, 9 levels": lambda: _alias_bomb(9),

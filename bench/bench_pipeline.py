@@ -9,6 +9,9 @@ Prints a table. Run: python bench/bench_pipeline.py [--fixtures tests/fixtures]
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import argparse
 import statistics
 import time
@@ -25,7 +28,8 @@ from exporter.sources import vllm
 from exporter.window import tier_window
 
 
-def timeit(fn, repeat: int = 7, number: int = 5, clock=time.perf_counter, pick=statistics.median):  # type: ignore[no-untyped-def]
+def timeit(fn: Callable[[], object], repeat: int = 7, number: int = 5, clock: Callable[[], float] = time.perf_counter,
+           pick: Callable[[list[float]], float] = statistics.median) -> float:
     """Seconds per call of ``fn``: ``pick`` (the median) of ``repeat`` runs of ``number`` calls on ``clock``."""
     runs = []
     for _ in range(repeat):
@@ -66,12 +70,12 @@ def main() -> None:
         tracemalloc.stop()
         del kept
         rows.append((f"evaluate tier, {n} instances x 21 scrapes", "catalogue rows only", b * 1e3, t * 1e3))
-        rows.append((f"memory of that window ({n} x 21 parsed scrapes)", "-", None, peak / 2**20))
+        rows.append((f"memory of that window ({n} x 21 parsed scrapes)", "-", math.nan, peak / 2**20))
     print(f"{'what':<48} {'baseline':<26} {'baseline':>10} {'fleetwatch':>11} {'ratio':>7}")
     for what, bname, b, o in rows:
         unit = "MiB" if what.startswith("memory") else "ms"
-        bs = f"{b:.2f}{unit}" if b is not None else "-"
-        ratio = f"{b / o:.1f}x" if b else "-"
+        bs = f"{b:.2f}{unit}" if not math.isnan(b) else "-"
+        ratio = f"{b / o:.1f}x" if not math.isnan(b) else "-"
         print(f"{what:<48} {bname:<26} {bs:>10} {o:>9.2f}{unit:>2} {ratio:>7}")
 
 

@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -42,6 +43,14 @@ def _fleetwatch(url: str) -> dict[tuple[str, str], float]:
                 tier = line[len(prefix):].split('"', 1)[0]
                 out[(row, tier)] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+def _largest(xs: list[float]) -> float:
+    return max(xs, key=abs)
+
+
+def _pct(xs: list[float], f: Callable[[list[float]], float]) -> str:
+    return f"{f(xs) * 100:+.1f}%" if xs else "-"
 
 
 def main() -> int:
@@ -89,9 +98,8 @@ def main() -> int:
     print(f"{'row':<32} {'first window: median':>21} {'max |d|':>8} {'after: median':>14} {'max |d|':>8} {'n':>4}")
     for row in ROWS:
         a, b = diffs.get((row, True), []), diffs.get((row, False), [])
-        fmt = lambda xs, f: f"{f(xs) * 100:+.1f}%" if xs else "-"  # noqa: E731
-        print(f"{row:<32} {fmt(a, statistics.median):>21} {fmt(a, lambda x: max(x, key=abs)):>8} "
-              f"{fmt(b, statistics.median):>14} {fmt(b, lambda x: max(x, key=abs)):>8} {len(b):>4}")
+        print(f"{row:<32} {_pct(a, statistics.median):>21} {_pct(a, _largest):>8} "
+              f"{_pct(b, statistics.median):>14} {_pct(b, _largest):>8} {len(b):>4}")
     return 0
 
 

@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from realbins import Alertmanager
 
 # real captures and reference files the suite reads, carried by the project (tests/fixtures/SOURCES.md)
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -55,7 +59,7 @@ def binary(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def alertmanager():  # type: ignore[no-untyped-def]
+def alertmanager() -> Iterator[Alertmanager]:
     """One real Alertmanager for the whole test session."""
     from realbins import Alertmanager
 

@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 
 def _start(handler: type[BaseHTTPRequestHandler], queue: int = 5) -> tuple[ThreadingHTTPServer, threading.Thread]:
@@ -364,7 +364,7 @@ def free_port() -> int:
     return port
 
 
-def write_config(path: str, tiers: dict[str, list[dict[str, object]]], *, extra: str = "",
+def write_config(path: str, tiers: Mapping[str, Sequence[Mapping[str, object]]], *, extra: str = "",
                  plans: dict[str, str] | None = None) -> str:
     """Write a fleet config whose tiers use a default plan (or ``plans[tier]`` YAML)."""
     import json

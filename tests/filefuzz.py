@@ -149,7 +149,7 @@ def _load(p: Path) -> Any:
 
 
 def _config_base() -> dict[str, Any]:
-    doc = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
     doc["tiers"]["h100"]["plan"] = yaml.safe_load((EXAMPLES / "plans" / "h100.yaml").read_text())
     doc.update({"interval": "15s", "window": "5m", "alertmanagers": ["http://127.0.0.1:9093"],
                 "alert_labels": {"team": "inference"}})

@@ -66,7 +66,7 @@ def mutations() -> st.SearchStrategy[list[Mutation]]:
         st.builds(Mutation, st.just("label"), st.integers(0, 10_000), st.sampled_from(_LABEL_VALUES)),
         st.builds(Mutation, st.sampled_from(["drop", "duplicate", "swap", "truncate"]), st.integers(0, 10_000)),
         st.builds(Mutation, st.just("insert"), st.integers(0, 10_000),
-                  st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)),
+                  st.text(alphabet=st.characters(codec="utf-8"), max_size=40)),
     )
     return st.lists(one, min_size=1, max_size=6)
 

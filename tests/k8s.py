@@ -33,7 +33,12 @@ class _CrdLoader(yaml.SafeLoader):
     matchType) as the string it is, not YAML 1.1's "value" key type."""
 
 
-_CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", _scalar)
 
 
 def crd(kind: str) -> Doc:

@@ -30,7 +30,8 @@ def stack() -> list[dict[str, Any]]:
 
 def stack_config() -> dict[str, Any]:
     (secret,) = [d for d in stack() if d["kind"] == "Secret" and "alertmanager" in d["metadata"]["name"]]
-    return yaml.safe_load(base64.b64decode(secret["data"]["alertmanager.yaml"]))
+    doc: dict[str, Any] = yaml.safe_load(base64.b64decode(secret["data"]["alertmanager.yaml"]))
+    return doc
 
 
 def merged(base: dict[str, Any], amc: dict[str, Any]) -> dict[str, Any]:

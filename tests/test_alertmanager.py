@@ -1,6 +1,8 @@
 """fleetwatch's own notifications reach a real Alertmanager, resolve, and survive an outage."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import time
 from datetime import datetime
 
@@ -21,7 +23,10 @@ def _time(s: str) -> float:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def wait_for(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 10.0) -> T:
     deadline = time.monotonic() + timeout
     while True:
         got = fn()

@@ -11,7 +11,7 @@ import copy
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import pytest
@@ -20,7 +20,8 @@ import yaml
 
 from conftest import binary
 from realbins import Prometheus
-from test_kubernetes import K8S_VERSION, render
+from k8s import K8S_VERSION
+from test_kubernetes import render
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCALING = ROOT / "deploy" / "kubernetes" / "autoscaling"
@@ -77,9 +78,11 @@ def test_the_keda_scaled_object_fits_the_crd_and_scales_a_tier_to_its_schedule()
     assert trigger["metadata"]["threshold"] == "1"  # replicas = ceil(scheduled / 1)
     assert 'fleetwatch_scheduled_instances{tier="h100", horizon=""}' in trigger["metadata"]["query"]
     # the schema does catch what KEDA would refuse: a numeric threshold, a misspelt field
-    for breach in (lambda s: s["spec"]["triggers"][0]["metadata"].update(threshold=1),
-                   lambda s: s["spec"].update(minReplicas=1),
-                   lambda s: s["spec"]["scaleTargetRef"].pop("name")):
+    breaches: list[Callable[[dict[str, Any]], object]] = [
+        lambda s: s["spec"]["triggers"][0]["metadata"].update(threshold=1),
+        lambda s: s["spec"].update(minReplicas=1),
+        lambda s: s["spec"]["scaleTargetRef"].pop("name")]
+    for breach in breaches:
         bad = copy.deepcopy(so)
         breach(bad)
         with pytest.raises(jsonschema.ValidationError):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Callable
+
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +60,8 @@ def test_smallest_config_defaults(tmp_path: Path) -> None:
     (lambda s: "interval: 5s\nscrape_timeout: 10s\n" + s, "scrape_timeout", "must be at most 80% of interval"),
     (lambda s: s + "    bands:\n      no_such_row: {warning_above: 1}\n", "tiers.h100.bands.no_such_row", "unknown key"),
 ])
-def test_errors_name_file_key_path_and_reason(tmp_path: Path, mutate, path: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_errors_name_file_key_path_and_reason(tmp_path: Path, mutate: Callable[[str], str], path: str,
+                                              reason: str) -> None:
     f = write(tmp_path, mutate(GOOD))
     with pytest.raises(ConfigError) as e:
         load_config(f)
@@ -116,7 +119,7 @@ def _write_bytes(tmp_path: Path, name: str, data: bytes) -> str:
     return str(p)
 
 
-HOSTILE = {
+HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "non-utf8": (lambda: b"\xff\xfe\x00t\x00i\x00e\x00r\x00s\x00:\x00", "not UTF-8"),
     "binary": (lambda: bytes(range(256)) * 64, "not UTF-8"),
     "nested-5000": (lambda: ("tiers: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "nesting deeper than"),

@@ -12,6 +12,7 @@ import pytest
 from exporter.demo.engine import SimEngine
 from exporter.demo.fleet import H100, SimFleet, TierBehaviour, TierSpec
 from exporter.exposition import parse
+from exporter.model import EngineSample
 from exporter.sources import sglang, vllm
 
 from conftest import binary, fixture_path, fixture_text
@@ -133,7 +134,7 @@ def test_littles_law_holds_in_the_exposition() -> None:
     fleet = SimFleet({"h100": (spec, TierBehaviour(load=lambda t: 0.65), 9.0)}, seed=3, warmup=120)
     fleet.advance(0.0)
 
-    def scrape() -> list:
+    def scrape() -> list[EngineSample]:
         return [vllm.parse(fleet.engine_text("h100", i)) for i in range(2)]
 
     first, concurrency = scrape(), []

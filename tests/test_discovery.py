@@ -162,7 +162,7 @@ def kube() -> Iterator[tuple[str, Any, asyncio.AbstractEventLoop]]:
     need(importlib.util.find_spec("kmock") is not None, "kmock not installed (pip install -e '.[test]')")
     import kmock
     loop = asyncio.new_event_loop()
-    ready, box, stop = threading.Event(), {}, asyncio.Event()
+    ready, box, stop = threading.Event(), dict[str, Any](), asyncio.Event()
 
     async def main() -> None:
         async with kmock.KubernetesEmulator() as em, kmock.Server(em) as srv:
@@ -224,7 +224,8 @@ tiers:
             # cold start: the pod's startTime (whole seconds) to its first answered scrape, about 30 s
             cold = pipe.cold_start_p90()
             assert cold["h100"] == pytest.approx(30, abs=2) and cold["a100"] == pytest.approx(30, abs=2), cold
-            assert report.tiers["h100"].schedule["cold_start_p90_seconds"] == cold["h100"]
+            schedule = report.tiers["h100"].schedule
+            assert schedule is not None and schedule.cold_start_p90_seconds == cold["h100"]
             assert {t.name for t in scraper.config.tiers["h100"].targets} == {"h-0", "h-1"}
             # h-1's endpoint starts terminating: it leaves the tier at the next cycle, not as "down"
             r = requests.patch(url + "/apis/discovery.k8s.io/v1/namespaces/llm/endpointslices/vllm-1",
@@ -237,9 +238,10 @@ tiers:
         finally:
             scraper.close()
         # the API server goes away: the targets found last are kept, and the failure is counted
-        api = KubernetesApi(replace(cfg.kubernetes, api="http://127.0.0.1:9"), 1.0)  # type: ignore[type-var]
+        assert cfg.kubernetes is not None
+        api = KubernetesApi(replace(cfg.kubernetes, api="http://127.0.0.1:9"), 1.0)
         errors: list[tuple[str, str, str]] = []
-        d = Discoverer(cfg, lambda *e: errors.append(e), kubernetes=KubernetesApi(cfg.kubernetes, 1.0))  # type: ignore[arg-type]
+        d = Discoverer(cfg, lambda *e: errors.append(e), kubernetes=KubernetesApi(cfg.kubernetes, 1.0))
         first = d.refresh()
         d._kube = api
         again = d.refresh()

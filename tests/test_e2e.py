@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -93,7 +93,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-def wait_until(check, timeout: float) -> Any:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], Any], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()

@@ -3,6 +3,7 @@ and from that alone it is a target key, a sidecar engine, part of every row's Pr
 come out of `fleetwatch check` (its rows against a real Prometheus: test_prometheus_compare)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from exporter import engines as I
@@ -34,7 +35,7 @@ def test_a_trtllm_target_is_scraped_and_evaluated_from_the_registry_alone(tmp_pa
     """`check` over two TensorRT-LLM targets 60 s of traffic apart: what the engine exposes is a
     value, what it lacks is unknown with a reason naming what is missing."""
     texts = [fixture_text(f"{TRTLLM}/snapshot-{i:02d}.prom") for i in range(21)]
-    targets = [FakeTarget(body_fn=lambda n, k=k: texts[min(8 + 4 * n + k, 20)]) for k in range(2)]
+    targets = [FakeTarget(body_fn=functools.partial(lambda k, n: texts[min(8 + 4 * n + k, 20)], k)) for k in range(2)]
     try:
         cfg = load_config(write_config(str(tmp_path / "fleet.yaml"),
                                        {"h200": [{"trtllm": t.url, "name": f"trt-{i}"} for i, t in enumerate(targets)]}))

@@ -8,7 +8,7 @@ from exporter.config import Benchmark, CurvePoint, Plan, Slo, TierConfig, Target
 from exporter.evaluate import HistoryPoint, evaluate_tier, predicted_at
 from exporter.sizing import recommended_instances
 from exporter.model import EngineSample, Histogram, InstanceSample, Status
-from exporter.window import tier_window
+from exporter.window import TierWindow, tier_window
 
 BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, math.inf)
 PLAN = Plan(gpus_per_instance=2, instances=2, gpu_hour_cost_usd=4.0, peak_rps=4, safety_factor=0.2,
@@ -28,7 +28,8 @@ def tier(plan: Plan = PLAN, n: int = 2) -> TierConfig:
     return TierConfig("h100", plan, tuple(Target(f"i{i}", "vllm", f"http://x{i}/metrics") for i in range(n)))
 
 
-def window(rps_per_instance: float, ttft_last: list[float], waiting: float = 0.0, n: int = 2, seconds: float = 60):
+def window(rps_per_instance: float, ttft_last: list[float], waiting: float = 0.0, n: int = 2,
+           seconds: float = 60) -> TierWindow:
     samples = []
     for i in range(n):
         for t, frac in ((0.0, 0.0), (seconds, 1.0)):

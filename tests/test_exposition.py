@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from typing import Mapping
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from conftest import FIXTURES
 Key = tuple[str, tuple[tuple[str, str], ...], str]
 
 
-def key(name: str, labels: dict[str, str], value: float) -> Key:
+def key(name: str, labels: Mapping[str, str], value: float) -> Key:
     return name, tuple(sorted(labels.items())), "nan" if math.isnan(value) else repr(float(value))
 
 

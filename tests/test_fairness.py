@@ -6,6 +6,7 @@ and the healthy tier's numbers are exactly those of the same tier scraped alone.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import wait
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_within_a_tier_what_answered_goes_first_and_what_fails_last() -> None:
     gate = threading.Event()
     ran: list[str] = []
     blocker = Job("t", ANSWERED, gate.wait)
-    jobs = [Job("t", rank, lambda name=name: ran.append(name)) for name, rank in
+    jobs = [Job("t", rank, functools.partial(ran.append, name)) for name, rank in
             (("failing-1", FAILING), ("new-1", NEW), ("answered", ANSWERED), ("failing-2", FAILING), ("new-2", NEW))]
     try:
         pool.submit([blocker], deadline=float("inf"))
@@ -55,7 +56,11 @@ def test_a_job_no_worker_started_before_the_deadline_is_not_started_not_failed()
     gate = threading.Event()
     try:
         running = threading.Event()
-        held = Job("t", NEW, lambda: running.set() or gate.wait())
+        def hold() -> bool:
+            running.set()
+            return gate.wait()
+
+        held = Job("t", NEW, hold)
         late = Job("t", NEW, lambda: "ran")
         pool.submit([held, late], deadline=float("inf"))
         assert running.wait(30)
@@ -81,7 +86,7 @@ def test_900_hanging_targets_never_starve_100_healthy_ones(tmp_path: Path) -> No
     # worker, not about CPU
     extra = "interval: 10s\nscrape_timeout: 4s"
     good = [{"vllm": healthy.url(i), "name": f"good-{i}"} for i in range(100)]
-    tiers: dict[str, list[dict[str, object]]] = {
+    tiers: dict[str, list[dict[str, str]]] = {
         f"zone-{z}": [{"vllm": hanging.url(100 * z + i), "name": f"hang-{100 * z + i}"} for i in range(100)]
         for z in range(9)}
     tiers["good"] = good  # listed last: a first-in, first-out pool would start it only after 900 hanging fetches

@@ -5,6 +5,8 @@ bucket's observations below the rank), so each expected percentile follows from 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import math
 from dataclasses import replace
 
@@ -53,6 +55,7 @@ def test_max_input_tokens_is_two_to_three_times_the_p95() -> None:
     tw = window({"prompt_tokens_per_request": {1000.0: 95, 2000.0: 5}})
     rec = recommendations(tw, PLAN)["max_input_tokens"]
     assert (rec.low, rec.high) == (2 * 1000, 3 * 1000)
+    assert rec.low is not None and rec.value is not None and rec.high is not None
     assert rec.low <= rec.value <= rec.high
 
 
@@ -60,6 +63,7 @@ def test_max_output_tokens_comes_from_the_p99() -> None:
     # 99 of 100 outputs in (200, 500], one in (500, 1000]: P99 = 500 exactly
     tw = window({"generation_tokens_per_request": {500.0: 99, 1000.0: 1}})
     rec = recommendations(tw, PLAN)["max_output_tokens"]
+    assert rec.low is not None and rec.value is not None and rec.high is not None
     assert rec.low <= rec.value <= rec.high
     assert rec.low >= 500 and rec.value == 2 * 500
 
@@ -67,7 +71,7 @@ def test_max_output_tokens_comes_from_the_p99() -> None:
 def test_circuit_breaker_is_the_worked_example_of_9_4() -> None:
     # "a 2-second TTFT SLO and 50 RPS ... 2 x 50 = 100 requests. Set your circuit breaker at 80-90"
     rec = recommendations(window(), PLAN)["circuit_breaker_queue_threshold"]
-    assert (rec.low, rec.high) == (80, 90)
+    assert (rec.low, rec.high) == (80, 90) and rec.value is not None
     assert 80 <= rec.value <= 90
 
 
@@ -140,7 +144,7 @@ def test_latency_outlier_must_be_sustained_and_says_how_much_it_drags() -> None:
 # ------------------------------------------------------------------ real captures
 
 
-def _engine_window(parse, first: str | None, last: str) -> TierWindow:  # type: ignore[no-untyped-def]
+def _engine_window(parse: Callable[[str], EngineSample], first: str | None, last: str) -> TierWindow:
     """Two scrapes a minute apart; a single capture is paired with an engine that just started."""
     end = parse(last)
     start = parse(first) if first is not None else EngineSample(

@@ -17,9 +17,9 @@ from exporter.config import load_config
 from exporter.evaluate import evaluate
 from exporter.exposition import ExpositionError
 from exporter.fetch import FetchError, fetch_text, new_session, read_token
-from exporter.model import InstanceSample, Status
+from exporter.model import InstanceSample, ObservedWorkload, Status
 from exporter.sources import dcgm, sglang, vllm
-from exporter.window import tier_window
+from exporter.window import TierView, tier_window
 
 from conftest import fixture_text
 from fakes import FakeTarget, refused_url, write_config
@@ -132,7 +132,7 @@ def test_one_tier_raising_never_stops_the_others(tmp_path: Path, monkeypatch: py
     expected = evaluate(cfg, windows, {}, 115.0, 15.0).tiers["b"]
     real = ev.workload
 
-    def broken_for_a(tw):  # type: ignore[no-untyped-def]
+    def broken_for_a(tw: TierView) -> ObservedWorkload:
         if tw.tier == "a":
             raise ZeroDivisionError("boom")
         return real(tw)
@@ -278,7 +278,7 @@ def test_idle_connections_are_bounded_and_time_out(monkeypatch: pytest.MonkeyPat
     try:
         idle.settimeout(60)  # against a hang only
         assert idle.recv(1) == b"", "the server hangs up on a client that sends nothing"
-        until(lambda: server.httpd._slots._value == 8)  # type: ignore[attr-defined]  # its thread is free again
+        until(lambda: server.httpd._slots._value == 8)  # its thread is free again
         r = requests.get(f"http://127.0.0.1:{server.port}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
         assert r.status_code == 200 and r.headers.get("Content-Encoding") == "gzip"
     finally:
@@ -352,7 +352,9 @@ def test_math_isfinite_guard_on_quantities() -> None:
     """A histogram whose summed buckets overflow is unknown, not inf."""
     from exporter.model import EngineSample, Histogram
 
-    h = lambda c: Histogram(((1.0, c), (math.inf, c)), c, 0.0)  # noqa: E731
+    def h(c: float) -> Histogram:
+        return Histogram(((1.0, c), (math.inf, c)), c, 0.0)
+
     samples = [InstanceSample("t", f"i{k}", t, EngineSample("vllm", histograms={"ttft_seconds": h(c)}))
                for k in range(2) for t, c in ((0.0, 0.0), (15.0, 1.7e308))]
     q = tier_window("t", samples).quantile("ttft_seconds", 0.99)
@@ -450,7 +452,7 @@ def test_update_and_the_senders_share_one_lock() -> None:
             for a in batch:
                 last[(k, a["labels"]["tier"])] = a  # type: ignore[index]
         assert {k for k, _ in received} == {0, 1, 2}
-        assert all(a["annotations"] == {"summary": "update 499"}  # type: ignore[index]
+        assert all(a["annotations"] == {"summary": "update 499"}
                    for (k, tier), a in last.items() if tier == "t3"), last
     finally:
         client.close()

@@ -47,6 +47,11 @@ def _fifo(tmp_path: Path, name: str) -> str:
     return str(p)
 
 
+def _directory(tmp_path: Path, name: str) -> str:
+    (tmp_path / name).mkdir()
+    return str(tmp_path / name)
+
+
 def _dev_zero(tmp_path: Path, name: str) -> str:
     p = tmp_path / name
     p.symlink_to("/dev/zero")  # with the file's own name: the extension does not decide how it is read
@@ -95,8 +100,8 @@ def test_a_hostile_config_value_is_one_line_naming_the_key(case: str, tmp_path: 
 def test_a_config_or_a_plan_file_that_is_not_a_regular_file_is_refused(kind: str, tmp_path: Path) -> None:
     """A FIFO would hang the start and /dev/zero stream without end: both refused before any read. A
     FIFO with a writer on the other end is refused all the same (nothing is read from it)."""
-    make = {"fifo": _fifo, "dev-zero": _dev_zero,
-            "directory": lambda p, n: (p / n).mkdir() or str(p / n)}[kind]
+    makers: dict[str, Callable[[Path, str], str]] = {"fifo": _fifo, "dev-zero": _dev_zero, "directory": _directory}
+    make = makers[kind]
     words = {"fifo": "is a FIFO", "dev-zero": "is a device", "directory": "directory"}[kind]
     config = make(tmp_path, "fleet.yaml")
     _refused(["validate-config", config], config, words)
@@ -150,7 +155,7 @@ def test_the_untouched_inputs_make_a_plan(tmp_path: Path) -> None:
     assert json.loads(out)["plan"]["instances"] >= 1
 
 
-def _model(edit: Callable[[dict[str, object]], None]) -> Callable[[dict[str, Path]], str]:
+def _model(edit: Callable[[dict[str, object]], object]) -> Callable[[dict[str, Path]], str]:
     def write(i: dict[str, Path]) -> str:
         doc = dict(LLAMA)
         edit(doc)

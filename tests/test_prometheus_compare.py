@@ -8,11 +8,12 @@ carries its own tier label, so the catalogue's "by (tier)" PromQL can be compare
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -20,7 +21,7 @@ from exporter.catalogue import ROWS
 from exporter.engines import ENGINES as REGISTERED
 from exporter.model import EngineSample, GpuReading, GpuSelector, InstanceSample
 from exporter.sources import dcgm
-from exporter.window import tier_window
+from exporter.window import TierWindow, tier_window
 
 from conftest import binary, fixture_text
 from fakes import FakeTarget
@@ -106,12 +107,19 @@ def _replays() -> list[Replay]:
     return out
 
 
+
+def _nth(texts: list[str], n: int) -> str:
+    return texts[min(n, SNAPSHOTS - 1)]
+
+Scraped = tuple[Prometheus, list[Replay], list[list[int]]]  # the server, what it scraped, and when
+
+
 @pytest.fixture(scope="module")
-def scraped():  # type: ignore[no-untyped-def]
+def scraped() -> Iterator[Scraped]:
     """A real Prometheus that scraped every replay, and fleetwatch's window on the same samples."""
     prom_bin = binary("prometheus")
     replays = _replays()
-    targets = [FakeTarget(body_fn=lambda n, r=r: r.texts[min(n, SNAPSHOTS - 1)]) for r in replays]
+    targets = [FakeTarget(body_fn=functools.partial(_nth, r.texts)) for r in replays]
 
     def static(r: Replay, t: FakeTarget) -> str:
         labels = ", ".join(f"{k}: {v}" for k, v in {"tier": r.tier, **r.labels}.items())
@@ -150,13 +158,13 @@ def _first(r: Replay) -> int:
     return next(i for i in range(FIRST, SNAPSHOTS) if keys[i] >= keys[-1])
 
 
-def _window(r: Replay, ts: list[int], first: int, last: int):  # type: ignore[no-untyped-def]
+def _window(r: Replay, ts: list[int], first: int, last: int) -> TierWindow:
     assert r.engine is not None
     return tier_window(r.tier, [InstanceSample(r.tier, r.tier, ts[i] / 1000, PARSERS[r.engine](r.texts[i]), r.gpus)
                                 for i in range(first, last + 1)])
 
 
-def test_quantiles_and_rates_match_prometheus(scraped) -> None:  # type: ignore[no-untyped-def]
+def test_quantiles_and_rates_match_prometheus(scraped: Scraped) -> None:
     """histogram_quantile over "x - x offset W" equals fleetwatch's increase quantiles exactly."""
     prom, replays, stamps = scraped
     (i,) = [k for k, r in enumerate(replays) if r.tier == "vllm-0-33"]
@@ -197,7 +205,7 @@ MUST = {
 }
 
 
-def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped) -> None:  # type: ignore[no-untyped-def]
+def test_catalogue_promql_matches_fleetwatch_on_every_engine_version(scraped: Scraped) -> None:
     """The recording rules' PromQL, run by Prometheus, against fleetwatch's Python for each row,
     on captures of every engine version (old metric names included) and on shared GPU nodes."""
     from exporter.catalogue import row

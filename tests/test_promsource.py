@@ -222,7 +222,8 @@ def test_prometheus_backed_and_direct_mode_give_the_same_report(tmp_path: Path) 
         prom.stop()
         demo.close()
 
-    dd, pd = d.as_dict(), p.as_dict()
+    dd: dict[str, Any] = d.as_dict()
+    pd: dict[str, Any] = p.as_dict()
     for tier in dd["tiers"]:
         a, b = dd["tiers"][tier], pd["tiers"][tier]
         assert b["error"] is None

@@ -6,6 +6,7 @@ fleetwatch. The rules' recommended count must equal fleet-mode fleetwatch's own,
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_the_sidecars_environment_is_checked_like_the_config(name: bytes, value:
 
     env = {k.encode(): v.encode() for k, v in os.environ.items()} | {b"FLEETWATCH_TIER": b"a100", name: value}
     r = subprocess.run([sys.executable, "-m", "exporter.cli", "serve", "--config", str(EXAMPLE)], capture_output=True,
-                       timeout=60, env=env)  # type: ignore[arg-type]
+                       timeout=60, env=env)
     err = r.stderr.decode("utf-8", "replace")
     assert r.returncode == 2 and len(err.strip().splitlines()) == 1 and reason in err, err
     assert "forged" not in err and "secret" not in err and "\x1b" not in err
@@ -166,7 +167,11 @@ def test_sidecars_and_fleet_mode_agree_on_the_recommended_count(tmp_path: Path) 
         # one sidecar per instance, as the kustomize sidecar overlay deploys them
         stop = threading.Event()
         threads: list[threading.Thread] = []
-        stack.callback(lambda: [th.join(20) for th in threads])
+        def join() -> None:
+            for th in threads:
+                th.join(20)
+
+        stack.callback(join)
         stack.callback(stop.set)  # last in, first out: stop, then join
         sidecar_urls: list[str] = []
         for name, tier in demo.config.tiers.items():
@@ -178,7 +183,7 @@ def test_sidecars_and_fleet_mode_agree_on_the_recommended_count(tmp_path: Path) 
                                       daemon=True)
                 th.start()
                 threads.append(th)
-                assert wait_until(lambda ready=ready: ready, 10), "a sidecar did not start"
+                assert wait_until(functools.partial(list, ready), 10), "a sidecar did not start"
                 sidecar_urls.append(f"http://127.0.0.1:{ready[0].port}/metrics")
         rules = tmp_path / "rules"
         for fname, text in build(demo.config, for_="2s", eval_interval="1s").items():

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from exporter.catalogue import PLAN_FIGURES
+from exporter.catalogue import PLAN_FIGURES, RECOMMENDED
 from exporter.config import Config, load_config
 from exporter.evaluate import HistoryPoint, history_gap, peak_sample, resize
 from exporter.model import Resize
@@ -158,7 +158,7 @@ def _promtool_checks(config: Config, s: Scenario, name: str, verdicts: dict[int,
                            "exp_samples": [{"labels": f'{{action="{action}",severity="{severity}",tier="{name}"}}',
                                             "value": 1}] if v.action == action else []})
         target = v.recommended_instances if v.action != "scale_down" else _scaled_to(config, s, name, v)
-        rec, floor = rules.RECOMMENDED + sel, rules.SCALE_DOWN_FLOOR + sel
+        rec, floor = RECOMMENDED + sel, rules.SCALE_DOWN_FLOOR + sel
         expr = sizing.scale_down_to_promql(rec, floor) if v.action == "scale_down" else rec
         checks.append({"expr": f"max by (tier) ({expr})", "eval_time": at,
                        "exp_samples": [{"labels": sel, "value": target}]})

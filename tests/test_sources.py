@@ -144,7 +144,7 @@ def test_dcgm_mib_to_bytes_and_reserved() -> None:
 def test_dcgm_mig_lowercase_hostname_and_selectors() -> None:
     gpus = dcgm.parse(fixture_text("dcgm/dcgm_mig_and_misc_excerpts.prom"))
     mig = [g for g in gpus if g.uuid == "GPU-58e8f5ea-13cc-013a-d88f-2bcf5ae8bc77"]
-    assert sorted(g.mig_instance for g in mig) == ["7", "8", "9"]  # one reading per MIG instance
+    assert sorted(str(g.mig_instance) for g in mig) == ["7", "8", "9"]  # one reading per MIG instance
     a30 = next(g for g in gpus if g.model == "NVIDIA A30")
     assert a30.hostname == "dcgm-exporter-wwwjh" and a30.mig_instance == "3"
     assert a30.memory_free_bytes == 2207 * 2**20
