@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Callable
 
 from .config import Config
-from .daemon import Pipeline
+from .lifecycle import ONE_SHOT, Daemon
 from .model import Report, Status
 from .scrape import Scraper
 from .text import num, plural, seconds
@@ -15,29 +15,17 @@ from .text import num, plural, seconds
 
 def run_check(config: Config, window: float, *, scraper: Scraper | None = None,
               sleep: Callable[[float], None] = time.sleep) -> Report:
-    if config.prometheus is not None and scraper is None:
-        from .promread import PrometheusReader
-
-        reader = PrometheusReader(config)
-        try:
-            return Pipeline(config, None, reader=reader).evaluate_prometheus(time.time(), window)
-        finally:
-            reader.close()
-    scraper = scraper or Scraper(config)
-    try:
-        pipeline = Pipeline(config, scraper)
-        first = scraper.scrape()
+    with Daemon(config, ONE_SHOT, scraper=scraper) as daemon:
+        pipeline = daemon.pipeline
+        if daemon.scraper is None:  # source: prometheus, which holds the window already
+            return pipeline.evaluate_prometheus(time.time(), window)
+        first = daemon.scraper.scrape()
         pipeline.ingest(first)
         sleep(window)
-        last = scraper.scrape()
+        last = daemon.scraper.scrape()
         pipeline.ingest(last)
         now = last[0].timestamp if last else time.time()
-        # the window spans exactly the two scrapes
-        pipeline.store.window = now - (first[0].timestamp if first else now)
-        pipeline.store.expected = 2
-        return pipeline.evaluate(now)
-    finally:
-        scraper.close()
+        return pipeline.evaluate_span(now, now - (first[0].timestamp if first else now), scrapes=2)
 
 
 def _num(v: float | None, unit: str) -> str:

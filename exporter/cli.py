@@ -450,7 +450,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "serve":
         from dataclasses import replace
 
-        from .daemon import serve
+        from .lifecycle import serve
 
         try:
             cfg = _serve_config(cfg, args)

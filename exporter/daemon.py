@@ -8,9 +8,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
-import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -22,12 +19,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from .alertmanager import AlertmanagerClient, alerts_from_report
-from .collector import Published, Snapshot, make_registry
-from .config import Config, redact_url
+from .collector import Published, Snapshot
+from .config import Config
 from .fetch import cut_at
 from .secrets import redact
 from .text import num, plural
-from .evaluate import HistoryPoint, evaluate, peak_sample, plan_shortfall
+from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import HistoryNote, InstanceSample, Report
 from .scrape import Scraper, ScrapeStats
 from .schedule import annotate
@@ -227,6 +224,11 @@ class Pipeline:
         # the window the store holds: the config's, or check's span between its two scrapes
         return self._evaluate(now, {name: self.store.view(name, now) for name in self.config.tiers},
                               window=self.store.window)
+
+    def evaluate_span(self, now: float, seconds: float, scrapes: int) -> Report:
+        """The report over a window of exactly ``seconds`` and ``scrapes`` (a one-shot check's two)."""
+        self.store.window, self.store.expected = seconds, scrapes
+        return self.evaluate(now)
 
     def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
         assert self.reader is not None
@@ -455,113 +457,6 @@ class Server:
         self.httpd.server_close()
 
 
-def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Event | None = None,
-          on_ready: Callable[[Server], None] | None = None, watch: bool = False) -> int:
-
-    # one daemon per state_dir: raises StateLocked (the caller says it in one line) before anything starts
-    held = None
-    if config.state_dir is not None:
-        try:
-            held = state.lock(config.state_dir, f"fleetwatch pid {os.getpid()} on {socket.gethostname()}")
-        except OSError as e:  # an unwritable state_dir: nothing is written there either, so nothing to guard
-            log.warning("cannot lock %s: %s; the state is kept in memory only", config.state_dir, e.strerror or e)
-    try:
-        return _serve(config, scraper, stop, on_ready, watch)
-    finally:
-        if held is not None:
-            held.release()
-
-
-def _serve(config: Config, scraper: Scraper | None, stop: threading.Event | None,
-           on_ready: Callable[[Server], None] | None, watch: bool) -> int:
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    return_freed_memory()
-    reader = None
-    if config.prometheus is not None and scraper is None:
-        from .promread import PrometheusReader
-
-        reader = PrometheusReader(config)
-    if reader is None:
-        scraper = scraper or Scraper(config, nvml=_maybe_nvml(config))
-    notifier = None
-    if config.alertmanagers and config.mode == "sidecar":
-        log.warning("alertmanagers: not used in sidecar mode; Prometheus sends the generated rules' alerts")
-    elif config.alertmanagers:
-        verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
-        notifier = AlertmanagerClient(config.alertmanagers, interval=config.interval, verify=verify,
-                                      timeout=min(5.0, config.interval / 2))
-    pipeline = Pipeline(config, scraper, notifier=notifier, reader=reader)
-    if notifier is not None:
-        notifier.start()  # posting happens on its own threads: an Alertmanager never delays a cycle
-    stop = stop or threading.Event()
-    if reader is not None:
-        pipeline.start_history(stop)  # read off the cycle, with its own deadline and backoff
-    registry = make_registry(config, pipeline.snapshot)
-    server = Server(config.listen_host, config.listen_port, registry, pipeline.health)
-    pipeline.http_rejected = lambda: server.rejected
-    server.start()
-    log.info("serving /metrics and /healthz on http://%s:%d (interval %gs, window %gs, %d tiers, %s)",
-             config.listen_host, server.port, config.interval, config.window, len(config.tiers),
-             f"reading the fleet from prometheus {reader.name}" if reader is not None
-             else f"{sum(len(t.targets) for t in config.tiers.values())} targets")
-    for name, tc in config.tiers.items():
-        short = plan_shortfall(tc)
-        if short is not None:
-            log.warning("tier %s: the plan's instances: %s", name, short)
-    if config.mode == "sidecar":
-        ((tier, tc),) = config.tiers.items()
-        t = tc.targets[0]
-        gpus = (f"dcgm-exporter {redact_url(t.dcgm)}" + (f" (pod {t.gpus.namespace or '*'}/{t.gpus.pod})" if t.gpus
-                                                         else " (all its GPUs: POD_NAME is not set)")
-                if t.dcgm else "NVML" if t.nvml else "none (no dcgm URL, no NVML: the GPU rows stay unknown)")
-        log.info("sidecar of tier %s, instance %s: engine %s %s, GPUs from %s", tier, t.name, t.engine,
-                 redact_url(t.url), gpus)
-
-    live = None
-    if watch:
-        from .live import LiveView
-
-        live = LiveView(f"fleetwatch serve: http://{config.listen_host}:{server.port}/metrics")
-        live.__enter__()
-        pipeline.on_report.append(lambda report: live.update(report, f"  cycle {pipeline.cycles}"))
-    scheduler = BackgroundScheduler(timezone="UTC")
-
-    def overrun(event: Any) -> None:
-        pipeline.overruns += 1
-        log.warning("cycle skipped: the previous cycle is still running (interval %gs)", config.interval)
-
-    scheduler.add_listener(overrun, EVENT_JOB_MAX_INSTANCES)
-    from datetime import datetime, timezone
-
-    scheduler.add_job(pipeline.safe_cycle, "interval", seconds=config.interval, max_instances=1, coalesce=True,
-                      next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(config.interval))
-    scheduler.start()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    if on_ready is not None:
-        on_ready(server)
-    stop.wait()
-    scheduler.shutdown(wait=True)  # lets a running cycle finish; it is bounded by scrape_timeout
-    if live is not None:
-        live.__exit__(None, None, None)
-    pipeline.save_state(force=True)
-    server.stop()
-    (reader or scraper).close()  # type: ignore[union-attr]
-    if notifier is not None:
-        notifier.close()
-    log.info("stopped after %s%s", plural(pipeline.cycles, "cycle"),
-             f" ({plural(pipeline.failures, 'failed cycle')})" if pipeline.failures else "")
-    return 0
-
-
 def return_freed_memory() -> None:
     """Make glibc give freed bodies back to the kernel. By default it keeps large freed blocks in its heaps,
     one heap per thread: bodies of many MB, freed after a cycle, would stay in the RSS for good. A fixed
@@ -575,10 +470,3 @@ def return_freed_memory() -> None:
     except (OSError, AttributeError):
         pass  # not glibc (musl, macOS): their allocators return large blocks as it is
 
-
-def _maybe_nvml(config: Config) -> Any:
-    if not any(t.nvml for tier in config.tiers.values() for t in tier.targets):
-        return None
-    from .sources.nvml import NvmlReader, PynvmlBackend
-
-    return NvmlReader(PynvmlBackend())

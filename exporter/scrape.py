@@ -132,6 +132,7 @@ class Scraper:
         self.budget = BodyBudget(BUDGET_BODIES * config.max_body_bytes, SMALL_BODY)
         self._large_parse = threading.Semaphore(1)  # a large body's parse is CPU-bound: one at a time
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
+        self.closed = False
         self.discoverer = None
         if config.discovers:
             from .discovery import SOURCE, Discoverer
@@ -139,6 +140,7 @@ class Scraper:
             self.discoverer = Discoverer(config, lambda tier, what, reason: self.stats.error(tier, what, SOURCE, reason))
 
     def close(self) -> None:
+        self.closed = True
         self._pool.close()
         self.session.close()
         if self.discoverer is not None:

@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from exporter.daemon import Server, serve
+from exporter.daemon import Server
+from exporter.lifecycle import serve
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.run import WallClock, start_fleet
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario

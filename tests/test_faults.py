@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from exporter.config import load_config
-from exporter.daemon import Pipeline, Server, serve
+from exporter.daemon import Pipeline, Server
+from exporter.lifecycle import serve
 from exporter.scrape import Scraper
 
 from conftest import fixture_text

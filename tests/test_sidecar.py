@@ -19,7 +19,8 @@ import pytest
 
 from exporter.collector import make_registry
 from exporter.config import ConfigError, load_config
-from exporter.daemon import Server, serve
+from exporter.daemon import Server
+from exporter.lifecycle import serve
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
 from exporter.model import GpuReading, GpuSelector, SidecarSettings

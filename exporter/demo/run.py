@@ -7,6 +7,7 @@ it scrapes a real fleet. ``Clock`` decides how time passes: ``WallClock`` for pe
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -15,14 +16,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TextIO
+from typing import Callable, Generator, Protocol, TextIO
 
 import yaml
 
 from ..check import format_json, format_table
-from ..collector import Snapshot, make_registry
+from ..collector import Snapshot
 from ..config import Config, load_config
-from ..daemon import Pipeline, Server
+from ..daemon import Pipeline
+from ..lifecycle import ONE_SHOT, Daemon, Parts
 from ..live import LiveView, wanted
 from ..model import Report
 from ..scrape import Scraper
@@ -153,15 +155,20 @@ def seed_history(pipeline: Pipeline, fleet: SimFleet, now: float, days: int = SE
                                f"stretched to 24 h), so that the schedule and the levers show")
 
 
-def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None
-            ) -> Iterator[tuple[float, Report]]:
-    """One (run seconds, report) per interval until ``duration`` or a stop."""
+DEMO = Parts(http=True, notify=False, lock=False, persist=False, nvml=False)  # /metrics on the demo's own port
+
+
+def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None, *,
+            parts: Parts = ONE_SHOT, on_start: Callable[[Daemon], None] | None = None
+            ) -> Generator[tuple[float, Report], None, None]:
+    """One (run seconds, report) per interval until ``duration`` or a stop. ``on_start``: called once the
+    daemon's parts are up (its HTTP server listening), before the first cycle."""
     scraper = Scraper(demo.config, clock=clock.now)
-    pipeline = Pipeline(demo.config, scraper, clock=clock.now)
-    seed_history(pipeline, demo.fleet, clock.now())
-    if snapshot is not None:
-        pipeline.snapshot = snapshot  # what the demo's own /metrics renders
-    try:
+    with Daemon(demo.config, parts, scraper=scraper, clock=clock.now, snapshot=snapshot) as daemon:
+        pipeline = daemon.pipeline
+        if on_start is not None:
+            on_start(daemon)
+        seed_history(pipeline, demo.fleet, clock.now())
         run_t = 0.0
         while True:
             yield run_t, pipeline.cycle()
@@ -170,8 +177,6 @@ def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot
                 return
             if not clock.wait_until(run_t):
                 return
-    finally:
-        scraper.close()
 
 
 def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: str = "table",
@@ -188,44 +193,43 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
         plans = write_plans(Path(plans_dir.name), measure_all())
         log.info("measured plans written to %s (removed when the demo ends)", plans_dir.name)
     demo = start_fleet(scenario, flavour=flavour, plans=plans, listen=listen)
-    snapshot = Snapshot()
-    server = Server(demo.config.listen_host, demo.config.listen_port, make_registry(demo.config, snapshot),
-                    lambda: (True, "ok"))
-    server.start()
-    url = f"http://{demo.config.listen_host}:{server.port}/metrics"
     sc = SCENARIOS[scenario]
-    # what is running, before the first report: on stdout with the reports, except beside JSON lines,
-    # which a program reads one document at a time
-    print(f"fleetwatch demo: scenario {scenario}: {sc.what_happens}.\n"
-          f"  fleetwatch should catch: {sc.must_catch}.\n"
-          f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}\n"
-          f"  a report every {INTERVAL_SECONDS:g}s over a {WINDOW_SECONDS:g}s window; Ctrl-C to stop.",
-          file=sys.stderr if fmt == "json" else out, flush=True)
-    if on_ready is not None:
-        on_ready(url)
+    screen = contextlib.ExitStack()  # the live view, entered after the banner
+
+    def started(daemon: Daemon) -> None:
+        assert daemon.server is not None
+        url = f"http://{demo.config.listen_host}:{daemon.server.port}/metrics"
+        # what is running, before the first report: on stdout with the reports, except beside JSON lines,
+        # which a program reads one document at a time
+        print(f"fleetwatch demo: scenario {scenario}: {sc.what_happens}.\n"
+              f"  fleetwatch should catch: {sc.must_catch}.\n"
+              f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}\n"
+              f"  a report every {INTERVAL_SECONDS:g}s over a {WINDOW_SECONDS:g}s window; Ctrl-C to stop.",
+              file=sys.stderr if fmt == "json" else out, flush=True)
+        if on_ready is not None:
+            on_ready(url)
+        if wanted(out, fmt):  # a terminal: one screen redrawn in place; pipes and files get the plain reports
+            live.append(screen.enter_context(LiveView(f"fleetwatch demo: scenario {scenario}", out)))
+
     clock = WallClock(demo.fleet, stop)
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
-    live = None
-    if wanted(out, fmt):  # a terminal: one screen redrawn in place; pipes and files get the plain reports
-        live = LiveView(f"fleetwatch demo: scenario {scenario}", out)
-        live.__enter__()
+    live: list[LiveView] = []
     try:
-        for run_t, report in reports(demo, clock, duration, snapshot):
-            if live is not None:
-                live.update(report, f"  t={run_t:.0f}s  (Ctrl-C to stop)")
-            elif fmt == "json":
-                print(format_json(report), file=out, flush=True)
-            else:
-                print(f"--- t={run_t:.0f}s scenario={scenario} ---\n{format_table(report)}\n", file=out, flush=True)
+        with contextlib.closing(reports(demo, clock, duration, parts=DEMO, on_start=started)) as cycles:
+            for run_t, report in cycles:
+                if live:
+                    live[0].update(report, f"  t={run_t:.0f}s  (Ctrl-C to stop)")
+                elif fmt == "json":
+                    print(format_json(report), file=out, flush=True)
+                else:
+                    print(f"--- t={run_t:.0f}s scenario={scenario} ---\n{format_table(report)}\n", file=out, flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a demo ends
     finally:
-        if live is not None:
-            live.__exit__(None, None, None)
+        screen.close()
         stop.set()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        server.stop()
         demo.close()
         if plans_dir is not None:
             plans_dir.cleanup()
