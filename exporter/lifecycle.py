@@ -24,8 +24,10 @@ from .collector import Snapshot, make_registry
 from .config import redact_url
 from .daemon import Pipeline, Server, return_freed_memory
 from .evaluate import plan_shortfall
+from .gpus import LOCAL
 from .model import Config, Report
 from .scrape import Scraper
+from .sources import Gpus
 from .text import plural
 
 if TYPE_CHECKING:
@@ -42,11 +44,11 @@ class Parts:
     notify: bool = True  # posts to the config's Alertmanagers (fleet mode)
     lock: bool = True  # one daemon per state_dir
     persist: bool = True  # write the state_dir at shutdown
-    nvml: bool = True  # read the GPUs of targets marked nvml
+    local_gpus: bool = True  # read this host's GPUs (NVML) for the targets that ask
 
 
 SERVE = Parts()
-ONE_SHOT = Parts(http=False, notify=False, lock=False, persist=False, nvml=False)  # check; the demo's cycles
+ONE_SHOT = Parts(http=False, notify=False, lock=False, persist=False, local_gpus=False)  # check; the demo's cycles
 
 
 class Daemon:
@@ -101,7 +103,7 @@ class Daemon:
             self.reader = PrometheusReader(config)
             stack.callback(self.reader.close)
         else:
-            self.scraper = self._scraper or Scraper(config, nvml=_maybe_nvml(config) if parts.nvml else None)
+            self.scraper = self._scraper or Scraper(config, local_gpus=_local_gpus(config) if parts.local_gpus else None)
             stack.callback(self.scraper.close)
         if parts.notify and config.alertmanagers and config.mode == "sidecar":
             log.warning("alertmanagers: not used in sidecar mode; Prometheus sends the generated rules' alerts")
@@ -209,11 +211,7 @@ def _log_start(daemon: Daemon) -> None:
                  redact_url(t.url), gpus)
 
 
-def _maybe_nvml(config: Config) -> Any:
-    if not any(t.nvml for tier in config.tiers.values() for t in tier.targets):
-        return None
-    from .sources.nvml import NvmlReader, PynvmlBackend
-
-    return NvmlReader(PynvmlBackend())
-
-
+def _local_gpus(config: Config) -> dict[str, Callable[[], Gpus]]:
+    """A reader for each GPU source read on this host that a target asks for (NVML)."""
+    targets = [t for tier in config.tiers.values() for t in tier.targets]
+    return {s.name: s.open() for s in LOCAL if s.open is not None and any(s.wanted(t) for t in targets)}

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ALL_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 import requests
 
@@ -15,10 +15,10 @@ from .model import Config, Target
 from .exposition import ExpositionError
 from .fairpool import ANSWERED, FAILING, NEW, NOT_STARTED, FairPool, Job, NotStarted
 from .fetch import BodyBudget, FetchError, Lease, fetch_text, new_session
-from .model import EngineSample, GpuReading, InstanceSample
+from .model import EngineSample, InstanceSample
 from .engines import engine
-from .sources import dcgm
-from .sources.nvml import NvmlReader
+from .gpus import FETCHED, LOCAL
+from .sources import Gpus
 from .text import num, plural
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,13 @@ class Scraper:
     """Fetches and parses every target of a config. Safe to call from one thread at a time."""
 
     def __init__(self, config: Config, *, session: requests.Session | None = None,
-                 nvml: NvmlReader | None = None, clock: Callable[[], float] = time.time) -> None:
+                 local_gpus: Mapping[str, Callable[[], Gpus]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``local_gpus``: a reader per GPU source read on this host (NVML), by the source's name."""
         self.config = config
         self.session = session or new_session()
         self.session.trust_env = False  # no proxies from the environment for in-cluster scrapes
-        self.nvml = nvml
+        self.local_gpus = dict(local_gpus or {})
         self.clock = clock
         self.stats = ScrapeStats()
         self._invalid: dict[tuple[str, str], frozenset[str]] = {}  # per target, what its last scrape held
@@ -207,11 +209,11 @@ class Scraper:
         finally:
             self._large_parse.release()
 
-    def _dcgm(self, url: str, token_file: str | None, deadline: float
-              ) -> tuple[GpuReading, ...] | FetchError | ExpositionError:
+    def _gpus(self, parse: Callable[[str], Gpus], url: str, token_file: str | None, deadline: float
+              ) -> Gpus | FetchError | ExpositionError:
         try:
             with self.budget.lease(deadline) as lease:
-                return self._parse(dcgm.parse, self._get(url, token_file, deadline, lease), deadline)
+                return self._parse(parse, self._get(url, token_file, deadline, lease), deadline)
         except (FetchError, ExpositionError) as e:
             return e
         except Exception as e:  # noqa: BLE001 - one bad exporter must never stop the cycle
@@ -225,7 +227,7 @@ class Scraper:
             self.config = self.discoverer.refresh()
         now = self.clock()
         engine_futs: dict[tuple[str, str], Future[EngineSample | str | NotStarted]] = {}
-        dcgm_futs: dict[str, Future[tuple[GpuReading, ...] | FetchError | ExpositionError | NotStarted]] = {}
+        gpu_futs: dict[tuple[str, str], Future[Gpus | FetchError | ExpositionError | NotStarted]] = {}
         self._cycle += 1
         jobs: list[Job] = []
         for tier in self.config.tiers.values():
@@ -236,14 +238,19 @@ class Scraper:
                     jobs.append(job)
                 else:  # backing off: it stays down, and a hanging target no longer holds a thread every cycle
                     self.stats.skip(tier.name, t.name, "backoff")
-                if t.dcgm and t.dcgm not in dcgm_futs:  # a node-wide exporter is fetched once per cycle
-                    job = Job(tier.name, self._rank(("dcgm", t.dcgm)),
-                              partial(self._dcgm, t.dcgm, t.dcgm_bearer_token_file, deadline))
-                    dcgm_futs[t.dcgm] = job.future
-                    jobs.append(job)
+                for source in FETCHED:
+                    url = source.url(t)
+                    if url and (source.name, url) not in gpu_futs:  # a node-wide exporter: fetched once a cycle
+                        assert source.parse is not None
+                        job = Job(tier.name, self._rank((source.name, url)),
+                                  partial(self._gpus, source.parse, url, source.token_file(t), deadline))
+                        gpu_futs[(source.name, url)] = job.future
+                        jobs.append(job)
         self._pool.submit(jobs, deadline)
-        local = self.nvml.read() if self.nvml is not None and self._wants_nvml() else ()
-        all_futs: list[Future[object]] = [*engine_futs.values(), *dcgm_futs.values()]  # type: ignore[list-item]
+        local = {s.name: self.local_gpus[s.name]() for s in LOCAL
+                 if s.name in self.local_gpus and any(s.wanted(t) for tier in self.config.tiers.values()
+                                                      for t in tier.targets)}
+        all_futs: list[Future[object]] = [*engine_futs.values(), *gpu_futs.values()]  # type: ignore[list-item]
         # the fetches end at the deadline by themselves (exporter/fetch.py); the grace is for parsing
         wait(all_futs, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE, return_when=ALL_COMPLETED)
         not_started = self._pool.drop_queued()
@@ -252,7 +259,7 @@ class Scraper:
                         "hanging targets of other tiers hold theirs; counted in fleetwatch_scrape_skipped_total "
                         "reason=deadline)", plural(not_started, "fetch", "fetches"), self._pool.workers)
         out: list[InstanceSample] = []
-        dcgm_t = time.monotonic() - started
+        gpu_t = time.monotonic() - started
         for tier in self.config.tiers.values():
             for t in tier.targets:
                 key = (tier.name, t.name)
@@ -275,25 +282,30 @@ class Scraper:
                     if error is not None:
                         self._last_error[key] = error
                     self._schedule(tier.name, t.name, engine is not None)
-                gpus: tuple[GpuReading, ...] = ()
+                gpus: Gpus = ()
                 gpu_error = None
-                if t.dcgm:
-                    df = dcgm_futs[t.dcgm]
+                for source in FETCHED:
+                    url = source.url(t)
+                    if not url:
+                        continue
+                    df = gpu_futs[(source.name, url)]
                     got = df.result() if df.done() else FetchError("timeout", "not complete when the cycle's "
                                                                               "deadline passed")
                     if got is NOT_STARTED:
-                        gpu_error = "dcgm-exporter not tried this cycle: every scrape worker was busy until the deadline"
+                        gpu_error = f"{source.title} not tried this cycle: every scrape worker was busy until the deadline"
                     elif isinstance(got, tuple):
-                        gpus = dcgm.select(got, t.gpus)
-                        self._answered[("dcgm", t.dcgm)] = True
-                        self.stats.observe(tier.name, t.name, "dcgm", dcgm_t, True)
+                        gpus = gpus + source.select(got, t.gpus)
+                        self._answered[(source.name, url)] = True
+                        self.stats.observe(tier.name, t.name, source.name, gpu_t, True)
                     else:
-                        self._answered[("dcgm", t.dcgm)] = False
+                        self._answered[(source.name, url)] = False
                         reason = got.reason if isinstance(got, FetchError) else "malformed"
                         said = str(got) if isinstance(got, FetchError) else f"not Prometheus metrics: {got}"
-                        gpu_error = "dcgm-exporter " + self._fail(tier.name, t.name, "dcgm", reason, said, started)
-                if t.nvml:
-                    gpus = gpus + dcgm.select(local, t.gpus)
+                        gpu_error = f"{source.title} " + self._fail(tier.name, t.name, source.name, reason, said,
+                                                                    started)
+                for source in LOCAL:
+                    if source.wanted(t) and source.name in local:
+                        gpus = gpus + source.select(local[source.name], t.gpus)
                 out.append(InstanceSample(tier.name, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
         return out
 
@@ -322,5 +334,3 @@ class Scraper:
                         "until it answers", tier, instance, before + 1, BACKOFF_MAX_SECONDS)
         self._next_try[key] = self._cycle + wait
 
-    def _wants_nvml(self) -> bool:
-        return any(t.nvml for tier in self.config.tiers.values() for t in tier.targets)

@@ -155,7 +155,7 @@ def seed_history(pipeline: Pipeline, fleet: SimFleet, now: float, days: int = SE
                                f"stretched to 24 h), so that the schedule and the levers show")
 
 
-DEMO = Parts(http=True, notify=False, lock=False, persist=False, nvml=False)  # /metrics on the demo's own port
+DEMO = Parts(http=True, notify=False, lock=False, persist=False, local_gpus=False)  # /metrics on the demo's own port
 
 
 def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot | None = None, *,

@@ -22,9 +22,44 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from ..exposition import Sample
 from ..inputs import INPUTS
-from ..model import EngineSample, Histogram
+from ..model import EngineSample, GpuReading, GpuSelector, Histogram, Target
 
 Names = Mapping[str, tuple[str, ...]]  # canonical input -> the engine's raw names, newest first
+Gpus = tuple[GpuReading, ...]
+
+
+def select_gpus(gpus: Sequence[GpuReading], selector: GpuSelector | None) -> Gpus:
+    """A target's own GPUs: its selector (by pod and namespace, index or UUID); else all of them, by UUID."""
+    if selector is not None and (selector.pod or selector.namespace or selector.indices or selector.uuids):
+        return tuple(g for g in gpus
+                     if (not selector.pod or g.pod == selector.pod)
+                     and (not selector.namespace or g.namespace == selector.namespace)
+                     and (not selector.indices or g.index in selector.indices)
+                     and (not selector.uuids or g.uuid in selector.uuids))
+    seen: dict[tuple[str, str | None], GpuReading] = {}
+    for g in gpus:
+        seen.setdefault(g.key, g)
+    return tuple(seen.values())
+
+
+def _none(target: Target) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class GpuSource:
+    """A way to read GPUs: everything about it is in its own module (``exporter/sources/<name>.py``),
+    registered by one line in ``exporter/gpus.py``. Either fetched over HTTP (``parse``; one fetch per URL
+    a cycle, shared by the targets on that node) or read on this host (``open``; once a cycle)."""
+
+    name: str  # the target's key (``dcgm: URL``, ``nvml: true``) and the source its failures are counted under
+    title: str  # in words: what reasons and logs call it
+    select: Callable[[Sequence[GpuReading], GpuSelector | None], Gpus] = select_gpus
+    parse: Callable[[str], Gpus] | None = None  # fetched: its body -> every GPU it reports
+    url: Callable[[Target], str | None] = _none  # fetched: where this target's GPUs are
+    token_file: Callable[[Target], str | None] = _none  # fetched: its own bearer token, when it has one
+    open: Callable[[], Callable[[], Gpus]] | None = None  # local: a reader, called once a cycle
+    wanted: Callable[[Target], bool] = lambda target: False  # local: whether this target reads it
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections import defaultdict
 from typing import Any, Mapping
 
 from .. import exposition
-from ..model import GpuSelector
 from ..model import GpuReading
+from . import GpuSource, select_gpus
 
 PREFIXES = ("DCGM_FI_",)
 _SENTINEL = 9.2e18
@@ -80,15 +80,7 @@ def _readings(gpus: dict[tuple[str, str | None], dict[str, Any]]) -> tuple[GpuRe
     )
 
 
-def select(gpus: tuple[GpuReading, ...], selector: GpuSelector | None) -> tuple[GpuReading, ...]:
-    """A target's own GPUs: its selector (by pod and namespace, index or UUID); else all of them, by UUID."""
-    if selector is not None and (selector.pod or selector.namespace or selector.indices or selector.uuids):
-        return tuple(g for g in gpus
-                     if (not selector.pod or g.pod == selector.pod)
-                     and (not selector.namespace or g.namespace == selector.namespace)
-                     and (not selector.indices or g.index in selector.indices)
-                     and (not selector.uuids or g.uuid in selector.uuids))
-    seen: dict[tuple[str, str | None], GpuReading] = {}
-    for g in gpus:
-        seen.setdefault(g.key, g)
-    return tuple(seen.values())
+select = select_gpus  # a node-wide exporter reports every GPU of the node: a target's are picked by its selector
+
+SOURCE = GpuSource("dcgm", "dcgm-exporter", parse=parse, url=lambda t: t.dcgm,
+                   token_file=lambda t: t.dcgm_bearer_token_file)

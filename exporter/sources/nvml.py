@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..model import GpuReading
+from . import Gpus, GpuSource
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +166,10 @@ class NvmlReader:
                 self._need_reinit = True
             log.error("NVML read of GPU %d (%s) failed: %s", index, uuid, e)
             return GpuReading(uuid=uuid, index=str(index), model=name, up=False)
+
+
+def _open() -> Callable[[], Gpus]:
+    return NvmlReader(PynvmlBackend()).read
+
+
+SOURCE = GpuSource("nvml", "NVML", open=_open, wanted=lambda t: t.nvml)
