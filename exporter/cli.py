@@ -326,13 +326,14 @@ def _plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(report_json(result, plan_document(result, wl, curve, gpu.hour_usd)))
     elif args.format == "yaml":
-        tiers = result["steps"]["3_routing"].get("tiers") or []
-        if tiers and all("plan" in t for t in tiers):  # Step 3 routes: one plan per tier, as YAML documents
+        tiers = result.steps["3_routing"].get("tiers") or []
+        if len(result.tier_plans) == 2:  # routed: one plan per tier, as YAML documents
             assert small is not None
-            for t, share, c, hour in ((tiers[0], 1 - wl.simple_share, curve, gpu.hour_usd),
-                                      (tiers[1], wl.simple_share, small.curve, small.gpu.hour_usd)):
+            for t, plan, share, c, hour in ((tiers[0], result.tier_plans[0], 1 - wl.simple_share, curve, gpu.hour_usd),
+                                            (tiers[1], result.tier_plans[1], wl.simple_share, small.curve,
+                                             small.gpu.hour_usd)):
                 print(f"--- # tier {t['tier']}: {share:.0%} of the traffic ({t['peak_rps']:g} peak RPS)")
-                print(plan_yaml(t["plan"], replace(wl, peak_rps=t["peak_rps"], simple_share=0.0), c, hour), end="")
+                print(plan_yaml(plan, replace(wl, peak_rps=t["peak_rps"], simple_share=0.0), c, hour), end="")
         else:
             print(plan_yaml(result, wl, curve, gpu.hour_usd), end="")
     else:

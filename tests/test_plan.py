@@ -89,30 +89,30 @@ def test_worked_example_70b_gqa_on_h100_fp16_against_fp8() -> None:
     arch = from_hf_config(LLAMA_3_70B)
     fp16 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE)
     fp8 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE, weights="fp8")
-    assert fp16["kv_bytes_per_token"] == fp8["kv_bytes_per_token"] == 327_680
-    assert fp16["steps"]["4_memory_floor"]["kv_cache_bytes"] == 26_214_400_000
-    assert (fp16["min_gpus"], fp16["tp"], fp16["pp"]) == (3, 4, 1)
-    assert (fp8["min_gpus"], fp8["tp"], fp8["pp"]) == (2, 2, 1)
-    assert fp16["memory_floor_bytes"] / 1e9 == pytest.approx(213.54, abs=0.01)
-    assert fp8["memory_floor_bytes"] / 1e9 == pytest.approx(122.88, abs=0.01)
-    step5 = fp8["steps"]["5_precision"]
+    assert fp16.kv_bytes_per_token == fp8.kv_bytes_per_token == 327_680
+    assert fp16.steps["4_memory_floor"]["kv_cache_bytes"] == 26_214_400_000
+    assert (fp16.min_gpus, fp16.tp, fp16.pp) == (3, 4, 1)
+    assert (fp8.min_gpus, fp8.tp, fp8.pp) == (2, 2, 1)
+    assert fp16.memory_floor_bytes / 1e9 == pytest.approx(213.54, abs=0.01)
+    assert fp8.memory_floor_bytes / 1e9 == pytest.approx(122.88, abs=0.01)
+    step5 = fp8.steps["5_precision"]
     assert step5["tp"] == {"native": 4, "chosen": 2}
     assert step5["replicas_per_node"] == {"native": 2, "chosen": 4}
     assert step5["changes"]["min_gpus"] == {"native": 3, "chosen": 2}
-    assert fp16["binding_constraint"] == fp8["binding_constraint"] == "memory"
+    assert fp16.binding_constraint == fp8.binding_constraint == "memory"
     # without a sweep the throughput figures are null, each with its reason
     for key in ("usable_rps_per_instance", "instances", "total_gpus", "cost_per_million_tokens_usd"):
-        assert fp8[key] is None and fp8["reasons"][key]
+        assert getattr(fp8, key) is None and fp8.reasons[key]
 
 
 def test_an_fp8_kv_cache_and_pcie_change_what_step_5_and_6_decide() -> None:
     arch = from_hf_config(LLAMA_3_70B)
     kv8 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE, weights="fp8", kv_cache="fp8")
-    assert kv8["kv_bytes_per_token"] == 327_680 // 2
+    assert kv8.kv_bytes_per_token == 327_680 // 2
     # L40S (48 GB, PCIe): 122.88 GB-class floor needs 4 GPUs; TP stops at 2 without NVLink, so PP 2
     l40s = size(WORKLOAD, arch, CATALOGUE["L40S"], CATALOGUE, weights="fp8")
-    assert (l40s["tp"], l40s["pp"]) == (2, l40s["min_gpus"] // 2 + l40s["min_gpus"] % 2)
-    assert l40s["binding_constraint"] == "interconnect" and "pcie" in l40s["binding_reason"]
+    assert (l40s.tp, l40s.pp) == (2, l40s.min_gpus // 2 + l40s.min_gpus % 2)
+    assert l40s.binding_constraint == "interconnect" and "pcie" in l40s.binding_reason
 
 
 # ---------------------------------------------------------------- sweep -> plan -> config -> check

@@ -10,17 +10,17 @@ import yaml
 from .curve import Curve
 from ..config import exact_duration
 from ..text import num, plural
-from .sizing import RESOURCE_WORDS, Workload
+from .sizing import RESOURCE_WORDS, SizingResult, Workload
 
 
 _ms = exact_duration
 
 
-def plan_document(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> dict[str, Any]:
+def plan_document(result: SizingResult, wl: Workload, curve: Curve | None, hour_usd: float) -> dict[str, Any]:
     """The plan in the config's format (DESIGN.md); ``benchmark`` is null without a sweep."""
     return {
-        "gpus_per_instance": result["tp"] * result["pp"],
-        "instances": result["instances"],
+        "gpus_per_instance": result.tp * result.pp,
+        "instances": result.instances,
         "gpu_hour_cost_usd": hour_usd,
         "peak_rps": wl.peak_rps,
         "safety_factor": wl.safety_factor,
@@ -29,14 +29,14 @@ def plan_document(result: dict[str, Any], wl: Workload, curve: Curve | None, hou
         "workload": {"input_tokens": {k: round(getattr(wl.input_tokens, k)) for k in ("p50", "p95", "p99")},
                      "output_tokens": {k: round(getattr(wl.output_tokens, k)) for k in ("p50", "p95", "p99")},
                      "prefix_reuse": wl.shared_prefixes},
-        "precision": dict(result["precision"]),
+        "precision": {"weights": result.precision.weights, "kv_cache": result.precision.kv_cache},
     }
 
 
-def plan_yaml(result: dict[str, Any], wl: Workload, curve: Curve | None, hour_usd: float) -> str:
-    head = [f"# Sizing plan (`fleetwatch plan`): {result['gpu']} at TP {result['tp']}"
-            + (f" x PP {result['pp']}" if result["pp"] > 1 else "") + f", {result['precision']['weights']} weights.",
-            f"# Binding constraint: {result['binding_constraint']}: {result['binding_reason']}"]
+def plan_yaml(result: SizingResult, wl: Workload, curve: Curve | None, hour_usd: float) -> str:
+    head = [f"# Sizing plan (`fleetwatch plan`): {result.gpu} at TP {result.tp}"
+            + (f" x PP {result.pp}" if result.pp > 1 else "") + f", {result.precision.weights} weights.",
+            f"# Binding constraint: {result.binding_constraint}: {result.binding_reason}"]
     if curve is None:
         head.append("# Not a complete plan yet: no sweep (--sweep), so instances and benchmark are null. Run a "
                     "concurrency sweep of this configuration (the benchmark) and plan again.")
@@ -48,10 +48,10 @@ def _gb(b: float | None) -> str:
     return "n/a" if b is None else f"{b / 1e9:.1f} GB"
 
 
-def report_text(result: dict[str, Any]) -> str:
-    s = result["steps"]
-    out = [f"fleetwatch plan: {result['gpu']}, weights {result['precision']['weights']}, "
-           f"KV cache {result['precision']['kv_cache']}", ""]
+def report_text(result: SizingResult) -> str:
+    s = result.steps
+    out = [f"fleetwatch plan: {result.gpu}, weights {result.precision.weights}, "
+           f"KV cache {result.precision.kv_cache}", ""]
     hw = s["2_hardware"]
     out.append(f"hardware       {hw['archetype']} ({hw['why']}); binding resource {RESOURCE_WORDS[hw['binding_resource']]}; "
                f"best per dollar: {', '.join(r['gpu'] for r in hw['ranking'][:3]) or 'n/a'}")
@@ -106,7 +106,7 @@ def report_text(result: dict[str, Any]) -> str:
                    f"{'n/a' if util is None else f'{util:.0%}'} ({c['why']})")
         if c["warning"]:
             out.append(f"        warning: {c['warning']}")
-    out += ["", f"binding constraint: {result['binding_constraint']}: {result['binding_reason']}"]
+    out += ["", f"binding constraint: {result.binding_constraint}: {result.binding_reason}"]
     return "\n".join(out)
 
 
@@ -120,5 +120,5 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def report_json(result: dict[str, Any], plan: dict[str, Any]) -> str:
-    return json.dumps(_clean({**result, "plan": plan}), indent=2, allow_nan=False)
+def report_json(result: SizingResult, plan: dict[str, Any]) -> str:
+    return json.dumps(_clean({**result.as_dict(), "plan": plan}), indent=2, allow_nan=False)

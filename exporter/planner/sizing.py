@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Mapping
 
 from ..sizing import recommended_instances
@@ -180,9 +181,63 @@ class SmallTier:
     weights: str | None = None
 
 
-SUMMARY = ("kv_bytes_per_token", "memory_floor_bytes", "min_gpus", "tp", "pp", "instances", "total_gpus",
-           "usable_rps_per_instance", "cost_per_million_tokens_usd", "binding_constraint", "binding_reason", "reasons",
-           "gpu", "precision")
+class Binding(StrEnum):
+    """What sets the plan's size. Its value is what the JSON and the YAML's header say."""
+
+    TTFT_SLO = "ttft_slo"
+    ITL_SLO = "itl_slo"
+    SWEEP_END = "sweep_end"  # the sweep ended before either SLO was reached
+    MEMORY = "memory"  # no sweep: the memory floor at this precision
+    INTERCONNECT = "interconnect"  # pipeline parallelism across nodes without a switched fabric
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: str
+    kv_cache: str
+
+
+@dataclass(frozen=True)
+class SizingResult:
+    """``fleetwatch plan``'s answer: the fleet, what binds it, and each step's working (``steps``, the
+    document ``--format json`` prints, with the reasons behind every number). JSON only in ``as_dict``."""
+
+    kv_bytes_per_token: int
+    memory_floor_bytes: int
+    min_gpus: int
+    tp: int
+    pp: int
+    instances: int | None  # None without a sweep (``reasons`` says so)
+    total_gpus: int | None
+    usable_rps_per_instance: float | None
+    cost_per_million_tokens_usd: float | None
+    annual_cost_usd: float | None
+    binding_constraint: Binding
+    binding_reason: str
+    reasons: Mapping[str, str]  # figure -> why it is None
+    gpu: str
+    precision: Precision
+    steps: Mapping[str, Any]
+    tier_plans: tuple[SizingResult, ...] = ()  # when the traffic is routed: the large tier's and the small one's
+
+    def summary(self) -> dict[str, Any]:
+        """What a routed tier's entry carries."""
+        return {"kv_bytes_per_token": self.kv_bytes_per_token, "memory_floor_bytes": self.memory_floor_bytes,
+                "min_gpus": self.min_gpus, "tp": self.tp, "pp": self.pp, "instances": self.instances,
+                "total_gpus": self.total_gpus, "usable_rps_per_instance": self.usable_rps_per_instance,
+                "cost_per_million_tokens_usd": self.cost_per_million_tokens_usd,
+                "binding_constraint": str(self.binding_constraint), "binding_reason": self.binding_reason,
+                "reasons": dict(self.reasons), "gpu": self.gpu,
+                "precision": {"weights": self.precision.weights, "kv_cache": self.precision.kv_cache}}
+
+    def as_dict(self) -> dict[str, Any]:
+        out = self.summary()
+        keys = list(out)
+        out["annual_cost_usd"] = self.annual_cost_usd
+        # the documented order: annual cost after the cost per million tokens
+        order = keys[:keys.index("cost_per_million_tokens_usd") + 1] + ["annual_cost_usd"] + \
+            keys[keys.index("cost_per_million_tokens_usd") + 1:]
+        return {**{k: out[k] for k in order}, "steps": self.steps}
 
 
 def _share(wl: Workload, share: float) -> Workload:
@@ -191,7 +246,7 @@ def _share(wl: Workload, share: float) -> Workload:
 
 
 def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu], *, weights: str | None = None,
-         kv_cache: str | None = None, curve: Curve | None = None, small: SmallTier | None = None) -> dict[str, Any]:
+         kv_cache: str | None = None, curve: Curve | None = None, small: SmallTier | None = None) -> SizingResult:
     native = "fp16" if arch.native_dtype in ("bf16", "fp16", "fp32") else arch.native_dtype
     weights = weights or native
     kv_cache = kv_cache or native
@@ -226,80 +281,75 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     latency = wl.slo.ttft_p99 + wl.output_tokens.p95 * wl.slo.itl_p99
     fleet_seqs = wl.peak_rps * latency
     fleet_kv = fleet_seqs * (wl.input_tokens.p95 + wl.output_tokens.p95) * chosen["kv_bytes_per_token"]
+    binding: Binding
     if curve is not None:
         assert usable is not None and instances is not None  # set from the curve above
-        binding, binding_why = ({"ttft_p99": "ttft_slo", "itl_p99": "itl_slo"}.get(curve.binding, "sweep_end"),
+        binding, binding_why = ({"ttft_p99": Binding.TTFT_SLO, "itl_p99": Binding.ITL_SLO}.get(curve.binding,
+                                                                                            Binding.SWEEP_END),
                                 f"the benchmark: the {curve.binding} SLO caps one instance at {num(usable)} RPS, so "
                                 f"{num(wl.peak_rps)} peak RPS needs {plural(instances, 'instance')}"
                                 if curve.binding != "sweep_end"
                                 else "the benchmark: the sweep ended before either SLO was reached: sweep higher")
     else:
-        binding, binding_why = "memory", (f"the memory floor at this precision: {num(chosen['memory_floor_bytes'] / 1e9)} "
+        binding, binding_why = Binding.MEMORY, (f"the memory floor at this precision: {num(chosen['memory_floor_bytes'] / 1e9)} "
                                           f"GB per instance needs {chosen['min_gpus']} x {gpu.name}, run at TP "
                                           f"{par['tp']}")
     if par["pp"] > 1 and not gpu.switched_fabric:
-        binding, binding_why = "interconnect", par["warnings"][0]
+        binding, binding_why = Binding.INTERCONNECT, par["warnings"][0]
     trap = utilization is not None and utilization < UTILIZATION_TRAP
     routing = _routing(wl, total_gpus)
+    tier_plans: list[SizingResult] = []
     if routing.get("multi_tier"):
         # one sub-plan per tier (Steps 4-12 again, each at its share of the traffic)
         large = size(_share(wl, 1 - wl.simple_share), arch, gpu, catalogue, weights=weights, kv_cache=kv_cache,
                      curve=curve)
-        routing["tiers"][0]["plan"] = {k: large[k] for k in SUMMARY}
+        routing["tiers"][0]["plan"] = large.summary()
+        tier_plans.append(large)
         if small is not None:
             sub = size(_share(wl, wl.simple_share), small.arch, small.gpu, catalogue, weights=small.weights,
                        curve=small.curve)
-            routing["tiers"][1]["plan"] = {k: sub[k] for k in SUMMARY}
+            routing["tiers"][1]["plan"] = sub.summary()
+            tier_plans.append(sub)
         else:
             routing["tiers"][1]["reason"] = "give the small model (--small-model, --small-gpu, --small-sweep) to size it"
-    out: dict[str, Any] = {
-        "kv_bytes_per_token": chosen["kv_bytes_per_token"],
-        "memory_floor_bytes": chosen["memory_floor_bytes"],
-        "min_gpus": chosen["min_gpus"],
-        "tp": par["tp"], "pp": par["pp"],
-        "instances": instances, "total_gpus": total_gpus,
-        "usable_rps_per_instance": usable,
-        "cost_per_million_tokens_usd": cost,
-        "annual_cost_usd": annual,
-        "binding_constraint": binding,
-        "binding_reason": binding_why,
-        "reasons": reasons,
-        "gpu": gpu.name,
-        "precision": {"weights": weights, "kv_cache": kv_cache},
-        "steps": {
-            "1_workload": {"input_tokens": vars(wl.input_tokens), "output_tokens": vars(wl.output_tokens),
-                           "peak_rps": wl.peak_rps, "average_rps": wl.average_rps,
-                           "slo": {"ttft_p99": wl.slo.ttft_p99, "itl_p99": wl.slo.itl_p99},
-                           "online_share": wl.online_share},
-            "2_hardware": _hardware(wl, gpu, catalogue, weights),
-            "3_routing": routing,
-            "4_memory_floor": {**native_floor, "fleet_concurrency": fleet_seqs, "fleet_kv_cache_bytes": int(fleet_kv),
-                               "fleet_why": f"Little's Law: {num(wl.peak_rps)} peak RPS x {num(latency)} s expected "
-                                            f"latency (TTFT SLO + P95 output x ITL SLO) = {num(fleet_seqs, 4)} sequences"},
-            "5_precision": {**chosen, "changes": changes,
-                            "tp": {"native": par_native["tp"], "chosen": par["tp"]},
-                            "replicas_per_node": {"native": par_native["replicas_per_node"],
-                                                  "chosen": par["replicas_per_node"]}},
-            "6_parallelism": par,
-            "7_10_benchmark": bench if bench is not None else {"reason": reasons["usable_rps_per_instance"]},
-            "8_9_checklist": _checklist(wl, gpu, chosen, curve, total_gpus),
-            "11_fleet": ({"instances": instances, "total_gpus": total_gpus, "dp": instances,
-                          "why": f"ceil(ceil({num(wl.peak_rps)} / {num(usable or 0, 4)}) x "
-                                 f"(1 + {num(wl.safety_factor)})) = {instances}"
-                                 f" instances x {par['gpus_per_instance']} GPUs"}
-                         if instances is not None else {"reason": reasons["instances"]}),
-            "12_cost": ({"cost_per_million_tokens_usd": cost, "annual_cost_usd": annual,
-                         "average_utilization": utilization,
-                         "why": f"{num(gpu.hour_usd)} USD/GPU-hour x {total_gpus} GPUs / ({num(wl.average_rps)} average RPS x "
-                                f"{num(wl.output_tokens.p50)} output tokens x 3600)",
-                         "warning": (f"average utilization {utilization:.0%} is below {UTILIZATION_TRAP:.0%}: the "
-                                     f"utilization trap inflates the cost per token; fill idle capacity "
-                                     f"(offline batch, colocation) or scale down off-peak") if trap else None}
-                        if cost is not None else {"reason": reasons.get("cost_per_million_tokens_usd",
-                                                                         "no average traffic to spread the cost over")}),
-        },
+    steps = {
+        "1_workload": {"input_tokens": vars(wl.input_tokens), "output_tokens": vars(wl.output_tokens),
+                       "peak_rps": wl.peak_rps, "average_rps": wl.average_rps,
+                       "slo": {"ttft_p99": wl.slo.ttft_p99, "itl_p99": wl.slo.itl_p99},
+                       "online_share": wl.online_share},
+        "2_hardware": _hardware(wl, gpu, catalogue, weights),
+        "3_routing": routing,
+        "4_memory_floor": {**native_floor, "fleet_concurrency": fleet_seqs, "fleet_kv_cache_bytes": int(fleet_kv),
+                           "fleet_why": f"Little's Law: {num(wl.peak_rps)} peak RPS x {num(latency)} s expected "
+                                        f"latency (TTFT SLO + P95 output x ITL SLO) = {num(fleet_seqs, 4)} sequences"},
+        "5_precision": {**chosen, "changes": changes,
+                        "tp": {"native": par_native["tp"], "chosen": par["tp"]},
+                        "replicas_per_node": {"native": par_native["replicas_per_node"],
+                                              "chosen": par["replicas_per_node"]}},
+        "6_parallelism": par,
+        "7_10_benchmark": bench if bench is not None else {"reason": reasons["usable_rps_per_instance"]},
+        "8_9_checklist": _checklist(wl, gpu, chosen, curve, total_gpus),
+        "11_fleet": ({"instances": instances, "total_gpus": total_gpus, "dp": instances,
+                      "why": f"ceil(ceil({num(wl.peak_rps)} / {num(usable or 0, 4)}) x "
+                             f"(1 + {num(wl.safety_factor)})) = {instances}"
+                             f" instances x {par['gpus_per_instance']} GPUs"}
+                     if instances is not None else {"reason": reasons["instances"]}),
+        "12_cost": ({"cost_per_million_tokens_usd": cost, "annual_cost_usd": annual,
+                     "average_utilization": utilization,
+                     "why": f"{num(gpu.hour_usd)} USD/GPU-hour x {total_gpus} GPUs / ({num(wl.average_rps)} average RPS x "
+                            f"{num(wl.output_tokens.p50)} output tokens x 3600)",
+                     "warning": (f"average utilization {utilization:.0%} is below {UTILIZATION_TRAP:.0%}: the "
+                                 f"utilization trap inflates the cost per token; fill idle capacity "
+                                 f"(offline batch, colocation) or scale down off-peak") if trap else None}
+                    if cost is not None else {"reason": reasons.get("cost_per_million_tokens_usd",
+                                                                     "no average traffic to spread the cost over")}),
     }
-    return out
+    return SizingResult(
+        kv_bytes_per_token=chosen["kv_bytes_per_token"], memory_floor_bytes=chosen["memory_floor_bytes"],
+        min_gpus=chosen["min_gpus"], tp=par["tp"], pp=par["pp"], instances=instances, total_gpus=total_gpus,
+        usable_rps_per_instance=usable, cost_per_million_tokens_usd=cost, annual_cost_usd=annual,
+        binding_constraint=binding, binding_reason=binding_why, reasons=reasons, gpu=gpu.name,
+        precision=Precision(weights, kv_cache), steps=steps, tier_plans=tuple(tier_plans))
 
 
 def with_observed(wl: Workload, input_tokens: Lengths | None, output_tokens: Lengths | None,
