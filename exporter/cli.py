@@ -399,120 +399,121 @@ def _main(argv: list[str] | None) -> int:
     redact_logging()  # no password or token of the config in any log line, whatever logs it
     if args.log_level != "debug":  # the scheduler says "running job" twice a cycle: fleetwatch logs the cycle
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    if args.command == "demo":
-        from .demo.run import run_demo
-
-        if args.log_level == "info":  # the reports are the output; per-cycle logs would drown them
-            logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
-        return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
-                        flavour=args.engine, listen=args.listen)
-    if args.command == "plan":
-        return _plan(args)
-    if args.command == "inject":
-        return _inject(args)
-    if args.command == "dashboards":
-        from pathlib import Path
-
-        from .render.dashboards import build as dashboards, configmap
-
-        boards = dashboards()
-        files = {Path(args.out) / n: t for n, t in boards.items()}
-        if args.configmap:
-            files[Path(args.configmap)] = configmap(boards)
-        return _write_or_check(files, "`fleetwatch dashboards` generates", args.check)
     try:
-        if args.command == "validate-config":
-            from .evaluate import plan_shortfall
-            from .text import plural
-
-            cfg = load_config(args.file)
-            n = sum(len(t.targets) for t in cfg.tiers.values())
-            found = [f"{name} by DNS" for name, t in cfg.tiers.items() if t.discover is not None]
-            if cfg.kubernetes is not None:
-                found.append(f"the rest from the Kubernetes API ({cfg.kubernetes.namespace}/{cfg.kubernetes.service})"
-                             if n or found else f"from the Kubernetes API ({cfg.kubernetes.namespace}/"
-                                                f"{cfg.kubernetes.service})")
-            read = (f"read from prometheus {redact_url(cfg.prometheus.url)}" if cfg.prometheus is not None
-                    else "no targets: a config for sidecars (serve --tier)" if not n and not found
-                    else ", ".join(([plural(n, "target") + " listed"] if n else [])
-                                   + (["instances found at run time: " + "; ".join(found)] if found else [])))
-            for name, tier in cfg.tiers.items():  # valid, but a plan that contradicts itself is worth a word
-                short = plan_shortfall(tier)
-                if short is not None:
-                    where = f"{tier.plan_file}: instances" if tier.plan_file else f"{args.file}: tiers.{name}.plan.instances"
-                    print(f"fleetwatch: warning: {where}: {short}", file=sys.stderr)
-            print(f"{args.file}: ok ({plural(len(cfg.tiers), 'tier')}, {read})")
-            return 0
-        cfg = load_config(args.config)
-    except ConfigError as e:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:  # every command's bad config, flag or file: one line, exit 2
         print(f"fleetwatch: {e}", file=sys.stderr)
         return 2
 
-    if args.command == "serve":
-        from dataclasses import replace
 
-        from .lifecycle import serve
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
 
-        try:
-            cfg = _serve_config(cfg, args)
-        except ConfigError as e:
-            print(f"fleetwatch: {e}", file=sys.stderr)
+    if args.log_level == "info":  # the reports are the output; per-cycle logs would drown them
+        logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
+    return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
+                    flavour=args.engine, listen=args.listen)
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .render.dashboards import build as dashboards, configmap
+
+    boards = dashboards()
+    files = {Path(args.out) / n: t for n, t in boards.items()}
+    if args.configmap:
+        files[Path(args.configmap)] = configmap(boards)
+    return _write_or_check(files, "`fleetwatch dashboards` generates", args.check)
+
+
+def _validate_config(args: argparse.Namespace) -> int:
+    from .evaluate import plan_shortfall
+    from .text import plural
+
+    cfg = load_config(args.file)
+    n = sum(len(t.targets) for t in cfg.tiers.values())
+    found = [f"{name} by DNS" for name, t in cfg.tiers.items() if t.discover is not None]
+    if cfg.kubernetes is not None:
+        found.append(f"the rest from the Kubernetes API ({cfg.kubernetes.namespace}/{cfg.kubernetes.service})"
+                     if n or found else f"from the Kubernetes API ({cfg.kubernetes.namespace}/"
+                                        f"{cfg.kubernetes.service})")
+    read = (f"read from prometheus {redact_url(cfg.prometheus.url)}" if cfg.prometheus is not None
+            else "no targets: a config for sidecars (serve --tier)" if not n and not found
+            else ", ".join(([plural(n, "target") + " listed"] if n else [])
+                           + (["instances found at run time: " + "; ".join(found)] if found else [])))
+    for name, tier in cfg.tiers.items():  # valid, but a plan that contradicts itself is worth a word
+        short = plan_shortfall(tier)
+        if short is not None:
+            where = f"{tier.plan_file}: instances" if tier.plan_file else f"{args.file}: tiers.{name}.plan.instances"
+            print(f"fleetwatch: warning: {where}: {short}", file=sys.stderr)
+    print(f"{args.file}: ok ({plural(len(cfg.tiers), 'tier')}, {read})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .lifecycle import serve
+    from .state import StateLocked
+
+    cfg = _serve_config(load_config(args.config), args)
+    if args.listen:
+        bad = validate_listen(args.listen)
+        if bad:
+            print(f"fleetwatch: --listen: {bad}", file=sys.stderr)
             return 2
-        if args.listen:
-            bad = validate_listen(args.listen)
-            if bad:
-                print(f"fleetwatch: --listen: {bad}", file=sys.stderr)
-                return 2
-            cfg = replace(cfg, listen=args.listen)
-        watch = bool(args.watch)
-        if watch:
-            from .live import wanted
+        cfg = replace(cfg, listen=args.listen)
+    watch = bool(args.watch)
+    if watch:
+        from .live import wanted
 
-            if not wanted(sys.stdout, "table"):
-                print("fleetwatch: --watch needs a terminal on stdout (not a pipe, not TERM=dumb)", file=sys.stderr)
-                return 2
-            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-        from .state import StateLocked
-
-        try:
-            return serve(cfg, watch=watch)
-        except StateLocked as e:
-            print(f"fleetwatch: {e}", file=sys.stderr)
+        if not wanted(sys.stdout, "table"):
+            print("fleetwatch: --watch needs a terminal on stdout (not a pipe, not TERM=dumb)", file=sys.stderr)
             return 2
-        except OSError as e:  # the listen address is taken or not ours: a usage error, not a crash
-            print(f"fleetwatch: cannot listen on {cfg.listen}: {e.strerror or e}", file=sys.stderr)
-            return 2
-    if args.command == "rules":
-        return _rules(cfg, args)
-    if args.command == "check":
-        from .check import format_json, format_table, run_check
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return serve(cfg, watch=watch)
+    except StateLocked as e:
+        print(f"fleetwatch: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the listen address is taken or not ours: a usage error, not a crash
+        print(f"fleetwatch: cannot listen on {cfg.listen}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
-        try:
-            require_targets(cfg)
-        except ConfigError as e:
-            print(f"fleetwatch: {e}", file=sys.stderr)
-            return 2
 
-        from .sources.prometheus_api import PrometheusError
+def _rules_command(args: argparse.Namespace) -> int:
+    return _rules(load_config(args.config), args)
 
-        window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
-        sleep: Callable[[float], None] = time.sleep
-        if cfg.prometheus is None and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb":
-            sleep = _countdown  # a terminal sees the wait, not a silent pause
-        try:
-            report = run_check(cfg, window, sleep=sleep)
-        except PrometheusError as e:  # nothing to report on: said in one line, as a failed check
-            print(f"fleetwatch: cannot read the fleet from prometheus: {e.reason}: {e}", file=sys.stderr)
-            return 1
-        try:
-            text = format_json(report) if args.format == "json" else format_table(report)
-        except ValueError as e:  # a number JSON cannot carry: a bug, said in one line, never half a document
-            print(f"fleetwatch: cannot write the report: {e}", file=sys.stderr)
-            return 2
-        print(text)
-        return 1 if report.critical else 0
-    return 2
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import format_json, format_table, run_check
+    from .sources.prometheus_api import PrometheusError
+
+    cfg = load_config(args.config)
+    require_targets(cfg)
+    window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
+    sleep: Callable[[float], None] = time.sleep
+    if cfg.prometheus is None and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb":
+        sleep = _countdown  # a terminal sees the wait, not a silent pause
+    try:
+        report = run_check(cfg, window, sleep=sleep)
+    except PrometheusError as e:  # nothing to report on: said in one line, as a failed check
+        print(f"fleetwatch: cannot read the fleet from prometheus: {e.reason}: {e}", file=sys.stderr)
+        return 1
+    try:
+        text = format_json(report) if args.format == "json" else format_table(report)
+    except ValueError as e:  # a number JSON cannot carry: a bug, said in one line, never half a document
+        print(f"fleetwatch: cannot write the report: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 1 if report.critical else 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve, "check": _check, "validate-config": _validate_config, "rules": _rules_command,
+    "dashboards": _dashboards, "plan": _plan, "demo": _demo, "inject": _inject,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,3 +81,13 @@ def test_every_fixture_has_its_source() -> None:
         # a capture is named in its table; a generated sequence or a chart by its folder
         named = [p.name, *(f"{a.name}/" for a in p.relative_to(fixtures).parents if a.name)]
         assert any(n in sources for n in named), f"{p.relative_to(ROOT)} has no entry in SOURCES.md"
+
+
+def test_every_command_has_one_handler() -> None:
+    import argparse
+
+    from exporter.cli import COMMANDS, build_parser
+
+    parser = build_parser([])
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(COMMANDS)
