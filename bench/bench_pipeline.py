@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalogue import ROWS
-from exporter.config import Benchmark, Plan, Slo, Target, TierConfig
+from exporter.model import Benchmark, Plan, Slo, Target, TierConfig
 from exporter.evaluate import evaluate_tier
 from exporter.model import InstanceSample
 from exporter.sources import vllm

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from .config import Config
+from .model import Config
 from .lifecycle import ONE_SHOT, Daemon
 from .model import Report, Status
 from .scrape import Scraper

@@ -10,13 +10,14 @@ import time
 
 from typing import TYPE_CHECKING, Callable
 
-from .config import ConfigError, load_config, parse_duration, redact_url, require_targets, validate_listen
+from .config import ConfigError, load_config, parse_duration, require_targets, validate_listen
+from .secrets import redact_url
 from .engines import engine_names
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .config import Config
+    from .model import Config
     from .demo.scenarios import Scenario
     from .model import Slo
     from .planner.curve import Curve

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from . import catalogue
 from .catalogue import PLAN_FIGURES
 from .alertmanager import NotifyStats
-from .config import redact_url
+from .secrets import redact_url
 from .model import Config, Plan
 from .model import Action, Report, Status
 from .scrape import ScrapeStats

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import MISSING, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Callable, Mapping, TypeVar
@@ -23,11 +24,17 @@ from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, E
                     KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, ScheduleSettings, SidecarSettings, Slo,
                     Target, TierConfig, Workload)
 
-__all__ = ["BandOverride", "Benchmark", "Config", "ConfigError", "CurvePoint", "GpuSelector", "LengthProfile",
-           "Plan", "Precision", "Slo", "Target", "TierConfig", "Workload", "format_duration", "load_config",
-           "parse_duration", "redact_url", "validate_listen"]
+__all__ = ["ConfigError", "Reader", "default_name", "exact_duration", "format_duration", "load_config", "load_yaml",
+           "parse_duration", "require_targets", "validate_listen"]
 
 T = TypeVar("T")
+
+
+def _default(cls: type, name: str) -> Any:
+    """A field's default as its dataclass in exporter/model.py declares it: each default is written once."""
+    (f,) = [f for f in fields(cls) if f.name == name]
+    assert f.default is not MISSING, f"{cls.__name__}.{name} has no default"
+    return f.default
 
 MAX_FILE_BYTES = 1 << 20  # a config for a thousand targets is a few hundred kB
 MAX_DEPTH = 32  # the deepest real config nests 7 levels
@@ -103,7 +110,7 @@ def exact_duration(seconds: float) -> str:
 # ---------------------------------------------------------------- validation helpers
 
 
-class _Ctx:
+class Reader:
     """Carries the file name so every helper can raise a located error."""
 
     def __init__(self, file: str) -> None:
@@ -221,16 +228,16 @@ def _kind(v: Any) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def _slo(c: _Ctx, v: Any, path: str) -> Slo:
+def _slo(c: Reader, v: Any, path: str) -> Slo:
     m = c.mapping(v, path, {"ttft_p99", "itl_p99"}, {"ttft_p99", "itl_p99"})
     return Slo(c.duration(m["ttft_p99"], _join(path, "ttft_p99")), c.duration(m["itl_p99"], _join(path, "itl_p99")))
 
 
-def _ratio(c: _Ctx) -> Callable[[Any, str], float]:
+def _ratio(c: Reader) -> Callable[[Any, str], float]:
     return lambda v, p: c.number(v, p, minimum=0, maximum=1)
 
 
-def _curve(c: _Ctx, v: Any, path: str) -> tuple[CurvePoint, ...]:
+def _curve(c: Reader, v: Any, path: str) -> tuple[CurvePoint, ...]:
     if not isinstance(v, list) or not v:
         raise c.err(path, f"expected a non-empty list of points, got {_kind(v)}")
     points: list[CurvePoint] = []
@@ -249,7 +256,7 @@ def _curve(c: _Ctx, v: Any, path: str) -> tuple[CurvePoint, ...]:
     return tuple(points)
 
 
-def _benchmark(c: _Ctx, v: Any, path: str) -> Benchmark:
+def _benchmark(c: Reader, v: Any, path: str) -> Benchmark:
     req = {"usable_rps_per_instance", "ttft_p99", "itl_p99", "gpu_utilization"}
     m = c.mapping(v, path, req | {"curve", "prefix_cache_hit_ratio", "kv_cache_eviction_ratio"}, req)
     return Benchmark(
@@ -264,24 +271,24 @@ def _benchmark(c: _Ctx, v: Any, path: str) -> Benchmark:
     )
 
 
-def _lengths(c: _Ctx, v: Any, path: str) -> LengthProfile:
+def _lengths(c: Reader, v: Any, path: str) -> LengthProfile:
     m = c.mapping(v, path, {"p50", "p95", "p99"})
     pos = lambda x, p: c.number(x, p, minimum=0, strict_min=True)  # noqa: E731
     return LengthProfile(c.optional(m, "p50", path, pos), c.optional(m, "p95", path, pos), c.optional(m, "p99", path, pos))
 
 
-def _workload(c: _Ctx, v: Any, path: str) -> Workload:
+def _workload(c: Reader, v: Any, path: str) -> Workload:
     m = c.mapping(v, path, {"input_tokens", "output_tokens", "prefix_reuse", "drift_tolerance"})
     tol = c.optional(m, "drift_tolerance", path, lambda x, p: c.number(x, p, minimum=0, strict_min=True))
     return Workload(
         input_tokens=c.optional(m, "input_tokens", path, lambda x, p: _lengths(c, x, p)),
         output_tokens=c.optional(m, "output_tokens", path, lambda x, p: _lengths(c, x, p)),
         prefix_reuse=c.optional(m, "prefix_reuse", path, c.boolean),
-        drift_tolerance=tol if tol is not None else 0.25,
+        drift_tolerance=tol if tol is not None else _default(Workload, "drift_tolerance"),
     )
 
 
-def _precision(c: _Ctx, v: Any, path: str) -> Precision:
+def _precision(c: Reader, v: Any, path: str) -> Precision:
     m = c.mapping(v, path, {"weights", "kv_cache"})
     return Precision(c.optional(m, "weights", path, c.string), c.optional(m, "kv_cache", path, c.string))
 
@@ -289,7 +296,7 @@ def _precision(c: _Ctx, v: Any, path: str) -> Precision:
 _PLAN_REQUIRED = {"gpus_per_instance", "instances", "gpu_hour_cost_usd", "peak_rps", "safety_factor", "slo", "benchmark"}
 
 
-def _plan(c: _Ctx, v: Any, path: str) -> Plan:
+def _plan(c: Reader, v: Any, path: str) -> Plan:
     m = c.mapping(v, path, _PLAN_REQUIRED | {"workload", "precision", "scale_down_stabilization"}, _PLAN_REQUIRED)
     return Plan(
         gpus_per_instance=c.integer(m["gpus_per_instance"], _join(path, "gpus_per_instance"), minimum=1),
@@ -301,11 +308,12 @@ def _plan(c: _Ctx, v: Any, path: str) -> Plan:
         benchmark=_benchmark(c, m["benchmark"], _join(path, "benchmark")),
         workload=c.optional(m, "workload", path, lambda x, p: _workload(c, x, p)),
         precision=c.optional(m, "precision", path, lambda x, p: _precision(c, x, p)),
-        scale_down_stabilization=c.optional(m, "scale_down_stabilization", path, c.duration) or 1800.0,
+        scale_down_stabilization=(c.optional(m, "scale_down_stabilization", path, c.duration)
+                                  or _default(Plan, "scale_down_stabilization")),
     )
 
 
-def _selector(c: _Ctx, v: Any, path: str) -> GpuSelector:
+def _selector(c: Reader, v: Any, path: str) -> GpuSelector:
     m = c.mapping(v, path, {"pod", "namespace", "indices", "uuids"})
 
     def strings(x: Any, p: str) -> tuple[str, ...]:
@@ -321,7 +329,7 @@ def _selector(c: _Ctx, v: Any, path: str) -> GpuSelector:
     )
 
 
-def _target(c: _Ctx, v: Any, path: str, base: Path) -> Target:
+def _target(c: Reader, v: Any, path: str, base: Path) -> Target:
     m = c.mapping(v, path, {"name", *engine_names(), "dcgm", "nvml", "gpus", "bearer_token_file",
                             "dcgm_bearer_token_file"})
     engines = [k for k in engine_names() if m.get(k) is not None]
@@ -359,7 +367,7 @@ def default_name(url: str) -> str:
 _BAND_KEYS = {"warning_above", "critical_above", "warning_below", "critical_below"}
 
 
-def _bands(c: _Ctx, v: Any, path: str, known_rows: set[str]) -> dict[str, BandOverride]:
+def _bands(c: Reader, v: Any, path: str, known_rows: set[str]) -> dict[str, BandOverride]:
     m = c.mapping(v, path, known_rows)
     out: dict[str, BandOverride] = {}
     for row, raw in m.items():
@@ -424,7 +432,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _load_yaml(file: str, what: str = "config", text: str | None = None) -> Any:
+def load_yaml(file: str, what: str = "config", text: str | None = None) -> Any:
     loader = _Loader(read_text(file, MAX_FILE_BYTES, what) if text is None else text)
     try:
         return loader.get_single_data()
@@ -450,7 +458,7 @@ _TOP = {"source", "discovery", "interval", "window", "listen", "scrape_timeout",
 ALERT_OWN_LABELS = {"alertname", "severity", "tier", "action", "instance", "kind", "status", "check"}
 
 
-def _alert_labels(c: _Ctx, v: Any, path: str) -> dict[str, str]:
+def _alert_labels(c: Reader, v: Any, path: str) -> dict[str, str]:
     m = c.mapping(v, path, set(v) if isinstance(v, dict) else set())
     out = {}
     for k, val in m.items():
@@ -471,16 +479,17 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         from .catalogue import row_keys  # late import: the catalogue is the source of row names
 
         known_rows = set(row_keys())
-    c = _Ctx(file)
-    raw = _load_yaml(file)
+    c = Reader(file)
+    raw = load_yaml(file)
     if raw is None:
         raise c.err("", "the file is empty")
     m = c.mapping(raw, "", _TOP, {"tiers"})
     base = Path(file).resolve().parent
-    interval = c.optional(m, "interval", "", lambda v, p: c.duration(v, p, maximum=MAX_INTERVAL)) or 15.0
+    interval = (c.optional(m, "interval", "", lambda v, p: c.duration(v, p, maximum=MAX_INTERVAL))
+                or _default(Config, "interval"))
     if interval < 0.1:
         raise c.err("interval", f"must be at least 100ms, got {format_duration(interval)}")
-    window = c.optional(m, "window", "", lambda v, p: c.duration(v, p, maximum=86400.0)) or 300.0
+    window = c.optional(m, "window", "", lambda v, p: c.duration(v, p, maximum=86400.0)) or _default(Config, "window")
     if window < interval:
         raise c.err("window", f"must be at least one interval ({format_duration(interval)}): a rate needs two scrapes")
     timeout = c.optional(m, "scrape_timeout", "", c.duration) or min(5.0, interval * CYCLE_SHARE)
@@ -488,7 +497,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         # a cycle is the scrape (bounded by scrape_timeout) plus evaluation: it must fit the interval
         raise c.err("scrape_timeout", f"must be at most {CYCLE_SHARE:.0%} of interval ({format_duration(interval)}), "
                                       f"leaving the rest of the cycle for evaluation; got {format_duration(timeout)}")
-    listen = c.optional(m, "listen", "", c.string) or "0.0.0.0:9108"
+    listen = c.optional(m, "listen", "", c.string) or _default(Config, "listen")
     bad_listen = validate_listen(listen)
     if bad_listen:
         raise c.err("listen", bad_listen)
@@ -515,8 +524,8 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
                 text = read_text(plan_file, MAX_FILE_BYTES, "plan")
             except ConfigError as e:
                 raise c.err(_join(p, "plan"), f"plan file {plan_file}: {e.reason}") from None
-            plan_ctx, plan_path = _Ctx(plan_file), ""
-            plan_raw = _load_yaml(plan_file, "plan", text)
+            plan_ctx, plan_path = Reader(plan_file), ""
+            plan_raw = load_yaml(plan_file, "plan", text)
         targets_raw = t.get("targets", [])
         if not isinstance(targets_raw, list) or ("targets" in t and not targets_raw):
             raise c.err(_join(p, "targets"), "expected a non-empty list of targets")
@@ -549,10 +558,12 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         window=window,
         listen=listen,
         scrape_timeout=timeout,
-        max_body_bytes=int(c.optional(m, "max_body_bytes", "", lambda v, p: c.integer(v, p, minimum=1024)) or 16 << 20),
+        max_body_bytes=int(c.optional(m, "max_body_bytes", "", lambda v, p: c.integer(v, p, minimum=1024))
+                           or _default(Config, "max_body_bytes")),
         tls_verify=True if m.get("tls_verify") is None else c.boolean(m["tls_verify"], "tls_verify"),
         ca_file=c.optional(m, "ca_file", "", c.string),
-        history=c.optional(m, "history", "", lambda v, p: c.duration(v, p, maximum=90 * 86400.0)) or 7 * 86400.0,
+        history=(c.optional(m, "history", "", lambda v, p: c.duration(v, p, maximum=90 * 86400.0))
+                 or _default(Config, "history")),
         alertmanagers=tuple(c.url(u, _join("alertmanagers", i)) for i, u in enumerate(ams)),
         tiers=tiers,
         state_dir=_state_dir(c, m, base),
@@ -578,7 +589,7 @@ def config_urls(cfg: Config) -> list[str]:
     return urls
 
 
-def _schedule(c: _Ctx, v: Any, path: str) -> ScheduleSettings:
+def _schedule(c: Reader, v: Any, path: str) -> ScheduleSettings:
     m = c.mapping(v, path, {"min_warm_instances", "cold_start", "margin", "quantile", "bin", "warmup"})
     d = ScheduleSettings()
     bin_ = c.optional(m, "bin", path, c.duration) or d.bin
@@ -598,32 +609,32 @@ def _schedule(c: _Ctx, v: Any, path: str) -> ScheduleSettings:
 _ENDPOINT_KEYS = {"engine", "path", "scheme", "bearer_token_file"}
 
 
-def _endpoint(c: _Ctx, m: Mapping[str, Any], path: str, base: Path) -> EndpointTemplate:
+def _endpoint(c: Reader, m: Mapping[str, Any], path: str, base: Path) -> EndpointTemplate:
     engine = c.optional(m, "engine", path, c.string) or engine_names()[0]
     if engine not in engine_names():
         raise c.err(_join(path, "engine"), f"expected {in_words()}, got {show(engine)}")
-    scheme = c.optional(m, "scheme", path, c.string) or "http"
+    scheme = c.optional(m, "scheme", path, c.string) or _default(EndpointTemplate, "scheme")
     if scheme not in ("http", "https"):
         raise c.err(_join(path, "scheme"), f"expected http or https, got {show(scheme)}")
-    url_path = c.optional(m, "path", path, c.string) or "/metrics"
+    url_path = c.optional(m, "path", path, c.string) or _default(EndpointTemplate, "path")
     if not url_path.startswith("/"):
         raise c.err(_join(path, "path"), f"expected a path starting with /, got {show(url_path)}")
     return EndpointTemplate(engine=engine, path=url_path, scheme=scheme,
                             bearer_token_file=_relative_to(base, c.optional(m, "bearer_token_file", path, c.string)))
 
 
-def _port_number(c: _Ctx, v: Any, path: str) -> int:
+def _port_number(c: Reader, v: Any, path: str) -> int:
     port = c.integer(v, path, minimum=1)
     if port > 65535:
         raise c.err(path, f"must be 1-65535, got {port}")
     return port
 
 
-def _dns(c: _Ctx, v: Any, path: str, base: Path) -> tuple[DnsDiscovery, EndpointTemplate]:
+def _dns(c: Reader, v: Any, path: str, base: Path) -> tuple[DnsDiscovery, EndpointTemplate]:
     m = c.mapping(v, path, {"dns"} | _ENDPOINT_KEYS, {"dns"})
     dp = _join(path, "dns")
     d = c.mapping(m["dns"], dp, {"name", "type", "port", "nameserver"}, {"name"})
-    kind = c.optional(d, "type", dp, c.string) or "A"
+    kind = c.optional(d, "type", dp, c.string) or _default(DnsDiscovery, "type")
     if kind not in ("A", "SRV"):
         raise c.err(_join(dp, "type"), f"expected A or SRV, got {show(kind)}")
     port = c.optional(d, "port", dp, lambda x, pp: _port_number(c, x, pp))
@@ -633,7 +644,7 @@ def _dns(c: _Ctx, v: Any, path: str, base: Path) -> tuple[DnsDiscovery, Endpoint
                         nameserver=c.optional(d, "nameserver", dp, c.string)), _endpoint(c, m, path, base)
 
 
-def _kubernetes(c: _Ctx, v: Any, path: str, base: Path) -> tuple[KubernetesDiscovery, EndpointTemplate]:
+def _kubernetes(c: Reader, v: Any, path: str, base: Path) -> tuple[KubernetesDiscovery, EndpointTemplate]:
     m = c.mapping(v, path, {"namespace", "service", "tier_label", "port", "api", "token_file", "ca_file", "dcgm"}
                   | _ENDPOINT_KEYS, {"namespace", "service", "tier_label", "port"})
     dcgm = c.mapping(m["dcgm"], _join(path, "dcgm"), {"namespace", "service", "port"}, {"service", "port"}) \
@@ -657,7 +668,7 @@ def _kubernetes(c: _Ctx, v: Any, path: str, base: Path) -> tuple[KubernetesDisco
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-def _source(c: _Ctx, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierConfig]) -> PrometheusSource | None:
+def _source(c: Reader, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierConfig]) -> PrometheusSource | None:
     """``source:`` left out (or ``scrape``): fleetwatch scrapes the targets. ``source: {prometheus: {url: ...}}``:
     it reads the fleet from that API, and the keys that only scraping reads are errors, not silently ignored."""
     raw = m.get("source")
@@ -665,7 +676,7 @@ def _source(c: _Ctx, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierC
         return None
     s = c.mapping(raw, "source", {"prometheus"}, {"prometheus"})
     p = c.mapping(s["prometheus"], "source.prometheus", {"url", "bearer_token_file", "instance_label"}, {"url"})
-    label = c.optional(p, "instance_label", "source.prometheus", c.string) or "instance"
+    label = c.optional(p, "instance_label", "source.prometheus", c.string) or _default(PrometheusSource, "instance_label")
     if not _LABEL_NAME.match(label) or label.startswith("__"):
         raise c.err("source.prometheus.instance_label", f"expected a Prometheus label name, got {show(label)}")
     if m.get("discovery") is not None:
@@ -686,7 +697,7 @@ def _source(c: _Ctx, m: Mapping[str, Any], base: Path, tiers: Mapping[str, TierC
     )
 
 
-def _sidecar(c: _Ctx, v: Any, path: str, base: Path) -> SidecarSettings:
+def _sidecar(c: Reader, v: Any, path: str, base: Path) -> SidecarSettings:
     m = c.mapping(v, path, {"engine", "url", "dcgm", "nvml", "bearer_token_file", "dcgm_bearer_token_file"})
     engine = c.optional(m, "engine", path, c.string)
     if engine is not None and engine not in engine_names():
@@ -704,7 +715,7 @@ def _sidecar(c: _Ctx, v: Any, path: str, base: Path) -> SidecarSettings:
     return s
 
 
-def _state_dir(c: _Ctx, m: Mapping[str, Any], base: Path) -> str | None:
+def _state_dir(c: Reader, m: Mapping[str, Any], base: Path) -> str | None:
     raw = c.optional(m, "state_dir", "", c.string)
     if raw is None:
         return None

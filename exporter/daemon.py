@@ -20,7 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from .alertmanager import AlertmanagerClient, alerts_from_report
 from .collector import Published, Snapshot
-from .config import Config
+from .model import Config
 from .fetch import cut_at
 from .secrets import redact
 from .text import num, plural

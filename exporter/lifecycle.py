@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import state
 from .alertmanager import AlertmanagerClient
 from .collector import Snapshot, make_registry
-from .config import redact_url
+from .secrets import redact_url
 from .daemon import Pipeline, Server, return_freed_memory
 from .evaluate import plan_shortfall
 from .gpus import LOCAL

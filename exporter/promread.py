@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .config import redact_url
+from .secrets import redact_url
 from .evaluate import HistoryPoint, history_step, replay_history
 from .model import Config
 from .promview import Answers, PromTierView, Result, prefetch, row_queries

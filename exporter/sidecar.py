@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 import re
 
-from .config import ConfigError, _Ctx, default_name
+from .config import ConfigError, Reader, default_name
 from .engines import engine, engine_names, in_words
 from .secrets import REDACT
 from .model import Config, GpuSelector, SidecarSettings, Target
@@ -44,7 +44,7 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings | None = No
     engine_name = s.engine or engine_names()[0]
     if engine_name not in engine_names():
         raise ConfigError(config.path, "sidecar.engine", f"expected {in_words()}, got {engine_name[:40]!r}")
-    c = _Ctx(config.path)
+    c = Reader(config.path)
     url = c.url(s.url or default_url(engine_name), "sidecar.url")  # as the config's: port, host, no spaces
     if s.dcgm is not None:
         c.url(s.dcgm, "sidecar.dcgm")

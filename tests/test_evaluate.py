@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from exporter.config import Benchmark, CurvePoint, Plan, Slo, TierConfig, Target, Workload
+from exporter.model import Benchmark, CurvePoint, Plan, Slo, TierConfig, Target, Workload
 from exporter.evaluate import HistoryPoint, evaluate_tier, predicted_at
 from exporter.sizing import recommended_instances
 from exporter.model import EngineSample, Histogram, InstanceSample, Status
@@ -103,7 +103,7 @@ def test_queue_band_uses_littles_law() -> None:
 
 def test_prefix_band_when_plan_declares_reuse_and_overrides() -> None:
     plan = replace(PLAN, workload=Workload(prefix_reuse=True))
-    from exporter.config import BandOverride
+    from exporter.model import BandOverride
     t = replace(tier(plan), bands={"kv_cache_utilization_ratio": BandOverride(warning_above=0.4)})
     rep = evaluate_tier(t, window(1.0, [100, 0, 0, 0, 0, 0, 0]), [], now=60)
     assert rep.metrics["prefix_cache_hit_ratio"].band.warning_below.value == 0.30  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from typing import Callable
 import math
 from dataclasses import replace
 
-from exporter.config import Benchmark, LengthProfile, Plan, Precision, Slo, Workload
+from exporter.model import Benchmark, LengthProfile, Plan, Precision, Slo, Workload
 from exporter.guardrails import drift_findings, recommendations, runaway_finding
 from exporter.heterogeneity import fp8_on_a100, latency_outliers, mixed_models
 from exporter.model import EngineSample, GpuReading, Histogram, InstanceSample, Status

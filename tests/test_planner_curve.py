@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from exporter.config import Slo
+from exporter.model import Slo
 from exporter.planner.curve import SweepPoint, usable_rps_at_slo
 
 

@@ -14,7 +14,8 @@ from prometheus_client import generate_latest
 from exporter import catalogue, engines as I
 from exporter.catalogue import BandSpec, Limit, Row, RowAlert, band
 from exporter.collector import Published, Snapshot, make_registry
-from exporter.config import Config, load_config
+from exporter.config import load_config
+from exporter.model import Config
 from exporter.scrape import ScrapeStats
 from exporter.evaluate import evaluate_tier
 from exporter.model import Report, Status

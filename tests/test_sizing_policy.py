@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from exporter.catalogue import PLAN_FIGURES, RECOMMENDED
-from exporter.config import Config, load_config
+from exporter.config import load_config
+from exporter.model import Config
 from exporter.evaluate import HistoryPoint, history_gap, peak_sample, resize
 from exporter.model import Resize
 from exporter.render import rules

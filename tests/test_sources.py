@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from exporter.config import GpuSelector
+from exporter.model import GpuSelector
 from exporter.exposition import ExpositionError, parse
 from exporter.sources import dcgm, sglang, trtllm, vllm
 
@@ -148,7 +148,7 @@ def test_dcgm_mig_lowercase_hostname_and_selectors() -> None:
     a30 = next(g for g in gpus if g.model == "NVIDIA A30")
     assert a30.hostname == "dcgm-exporter-wwwjh" and a30.mig_instance == "3"
     assert a30.memory_free_bytes == 2207 * 2**20
-    from exporter.config import GpuSelector
+    from exporter.model import GpuSelector
     assert {g.model for g in dcgm.select(gpus, GpuSelector(indices=("1",)))} >= {"NVIDIA RTX 2000 Ada Generation"}
 
 

@@ -22,7 +22,8 @@ import yaml
 
 from ..check import format_json, format_table
 from ..collector import Snapshot
-from ..config import Config, load_config
+from ..config import load_config
+from ..model import Config
 from ..daemon import Pipeline
 from ..lifecycle import ONE_SHOT, Daemon, Parts
 from ..live import LiveView, wanted

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import MAX_NUMBER, MAX_RPS, ConfigError, _Ctx, _load_yaml, parse_duration
+from ..config import MAX_NUMBER, MAX_RPS, ConfigError, Reader, load_yaml, parse_duration
 from ..files import loads_json, read_text
 from ..model import Slo
 from .architecture import Architecture, ArchitectureError, count_params, from_hf_config
@@ -29,7 +29,7 @@ MAX_SLO = 86_400.0  # seconds: a latency objective longer than a day is a typo
 MIN_SLO = 0.001  # and one under a millisecond is no latency an engine reaches
 
 
-def _seconds(c: _Ctx, v: Any, path: str) -> float:
+def _seconds(c: Reader, v: Any, path: str) -> float:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         s = c.number(v, path, minimum=0, strict_min=True)
     else:
@@ -44,7 +44,7 @@ def _seconds(c: _Ctx, v: Any, path: str) -> float:
     return s
 
 
-def _lengths(c: _Ctx, v: Any, path: str) -> Lengths:
+def _lengths(c: Reader, v: Any, path: str) -> Lengths:
     m = c.mapping(v, path, {"p50", "p95", "p99"}, {"p50", "p95", "p99"})
     p = {k: c.number(m[k], f"{path}.{k}", minimum=1, maximum=MAX_TOKENS) for k in ("p50", "p95", "p99")}
     if not p["p50"] <= p["p95"] <= p["p99"]:
@@ -57,8 +57,8 @@ WORKLOAD_KEYS = {"input_tokens", "output_tokens", "peak_rps", "average_rps", "sl
 
 
 def load_workload(file: str) -> Workload:
-    c = _Ctx(file)
-    raw = _load_yaml(file, "workload")
+    c = Reader(file)
+    raw = load_yaml(file, "workload")
     m = c.mapping(raw, "", WORKLOAD_KEYS, {"input_tokens", "output_tokens", "peak_rps", "average_rps", "slo"})
     slo = c.mapping(m["slo"], "slo", {"ttft_p99", "itl_p99"}, {"ttft_p99", "itl_p99"})
     peak = c.number(m["peak_rps"], "peak_rps", minimum=0, strict_min=True, maximum=MAX_RPS)
@@ -100,7 +100,7 @@ def _read_json(file: str, what: str) -> Any:
 
 def load_architecture(file: str) -> Architecture:
     """A Hugging Face config.json, or a YAML/JSON block with the same keys (and num_parameters)."""
-    doc = _read_json(file, "model config") if file.endswith(".json") else _load_yaml(file, "model config")
+    doc = _read_json(file, "model config") if file.endswith(".json") else load_yaml(file, "model config")
     if not isinstance(doc, dict):
         raise ConfigError(file, "", "expected a JSON object (a model's config.json)")
     try:
@@ -112,7 +112,7 @@ def load_architecture(file: str) -> Architecture:
         raise ConfigError(file, "", str(e)) from None
 
 
-def _vllm_point(c: _Ctx, doc: Any, where: str) -> SweepPoint:
+def _vllm_point(c: Reader, doc: Any, where: str) -> SweepPoint:
     if not isinstance(doc, dict):
         raise c.err(where, "expected a vllm bench serve result object")
 
@@ -138,7 +138,7 @@ def _vllm_point(c: _Ctx, doc: Any, where: str) -> SweepPoint:
 def load_sweep(file: str) -> list[SweepPoint]:
     """vLLM's result JSON (one object, a list, JSON lines, or a directory of them), or CSV with columns
     concurrency, rps, ttft_p99, itl_p99 (seconds) and optionally mean_latency, gpu_utilization."""
-    c = _Ctx(file)
+    c = Reader(file)
     p = Path(file)
     if p.is_dir():
         points = []
@@ -164,7 +164,7 @@ def load_sweep(file: str) -> list[SweepPoint]:
     return [_vllm_point(c, d, f"[{i}]" if isinstance(doc, list) else "") for i, d in enumerate(docs)]
 
 
-def _measure(c: _Ctx, v: Any, where: str, key: str, *, required: bool = True) -> float | None:
+def _measure(c: Reader, v: Any, where: str, key: str, *, required: bool = True) -> float | None:
     """A sweep's number: finite, not negative, and not absurd (a latency of years, a billion RPS)."""
     if v is None or v == "":
         if required:
@@ -179,7 +179,7 @@ def _measure(c: _Ctx, v: Any, where: str, key: str, *, required: bool = True) ->
     return x
 
 
-def _csv_point(c: _Ctx, r: Mapping[str, Any], row: int) -> SweepPoint:
+def _csv_point(c: Reader, r: Mapping[str, Any], row: int) -> SweepPoint:
     where = f"row {row}"
     conc = _measure(c, r.get("concurrency"), where, "concurrency")
     assert conc is not None
@@ -193,7 +193,7 @@ def _csv_point(c: _Ctx, r: Mapping[str, Any], row: int) -> SweepPoint:
 
 def load_catalogue(file: str) -> dict[str, Gpu]:
     """The built-in catalogue with the file's GPUs added or overridden."""
-    raw = _load_yaml(file, "GPU catalogue")
+    raw = load_yaml(file, "GPU catalogue")
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "expected a mapping of GPU name to fields")
     try:
@@ -204,7 +204,7 @@ def load_catalogue(file: str) -> dict[str, Gpu]:
 
 def observed(report_file: str, tier: str | None) -> tuple[str, Lengths | None, Lengths | None, float | None]:
     """(tier, input lengths, output lengths, peak RPS) that a fleetwatch JSON report observed."""
-    c = _Ctx(report_file)
+    c = Reader(report_file)
     doc = _read_json(report_file, "report")
     tiers = doc.get("tiers") if isinstance(doc, dict) else None
     if not isinstance(tiers, dict) or not tiers:
@@ -245,7 +245,7 @@ def observed(report_file: str, tier: str | None) -> tuple[str, Lengths | None, L
     return tier, lengths("input_tokens"), lengths("output_tokens"), max(seen) if seen else None
 
 
-def _section(c: _Ctx, v: Any, path: str) -> Mapping[str, Any]:
+def _section(c: Reader, v: Any, path: str) -> Mapping[str, Any]:
     """A report's object at ``path``: absent or null is empty, anything but an object is an error."""
     if v is None:
         return {}

@@ -16,7 +16,8 @@ import yaml
 
 from .. import catalogue, sizing
 from ..catalogue import INSTANCES, RECOMMENDED, Row, apply_override, fleet_series, plan_series
-from ..config import Config, TierConfig, format_duration
+from ..config import format_duration
+from ..model import Config, TierConfig
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
 from ..model import Band, Threshold
