@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import threading
 import time
-from collections import deque
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -26,22 +23,19 @@ from .secrets import redact
 from .text import num, plural
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import HistoryNote, InstanceSample, Report
+from .history import ColdStarts, History
 from .scrape import Scraper, ScrapeStats
 from .schedule import annotate
 from .window import Quantity, TierView, WindowStore, count_resets
 
 if TYPE_CHECKING:  # imported where used: commands that scrape never load the Prometheus-backed mode
     from .promread import PrometheusReader
-from . import state
 
 log = logging.getLogger(__name__)
 
 
 HISTORY_RETRY_FIRST = 30.0  # seconds before the Prometheus-backed history is asked again, doubling each time
 HISTORY_RETRY_MAX = 600.0
-STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdown
-STATE_ERROR_LOG_EVERY = 600.0  # seconds between two log lines about the same failing state write
-COLD_STARTS_KEPT = 50  # per tier: the P90 of the recent ones
 
 
 class Pipeline:
@@ -55,69 +49,30 @@ class Pipeline:
         self.notifier = notifier
         self.scraper = scraper
         self.reader = reader
-        self._history_read = reader is None  # the Prometheus-backed history is read once, when it answers
         self._history_async = False  # serve reads it on a thread of its own (start_history), never in a cycle
-        self._history_lock = threading.Lock()  # that thread replaces what the cycles extend
         self.clock = clock
         self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
                                  slack=config.interval / 2, expected=round(config.window / config.interval) + 1)
-        self.history: dict[str, deque[HistoryPoint]] = {n: deque() for n in config.tiers}
+        self.started_at = clock()
+        self.history = History(config.tiers, config.history, self.started_at, state_dir=config.state_dir,
+                               from_prometheus=reader is not None)
+        self.cold_starts = ColdStarts(config.tiers, self.started_at)
         self.snapshot = Snapshot()
         self.cycles = 0
         self.overruns = 0
         self.failures = 0  # cycles that raised (the previous snapshot stays published)
         self.evaluation_errors: dict[str, int] = {}
-        self.state_errors: dict[str, int] = {}
-        self.started_at = clock()
-        self._saved_at: float | None = None
-        self._write_failing_since: float | None = None
-        self._write_logged_at = 0.0
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
         self._last: dict[tuple[str, str], InstanceSample] = {}
-        self._served: set[tuple[str, str, float | None]] = set()
-        self.history_seeded: str | None = None  # the demo's simulated days, when it seeded them
         self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view
-        self.cold_starts: dict[str, deque[float]] = {}
-        if config.state_dir is not None:
-            self._load_state(config.state_dir)
+        self.history.load(self.started_at)
 
-    # ------------------------------------------------------------------ state across restarts
-    def _load_state(self, state_dir: str) -> None:
-        loaded = state.load(state_dir, list(self.config.tiers), self.clock())
-        if loaded.error is not None:
-            self.state_errors[loaded.error.reason] = self.state_errors.get(loaded.error.reason, 0) + 1
-            where = f"; moved aside to {loaded.moved_to}" if loaded.moved_to else ""
-            log.error("state file in %s not used (%s: %s)%s; history starts empty", state_dir, loaded.error.reason,
-                      loaded.error, where)
-        horizon = self.clock() - self.config.history
-        for name, points in loaded.history.items():
-            self.history[name] = deque(p for p in points if p.timestamp >= horizon)
-        n = sum(len(h) for h in self.history.values())
-        if n:
-            log.info("loaded %d history points from %s", n, state_dir)
+    @property
+    def state_errors(self) -> dict[str, int]:
+        return self.history.errors
 
     def save_state(self, force: bool = False) -> None:
-        if self.config.state_dir is None:
-            return
-        now = self.clock()
-        if not force and self._saved_at is not None and now - self._saved_at < STATE_SAVE_EVERY:
-            return
-        try:
-            state.save(self.config.state_dir, self.history, now)
-            self._saved_at = now
-            if self._write_failing_since is not None:
-                log.info("the state file in %s is written again", self.config.state_dir)
-                self._write_failing_since = None
-        except OSError as e:
-            self.state_errors["write"] = self.state_errors.get("write", 0) + 1
-            # said when it starts and then every STATE_ERROR_LOG_EVERY, not every cycle; always counted
-            if self._write_failing_since is None or now - self._write_logged_at >= STATE_ERROR_LOG_EVERY:
-                log.error("cannot write the state file in %s: %s (counted in fleetwatch_state_errors_total; said "
-                          "again in %g min if it persists)", self.config.state_dir, e.strerror or e,
-                          STATE_ERROR_LOG_EVERY / 60)
-                self._write_logged_at = now
-            if self._write_failing_since is None:
-                self._write_failing_since = now
+        self.history.save(self.clock(), force)
 
     @property
     def stats(self) -> ScrapeStats:
@@ -138,11 +93,7 @@ class Pipeline:
                       "until it answers%s", self.reader.name, e.reason, str(e).splitlines()[0] if str(e) else e.reason,
                       f" (trying again in {num(retry_in)}s)" if retry_in is not None else "")
             return False
-        with self._history_lock:
-            for name, points in history.items():
-                last = points[-1].timestamp if points else -math.inf
-                self.history[name] = deque([*points, *(p for p in self.history[name] if p.timestamp > last)])
-            self._history_read = True
+        self.history.replace_with(history)
         return True
 
     def start_history(self, stop: threading.Event) -> None:
@@ -160,46 +111,10 @@ class Pipeline:
         threading.Thread(target=run, name="history", daemon=True).start()
 
     def history_note(self) -> HistoryNote:
-        """What the report says about the history behind the observed peak and scale-down."""
-        oldest = min((h[0].timestamp for h in self.history.values() if h), default=None)
-        if self.reader is not None:
-            note = HistoryNote(True, oldest, source="prometheus", read=self._history_read)
-        elif self.config.state_dir is None:
-            note = HistoryNote(False, self.started_at,
-                               note="no state_dir: the history is in memory only and started empty when fleetwatch "
-                                    "started; scale_down waits for a whole stabilization window observed since then")
-        else:
-            note = HistoryNote(True, self.started_at if oldest is None else oldest, state_dir=self.config.state_dir)
-        return replace(note, seeded=self.history_seeded)
+        return self.history.note()
 
     def cold_start_p90(self) -> dict[str, float | None]:
-        """Per tier, the P90 of the cold starts seen: process start to the first generated token."""
-        out: dict[str, float | None] = {}
-        for tier in self.config.tiers:
-            xs = sorted(self.cold_starts.get(tier, ()))
-            out[tier] = xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)] if xs else None
-        return out
-
-    def _cold_start(self, s: InstanceSample, pod_started: float | None) -> None:
-        """An instance that started after fleetwatch did, seen for the first time: how long it took from
-        its engine process's start to its first generated token or, where the engine exposes no process
-        start, from its pod's start (Kubernetes discovery) to its first answered scrape."""
-        assert s.engine is not None
-        process = s.engine.gauges.get("process_start_time")
-        if process is not None and process >= self.started_at:
-            started, what = process, "its first token came {:.0f}s after its process started"
-            if not s.engine.counters.get("generation_tokens"):
-                return  # up, not serving yet
-        elif pod_started is not None and pod_started >= self.started_at and process is None:
-            started, what = pod_started, "it answered {:.0f}s after its pod started"
-        else:
-            return
-        key = (s.tier, s.instance, started)
-        if key in self._served or s.timestamp <= started:
-            return
-        self._served.add(key)
-        self.cold_starts.setdefault(s.tier, deque(maxlen=COLD_STARTS_KEPT)).append(s.timestamp - started)
-        log.info("tier=%s instance=%s cold start: %s", s.tier, s.instance, what.format(s.timestamp - started))
+        return self.cold_starts.p90()
 
     def ingest(self, samples: list[InstanceSample]) -> None:
         if self.scraper is not None and self.scraper.discoverer is not None:  # this scrape's targets
@@ -209,7 +124,7 @@ class Pipeline:
         for s in samples:
             prev = self._last.get((s.tier, s.instance))
             if s.engine is not None:
-                self._cold_start(s, pods.get((s.tier, s.instance)))
+                self.cold_starts.observe(s, pods.get((s.tier, s.instance)))
                 if prev is not None and prev.engine is not None:
                     n = max((count_resets([prev.engine.counters[k], v]) for k, v in s.engine.counters.items()
                              if k in prev.engine.counters), default=0)
@@ -232,15 +147,14 @@ class Pipeline:
 
     def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
         assert self.reader is not None
-        if not self._history_read and not self._history_async:  # a one-shot check reads it here
+        if not self.history.read and not self._history_async:  # a one-shot check reads it here
             self.read_history(now)
         views, rows = self.reader.read(now, window)
         return self._evaluate(now, views, rows, window)
 
     def _evaluate(self, now: float, windows: Mapping[str, TierView],
                   rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
-        with self._history_lock:
-            history = {k: list(v) for k, v in self.history.items()}
+        history = self.history.snapshot()
         report = evaluate(self.config, windows, history, now, window or self.config.window,
                           history_note=self.history_note(), rows=rows)
         report = annotate(report, self.config, history, now, self.cold_start_p90())
@@ -250,11 +164,7 @@ class Pipeline:
                 log.error("evaluating tier %s failed, its rows are unknown this cycle: %s", name, t.error)
                 continue
             rps = peak_sample(windows[name], t.metrics["requests_per_second"].value, self.config.window)
-            with self._history_lock:
-                h = self.history[name]
-                h.append(HistoryPoint(now, rps, t.resize.recommended_instances))
-                while h and h[0].timestamp < now - self.config.history:
-                    h.popleft()
+            self.history.append(name, HistoryPoint(now, rps, t.resize.recommended_instances))
         return report
 
     def cycle(self) -> Report:

@@ -218,7 +218,7 @@ tiers:
         scraper = Scraper(cfg)
         try:
             pipe = Pipeline(cfg, scraper)
-            pipe.started_at = pod_start - 60  # the pods started while fleetwatch watched
+            pipe.cold_starts.since = pod_start - 60  # the pods started while fleetwatch watched
             report = pipe.cycle()
             assert (report.tiers["h100"].instances_up, report.tiers["a100"].instances_up) == (2, 1)
             # cold start: the pod's startTime (whole seconds) to its first answered scrape, about 30 s

@@ -214,7 +214,7 @@ def test_prometheus_backed_and_direct_mode_give_the_same_report(tmp_path: Path) 
         d = direct.cycle()
         backed = Pipeline(backed_cfg, None, reader=reader)
         p = backed.evaluate_prometheus(d.generated_at)
-        history = {n: list(h) for n, h in backed.history.items()}
+        history = backed.history.snapshot()
     finally:
         stop.set()
         scraper.close()

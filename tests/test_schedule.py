@@ -193,7 +193,7 @@ def test_cold_starts_are_measured_from_process_start_to_the_first_token() -> Non
         pipe.ingest([seen(T0 + 300, T0 + 250, 3.0)])
         pipe.ingest([InstanceSample("h100", "old", T0 + 300, EngineSample(
             "vllm", counters={"generation_tokens": 9.0}, gauges={"process_start_time": T0 - 999}))])
-        assert sorted(pipe.cold_starts["h100"]) == [35.0, 50.0]
+        assert sorted(pipe.cold_starts.seen("h100")) == [35.0, 50.0]
         assert pipe.cold_start_p90()["h100"] == 50.0
     finally:
         scraper.close()

@@ -151,8 +151,8 @@ def seed_history(pipeline: Pipeline, fleet: SimFleet, now: float, days: int = SE
             run_t = ((t - now) % 86400.0) / 86400.0 * DAY_SECONDS  # the run's own day, stretched
             points.append((t, tier.rate(run_t)))
             t += SEEDED_STEP
-        pipeline.history[name].extend(replay_history(pipeline.config.tiers[name].plan, points))
-    pipeline.history_seeded = (f"{days} simulated days before the demo started (the scenario's compressed day "
+        pipeline.history.extend(name, replay_history(pipeline.config.tiers[name].plan, points))
+    pipeline.history.seeded = (f"{days} simulated days before the demo started (the scenario's compressed day "
                                f"stretched to 24 h), so that the schedule and the levers show")
 
 
