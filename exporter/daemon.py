@@ -23,10 +23,11 @@ from .secrets import redact
 from .text import num, plural
 from .evaluate import HistoryPoint, evaluate, peak_sample
 from .model import HistoryNote, InstanceSample, Report
+from .fleetsource import FleetSource, Observation, PrometheusFleet, ScrapedFleet
 from .history import ColdStarts, History
 from .scrape import Scraper, ScrapeStats
 from .schedule import annotate
-from .window import Quantity, TierView, WindowStore, count_resets
+from .window import Quantity, TierView
 
 if TYPE_CHECKING:  # imported where used: commands that scrape never load the Prometheus-backed mode
     from .promread import PrometheusReader
@@ -47,23 +48,23 @@ class Pipeline:
         assert (scraper is None) != (reader is None), "a pipeline reads the fleet one way"
         self.config = config
         self.notifier = notifier
-        self.scraper = scraper
-        self.reader = reader
-        self._history_async = False  # serve reads it on a thread of its own (start_history), never in a cycle
         self.clock = clock
-        self.store = WindowStore(config.window, {n: [t.name for t in tier.targets] for n, tier in config.tiers.items()},
-                                 slack=config.interval / 2, expected=round(config.window / config.interval) + 1)
         self.started_at = clock()
         self.history = History(config.tiers, config.history, self.started_at, state_dir=config.state_dir,
                                from_prometheus=reader is not None)
         self.cold_starts = ColdStarts(config.tiers, self.started_at)
+        self.source: FleetSource
+        if reader is not None:
+            self.source = PrometheusFleet(reader, self.history, clock)
+        else:
+            assert scraper is not None
+            self.source = ScrapedFleet(config, scraper, self.cold_starts)
         self.snapshot = Snapshot()
         self.cycles = 0
         self.overruns = 0
         self.failures = 0  # cycles that raised (the previous snapshot stays published)
         self.evaluation_errors: dict[str, int] = {}
         self.http_rejected: Callable[[], int] = lambda: 0  # serve() points it at its HTTP server
-        self._last: dict[tuple[str, str], InstanceSample] = {}
         self.on_report: list[Callable[[Report], None]] = []  # serve --watch: the live view
         self.history.load(self.started_at)
 
@@ -76,39 +77,7 @@ class Pipeline:
 
     @property
     def stats(self) -> ScrapeStats:
-        source = self.reader or self.scraper
-        assert source is not None
-        return source.stats
-
-    def read_history(self, now: float, retry_in: float | None = None) -> bool:
-        """source: prometheus: the history is Prometheus's own, read back once (then extended each cycle).
-        Points the cycles added after the last one read are kept. Returns whether it was read."""
-        from .sources.prometheus_api import PrometheusError
-
-        assert self.reader is not None
-        try:
-            history = self.reader.history(now)
-        except PrometheusError as e:
-            log.error("cannot read the history from prometheus %s (%s: %s); the resize verdicts use the plan's peak "
-                      "until it answers%s", self.reader.name, e.reason, str(e).splitlines()[0] if str(e) else e.reason,
-                      f" (trying again in {num(retry_in)}s)" if retry_in is not None else "")
-            return False
-        self.history.replace_with(history)
-        return True
-
-    def start_history(self, stop: threading.Event) -> None:
-        """Read the Prometheus-backed history on a thread of its own: a range query that hangs or fails holds
-        no cycle. Tried again after 30 s, then twice as long each time, at most 10 min apart, until it answers."""
-        self._history_async = True
-
-        def run() -> None:
-            wait = HISTORY_RETRY_FIRST
-            while not stop.is_set() and not self.read_history(self.clock(), retry_in=wait):
-                if stop.wait(wait):
-                    return
-                wait = min(2 * wait, HISTORY_RETRY_MAX)
-
-        threading.Thread(target=run, name="history", daemon=True).start()
+        return self.source.stats
 
     def history_note(self) -> HistoryNote:
         return self.history.note()
@@ -116,41 +85,28 @@ class Pipeline:
     def cold_start_p90(self) -> dict[str, float | None]:
         return self.cold_starts.p90()
 
+    # ------------------------------------------------------------------ one-shot use (check, tests)
+    def _scraped(self) -> ScrapedFleet:
+        assert isinstance(self.source, ScrapedFleet), "the fleet is scraped"
+        return self.source
+
     def ingest(self, samples: list[InstanceSample]) -> None:
-        if self.scraper is not None and self.scraper.discoverer is not None:  # this scrape's targets
-            self.store.set_instances({n: [t.name for t in tier.targets] for n, tier in self.scraper.config.tiers.items()})
-        pods = ({(n, t.name): t.started_at for n, tier in self.scraper.config.tiers.items() for t in tier.targets
-                 if t.started_at is not None} if self.scraper is not None and self.scraper.discoverer is not None else {})
-        for s in samples:
-            prev = self._last.get((s.tier, s.instance))
-            if s.engine is not None:
-                self.cold_starts.observe(s, pods.get((s.tier, s.instance)))
-                if prev is not None and prev.engine is not None:
-                    n = max((count_resets([prev.engine.counters[k], v]) for k, v in s.engine.counters.items()
-                             if k in prev.engine.counters), default=0)
-                    if n:
-                        self.stats.reset_seen(s.tier, s.instance, n)
-                        log.info("counter reset on tier=%s instance=%s (engine restarted?)", s.tier, s.instance)
-                self._last[(s.tier, s.instance)] = s
-            self.store.add(s)
+        self._scraped().ingest(samples)
 
     def evaluate(self, now: float) -> Report:
-        self.store.trim(now)
-        # the window the store holds: the config's, or check's span between its two scrapes
-        return self._evaluate(now, {name: self.store.view(name, now) for name in self.config.tiers},
-                              window=self.store.window)
+        return self._report(self._scraped().view(now))
 
     def evaluate_span(self, now: float, seconds: float, scrapes: int) -> Report:
         """The report over a window of exactly ``seconds`` and ``scrapes`` (a one-shot check's two)."""
-        self.store.window, self.store.expected = seconds, scrapes
+        self._scraped().span(seconds, scrapes)
         return self.evaluate(now)
 
     def evaluate_prometheus(self, now: float, window: float | None = None) -> Report:
-        assert self.reader is not None
-        if not self.history.read and not self._history_async:  # a one-shot check reads it here
-            self.read_history(now)
-        views, rows = self.reader.read(now, window)
-        return self._evaluate(now, views, rows, window)
+        assert isinstance(self.source, PrometheusFleet), "the fleet is read from Prometheus"
+        return self._report(self.source.observe(now, window))
+
+    def _report(self, seen: Observation) -> Report:
+        return self._evaluate(seen.now, seen.views, seen.rows, seen.window)
 
     def _evaluate(self, now: float, windows: Mapping[str, TierView],
                   rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
@@ -169,14 +125,7 @@ class Pipeline:
 
     def cycle(self) -> Report:
         t0 = time.monotonic()
-        if self.reader is not None:
-            report = self.evaluate_prometheus(self.clock())
-        else:
-            assert self.scraper is not None
-            samples = self.scraper.scrape()
-            self.ingest(samples)
-            now = samples[0].timestamp if samples else self.clock()
-            report = self.evaluate(now)
+        report = self._report(self.source.observe(self.clock()))
         self.cycles += 1
         if self.notifier is not None:
             try:  # queued only: serve's sender threads post, off the cycle (a one-shot caller flushes)

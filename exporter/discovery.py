@@ -243,8 +243,8 @@ class Discoverer:
             log.info("discovery of %s answers again", what)
         self._failing.discard(key)
 
-    def refresh(self) -> Config:
-        """The config with every discovered tier's targets as last found."""
+    def refresh(self) -> dict[str, tuple[Target, ...]]:
+        """Every tier's targets: listed, or as the lookups last found them."""
         found = dict(self._found)
         for name, tier in self.config.tiers.items():
             if tier.discover is None:
@@ -284,7 +284,7 @@ class Discoverer:
                 log.info("tier %s: %d instances (%s%s)", name, len(now),
                          f"+{len(now - before)}" if now - before else "", f" -{len(before - now)}" if before - now else "")
         self._found = found
-        return replace(self.config, tiers={n: replace(t, targets=found[n]) for n, t in self.config.tiers.items()})
+        return {n: found[n] for n in self.config.tiers}
 
     def close(self) -> None:
         if self._kube is not None:

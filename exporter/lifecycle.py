@@ -138,8 +138,7 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         config, pipeline = self.config, self.pipeline
-        if self.reader is not None:
-            pipeline.start_history(stop)  # read off the cycle, with its own deadline and backoff
+        pipeline.source.start(stop)  # Prometheus's history is read off the cycle, with its own deadline and backoff
         if on_report is not None:
             pipeline.on_report.append(on_report)
         scheduler = BackgroundScheduler(timezone="UTC")

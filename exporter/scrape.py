@@ -135,11 +135,16 @@ class Scraper:
         self._large_parse = threading.Semaphore(1)  # a large body's parse is CPU-bound: one at a time
         self._verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
         self.closed = False
+        self._targets: dict[str, tuple[Target, ...]] = {n: t.targets for n, t in config.tiers.items()}
         self.discoverer = None
         if config.discovers:
             from .discovery import SOURCE, Discoverer
 
             self.discoverer = Discoverer(config, lambda tier, what, reason: self.stats.error(tier, what, SOURCE, reason))
+
+    def targets(self) -> dict[str, tuple[Target, ...]]:
+        """Per tier, the targets of the last scrape: listed, or as discovery found them."""
+        return dict(self._targets)
 
     def close(self) -> None:
         self.closed = True
@@ -224,32 +229,31 @@ class Scraper:
         started = time.monotonic()
         deadline = started + self.config.scrape_timeout
         if self.discoverer is not None:  # the targets of this cycle: as the lookups find them now
-            self.config = self.discoverer.refresh()
+            self._targets = self.discoverer.refresh()
         now = self.clock()
         engine_futs: dict[tuple[str, str], Future[EngineSample | str | NotStarted]] = {}
         gpu_futs: dict[tuple[str, str], Future[Gpus | FetchError | ExpositionError | NotStarted]] = {}
         self._cycle += 1
         jobs: list[Job] = []
-        for tier in self.config.tiers.values():
-            for t in tier.targets:
-                if self._next_try.get((tier.name, t.name), 0) <= self._cycle:
-                    job = Job(tier.name, self._rank((tier.name, t.name)), partial(self._engine, tier.name, t, deadline))
-                    engine_futs[(tier.name, t.name)] = job.future
+        for tier, targets in self._targets.items():
+            for t in targets:
+                if self._next_try.get((tier, t.name), 0) <= self._cycle:
+                    job = Job(tier, self._rank((tier, t.name)), partial(self._engine, tier, t, deadline))
+                    engine_futs[(tier, t.name)] = job.future
                     jobs.append(job)
                 else:  # backing off: it stays down, and a hanging target no longer holds a thread every cycle
-                    self.stats.skip(tier.name, t.name, "backoff")
+                    self.stats.skip(tier, t.name, "backoff")
                 for source in FETCHED:
                     url = source.url(t)
                     if url and (source.name, url) not in gpu_futs:  # a node-wide exporter: fetched once a cycle
                         assert source.parse is not None
-                        job = Job(tier.name, self._rank((source.name, url)),
+                        job = Job(tier, self._rank((source.name, url)),
                                   partial(self._gpus, source.parse, url, source.token_file(t), deadline))
                         gpu_futs[(source.name, url)] = job.future
                         jobs.append(job)
         self._pool.submit(jobs, deadline)
         local = {s.name: self.local_gpus[s.name]() for s in LOCAL
-                 if s.name in self.local_gpus and any(s.wanted(t) for tier in self.config.tiers.values()
-                                                      for t in tier.targets)}
+                 if s.name in self.local_gpus and any(s.wanted(t) for ts in self._targets.values() for t in ts)}
         all_futs: list[Future[object]] = [*engine_futs.values(), *gpu_futs.values()]  # type: ignore[list-item]
         # the fetches end at the deadline by themselves (exporter/fetch.py); the grace is for parsing
         wait(all_futs, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE, return_when=ALL_COMPLETED)
@@ -260,9 +264,9 @@ class Scraper:
                         "reason=deadline)", plural(not_started, "fetch", "fetches"), self._pool.workers)
         out: list[InstanceSample] = []
         gpu_t = time.monotonic() - started
-        for tier in self.config.tiers.values():
-            for t in tier.targets:
-                key = (tier.name, t.name)
+        for tier, targets in self._targets.items():
+            for t in targets:
+                key = (tier, t.name)
                 f = engine_futs.get(key)
                 engine: EngineSample | None = None
                 if f is None:  # backing off: still down, for the reason it last gave
@@ -270,18 +274,18 @@ class Scraper:
                                         f"{plural(self._failures.get(key, 0), 'cycle')} in a row; tried again " \
                                         f"within {num(BACKOFF_MAX_SECONDS)} s)"
                 elif f.done() and f.result() is NOT_STARTED:  # not tried: no failure, no backoff
-                    self.stats.skip(tier.name, t.name, "deadline")
+                    self.stats.skip(tier, t.name, "deadline")
                     error = (f"not tried this cycle: all {self._pool.workers} scrape workers were busy until the "
                              f"deadline")
                 else:
-                    res = f.result() if f.done() else self._fail(tier.name, t.name, t.engine, "timeout",
+                    res = f.result() if f.done() else self._fail(tier, t.name, t.engine, "timeout",
                                                                   "not complete when the cycle's deadline passed",
                                                                   started)
                     assert not isinstance(res, NotStarted)
                     engine, error = (res, None) if isinstance(res, EngineSample) else (None, res)
                     if error is not None:
                         self._last_error[key] = error
-                    self._schedule(tier.name, t.name, engine is not None)
+                    self._schedule(tier, t.name, engine is not None)
                 gpus: Gpus = ()
                 gpu_error = None
                 for source in FETCHED:
@@ -296,17 +300,17 @@ class Scraper:
                     elif isinstance(got, tuple):
                         gpus = gpus + source.select(got, t.gpus)
                         self._answered[(source.name, url)] = True
-                        self.stats.observe(tier.name, t.name, source.name, gpu_t, True)
+                        self.stats.observe(tier, t.name, source.name, gpu_t, True)
                     else:
                         self._answered[(source.name, url)] = False
                         reason = got.reason if isinstance(got, FetchError) else "malformed"
                         said = str(got) if isinstance(got, FetchError) else f"not Prometheus metrics: {got}"
-                        gpu_error = f"{source.title} " + self._fail(tier.name, t.name, source.name, reason, said,
+                        gpu_error = f"{source.title} " + self._fail(tier, t.name, source.name, reason, said,
                                                                     started)
                 for source in LOCAL:
                     if source.wanted(t) and source.name in local:
                         gpus = gpus + source.select(local[source.name], t.gpus)
-                out.append(InstanceSample(tier.name, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
+                out.append(InstanceSample(tier, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
         return out
 
     def _rank(self, key: tuple[str, str]) -> int:

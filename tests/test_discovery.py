@@ -226,7 +226,7 @@ tiers:
             assert cold["h100"] == pytest.approx(30, abs=2) and cold["a100"] == pytest.approx(30, abs=2), cold
             schedule = report.tiers["h100"].schedule
             assert schedule is not None and schedule.cold_start_p90_seconds == cold["h100"]
-            assert {t.name for t in scraper.config.tiers["h100"].targets} == {"h-0", "h-1"}
+            assert {t.name for t in scraper.targets()["h100"]} == {"h-0", "h-1"}
             # h-1's endpoint starts terminating: it leaves the tier at the next cycle, not as "down"
             r = requests.patch(url + "/apis/discovery.k8s.io/v1/namespaces/llm/endpointslices/vllm-1",
                                json={"endpoints": [_ep("h-1", terminating=True)]}, timeout=5,
@@ -245,8 +245,8 @@ tiers:
         first = d.refresh()
         d._kube = api
         again = d.refresh()
-        assert {n: [t.name for t in t_.targets] for n, t_ in again.tiers.items()} == \
-            {n: [t.name for t in t_.targets] for n, t_ in first.tiers.items()} == {"h100": ["h-0"], "a100": ["a-0"]}
+        assert {n: [t.name for t in ts] for n, ts in again.items()} == \
+            {n: [t.name for t in ts] for n, ts in first.items()} == {"h100": ["h-0"], "a100": ["a-0"]}
         assert errors == [("", "llm/vllm", "refused")]
     finally:
         for e in engines:

@@ -63,7 +63,7 @@ def test_a_hostile_history_answer_holds_no_cycle(mode: str, tmp_path: Path, monk
     stop = threading.Event()
     try:
         pipe = Pipeline(reader.config, None, reader=reader)
-        pipe.start_history(stop)
+        pipe.source.start(stop)
         for _ in range(3):
             pipe.safe_cycle()
         assert pipe.failures == 0 and pipe.cycles == 3
