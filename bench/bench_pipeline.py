@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalogue import ROWS
 from exporter.model import Benchmark, Plan, Slo, Target, TierConfig
-from exporter.evaluate import evaluate_tier
+from exporter.evaluate import evaluate_window
 from exporter.model import InstanceSample
 from exporter.sources import vllm
 from exporter.window import tier_window
@@ -60,7 +60,7 @@ def main() -> None:
         samples = [InstanceSample("h100", name, 15.0 * k, e) for name in names for k, e in enumerate(parsed)]
         tier = TierConfig("h100", plan, tuple(Target(nm, "vllm", "http://x/metrics") for nm in names))
         # a fresh window each run: a window caches its histogram increases
-        t = timeit(lambda: evaluate_tier(tier, tier_window("h100", samples, names), [], 300.0), repeat=3, number=1)
+        t = timeit(lambda: evaluate_window(tier, tier_window("h100", samples, names), [], 300.0), repeat=3, number=1)
         # baseline: the catalogue rows alone, without plan checks, guardrails and findings
         b = timeit(lambda: [row.compute(w, plan) for w in [tier_window("h100", samples, names)] for row in ROWS],
                    repeat=3, number=1)

@@ -109,7 +109,7 @@ class Pipeline:
         return self._evaluate(seen.now, seen.views, seen.rows, seen.window)
 
     def _evaluate(self, now: float, windows: Mapping[str, TierView],
-                  rows: Mapping[str, Mapping[str, Quantity]] | None = None, window: float | None = None) -> Report:
+                  rows: Mapping[str, Mapping[str, Quantity]], window: float | None = None) -> Report:
         history = self.history.snapshot()
         report = evaluate(self.config, windows, history, now, window or self.config.window,
                           history_note=self.history_note(), rows=rows)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-from . import catalogue
+from . import catalogue, guardrails, heterogeneity
 from .catalogue import Context, Row, apply_override
 from .guardrails import BREAKER_RANGE, drift_findings, recommendations, runaway_finding
 from .heterogeneity import fp8_on_a100, latency_outliers, mixed_models
@@ -19,7 +19,7 @@ from .inputs import INPUTS
 from .sizing import (counts_toward_peak, history_covers_a_day, littles_law_floor, recommended_instances,
                      scale_down_floor, scale_down_to, sizing_peak)
 from .text import num, plural, seconds
-from .window import Quantity, TierView, TierWindow
+from .window import MAX_NAMED, Asks, Percentile, Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
 STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
@@ -251,6 +251,10 @@ def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: 
 # ------------------------------------------------------------------ workload
 
 
+WORKLOAD_ASKS = Asks(tuple(Percentile(key, q) for key in ("prompt_tokens_per_request", "generation_tokens_per_request")
+                           for q in (0.50, 0.95, 0.99)), finish_reasons=True)
+
+
 def workload(tw: TierView) -> ObservedWorkload:
     def lengths(key: str) -> TokenLengths:
         return TokenLengths(tw.quantile(key, 0.50).value, tw.quantile(key, 0.95).value, tw.quantile(key, 0.99).value,
@@ -264,6 +268,9 @@ def workload(tw: TierView) -> ObservedWorkload:
 # ------------------------------------------------------------------ the tier
 
 
+TTFT_RISING_ASKS = Asks((Percentile("ttft_seconds", 0.99, halves=True),))
+
+
 def _ttft_rising(tw: TierView) -> bool:
     """TTFT P99 of the window's second half more than 20% above its first half."""
     if tw.scrapes() < 4:
@@ -273,20 +280,51 @@ def _ttft_rising(tw: TierView) -> bool:
     return a is not None and b is not None and b > 1.2 * a
 
 
-def _usable(q: Quantity, tw: TierView, inputs: Sequence[str]) -> Quantity:
-    """A row's value as computed, unless an input was unusable in the window or the value is."""
-    for key in inputs:
-        bad = tw.invalid(key)
-        if bad:
-            what = INPUTS[key].what if key in INPUTS else key
-            return Quantity(None, 0, reason=f"{', '.join(bad)} reported a NaN, infinite or negative {what} in the "
-                                            f"window; the row is unknown until that reading leaves the window")
+def _usable(q: Quantity) -> Quantity:
+    """A row's value as computed, unless it is not a number a row can hold."""
     if q.value is not None and (not math.isfinite(q.value) or q.value < 0):
         return Quantity(None, 0, reason="the inputs produce a value that is not a finite, non-negative number")
     return q
 
 
-MAX_NAMED = 3  # instances named in one reason; the rest are counted
+def _valid_inputs(q: Quantity, window: TierWindow, inputs: Sequence[str]) -> Quantity:
+    """A row computed over a window of scrapes, unless one of its inputs held an unusable reading."""
+    for key in inputs:
+        bad = window.invalid(key)
+        if bad:
+            what = INPUTS[key].what if key in INPUTS else key
+            return Quantity(None, 0, reason=f"{', '.join(bad)} reported a NaN, infinite or negative {what} in the "
+                                            f"window; the row is unknown until that reading leaves the window")
+    return q
+
+
+class WindowRows(Mapping[str, Quantity]):
+    """Each row's Python computation over a window of scrapes, computed when first read (inside the
+    tier's evaluation, so that one tier's failing row fails that tier only)."""
+
+    def __init__(self, window: TierWindow, plan: Plan) -> None:
+        self._window, self._plan = window, plan
+        self._rows: dict[str, Quantity] | None = None
+
+    def _all(self) -> dict[str, Quantity]:
+        if self._rows is None:
+            self._rows = {row.key: _valid_inputs(row.compute(self._window, self._plan), self._window, row.inputs)
+                          for row in catalogue.ROWS}
+        return self._rows
+
+    def __getitem__(self, key: str) -> Quantity:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def scraped_rows(config: Config, windows: Mapping[str, TierWindow]) -> dict[str, Mapping[str, Quantity]]:
+    """Per tier, its rows over its window of scrapes."""
+    return {name: WindowRows(windows[name], tier.plan) for name, tier in config.tiers.items()}
 
 
 def down_reason(tw: TierView) -> str | None:
@@ -301,15 +339,6 @@ def down_reason(tw: TierView) -> str | None:
     return "target down, no instance answered (" + "; ".join(named) + (f"; and {more} more" if more else "") + ")"
 
 
-def warming_reason(tw: TierWindow) -> str | None:
-    """Why rates and quantiles are unknown right after a start: fewer than two readings in the window."""
-    n = tw.readings()
-    if n >= 2:
-        return None
-    so_far = f"{n} of the {tw.expected} scrapes a window holds" if tw.expected else plural(n, "scrape")
-    return f"warming up: {so_far} so far; rates and quantiles need two"
-
-
 def explain(tw: TierView, row: Row, q: Quantity) -> Quantity:
     """An unknown row's reason, from the tier's state when that is the cause: the tier is down (with each
     fetch's reason), it is warming up, or its GPU source did not answer; otherwise the row's own reason
@@ -317,20 +346,16 @@ def explain(tw: TierView, row: Row, q: Quantity) -> Quantity:
     if q.value is not None:
         return q
     cause = down_reason(tw)
-    if cause is None and isinstance(tw, TierWindow):
-        if row.readings >= 2:
-            cause = warming_reason(tw)
-        if cause is None and row.key.startswith("gpu_") and not tw.gpu_series():
-            failed = [f"{i}: {e}" for i in tw.up() if (e := tw.gpu_error(i))]
-            if failed:
-                cause = "the GPU source did not answer (" + "; ".join(failed[:MAX_NAMED]) + (
-                    f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else "") + ")"
+    if cause is None and row.readings >= 2:
+        cause = tw.warming()
+    if cause is None and row.key.startswith("gpu_"):
+        cause = tw.gpu_failure()
     return q if cause is None else replace(q, reason=cause)
 
 
 def _explained(guardrails: dict[str, Guardrail], tw: TierView) -> dict[str, Guardrail]:
     """A guardrail with no value says why as an unknown row does: the tier down or warming up first."""
-    cause = down_reason(tw) or (warming_reason(tw) if isinstance(tw, TierWindow) else None)
+    cause = down_reason(tw) or tw.warming()
     if cause is None:
         return guardrails
     return {k: (replace(g, basis=cause) if g.value is None else g) for k, g in guardrails.items()}
@@ -350,17 +375,17 @@ def _scale_down_floor(tier: TierConfig, values: Mapping[str, Quantity]) -> tuple
     return warm, f"the minimum warm count is {warm}"
 
 
+# every question evaluation asks of a window besides the rows: the Prometheus-backed view is derived from it
+ASKS = WORKLOAD_ASKS | TTFT_RISING_ASKS | guardrails.ASKS | heterogeneity.ASKS
+
+
 def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint], now: float,
-                  window_seconds: float = 0.0, max_gap: float = math.inf,
-                  rows: Mapping[str, Quantity] | None = None) -> TierReport:
-    """``rows``: the rows' values where they were computed elsewhere (by Prometheus, from the catalogue's
-    PromQL); otherwise ``tw`` must be a TierWindow and each row's Python computation runs over it."""
+                  window_seconds: float = 0.0, max_gap: float = math.inf, *,
+                  rows: Mapping[str, Quantity]) -> TierReport:
+    """``rows``: the rows' values as the fleet source computed them (over its window of scrapes, or by
+    Prometheus from the catalogue's PromQL); ``tw`` answers every other question evaluation asks."""
     plan = tier.plan
-    if rows is None:
-        assert isinstance(tw, TierWindow), "a view that is not a TierWindow comes with its rows computed"
-        window = tw
-        rows = {row.key: row.compute(window, plan) for row in catalogue.ROWS}
-    values = {row.key: explain(tw, row, _usable(rows[row.key], tw, row.inputs)) for row in catalogue.ROWS}
+    values = {row.key: explain(tw, row, _usable(rows[row.key])) for row in catalogue.ROWS}
     bands: dict[str, Band | None] = {}
     statuses: dict[str, Status] = {}
     ctx = Context(plan, values, statuses, _ttft_rising(tw))
@@ -463,15 +488,20 @@ def replay_history(plan: Plan, points: Sequence[tuple[float, float | None]]) -> 
     return out
 
 
+def evaluate_window(tier: TierConfig, window: TierWindow, history: Sequence[HistoryPoint], now: float,
+                    window_seconds: float = 0.0, max_gap: float = math.inf) -> TierReport:
+    """A tier over a window of scrapes, its rows computed in Python."""
+    return evaluate_tier(tier, window, history, now, window_seconds, max_gap, rows=WindowRows(window, tier.plan))
+
+
 def evaluate(config: Config, windows: Mapping[str, TierView], history: Mapping[str, Sequence[HistoryPoint]],
-             now: float, window_seconds: float, history_note: HistoryNote | None = None,
-             rows: Mapping[str, Mapping[str, Quantity]] | None = None) -> Report:
+             now: float, window_seconds: float, history_note: HistoryNote | None = None, *,
+             rows: Mapping[str, Mapping[str, Quantity]]) -> Report:
     tiers: dict[str, TierReport] = {}
     for name, t in config.tiers.items():
         hist = history.get(name, ())
         try:
-            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config),
-                               None if rows is None else rows[name])
+            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config), rows=rows[name])
         except Exception as e:  # noqa: BLE001 - one tier's bug must never take the others down
             tr = failed_tier(t, windows[name], f"{type(e).__name__}: {str(e)[:200]}")
         oldest = min((h.timestamp for h in hist), default=now)

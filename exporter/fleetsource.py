@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
+from .evaluate import scraped_rows
 from .history import ColdStarts, History
 from .model import Config, InstanceSample
 from .scrape import Scraper, ScrapeStats
@@ -30,7 +31,7 @@ class Observation:
 
     now: float
     views: Mapping[str, TierView]
-    rows: Mapping[str, Mapping[str, Quantity]] | None
+    rows: Mapping[str, Mapping[str, Quantity]]  # per tier: computed over the window, or Prometheus's answers
     window: float | None  # the span the views cover, when it is not the config's window
 
 
@@ -72,8 +73,8 @@ class ScrapedFleet:
     def view(self, now: float) -> Observation:
         self.store.trim(now)
         # the window the store holds: the config's, or check's span between its two scrapes
-        return Observation(now, {name: self.store.view(name, now) for name in self.config.tiers}, None,
-                           self.store.window)
+        views = {name: self.store.view(name, now) for name in self.config.tiers}
+        return Observation(now, views, scraped_rows(self.config, views), self.store.window)
 
     def span(self, seconds: float, scrapes: int) -> None:
         """A window of exactly ``seconds`` and ``scrapes`` (a one-shot check's two)."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .model import LengthProfile, Plan
 from .model import Finding, Guardrail, Status
-from .window import Quantity, TierView
+from .window import Asks, Percentile, Quantity, TierView
 from .text import num, plural
 
 INPUT_RANGE = (2.0, 3.0)  # x observed P95 input tokens
@@ -26,6 +26,10 @@ RUNAWAY_CRITICAL = 0.20
 MIN_FINISHED = 20  # fewer finished requests in the window say nothing about shares
 MIN_TAIL_SAMPLES = 10  # a percentile with fewer requests beyond it is noise, not drift (P95: 200, P99: 1000)
 
+
+# what the recommendations, the drift findings and the runaway finding ask of a window
+ASKS = Asks((Percentile("prompt_tokens_per_request", 0.95), Percentile("generation_tokens_per_request", 0.95),
+             Percentile("generation_tokens_per_request", 0.99)), finish_reasons=True)
 
 def _range(base: float | None, lo: float, hi: float, rounding: Callable[[float], int], basis: str,
            reason: str) -> Guardrail:

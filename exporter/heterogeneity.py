@@ -12,7 +12,7 @@ from collections import Counter
 
 from .model import Plan
 from .model import Finding, Status
-from .window import TierView
+from .window import Asks, Percentile, TierView
 from .text import num, plural
 
 OUTLIER_FACTOR = 1.3  # instance P99 over the tier's median P99
@@ -21,6 +21,8 @@ MIN_SAMPLES = {"ttft_seconds": 200, "itl_seconds": 1000}
 MIN_INSTANCES = 3  # a median of two says nothing about which one is odd
 _LABELS = {"ttft_seconds": "TTFT", "itl_seconds": "ITL"}
 
+# the GPU models of each instance, and each instance's TTFT and ITL P99 over the window and its halves
+ASKS = Asks(tuple(Percentile(key, 0.99, per_instance=True, halves=True) for key in _LABELS), gpu_models=True)
 
 def mixed_models(tw: TierView) -> Finding | None:
     per_instance = tw.gpu_models()

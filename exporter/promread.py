@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .secrets import redact_url
-from .evaluate import HistoryPoint, history_step, replay_history
+from .evaluate import ASKS, HistoryPoint, history_step, replay_history
 from .model import Config
 from .promview import Answers, PromTierView, Result, prefetch, row_queries
 from .promview import rows as row_values
@@ -73,7 +73,7 @@ class PrometheusReader:
                 raise err from None
 
         answers = Answers(query)
-        exprs = prefetch(self.config, seconds, self.source.instance_label)
+        exprs = prefetch(self.config, seconds, self.source.instance_label, ASKS)
         futures = [self._pool.submit(answers.get, e) for e in exprs]
         errors: list[PrometheusError] = []
         for f in futures:

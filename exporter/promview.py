@@ -21,7 +21,7 @@ from . import catalogue
 from .catalogue import ENGINE_TARGETS, PLAN_FIGURES, PODDED_EXPORTERS, written_out
 from .config import format_duration
 from .model import Config
-from .window import Quantity
+from .window import Asks, Quantity
 
 Labels = Mapping[str, str]
 Result = Sequence[tuple[Labels, float]]
@@ -169,8 +169,11 @@ class PromTierView:
     def scrapes(self) -> int:
         return len(self._up) * max(2, int(self.seconds / self.interval))
 
-    def invalid(self, key: str) -> tuple[str, ...]:
-        return ()  # a NaN reaches the row's value, which is then unknown (evaluate._usable)
+    def warming(self) -> str | None:
+        return None  # Prometheus holds the whole window already
+
+    def gpu_failure(self) -> str | None:
+        return None  # a failed GPU exporter shows as its rows' missing series
 
     def error(self, instance: str) -> str | None:
         return "Prometheus's last scrape of it failed (its up series is 0)" if self._up.get(instance) is False else None
@@ -234,20 +237,21 @@ class PromTierView:
         return Quantity(v, count)
 
 
-def prefetch(config: Config, seconds: float, label: str) -> list[str]:
-    """Every query one cycle asks for certain, so that they can run at once; others are asked when needed."""
+def prefetch(config: Config, seconds: float, label: str, asks: Asks) -> list[str]:
+    """The queries of one cycle, sent at once: every row's, the instances up, and what ``asks`` (the
+    questions findings declare) puts to a window. A question not declared is asked when first needed."""
     out = [e for pair in row_queries(config, seconds).values() for e in pair if e]
-    out += [up_expr(label), reasons_expr(seconds), *gpu_models_expr(label)]
-    by_instance = f"tier, {label}"
-    for key, qs in (("prompt_tokens_per_request", (0.5, 0.95, 0.99)),
-                    ("generation_tokens_per_request", (0.5, 0.95, 0.99))):
-        out += [quantile_expr(key, q, "tier", seconds) for q in qs] + [count_expr(key, "tier", seconds)]
+    out.append(up_expr(label))
+    if asks.finish_reasons:
+        out.append(reasons_expr(seconds))
+    if asks.gpu_models:
+        out += gpu_models_expr(label)
     half = seconds / 2
-    for key in ("ttft_seconds", "itl_seconds"):
-        for off in (0.0, half):  # the halves (TTFT rising, sustained outliers)
-            out += [quantile_expr(key, 0.99, "tier", half, off), count_expr(key, "tier", half, off),
-                    quantile_expr(key, 0.99, by_instance, half, off), count_expr(key, by_instance, half, off)]
-        out += [quantile_expr(key, 0.99, by_instance, seconds), count_expr(key, by_instance, seconds)]
+    for p in asks.percentiles:
+        spans = [(seconds, 0.0)] + ([(half, half), (half, 0.0)] if p.halves else [])
+        for by in ("tier", f"tier, {label}") if p.per_instance else ("tier",):
+            for span, off in spans:
+                out += [quantile_expr(p.key, p.q, by, span, off), count_expr(p.key, by, span, off)]
     return list(dict.fromkeys(out))
 
 

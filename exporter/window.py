@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 from .engines import ENGINES, names as engine_names
 from .inputs import INPUTS
 from .model import EngineSample, GpuReading, Histogram, InstanceSample
+from .text import plural
 
 
 def counter_increase(values: Sequence[float]) -> float:
@@ -141,6 +142,33 @@ def evidence(x: float | None) -> int:
     return int(round(x)) if x is not None and math.isfinite(x) else 0
 
 
+@dataclass(frozen=True)
+class Percentile:
+    """A histogram percentile a finding asks of a tier's window."""
+
+    key: str
+    q: float
+    per_instance: bool = False  # each instance's own, and the tier's without one
+    halves: bool = False  # also in each half of the window
+
+
+@dataclass(frozen=True)
+class Asks:
+    """What a finding, the workload block or a guardrail asks of a tier's window besides the rows (which
+    declare their own inputs). The Prometheus-backed view sends exactly these questions, at once."""
+
+    percentiles: tuple[Percentile, ...] = ()
+    finish_reasons: bool = False
+    gpu_models: bool = False
+
+    def __or__(self, other: Asks) -> Asks:
+        return Asks(tuple(dict.fromkeys(self.percentiles + other.percentiles)),
+                    self.finish_reasons or other.finish_reasons, self.gpu_models or other.gpu_models)
+
+
+MAX_NAMED = 3  # instances named in one reason; the rest are counted
+
+
 class TierView(Protocol):
     """What evaluation reads of a tier besides its rows: a TierWindow of scraped samples, or the
     Prometheus-backed view (exporter/promview.py) that asks a Prometheus the same questions."""
@@ -156,7 +184,10 @@ class TierView(Protocol):
     def span(self) -> float: ...
     def scrapes(self) -> int: ...
     def increase(self, key: str) -> float | None: ...
-    def invalid(self, key: str) -> tuple[str, ...]: ...
+    def warming(self) -> str | None:
+        """Why rates and quantiles are unknown right after a start, while they are."""
+    def gpu_failure(self) -> str | None:
+        """Why the GPU rows are unknown when the GPU source failed: what it said, per instance."""
     def counter_keys(self, prefix: str) -> set[str]: ...
     def quantile(self, key: str, q: float, instances: Iterable[str] | None = None) -> Quantity: ...
     def error(self, instance: str) -> str | None: ...
@@ -197,6 +228,22 @@ class TierWindow:
     def gpu_error(self, instance: str) -> str | None:
         ss = self.samples.get(instance)
         return ss[-1].gpu_error if ss else None
+
+    def warming(self) -> str | None:
+        n = self.readings()
+        if n >= 2:
+            return None
+        so_far = f"{n} of the {self.expected} scrapes a window holds" if self.expected else plural(n, "scrape")
+        return f"warming up: {so_far} so far; rates and quantiles need two"
+
+    def gpu_failure(self) -> str | None:
+        if self.gpu_series():
+            return None
+        failed = [f"{i}: {e}" for i in self.up() if (e := self.gpu_error(i))]
+        if not failed:
+            return None
+        return "the GPU source did not answer (" + "; ".join(failed[:MAX_NAMED]) + (
+            f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else "") + ")"
 
     def readings(self) -> int:
         """The most engine readings an up instance has in the window: below two, nothing has a rate yet."""

@@ -229,7 +229,7 @@ def _refusal_or_document(rc: int, out: str, err: str, files: list[Path]) -> str:
 def _check_config(path: Path, work: Path) -> str:
     from exporter.check import format_json
     from exporter.config import ConfigError, load_config
-    from exporter.evaluate import HistoryPoint, evaluate_tier
+    from exporter.evaluate import HistoryPoint, evaluate_window
     from exporter.model import InstanceSample, Report
     from exporter.render.rules import promtool_tests, rule_groups
     from exporter.sources import vllm
@@ -249,7 +249,7 @@ def _check_config(path: Path, work: Path) -> str:
         samples = [InstanceSample(name, i, now - 300 + 300 * k, vllm.parse(snap)) for k, snap in enumerate(_SNAPSHOTS)
                    for i in names]
         history = [HistoryPoint(now - 3600, 1.0, 1), HistoryPoint(now - 60, 1e6, None)]
-        tr = evaluate_tier(tier, tier_window(name, samples, names), history, now, 300.0)
+        tr = evaluate_window(tier, tier_window(name, samples, names), history, now, 300.0)
         report = Report(generated_at=now, window_seconds=300.0, tiers={name: tr})
         json.loads(format_json(report), parse_constant=_no_constant)
     return "ok"

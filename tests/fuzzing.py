@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from hypothesis import strategies as st
 
 from exporter.check import format_json
-from exporter.evaluate import evaluate
+from exporter.evaluate import evaluate, scraped_rows
 from exporter.exposition import ExpositionError
 from exporter.engines import all_names
 from exporter.inputs import INPUTS
@@ -154,7 +154,8 @@ def run_case(engine: str, text: str, muts: list[Mutation], gpu_text: str | None 
     samples = [InstanceSample("t", "i0", 100.0, first, gpus), InstanceSample("t", "i0", 115.0, second, gpus),
                InstanceSample("t", "i1", 100.0, plain), InstanceSample("t", "i1", 115.0, _PARSE[engine](grown(text)))]
     cfg = _config(engine)
-    report = evaluate(cfg, {"t": tier_window("t", samples, ("i0", "i1"))}, {}, 115.0, 15.0)
+    windows = {"t": tier_window("t", samples, ("i0", "i1"))}
+    report = evaluate(cfg, windows, {}, 115.0, 15.0, rows=scraped_rows(cfg, windows))
     doc = json.loads(format_json(report))  # raises ValueError on NaN or Inf
     negative = list(_negatives(doc, "report"))
     if negative:

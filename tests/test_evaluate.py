@@ -5,7 +5,7 @@ import math
 from dataclasses import replace
 
 from exporter.model import Benchmark, CurvePoint, Plan, Slo, TierConfig, Target, Workload
-from exporter.evaluate import HistoryPoint, evaluate_tier, predicted_at
+from exporter.evaluate import HistoryPoint, evaluate_window, predicted_at
 from exporter.sizing import recommended_instances
 from exporter.model import EngineSample, Histogram, InstanceSample, Status
 from exporter.window import TierWindow, tier_window
@@ -61,7 +61,7 @@ def test_ttft_above_benchmark_triggers_recharacterize() -> None:
     # at 2 RPS/instance, 1% of requests land in (2.5, 5]: P99 ~ 2.5s > 1.3 x 1.0s
     tw = window(2.0, [50, 30, 10, 5, 4, 1, 0])
     plan = replace(PLAN, safety_factor=0.0)  # sized exactly: scale_up must not pre-empt recharacterize
-    rep = evaluate_tier(tier(plan), tw, [], now=60)
+    rep = evaluate_window(tier(plan), tw, [], now=60)
     check = next(c for c in rep.plan_checks if c.check == "ttft_p99_vs_benchmark")
     assert check.status is Status.CRITICAL and "re-characterize" in check.message
     assert rep.resize.action == "recharacterize"
@@ -71,7 +71,7 @@ def test_ttft_above_benchmark_triggers_recharacterize() -> None:
 
 def test_undersized_scales_up_with_reason_in_words() -> None:
     tw = window(4.0, [90, 10, 0, 0, 0, 0, 0])  # 8 RPS on 2 instances of 2 usable
-    rep = evaluate_tier(tier(), tw, [], now=60)
+    rep = evaluate_window(tier(), tw, [], now=60)
     assert rep.resize.action == "scale_up"
     assert rep.resize.recommended_instances == recommended_instances(8, 2, 0.2) == 5
     assert "needs 5 instances, has 2" in rep.resize.reason
@@ -83,9 +83,9 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     plan = replace(PLAN, instances=6)
     tw = window(0.2, [100, 0, 0, 0, 0, 0, 0], n=6)
     young = [HistoryPoint(0, 1.2, 3)]
-    assert evaluate_tier(tier(plan, 6), tw, young, now=600).resize.action == "hold"
+    assert evaluate_window(tier(plan, 6), tw, young, now=600).resize.action == "hold"
     old = [HistoryPoint(t, 1.2, 3) for t in range(0, 1900, 100)]
-    rep = evaluate_tier(tier(plan, 6), tw, old, now=1900)
+    rep = evaluate_window(tier(plan, 6), tw, old, now=1900)
     # less than a day of history: the plan's peak still counts
     assert rep.resize.action == "scale_down"
     assert rep.resize.recommended_instances == recommended_instances(plan.peak_rps, 2, 0.2) < 6
@@ -93,7 +93,7 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
 
 def test_queue_band_uses_littles_law() -> None:
     # 2 instances x 1 RPS = 2 RPS; L = 2s x 2 = 4; waiting 2 x 1.7 = 3.4 >= 0.8 L = 3.2
-    rep = evaluate_tier(tier(), window(1.0, [100, 0, 0, 0, 0, 0, 0], waiting=1.7), [], now=60)
+    rep = evaluate_window(tier(), window(1.0, [100, 0, 0, 0, 0, 0, 0], waiting=1.7), [], now=60)
     q = rep.metrics["queue_depth_requests"]
     assert q.status is Status.WARNING and q.band is not None and q.band.warning_above is not None
     assert math.isclose(q.band.warning_above.value, 0.8 * 2.0 * rep.metrics["requests_per_second"].value)  # type: ignore[operator]
@@ -105,13 +105,13 @@ def test_prefix_band_when_plan_declares_reuse_and_overrides() -> None:
     plan = replace(PLAN, workload=Workload(prefix_reuse=True))
     from exporter.model import BandOverride
     t = replace(tier(plan), bands={"kv_cache_utilization_ratio": BandOverride(warning_above=0.4)})
-    rep = evaluate_tier(t, window(1.0, [100, 0, 0, 0, 0, 0, 0]), [], now=60)
+    rep = evaluate_window(t, window(1.0, [100, 0, 0, 0, 0, 0, 0]), [], now=60)
     assert rep.metrics["prefix_cache_hit_ratio"].band.warning_below.value == 0.30  # type: ignore[union-attr]
     assert rep.metrics["kv_cache_utilization_ratio"].status is Status.WARNING  # 0.5 > overridden 0.4
 
 
 def test_missing_inputs_are_unknown_with_reasons() -> None:
-    rep = evaluate_tier(tier(), window(1.0, [100, 0, 0, 0, 0, 0, 0]), [], now=60)
+    rep = evaluate_window(tier(), window(1.0, [100, 0, 0, 0, 0, 0, 0]), [], now=60)
     for key in ("spec_decode_acceptance_ratio", "gpu_compute_utilization_ratio", "lora_adapter_cache_hit_ratio",
                 "lora_adapter_evictions_per_second", "itl_p99_seconds"):
         m = rep.metrics[key]

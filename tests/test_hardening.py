@@ -14,7 +14,7 @@ import pytest
 
 from exporter.check import format_json
 from exporter.config import load_config
-from exporter.evaluate import evaluate
+from exporter.evaluate import evaluate, scraped_rows
 from exporter.exposition import ExpositionError
 from exporter.fetch import FetchError, fetch_text, new_session, read_token
 from exporter.model import InstanceSample, ObservedWorkload, Status
@@ -85,7 +85,7 @@ def test_a_bad_counter_makes_its_rows_unknown_on_its_tier_alone(value: str, tmp_
         "bad": tier_window("bad", [InstanceSample("bad", "b", 100.0 + 15 * i, vllm.parse(t))
                                    for i, t in enumerate(bad)]),
     }
-    report = evaluate(cfg, windows, {}, 115.0, 15.0)
+    report = evaluate(cfg, windows, {}, 115.0, 15.0, rows=scraped_rows(cfg, windows))
     bad_row = report.tiers["bad"].metrics["kv_cache_eviction_ratio"]
     assert bad_row.value is None and bad_row.status is Status.UNKNOWN
     assert "b reported a NaN, infinite or negative preemption" in (bad_row.reason or "")
@@ -100,7 +100,7 @@ def test_an_infinite_gauge_cannot_break_check_json(tmp_path: Path) -> None:
              for i in (5, 10)]
     cfg = load_config(write_config(str(tmp_path / "c.yaml"), {"t": [{"vllm": "http://127.0.0.1:1/metrics"}]}))
     tw = tier_window("t", [InstanceSample("t", "127.0.0.1:1", 100.0 + 15 * i, vllm.parse(x)) for i, x in enumerate(texts)])
-    report = evaluate(cfg, {"t": tw}, {}, 115.0, 15.0)
+    report = evaluate(cfg, {"t": tw}, {}, 115.0, 15.0, rows=scraped_rows(cfg, {"t": tw}))
     doc = json.loads(format_json(report))
     assert doc["tiers"]["t"]["metrics"]["kv_cache_utilization_ratio"]["value"] is None
     assert doc["tiers"]["t"]["metrics"]["queue_depth_requests"]["value"] is not None
@@ -129,7 +129,7 @@ def test_one_tier_raising_never_stops_the_others(tmp_path: Path, monkeypatch: py
         "b": [{"vllm": "http://127.0.0.1:2/metrics", "name": "x"}]}))
     windows = {n: tier_window(n, [InstanceSample(n, "x", 100.0 + 15 * i, vllm.parse(t)) for i, t in enumerate(texts)])
                for n in ("a", "b")}
-    expected = evaluate(cfg, windows, {}, 115.0, 15.0).tiers["b"]
+    expected = evaluate(cfg, windows, {}, 115.0, 15.0, rows=scraped_rows(cfg, windows)).tiers["b"]
     real = ev.workload
 
     def broken_for_a(tw: TierView) -> ObservedWorkload:
@@ -138,7 +138,7 @@ def test_one_tier_raising_never_stops_the_others(tmp_path: Path, monkeypatch: py
         return real(tw)
 
     monkeypatch.setattr(ev, "workload", broken_for_a)
-    report = evaluate(cfg, windows, {}, 115.0, 15.0)
+    report = evaluate(cfg, windows, {}, 115.0, 15.0, rows=scraped_rows(cfg, windows))
     assert report.tiers["a"].error == "ZeroDivisionError: boom"
     assert all(m.status is Status.UNKNOWN for m in report.tiers["a"].metrics.values())
     assert report.tiers["b"].error is None

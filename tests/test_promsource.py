@@ -23,7 +23,7 @@ import pytest
 
 from exporter.config import ConfigError, load_config
 from exporter.daemon import Pipeline
-from exporter.evaluate import replay_history
+from exporter.evaluate import ASKS, replay_history
 from exporter.sizing import recommended_instances
 from exporter.model import PrometheusSource, Status
 from exporter.promread import PrometheusReader
@@ -90,7 +90,7 @@ def test_a_sidecar_cannot_read_from_prometheus(tmp_path: Path) -> None:
 
 def test_every_query_is_whole_promql_with_the_plan_written_in(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, BACKED))
-    exprs = prefetch(cfg, 300.0, "pod")
+    exprs = prefetch(cfg, 300.0, "pod", ASKS)
     assert len(exprs) == len(set(exprs)) > 30
     for e in exprs:
         # no placeholder, no recorded series and no plan gauge left: nothing needs the rules loaded
@@ -159,7 +159,7 @@ def test_a_dead_prometheus_fails_the_cycle_counted_and_keeps_serving(tmp_path: P
         assert pipe.failures == 2 and pipe.snapshot.get().report is None
         errors = pipe.snapshot.get().stats.errors
         assert sum(n for (tier, inst, src, reason), n in errors.items() if src == "prometheus" and reason == "refused") \
-            >= 2 * len(prefetch(cfg, cfg.window, "pod"))
+            >= 2 * len(prefetch(cfg, cfg.window, "pod", ASKS))
         assert pipe.history_note().read is False  # the history is asked again once Prometheus answers
     finally:
         reader.close()
@@ -213,6 +213,14 @@ def test_prometheus_backed_and_direct_mode_give_the_same_report(tmp_path: Path) 
             clock.wait_until(time.monotonic() - clock.t0 + 1.0)
         d = direct.cycle()
         backed = Pipeline(backed_cfg, None, reader=reader)
+        asked: list[str] = []
+        query = reader.api.query
+
+        def recorded(expr: str, at: float, timeout: float | None = None) -> list[tuple[dict[str, str], float]]:
+            asked.append(expr)
+            return query(expr, at, timeout)
+
+        reader.api.query = recorded  # type: ignore[method-assign]
         p = backed.evaluate_prometheus(d.generated_at)
         history = backed.history.snapshot()
     finally:
@@ -222,6 +230,9 @@ def test_prometheus_backed_and_direct_mode_give_the_same_report(tmp_path: Path) 
         prom.stop()
         demo.close()
 
+    # every question the findings asked was one they declared: the cycle's queries are its prefetch, all sent at once
+    planned = set(prefetch(backed_cfg, WINDOW, "pod", ASKS))
+    assert asked and [e for e in asked if e not in planned] == [], "undeclared questions"
     dd: dict[str, Any] = d.as_dict()
     pd: dict[str, Any] = p.as_dict()
     for tier in dd["tiers"]:

@@ -17,7 +17,7 @@ from exporter.collector import Published, Snapshot, make_registry
 from exporter.config import load_config
 from exporter.model import Config
 from exporter.scrape import ScrapeStats
-from exporter.evaluate import evaluate_tier
+from exporter.evaluate import evaluate_window
 from exporter.model import Report, Status
 from exporter.render import dashboards, rules
 from exporter.window import Quantity, TierWindow, absent
@@ -77,7 +77,7 @@ def config(tmp_path: Path) -> Config:
 
 def test_the_made_up_row_gets_its_python_value_status_and_diagnosis(with_made_up_row: Row, config: Config) -> None:
     # two instances, one running request each: 2.0, past the warning at 1.5, below the page at 3 x 2 RPS
-    rep = evaluate_tier(tier(), window(1.0, [10, 0, 0, 0, 0, 0, 0]), [], now=60)
+    rep = evaluate_window(tier(), window(1.0, [10, 0, 0, 0, 0, 0, 0]), [], now=60)
     m = rep.metrics[KEY]
     assert m.value == 2.0 and m.status is Status.WARNING and m.diagnosis == "Many requests in flight."
     assert m.band is not None and m.band.critical_above is not None
@@ -120,7 +120,7 @@ def test_the_made_up_row_gets_its_panel(with_made_up_row: Row) -> None:
 
 
 def test_the_made_up_row_is_exported(with_made_up_row: Row, config: Config) -> None:
-    rep = evaluate_tier(config.tiers["h100"], window(1.0, [10, 0, 0, 0, 0, 0, 0]), [], now=60)
+    rep = evaluate_window(config.tiers["h100"], window(1.0, [10, 0, 0, 0, 0, 0, 0]), [], now=60)
     snapshot = Snapshot()
     snapshot.publish(Published(Report(60.0, 300.0, {"h100": rep}), ScrapeStats(), 1, 0.1, 0))
     page = generate_latest(make_registry(config, snapshot)).decode()
