@@ -16,7 +16,7 @@ from . import catalogue
 from .catalogue import PLAN_FIGURES
 from .alertmanager import NotifyStats
 from .secrets import redact_url
-from .model import Config, Plan
+from .model import Config, Mode, Plan
 from .model import Action, Report, Status
 from .scrape import ScrapeStats
 
@@ -73,7 +73,7 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         pub = self.snapshot.get()
         report = pub.report
-        sidecar = self.config.mode == "sidecar"
+        sidecar = self.config.mode is Mode.SIDECAR
         yield from self._plan()
         rows = {r.key: GaugeMetricFamily(metric_name(r.key), f"{r.help} ({r.unit})", labels=["tier"]) for r in catalogue.ROWS}
         status = GaugeMetricFamily("fleetwatch_metric_status",

@@ -25,7 +25,7 @@ from .secrets import redact_url
 from .daemon import Pipeline, Server, return_freed_memory
 from .evaluate import plan_shortfall
 from .gpus import LOCAL
-from .model import Config, Report
+from .model import Config, Mode, Report
 from .scrape import Scraper
 from .sources import Gpus
 from .text import plural
@@ -105,7 +105,7 @@ class Daemon:
         else:
             self.scraper = self._scraper or Scraper(config, local_gpus=_local_gpus(config) if parts.local_gpus else None)
             stack.callback(self.scraper.close)
-        if parts.notify and config.alertmanagers and config.mode == "sidecar":
+        if parts.notify and config.alertmanagers and config.mode is Mode.SIDECAR:
             log.warning("alertmanagers: not used in sidecar mode; Prometheus sends the generated rules' alerts")
         elif parts.notify and config.alertmanagers:
             verify: bool | str = config.ca_file if (config.tls_verify and config.ca_file) else config.tls_verify
@@ -200,7 +200,7 @@ def _log_start(daemon: Daemon) -> None:
         short = plan_shortfall(tc)
         if short is not None:
             log.warning("tier %s: the plan's instances: %s", name, short)
-    if config.mode == "sidecar":
+    if config.mode is Mode.SIDECAR:
         ((tier, tc),) = config.tiers.items()
         t = tc.targets[0]
         gpus = (f"dcgm-exporter {redact_url(t.dcgm)}" + (f" (pod {t.gpus.namespace or '*'}/{t.gpus.pod})" if t.gpus

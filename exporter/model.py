@@ -608,6 +608,13 @@ class PrometheusSource:
     instance_label: str = "instance"  # the label that tells a tier's instances apart (Kubernetes: pod)
 
 
+class Mode(StrEnum):
+    """How much of the fleet this process sees. Its value is what logs and metrics say."""
+
+    FLEET = "fleet"  # every instance: this process computes the fleet verdicts
+    SIDECAR = "sidecar"  # one instance (serve --tier): the fleet verdicts come from the generated rules
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -622,9 +629,7 @@ class Config:
     alertmanagers: tuple[str, ...] = ()
     tiers: Mapping[str, TierConfig] = field(default_factory=dict)
     state_dir: str | None = None  # where the per-tier history survives restarts; None: memory only
-    # "fleet": this process sees every instance and computes the fleet verdicts. "sidecar": it sees one
-    # instance (serve --tier) and the fleet verdicts come from the generated rules in Prometheus
-    mode: str = "fleet"
+    mode: Mode = Mode.FLEET
     sidecar: SidecarSettings = SidecarSettings()
     prometheus: PrometheusSource | None = None  # set: the fleet is read from this API, not scraped
     kubernetes: KubernetesDiscovery | None = None  # set: the tiers' targets come from EndpointSlices

@@ -21,7 +21,7 @@ from typing import Mapping
 
 from .evaluate import HistoryPoint
 from .sizing import recommended_instances
-from .model import (CapacitySchedule, Config, IdleWindow, Plan, Report, ScheduledBin, ScheduleSettings, Status,
+from .model import (CapacitySchedule, Config, Mode, IdleWindow, Plan, Report, ScheduledBin, ScheduleSettings, Status,
                     UtilizationLevers)
 from .text import num
 
@@ -161,7 +161,7 @@ def annotate(report: Report, config: Config, history: Mapping[str, Sequence[Hist
              cold_starts: Mapping[str, float | None]) -> Report:
     """The report with each tier's ``schedule`` and ``utilization_levers`` (fleet mode: a sidecar's history
     is one instance's, not the tier's)."""
-    if config.mode != "fleet":
+    if config.mode is not Mode.FLEET:
         return report
     tiers = {}
     for name, t in report.tiers.items():

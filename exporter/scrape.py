@@ -11,7 +11,7 @@ from typing import Callable, Mapping, TypeVar
 
 import requests
 
-from .model import Config, Target
+from .model import Config, Mode, Target
 from .exposition import ExpositionError
 from .fairpool import ANSWERED, FAILING, NEW, NOT_STARTED, FairPool, Job, NotStarted
 from .fetch import BodyBudget, FetchError, Lease, fetch_text, new_session
@@ -34,7 +34,7 @@ BACKOFF_MAX_SECONDS = 60.0  # a target back up is tried again within this long, 
 
 
 PARSE_FACTOR = 8  # a large body's parse peaks at about this many times its size (bench/bench_memory.py)
-BASELINE_MIB = {"fleet": 128, "sidecar": 64}  # the process with its pages and 1,000 targets' state (measured)
+BASELINE_MIB = {Mode.FLEET: 128, Mode.SIDECAR: 64}  # the process with its pages and 1,000 targets' state (measured)
 
 
 def pool_size(targets: int) -> int:
@@ -42,7 +42,7 @@ def pool_size(targets: int) -> int:
     return max(4, min(64, 2 * targets))
 
 
-def memory_bound_mib(targets: int, max_body_bytes: int, mode: str = "fleet") -> float:
+def memory_bound_mib(targets: int, max_body_bytes: int, mode: Mode = Mode.FLEET) -> float:
     """The peak RSS fleetwatch stays under whatever its targets send: the baseline, plus what bodies may hold
     (each fetch's small allowance and the shared budget, never more than every fetch at the cap), twice (a
     body's bytes, then its text), plus one large body's parse."""
@@ -51,7 +51,7 @@ def memory_bound_mib(targets: int, max_body_bytes: int, mode: str = "fleet") -> 
     return BASELINE_MIB[mode] + (2 * held + PARSE_FACTOR * max_body_bytes) / (1 << 20)
 
 
-def memory_limit_mib(targets: int, max_body_bytes: int, mode: str = "fleet") -> int:
+def memory_limit_mib(targets: int, max_body_bytes: int, mode: Mode = Mode.FLEET) -> int:
     """A container memory limit from the bound: a quarter above it, rounded up to 64 MiB."""
     need = 1.25 * memory_bound_mib(targets, max_body_bytes, mode)
     return int(-(-need // 64) * 64)

@@ -15,7 +15,7 @@ import re
 from .config import ConfigError, Reader, default_name
 from .engines import engine, engine_names, in_words
 from .secrets import REDACT
-from .model import Config, GpuSelector, SidecarSettings, Target
+from .model import Config, GpuSelector, Mode, SidecarSettings, Target
 
 
 
@@ -59,7 +59,7 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings | None = No
                     dcgm_bearer_token_file=s.dcgm_bearer_token_file)
     # one engine on localhost: no discovery (the shared config may carry fleet mode's), and no history on
     # disk (a sidecar's root filesystem is read-only, and the fleet verdicts that need it are the rules')
-    return replace(config, mode="sidecar", kubernetes=None, state_dir=None,
+    return replace(config, mode=Mode.SIDECAR, kubernetes=None, state_dir=None,
                    tiers={tier: replace(config.tiers[tier], targets=(target,), discover=None)})
 
 

@@ -58,9 +58,10 @@ def test_prometheus_example_attaches_tier_statically_and_from_the_pod_label(tmp_
 def test_memory_limits_are_derived_from_the_documented_bound() -> None:
     """The chart's and kustomize's limits are the memory bound (bench/bench_memory.py measures against it)
     plus a quarter: for the evaluator at 1,000 targets, for a sidecar at its two fetches, 16 MiB bodies."""
+    from exporter.model import Mode
     from exporter.scrape import memory_bound_mib, memory_limit_mib
 
-    fleet, sidecar = memory_limit_mib(1000, 16 << 20), memory_limit_mib(2, 16 << 20, "sidecar")
+    fleet, sidecar = memory_limit_mib(1000, 16 << 20), memory_limit_mib(2, 16 << 20, Mode.SIDECAR)
     assert fleet >= 1.25 * memory_bound_mib(1000, 16 << 20) and fleet % 64 == 0
     values = yaml.safe_load((ROOT / "deploy/helm/fleetwatch/values.yaml").read_text())
     assert values["resources"]["limits"]["memory"] == f"{fleet}Mi"

@@ -23,7 +23,7 @@ from exporter.daemon import Server
 from exporter.lifecycle import serve
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
-from exporter.model import GpuReading, GpuSelector, SidecarSettings
+from exporter.model import GpuReading, GpuSelector, Mode, SidecarSettings
 from exporter.sidecar import default_url, sidecar_config
 from exporter.sources import dcgm
 from exporter.render.rules import build
@@ -142,7 +142,7 @@ def test_a_sidecar_exports_no_fleet_verdicts() -> None:
     # port 9 on loopback refuses at once: a cycle with the engine down still evaluates the plan
     side = sidecar_config(load_config(str(EXAMPLE)), "h100", SidecarSettings(url="http://127.0.0.1:9/metrics"),
                           pod="p")
-    for cfg, present in ((replace(side, mode="fleet"), True), (side, False)):
+    for cfg, present in ((replace(side, mode=Mode.FLEET), True), (side, False)):
         scraper = Scraper(cfg)
         try:
             pipe = Pipeline(cfg, scraper)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..model import Mode
 from ..scrape import memory_limit_mib
 
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -56,7 +57,7 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 4},
         # the limit is the memory bound of a sidecar's two fetches (engine, dcgm-exporter) at 16 MiB bodies
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                      "limits": {"memory": f"{memory_limit_mib(2, 16 << 20, 'sidecar')}Mi"}},
+                      "limits": {"memory": f"{memory_limit_mib(2, 16 << 20, Mode.SIDECAR)}Mi"}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
