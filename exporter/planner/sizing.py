@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from ..sizing import recommended_instances
-from ..model import Slo
+from ..model import Precision, Slo
 from ..text import num, plural
 from .architecture import BYTES, Architecture, kv_bytes_per_token, lora_bytes
 from .curve import Curve
@@ -189,12 +189,6 @@ class Binding(StrEnum):
     SWEEP_END = "sweep_end"  # the sweep ended before either SLO was reached
     MEMORY = "memory"  # no sweep: the memory floor at this precision
     INTERCONNECT = "interconnect"  # pipeline parallelism across nodes without a switched fabric
-
-
-@dataclass(frozen=True)
-class Precision:
-    weights: str
-    kv_cache: str
 
 
 @dataclass(frozen=True)
