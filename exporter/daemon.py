@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # imported where used: commands that scrape never load the Pr
 log = logging.getLogger(__name__)
 
 
-HISTORY_RETRY_FIRST = 30.0  # seconds before the Prometheus-backed history is asked again, doubling each time
-HISTORY_RETRY_MAX = 600.0
 
 
 class Pipeline:
