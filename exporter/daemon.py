@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # imported where used: commands that scrape never load the Pr
 log = logging.getLogger(__name__)
 
 
-
-
 class Pipeline:
     """The state a daemon carries between cycles. ``cycle`` is called from one thread at a time."""
 
