@@ -18,7 +18,7 @@ from .window import Quantity, TierView, WindowStore, count_resets
 if TYPE_CHECKING:
     from .promread import PrometheusReader
 
-log = logging.getLogger("exporter.daemon")
+log = logging.getLogger("exporter.daemon")  # the daemon's lines, under its name (the demo quiets it)
 
 HISTORY_RETRY_FIRST = 30.0  # seconds before the Prometheus-backed history is asked again, doubling each time
 HISTORY_RETRY_MAX = 600.0

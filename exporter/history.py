@@ -14,7 +14,7 @@ from . import state
 from .evaluate import HistoryPoint
 from .model import HistoryNote, InstanceSample
 
-log = logging.getLogger("exporter.daemon")
+log = logging.getLogger("exporter.daemon")  # the daemon's lines, under its name (the demo quiets it)
 
 STATE_SAVE_EVERY = 60.0  # seconds between state writes; also written on shutdown
 STATE_ERROR_LOG_EVERY = 600.0  # seconds between two log lines about the same failing state write
