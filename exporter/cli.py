@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .config import ConfigError, load_config, parse_duration, require_targets, validate_listen
 from .secrets import redact_url
-from .engines import engine_names
+from .engines import ENGINES, engine_names
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from .model import Slo
     from .planner.curve import Curve
 
-DESCRIPTION = """\
-fleetwatch watches an LLM inference fleet (vLLM, SGLang, and their GPUs through dcgm-exporter
-or NVML) one hardware tier at a time, computes the production monitoring table, and checks it
-against the sizing plan the fleet was built from."""
+DESCRIPTION = f"""\
+fleetwatch watches an LLM inference fleet ({", ".join(e.title for e in ENGINES)}, and their GPUs
+through dcgm-exporter or NVML) one hardware tier at a time, computes the production monitoring
+table, and checks it against the sizing plan the fleet was built from."""
 
 EPILOG = """\
 exit codes: 0 ok; 1 (check) something in the report is critical; 2 usage or config error.
@@ -39,6 +39,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fleetwatch")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser. The demo's scenarios (and the simulator they import) are loaded only when ``argv``
     names the demo: every other command starts without them."""
@@ -48,6 +57,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default=os.environ.get("FLEETWATCH_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log verbosity on stderr (default: info)")
+    p.add_argument("--version", action="version", version=f"fleetwatch {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the exporter daemon: scrape every interval, serve /metrics and /healthz",

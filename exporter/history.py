@@ -73,9 +73,11 @@ class History:
         if self.from_prometheus:
             note = HistoryNote(True, oldest, source="prometheus", read=self.read)
         elif self.state_dir is None:
+            started = ("was seeded when fleetwatch started (see seeded)" if self.seeded
+                       else "started empty when fleetwatch started")
             note = HistoryNote(False, self.started_at,
-                               note="no state_dir: the history is in memory only and started empty when fleetwatch "
-                                    "started; scale_down waits for a whole stabilization window observed since then")
+                               note=f"no state_dir: the history is in memory only and {started}; scale_down waits "
+                                    f"for a whole stabilization window observed since then")
         else:
             note = HistoryNote(True, self.started_at if oldest is None else oldest, state_dir=self.state_dir)
         return replace(note, seeded=self.seeded)

@@ -58,3 +58,30 @@ def test_demo_into_head_reads_its_first_line_and_ends() -> None:
     assert done.returncode in (0, 141), (done.returncode, done.stderr)
     assert done.stdout.startswith("fleetwatch demo: scenario healthy") and done.stdout.count("\n") == 1
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_demo_ended_by_a_signal_removes_its_folder(sig: str) -> None:
+    """SIGHUP is a closed terminal or a dropped ssh session: the demo cleans up as on SIGTERM or Ctrl-C."""
+    import re
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        folder = None
+        for line in proc.stdout:  # the banner names the demo's fleet config, in its temporary folder
+            m = re.search(r"fleet config: (\S+)/fleet\.yaml", line)
+            if m:
+                folder = Path(m.group(1))
+            if line.startswith("--- t="):  # the first report: everything has started
+                break
+        assert folder is not None and folder.is_dir()
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=60) == 0
+        assert not folder.exists(), f"{folder} left behind after {sig}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

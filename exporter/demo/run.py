@@ -213,7 +213,9 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
             live.append(screen.enter_context(LiveView(f"fleetwatch demo: scenario {scenario}", out)))
 
     clock = WallClock(demo.fleet, stop)
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
+    # SIGTERM, and SIGHUP (its terminal closed), end the demo as Ctrl-C does: its temporary folder goes too
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGHUP)} \
+        if _main_thread() else {}
     live: list[LiveView] = []
     try:
         with contextlib.closing(reports(demo, clock, duration, parts=DEMO, on_start=started)) as cycles:
@@ -229,8 +231,8 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
     finally:
         screen.close()
         stop.set()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         demo.close()
         if plans_dir is not None:
             plans_dir.cleanup()
