@@ -80,7 +80,9 @@ def test_every_alert_follows_the_conventions_and_has_a_runbook_entry_and_tests()
         name = rule["alert"]
         assert re.fullmatch(r"Fleetwatch[A-Z][A-Za-z0-9]+", name), name
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
-        assert rule["labels"]["tier"] in config.tiers
+        # a tier's alert names its tier; fleetwatch's alerts about itself name none
+        assert rule["labels"].get("tier") in config.tiers or (
+            "tier" not in rule["labels"] and "fleetwatch" in rule["expr"] and "tier=" not in rule["expr"]), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
         assert anchor == name.lower() and anchor in headings, name
@@ -97,7 +99,7 @@ def test_tier_band_overrides_reach_the_alerts() -> None:
             for bound, value in override.items():
                 op = ">" if bound.endswith("above") else "<"
                 severity = bound.split("_")[0]
-                hits = [r for r in rules if r["labels"]["tier"] == tier and r["labels"]["severity"] == severity
+                hits = [r for r in rules if r["labels"].get("tier") == tier and r["labels"]["severity"] == severity
                         and f"tier:fleetwatch_{row}:" in r["expr"] and re.search(rf" {op}=? {value:g}\b", r["expr"])]
                 assert hits, f"{tier} {row} {bound} {value} is not in any alert"
 
@@ -127,3 +129,17 @@ def test_every_alert_carries_the_configs_static_labels() -> None:
     assert expected and all(e.items() >= cfg.alert_labels.items() for e in expected)
     # and an alert's own labels are never replaced by them
     assert all(r["labels"]["severity"] in ("warning", "critical") for r in rules)
+
+
+def test_fleetwatch_watches_itself() -> None:
+    """Alerts when fleetwatch is absent or its cycles stale, when its notifications fail or are dropped,
+    and when a target (an engine or dcgm-exporter) has failed every scrape for ten minutes."""
+    names = {r["alert"]: r for r in _alert_rules()}
+    for name in ("FleetwatchAbsent", "FleetwatchCycleStale", "FleetwatchNotificationsFailed",
+                 "FleetwatchNotificationsDropped"):
+        assert name in names and "tier" not in names[name]["labels"], name
+    config = load_config(str(EXAMPLE))
+    failing = [r for r in _alert_rules() if r["alert"] == "FleetwatchScrapeFailing"]
+    assert sorted(r["labels"]["tier"] for r in failing) == sorted(config.tiers)
+    stale = names["FleetwatchCycleStale"]["expr"]
+    assert stale.endswith(f"> {config.interval * 3 + config.scrape_timeout:g}"), stale  # /healthz's bound

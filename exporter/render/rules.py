@@ -59,7 +59,7 @@ class TestCase:
 class AlertSpec:
     name: str
     severity: str
-    tier: str
+    tier: str  # "" for an alert about fleetwatch itself, not about one tier
     expr: str
     summary: str
     description: str  # may use {{ $value | printf "%.4g" }}
@@ -72,7 +72,8 @@ class AlertSpec:
 
     def rule(self, for_: str, runbook_base: str) -> dict[str, Any]:
         return {"alert": self.name, "expr": self.expr, "for": self.for_ or for_,
-                "labels": {"severity": self.severity, "tier": self.tier, **self.extra_labels},
+                "labels": {"severity": self.severity, **({"tier": self.tier} if self.tier else {}),
+                           **self.extra_labels},
                 "annotations": {"summary": self.summary, "description": self.description,
                                 "runbook_url": f"{runbook_base}#{self.name.lower()}"}}
 
@@ -267,10 +268,29 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
         f"{PREFIX}TargetDown", "warning", t, f"{up} == 0",
         summary=f"Tier {t}: a target is down", description=f"{{{{ $labels.instance }}}} of tier {t} did not "
         f"answer its scrape (up = {VALUE}). The tier serves with fewer instances than planned.",
-        runbook=("An engine or dcgm-exporter target does not answer.", "The pod, its logs, the node.",
+        runbook=("An engine target that Prometheus scrapes does not answer (a GPU exporter fleetwatch cannot "
+                 "reach is FleetwatchScrapeFailing).", "The pod, its logs, the node.",
                  "Restart or replace the instance; the remaining instances carry its load meanwhile."),
         cases=(TestCase(((up.replace("}", ',instance="x"}'), "0x40"),), True, {"instance": "x"}),
                TestCase(((up.replace("}", ',instance="x"}'), "1x40"),), False, {"instance": "x"})), op="==", th=0.0))
+    # fleetwatch's own view: a target it has not reached for ten minutes (an engine, or a GPU source)
+    seen = f'fleetwatch_target_up{{tier="{t}"}}'
+    sample = seen.replace("}", ',instance="x",source="dcgm"}')
+    out.append(AlertSpec(
+        f"{PREFIX}ScrapeFailing", "warning", t, f"max by (tier, instance, source) (max_over_time({seen}[10m])) == 0",
+        summary=f"Tier {t}: fleetwatch cannot scrape {{{{ $labels.instance }}}} ({{{{ $labels.source }}}})",
+        description=f"fleetwatch has not reached the {{{{ $labels.source }}}} target of {{{{ $labels.instance }}}} "
+                    f"(tier {t}) in any scrape of the last 10 minutes: the rows that need it are unknown.",
+        runbook=("fleetwatch has failed every scrape of one target for ten minutes: an engine, or the GPU source "
+                 "beside it (source=\"dcgm\" is dcgm-exporter). The rows that read it stay unknown.",
+                 "`fleetwatch_target_up == 0` and `fleetwatch_scrape_errors_total` by reason (refused, timeout, "
+                 "http status, malformed); `curl` the target's /metrics from fleetwatch's pod; for dcgm-exporter, "
+                 "its DaemonSet pod on that node (`kubectl get pods -o wide`).",
+                 "Restore the target (restart the engine, the exporter, or fix its address and credentials in "
+                 "the config); fleetwatch tries it again on its own."),
+        cases=(TestCase(((sample, "0x40"),), True, {"instance": "x", "source": "dcgm"}),
+               TestCase(((sample, "1x40"),), False, {"instance": "x", "source": "dcgm"})), op="==", th=0.0,
+        for_="1m"))
     # resize triggers, from the recording rules alone: they work in fleet and in sidecar mode, and
     # carry the recommended count as $value
     rec, have = f'{RECOMMENDED}{{tier="{t}"}}', f'{INSTANCES}{{tier="{t}"}}'
@@ -324,11 +344,67 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
     return out
 
 
+def self_alerts(config: Config) -> list[AlertSpec]:
+    """Who watches the watcher: fleetwatch absent, its cycles stale, its notifications failing or dropped,
+    and a target (an engine, or a GPU source such as dcgm-exporter) it has not reached for ten minutes."""
+    stale = config.interval * 3 + config.scrape_timeout  # the bound /healthz uses
+    last = "fleetwatch_last_cycle_timestamp_seconds"
+    out = [
+        AlertSpec(
+            f"{PREFIX}Absent", "critical", "", f"absent({last})",
+            summary="fleetwatch is not reporting",
+            description="Prometheus has no fleetwatch series: fleetwatch is down, or Prometheus does not scrape "
+                        "it. Nothing checks the fleet against its plan meanwhile.",
+            runbook=("Prometheus holds no fleetwatch series: fleetwatch is down or not scraped, and no tier is "
+                     "checked against its plan.",
+                     "`absent(fleetwatch_last_cycle_timestamp_seconds)`; the fleetwatch pod "
+                     "(`kubectl get pods -l app.kubernetes.io/name=fleetwatch`, its logs); Prometheus's target "
+                     "page for the fleetwatch job (its ServiceMonitor or PodMonitor selects it).",
+                     "Restart fleetwatch or fix the scrape job; `curl http://FLEETWATCH:9108/healthz` says why a "
+                     "running one is unhealthy."),
+            cases=(TestCase((("fleetwatch_cycles_total", "1x40"),), True),
+                   TestCase(((last, "0+15x40"),), False)), op="=="),
+        AlertSpec(
+            f"{PREFIX}CycleStale", "critical", "", f"time() - max({last}) > {stale:g}",
+            summary="fleetwatch's last cycle is stale",
+            description=f"fleetwatch's last completed cycle is more than {stale:g} s old (three intervals and a "
+                        f"scrape timeout): its report and /metrics no longer describe the fleet.",
+            runbook=("fleetwatch runs but its cycles stopped completing: the report it serves is old.",
+                     "`time() - fleetwatch_last_cycle_timestamp_seconds`; `fleetwatch_cycle_failures_total` and "
+                     "`fleetwatch_cycle_overruns_total`; its log (`kubectl logs`) and `curl "
+                     "http://FLEETWATCH:9108/healthz` (it answers 503 with the reason).",
+                     "A cycle that fails says why in the log; one that overruns needs a longer interval or "
+                     "scrape_timeout, or fewer hanging targets. Restart it if it is wedged."),
+            cases=(TestCase(((last, "0x40"),), True), TestCase(((last, "0+15x40"),), False)), op=">", th=stale),
+    ]
+    for kind, severity, meaning, do in (
+            ("failed", "warning", "fleetwatch's POSTs to an Alertmanager fail: its alerts wait in its queue.",
+             "Check the Alertmanager's address, its TLS and its health; the alerts are resent when it answers."),
+            ("dropped", "critical", "fleetwatch's queue for an Alertmanager overflowed: alerts were dropped and "
+             "never delivered.", "The Alertmanager has been unreachable for long: restore it; the rules' alerts in "
+             "Prometheus still fire meanwhile.")):
+        counter = f"fleetwatch_alertmanager_notifications_{kind}_total"
+        name = f"{PREFIX}Notifications{kind.capitalize()}"
+        out.append(AlertSpec(
+            name, severity, "", f"sum by (alertmanager) (increase({counter}[10m])) > 0",
+            summary=f"fleetwatch's notifications {kind} ({{{{ $labels.alertmanager }}}})",
+            description=f"Notifications from fleetwatch to {{{{ $labels.alertmanager }}}} {kind} in the last 10 "
+                        f"minutes.",
+            runbook=(meaning, f"`increase({counter}[10m])` and `fleetwatch_alertmanager_queue_length` by "
+                              f"alertmanager; fleetwatch's log names the failure.", do),
+            cases=(TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "0+1x40"),), True,
+                            {"alertmanager": "am"}),
+                   TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "3x40"),), False,
+                            {"alertmanager": "am"})), op=">", th=0.0))
+    return out
+
+
 def alerts(config: Config) -> list[AlertSpec]:
     w = format_duration(config.window)
     out: list[AlertSpec] = []
     for tier in config.tiers.values():
         out += band_alerts(tier, w) + special_alerts(tier, w)
+    out += self_alerts(config)
     if config.alert_labels:  # the config's static labels, on every alert (its own labels win)
         out = [replace(a, extra_labels={**config.alert_labels, **a.extra_labels}) for a in out]
     return out
@@ -383,7 +459,8 @@ def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str)
 
 def _expected(specs: list[AlertSpec], spec: AlertSpec, case: TestCase, runbook_base: str) -> list[dict[str, Any]]:
     """The same alert name on the same inputs: every severity that fires."""
-    return [{"exp_labels": {"severity": other.severity, "tier": other.tier, **other.extra_labels, **case.labels},
+    return [{"exp_labels": {"severity": other.severity, **({"tier": other.tier} if other.tier else {}),
+                            **other.extra_labels, **case.labels},
              "exp_annotations": _annotations(other, case, runbook_base)}
             for other in specs if other.name == spec.name and other.tier == spec.tier and _fires(other, case, spec)]
 
@@ -482,8 +559,10 @@ def _fires(spec: AlertSpec, case: TestCase, origin: AlertSpec) -> bool:
 def _render(template: str, case: TestCase, spec: AlertSpec) -> str:
     # $value is the sample of the series the expression returns: the observed value for Step 13
     returned = case.series[1] if spec.name.endswith("Recharacterize") else case.series[0]
-    v = float(returned[1].split("x")[0])
-    out = template.replace(VALUE, _g(v)).replace("{{ $value }}", _g(v))
+    out = template
+    if "$value" in out:
+        v = float(returned[1].split("x")[0])
+        out = out.replace(VALUE, _g(v)).replace("{{ $value }}", _g(v))
     if "{{ with query `" in out:  # the value of the one test series the query names
         head, rest = out.split("{{ with query `", 1)
         query, tail = rest.split("` }}", 1)
