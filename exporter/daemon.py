@@ -161,7 +161,7 @@ class Pipeline:
         """/healthz: (ok, what to say). Starting is healthy for a grace as long as a report may go stale; a
         daemon that has never finished a cycle after it is not, nor one whose last report is older."""
         pub = self.snapshot.get()
-        now, bound = self.clock(), 3 * self.config.interval + self.config.scrape_timeout
+        now, bound = self.clock(), self.config.stale_after
         if pub.report is None:
             if now - self.started_at < bound:
                 failed = f"; {plural(self.failures, 'cycle')} failed, see the log" if self.failures else ""

@@ -652,3 +652,9 @@ class Config:
     @property
     def listen_port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def stale_after(self) -> float:
+        """A report older than this is stale (/healthz, and the rules' FleetwatchCycleStale): three
+        intervals and a scrape timeout, so one slow or skipped cycle is not an outage."""
+        return 3 * self.interval + self.scrape_timeout

@@ -142,4 +142,4 @@ def test_fleetwatch_watches_itself() -> None:
     failing = [r for r in _alert_rules() if r["alert"] == "FleetwatchScrapeFailing"]
     assert sorted(r["labels"]["tier"] for r in failing) == sorted(config.tiers)
     stale = names["FleetwatchCycleStale"]["expr"]
-    assert stale.endswith(f"> {config.interval * 3 + config.scrape_timeout:g}"), stale  # /healthz's bound
+    assert stale.endswith(f"> {config.stale_after:g}"), stale  # /healthz's bound

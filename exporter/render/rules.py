@@ -347,7 +347,7 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
 def self_alerts(config: Config) -> list[AlertSpec]:
     """Who watches the watcher: fleetwatch absent, its cycles stale, its notifications failing or dropped,
     and a target (an engine, or a GPU source such as dcgm-exporter) it has not reached for ten minutes."""
-    stale = config.interval * 3 + config.scrape_timeout  # the bound /healthz uses
+    stale = config.stale_after
     last = "fleetwatch_last_cycle_timestamp_seconds"
     out = [
         AlertSpec(
