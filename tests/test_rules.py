@@ -139,7 +139,8 @@ def test_fleetwatch_watches_itself() -> None:
                  "FleetwatchNotificationsDropped"):
         assert name in names and "tier" not in names[name]["labels"], name
     config = load_config(str(EXAMPLE))
-    failing = [r for r in _alert_rules() if r["alert"] == "FleetwatchScrapeFailing"]
-    assert sorted(r["labels"]["tier"] for r in failing) == sorted(config.tiers)
+    for per_tier in ("FleetwatchScrapeFailing", "FleetwatchEngineSeriesMissing"):
+        rules = [r for r in _alert_rules() if r["alert"] == per_tier]
+        assert sorted(r["labels"]["tier"] for r in rules) == sorted(config.tiers), per_tier
     stale = names["FleetwatchCycleStale"]["expr"]
     assert stale.endswith(f"> {config.stale_after:g}"), stale  # /healthz's bound

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .. import catalogue, sizing
+from .. import engines as I
 from ..catalogue import INSTANCES, RECOMMENDED, Row, apply_override, fleet_series, plan_series
 from ..config import format_duration
 from ..model import Config, TierConfig
@@ -291,6 +292,25 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
         cases=(TestCase(((sample, "0x40"),), True, {"instance": "x", "source": "dcgm"}),
                TestCase(((sample, "1x40"),), False, {"instance": "x", "source": "dcgm"})), op="==", th=0.0,
         for_="1m"))
+    # the engine series of a tier vanished from Prometheus (the rules compute nothing for it any more):
+    # seen within ENGINE_SEEN, gone now (past the lookback, or ended by a staleness marker)
+    engines = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", tier="{t}"}}'
+    sample = f'{I.all_names("requests_running")[0]}{{tier="{t}",instance="x"}}'
+    out.append(AlertSpec(
+        f"{PREFIX}EngineSeriesMissing", "warning", t,
+        f"group by (tier) (max_over_time({engines}[{catalogue.ENGINE_SEEN}])) unless on (tier) "
+        f"group by (tier) ({engines})",
+        summary=f"Tier {t}: its engine series are gone from Prometheus",
+        description=f"Prometheus held engine series for tier {t} within the last {catalogue.ENGINE_SEEN} and holds "
+                    f"none now: the recording rules compute no row, and no row alert can fire for it.",
+        runbook=("Prometheus stopped receiving the tier's engine series: the rules compute nothing for it, so its "
+                 "other alerts are silent, not satisfied.",
+                 f"`{engines}` (empty) against `max_over_time({engines}[{catalogue.ENGINE_SEEN}])`; the engines' "
+                 f"scrape job in Prometheus (its PodMonitor or ServiceMonitor, the `tier` relabelling); the pods "
+                 f"(`kubectl get pods -l <the tier's label>`).",
+                 "Restore the scrape (a relabelling or selector change drops the tier label or the job), or the "
+                 "engines themselves if they are gone."),
+        cases=(TestCase(((sample, "1x3 stale"),), True), TestCase(((sample, "1x40"),), False))))
     # resize triggers, from the recording rules alone: they work in fleet and in sidecar mode, and
     # carry the recommended count as $value
     rec, have = f'{RECOMMENDED}{{tier="{t}"}}', f'{INSTANCES}{{tier="{t}"}}'
@@ -345,8 +365,8 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
 
 
 def self_alerts(config: Config) -> list[AlertSpec]:
-    """Who watches the watcher: fleetwatch absent, its cycles stale, its notifications failing or dropped,
-    and a target (an engine, or a GPU source such as dcgm-exporter) it has not reached for ten minutes."""
+    """Who watches the watcher: fleetwatch absent, its cycles stale, its notifications failing or dropped.
+    (A target fleetwatch cannot reach and a tier whose engine series vanished are per tier: special_alerts.)"""
     stale = config.stale_after
     last = "fleetwatch_last_cycle_timestamp_seconds"
     out = [
@@ -450,7 +470,9 @@ def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str)
             series: list[dict[str, str]] = []
             checks = []
             for spec, case in group:
-                series += [{"series": s, "values": f"{v.split('x')[0]}x{samples}"} for s, v in case.series]
+                # a value that ends by itself ("1x3 stale") is kept; the others span the whole wait
+                series += [{"series": s, "values": v if " " in v else f"{v.split('x')[0]}x{samples}"}
+                           for s, v in case.series]
                 checks.append({"eval_time": format_duration(wait), "alertname": spec.name,
                                "exp_alerts": _expected(specs, spec, case, runbook_base)})
             tests.append({"interval": interval, "input_series": series, "alert_rule_test": checks})
