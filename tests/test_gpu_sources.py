@@ -3,14 +3,15 @@ scraper reads every registered source the same way, fetched (dcgm-exporter) or l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from exporter import gpus, scrape
 from exporter.config import load_config
-from exporter.model import GpuReading, Target
+from exporter.model import GpuReading, InstanceSample, Target
 from exporter.scrape import Scraper
-from exporter.sources import GpuSource, dcgm
+from exporter.sources import GpuSource, Gpus, dcgm
 from exporter.sources.nvml import NvmlReader
 
 from conftest import fixture_text
@@ -18,6 +19,16 @@ from fakes import FakeTarget, write_config
 from test_nvml import FakeNvml
 
 ENGINE = 'vllm:num_requests_running{model_name="m"} 1\n'
+
+
+def _scrape_once(tmp_path: Path, tiers: dict[str, list[dict[str, object]]],
+                 local_gpus: dict[str, Callable[[], Gpus]] | None = None) -> dict[str, InstanceSample]:
+    """One scrape of a config with these targets; its samples by instance."""
+    scraper = Scraper(load_config(write_config(str(tmp_path / "f.yaml"), tiers)), local_gpus=local_gpus)
+    try:
+        return {s.instance: s for s in scraper.scrape()}
+    finally:
+        scraper.close()
 
 
 def test_every_registered_source_is_fetched_or_local_and_named_once() -> None:
@@ -29,13 +40,9 @@ def test_every_registered_source_is_fetched_or_local_and_named_once() -> None:
 def test_nvml_readings_reach_the_targets_that_ask_for_them(tmp_path: Path) -> None:
     target = FakeTarget([ENGINE])
     try:
-        cfg = load_config(write_config(str(tmp_path / "f.yaml"), {
-            "h200": [{"vllm": target.url, "name": "local", "nvml": True}, {"vllm": target.url, "name": "other"}]}))
-        scraper = Scraper(cfg, local_gpus={"nvml": NvmlReader(FakeNvml()).read})
-        try:
-            by_name = {s.instance: s for s in scraper.scrape()}
-        finally:
-            scraper.close()
+        by_name = _scrape_once(tmp_path, {"h200": [{"vllm": target.url, "name": "local", "nvml": True},
+                                                   {"vllm": target.url, "name": "other"}]},
+                               {"nvml": NvmlReader(FakeNvml()).read})
     finally:
         target.close()
     (g,) = by_name["local"].gpus
@@ -81,14 +88,10 @@ def test_a_made_up_local_source_is_one_entry(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(scrape, "LOCAL", (made_up,))
     engine = FakeTarget([ENGINE])
     try:
-        cfg = load_config(write_config(str(tmp_path / "f.yaml"), {
-            "x": [{"vllm": engine.url, "name": "with"}, {"vllm": engine.url, "name": "without"}]}))
         assert made_up.open is not None
-        scraper = Scraper(cfg, local_gpus={"made_up": made_up.open()})
-        try:
-            by_name = {s.instance: s for s in scraper.scrape()}
-        finally:
-            scraper.close()
+        by_name = _scrape_once(tmp_path, {"x": [{"vllm": engine.url, "name": "with"},
+                                                {"vllm": engine.url, "name": "without"}]},
+                               {"made_up": made_up.open()})
     finally:
         engine.close()
     assert by_name["with"].gpus == (reading,) and by_name["without"].gpus == ()
