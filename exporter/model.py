@@ -6,7 +6,7 @@ thread can never change under it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from typing import Mapping
 
@@ -241,7 +241,7 @@ class TokenLengths:
     samples: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"p50": self.p50, "p95": self.p95, "p99": self.p99, "samples": self.samples}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ class Guardrail:
     basis: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"value": self.value, "low": self.low, "high": self.high, "basis": self.basis}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -343,9 +343,7 @@ class IdleWindow:
     batch_fill_tokens: float | None
 
     def as_dict(self) -> dict[str, object]:
-        return {"hour_utc": self.hour_utc, "mean_rps": self.mean_rps, "utilization": self.utilization,
-                "idle_gpu_hours_per_day": self.idle_gpu_hours_per_day,
-                "idle_cost_usd_per_day": self.idle_cost_usd_per_day, "batch_fill_tokens": self.batch_fill_tokens}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
