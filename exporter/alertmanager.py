@@ -25,21 +25,16 @@ import requests
 from .fetch import deadline, described, new_session
 from .secrets import redact, redact_url
 
-from .model import Action, Report, Status
+from .catalogue import INSTANCES
+from .model import Action, Config, Report, Status
+from .render.rules import FINDINGS, PREFIX, AlertSpec, render, runbook_url
+from .render.rules import alerts as rule_alerts
 from .text import num
 
 log = logging.getLogger(__name__)
 
 RESEND_DELAY_SECONDS = 60.0  # Prometheus's --rules.alert.resend-delay
 RESOLVED_RESEND_SECONDS = 900.0  # Prometheus keeps sending resolved alerts for 15 minutes
-_SEVERITY = {Status.CRITICAL: "critical", Status.WARNING: "warning"}
-
-
-def _camel(kind: str) -> str:
-    special = {"fp8": "FP8", "a100": "A100"}
-    return "".join(special.get(p, p.capitalize()) for p in kind.split("_"))
-
-
 @dataclass(frozen=True)
 class Alert:
     labels: Mapping[str, str]
@@ -50,33 +45,61 @@ class Alert:
         return tuple(sorted(self.labels.items()))
 
 
-def alerts_from_report(report: Report, static: Mapping[str, str] | None = None) -> list[Alert]:
-    """What is firing now: resize triggers and every warning or critical finding, per tier, each with the
-    config's ``static`` labels (alert_labels) beside its own."""
-    out: list[Alert] = []
+@dataclass(frozen=True)
+class Identities:
+    """The alerting rules fleetwatch's posts copy, by (alert name, severity, tier or ""): a problem
+    posted by fleetwatch carries the name, labels and annotations of the rule that raises the same
+    problem in Prometheus, so when both run Alertmanager holds one alert (one fingerprint) and sends
+    one notification."""
+
+    specs: Mapping[tuple[str, str, str], AlertSpec]
+    runbook_base: str
+
+
+def identities(config: Config) -> Identities:
+    specs = {(a.name, a.severity, a.extra_labels.get("tier", "")): a for a in rule_alerts(config)}
+    return Identities(specs, config.alerting.runbook_url)
+
+
+# a resize verdict -> the rule raising the same: its name and severity
+_RESIZE = {Action.SCALE_UP: (f"{PREFIX}ScaleUp", "critical"), Action.SCALE_DOWN: (f"{PREFIX}ScaleDown", "warning"),
+           Action.RECHARACTERIZE: (f"{PREFIX}Recharacterize", "warning")}
+_SEVERITY = {Status.CRITICAL: "critical", Status.WARNING: "warning"}
+
+
+def alerts_from_report(report: Report, ids: Identities) -> list[Alert]:
+    """What fleetwatch's own verdicts raise now, per tier: a resize, the findings the rules alert on,
+    and targets it cannot reach, each as its rule's alert (a tier's findings of one kind are one alert,
+    as the rule's are)."""
+    out: dict[tuple[tuple[str, str], ...], Alert] = {}
+
+    def post(name: str, severity: str, tier: str, value: float, known: Mapping[str, float] | None = None) -> None:
+        spec = ids.specs.get((name, severity, tier)) or ids.specs.get((name, severity, ""))
+        if spec is None:  # no rule raises it (a tier the rules were not generated for): nothing to copy
+            return
+        labels = {"tier": tier}
+        query = (known or {}).get
+        a = Alert({"alertname": name, "severity": severity, **spec.extra_labels, **labels},
+                  {"summary": render(spec.summary, value, labels, query),
+                   "description": render(spec.description, value, labels, query),
+                   "runbook_url": runbook_url(ids.runbook_base, name)})
+        out[a.fingerprint] = a
+
     for name, t in report.tiers.items():
         r = t.resize
-        breaker = t.guardrails.get("circuit_breaker_queue_threshold")
-        breaker_value = breaker.value if breaker is not None else None
-        if r.action != Action.HOLD:
-            out.append(Alert(
-                {"alertname": "FleetwatchResizeTrigger", "tier": name, "action": r.action,
-                 "severity": "critical" if r.action == Action.SCALE_UP else "warning"},
-                {"summary": f"tier {name}: {r.action.replace('_', ' ')} to {r.recommended_instances} instances"
-                 if r.action != Action.RECHARACTERIZE else f"tier {name}: re-characterize the workload",
-                 "description": r.reason,
-                 "recommended_instances": str(r.recommended_instances),
-                 "current_instances": str(r.current_instances),
-                 "circuit_breaker_queue_threshold": "" if breaker_value is None else str(breaker_value)}))
+        if r.action in _RESIZE:
+            alert, severity = _RESIZE[r.action]
+            count = r.recommended_instances if r.action != Action.RECHARACTERIZE else None
+            post(alert, severity, name, float(count) if count is not None else 1.0,
+                 {f'{INSTANCES}{{tier="{name}"}}': float(r.current_instances)} if r.current_instances is not None
+                 else None)
+        down = [f for f in t.findings if f.kind == "target_down" and f.status in _SEVERITY]
+        if down:
+            post(f"{PREFIX}TargetDown", "warning", name, float(len(down)))
         for f in t.findings:
-            if f.status not in _SEVERITY:
-                continue
-            labels = {"alertname": f"Fleetwatch{_camel(f.kind)}", "tier": name, "severity": _SEVERITY[f.status]}
-            if f.instance:
-                labels["instance"] = f.instance
-            out.append(Alert(labels, {"summary": f"tier {name}: {f.kind.replace('_', ' ')}",
-                                      "description": f.message}))
-    return [Alert({**static, **a.labels}, a.annotations) for a in out] if static else out
+            if f.status in _SEVERITY and f.kind in FINDINGS:
+                post(f"{PREFIX}{FINDINGS[f.kind][0]}", _SEVERITY[f.status], name, 1.0)
+    return list(out.values())
 
 
 def _iso(t: float) -> str:

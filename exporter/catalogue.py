@@ -144,6 +144,10 @@ class RowAlert:
     do: str
     below: str | None = None
     critical_above: str | None = None
+    family: str = "capacity"  # of its upper thresholds (a key of model.ALERT_FOR); its lower ones are efficiency
+
+    def family_of(self, above: bool) -> str:
+        return self.family if above else "efficiency"
 
     def alert_name(self, above: bool, severity: str) -> str:
         if not above and self.below:
@@ -494,9 +498,47 @@ PLAN_TERMS: dict[str, Callable[[Plan], float | None]] = {
 }
 
 
+# Each row's band thresholds on each tier, as the rules compare them, exported by fleetwatch from its
+# config: the rules read them instead of carrying numbers, so a plan or band change is a config change.
+BAND_THRESHOLD = "fleetwatch_band_threshold"
+THRESHOLDS = "tier:fleetwatch_band_threshold:max"
+SEVERITY_SIDES = (("warning", "above"), ("critical", "above"), ("warning", "below"), ("critical", "below"))
+
+
+def rules_band(row: Row, plan: Plan, override: BandOverride | None) -> Band | None:
+    """The row's band on a tier as the rules compare it: a threshold that scales with another row is
+    given per unit of it (the rule multiplies it by that row's series)."""
+    return apply_override(row.band.resolve(plan, {}, per_unit=True), override)
+
+
+def band_thresholds(plan: Plan, bands: Mapping[str, BandOverride]) -> list[tuple[str, str, str, float]]:
+    """(row key, severity, side, threshold) of every alerting row's band on a tier."""
+    out = []
+    for r in ROWS:
+        band = rules_band(r, plan, bands.get(r.key))
+        if r.alert is None or band is None:
+            continue
+        for severity, side in SEVERITY_SIDES:
+            th: Threshold | None = getattr(band, f"{severity}_{side}")
+            if th is not None:
+                out.append((r.key, severity, side, th.value))
+    return out
+
+
+def inclusive(row: Row, severity: str, side: str) -> bool:
+    """Whether the rule compares with >= / <=: as the row's band says (an override keeps it)."""
+    return any(lim.inclusive for lim in getattr(row.band, f"{severity}_{side}"))
+
+
+def threshold_series(key: str, severity: str, side: str, tier: str | None = None) -> str:
+    where = "" if tier is None else f'{_T}="{tier}",'
+    return f'{THRESHOLDS}{{{where}row="{key}",severity="{severity}",side="{side}"}}'
+
+
 def fleet_series() -> dict[str, str]:
     """Recorded name -> PromQL of the plan and instance series, in the order they must be recorded."""
     out = {plan_series(k): f"max by ({_T}) (fleetwatch_plan_{k})" for k, _, _ in PLAN_FIGURES}
+    out[THRESHOLDS] = f"max by ({_T}, row, severity, side) ({BAND_THRESHOLD})"
     out[INSTANCES_UP] = f"sum by ({_T}) (up and on (job, instance) {ENGINE_TARGETS})"
     out[INSTANCES] = f"count by ({_T}) (up and on (job, instance) {ENGINE_TARGETS})"
     return out
@@ -574,7 +616,7 @@ ROWS: tuple[Row, ...] = (
         _slo_band("slo_ttft_p99_seconds", critical=False), _ttft_diag, ("ttft_seconds",),
         evidence=_observations("ttft_seconds"),
         alert=RowAlert("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
-                       "workload shifted beyond the benchmark (P50 and P99 both violating).", *_TTFT_CHECK)),
+                       "workload shifted beyond the benchmark (P50 and P99 both violating).", *_TTFT_CHECK, family="latency")),
     Row("ttft_p99_seconds", "s", "TTFT P99", "99th percentile time to first token over the tier.",
         _quantile("ttft_seconds", 0.99), _q(0.99, "ttft_seconds"),
         _slo_band("slo_ttft_p99_seconds", critical=True), _ttft_diag, ("ttft_seconds",),
@@ -582,21 +624,22 @@ ROWS: tuple[Row, ...] = (
         alert=RowAlert("TTFTP99High", "Tail time to first token violates or approaches the SLO. P99 bad with P50 "
                        "fine means queueing or prefill interference.",
                        "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
-                       "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker.")),
+                       "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker.",
+                       family="latency")),
     Row("itl_p50_seconds", "s", "ITL / TPOT P50", "Median inter-token latency over the tier.",
         _quantile("itl_seconds", 0.50), _q(0.5, "itl_seconds"),
         _slo_band("slo_itl_p99_seconds", critical=False), _itl_diag, ("itl_seconds",),
         evidence=_observations("itl_seconds"),
         alert=RowAlert("ITLP50High", "Inter-token latency is elevated at the median: decode batch too large or "
                        "decode hardware undersized.", "Running batch size, KV cache usage, GPU compute utilization.",
-                       "Lower max_num_seqs or scale the tier; consider P/D disaggregation.")),
+                       "Lower max_num_seqs or scale the tier; consider P/D disaggregation.", family="latency")),
     Row("itl_p99_seconds", "s", "ITL / TPOT P99", "99th percentile inter-token latency over the tier.",
         _quantile("itl_seconds", 0.99), _q(0.99, "itl_seconds"),
         _slo_band("slo_itl_p99_seconds", critical=True), _itl_diag, ("itl_seconds",),
         evidence=_observations("itl_seconds"),
         alert=RowAlert("ITLP99High", "Inter-token latency spikes at P99: prefill interference.",
                        "Prefill tokens per step (max_num_batched_tokens), long prompts in the mix.",
-                       "Try chunked prefill with a smaller token budget, or separate long-prompt traffic.")),
+                       "Try chunked prefill with a smaller token budget, or separate long-prompt traffic.", family="latency")),
     Row("kv_cache_utilization_ratio", "ratio", "KV cache utilization", "Mean over instances of KV cache usage.",
         kv_cache_utilization, f"avg by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
         band("75-90%", warning_above=0.90, critical_above=0.98, inclusive=("critical_above",)),

@@ -122,20 +122,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="host:port for fleetwatch's own /metrics (default: a free loopback port)")
 
     r = sub.add_parser("rules", help="generate Prometheus recording/alerting rules, their promtool tests and runbook",
-                       description="Generate, from the metric catalogue and each tier's plan: recording rules "
+                       description="Generate, from the metric catalogue: recording rules "
                                    "(tier:fleetwatch_<quantity>:<op><window>), alerting rules (every band of the "
-                                   "monitoring table with the tier's overrides, observed vs benchmark, Little's Law, "
-                                   "findings, resize triggers), a "
+                                   "monitoring table, compared with the thresholds fleetwatch exports from each "
+                                   "tier's plan and band overrides, so a plan change needs no new rules; observed vs "
+                                   "benchmark, Little's Law, findings, resize triggers, fleetwatch itself), a "
                                    "PrometheusRule rendering of the same groups, promtool tests for every alert, and "
                                    "runbook.md. --check compares instead of writing and exits 1 on drift.")
     r.add_argument("--config", "-c", required=True, help="fleet config YAML")
     r.add_argument("-o", "--out", help="output directory (e.g. rules/); may be left out with --prometheusrule")
     r.add_argument("--runbook", default=None,
                    help="where the runbook is written (default: OUT/runbook.md); --runbook-url is what alerts link")
-    r.add_argument("--runbook-url", default="https://github.com/fleetwatch/fleetwatch/blob/main/rules/runbook.md",
-                   help="base URL of the runbook in alerts' runbook_url")
-    r.add_argument("--for", dest="for_", default="5m", metavar="DURATION",
-                   help="'for:' of every alert, e.g. 5m (default: 5m)")
+    r.add_argument("--runbook-url", default=None, metavar="URL",
+                   help="base URL of the runbook in alerts' runbook_url (default: the config's alerting.runbook_url)")
+    r.add_argument("--for", dest="for_", default=None, metavar="DURATION",
+                   help="'for:' of every alert, e.g. 15s for a drill (default: per family and severity, from the "
+                        "config's alerting.for; a scale-down always waits its tier's stabilization)")
     r.add_argument("--eval-interval", default=None, metavar="DURATION",
                    help="rule group interval (default: the config's interval)")
     r.add_argument("--prometheusrule", default=None, metavar="FILE",
@@ -229,7 +231,8 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
     from .render.rules import build, runbook
 
     try:
-        _duration(args.for_)
+        if args.for_ is not None:
+            _duration(args.for_)
     except argparse.ArgumentTypeError as e:
         print(f"fleetwatch: --for: {e}", file=sys.stderr)
         return 2

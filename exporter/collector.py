@@ -13,7 +13,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.registry import Collector
 
 from . import catalogue
-from .catalogue import PLAN_FIGURES
+from .catalogue import BAND_THRESHOLD, PLAN_FIGURES, band_thresholds
 from .alertmanager import NotifyStats
 from .secrets import redact_url
 from .model import Config, Mode, Plan
@@ -161,6 +161,13 @@ class FleetCollector(Collector):
             for name, tier in self.config.tiers.items():
                 g.add_metric([name], float(get(tier.plan)))
             yield g
+        th = GaugeMetricFamily(BAND_THRESHOLD, "A row's band threshold on the tier, as the alerting rules compare it "
+                               "(the queue's: per request per second of arrivals).",
+                               labels=["tier", "row", "severity", "side"])
+        for name, tier in self.config.tiers.items():
+            for key, severity, side, value in band_thresholds(tier.plan, tier.bands):
+                th.add_metric([name, key, severity, side], value)
+        yield th
 
     def _scrape(self, pub: Published) -> Iterator[Metric]:
         st = pub.stats

@@ -20,7 +20,7 @@ import yaml
 from .engines import engine_names, in_words
 from .files import ConfigError, read_text
 from .secrets import REDACT, redact_url
-from .model import (BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
+from .model import (ALERT_FOR, Alerting, BandOverride, Benchmark, Config, CurvePoint, DnsDiscovery, EndpointTemplate, GpuSelector,
                     KubernetesDiscovery, LengthProfile, Plan, Precision, PrometheusSource, ScheduleSettings, SidecarSettings, Slo,
                     Target, TierConfig, Workload)
 
@@ -453,7 +453,8 @@ def load_yaml(file: str, what: str = "config", text: str | None = None) -> Any:
 
 
 _TOP = {"source", "discovery", "interval", "window", "listen", "scrape_timeout", "max_body_bytes", "tls_verify", "ca_file",
-        "history", "alertmanagers", "tiers", "state_dir", "sidecar", "alert_labels", "deprecated_metric_names"}
+        "history", "alertmanagers", "tiers", "state_dir", "sidecar", "alert_labels", "deprecated_metric_names",
+        "alerting"}
 # labels fleetwatch's alerts set themselves: alert_labels may not replace them
 ALERT_OWN_LABELS = {"alertname", "severity", "tier", "action", "instance", "kind", "status", "check"}
 
@@ -471,6 +472,20 @@ def _alert_labels(c: Reader, v: Any, path: str) -> dict[str, str]:
             raise c.err(p, f"expected a string, got {_kind(val)}")
         out[k] = str(val)
     return out
+
+
+def _alerting(c: Reader, v: Any, path: str) -> Alerting:
+    m = c.mapping(v, path, {"for", "runbook_url"})
+    for_ = {family: dict(by) for family, by in ALERT_FOR.items()}
+    if m.get("for") is not None:
+        fp = _join(path, "for")
+        families = c.mapping(m["for"], fp, set(ALERT_FOR))
+        for family, by in families.items():
+            p = _join(fp, family)
+            for severity, d in c.mapping(by, p, {"critical", "warning"}).items():
+                for_[family][severity] = c.duration(d, _join(p, severity), positive=False, maximum=86400.0)
+    url = c.optional(m, "runbook_url", path, c.string) or _default(Alerting, "runbook_url")
+    return Alerting(for_=for_, runbook_url=url)
 
 
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
@@ -573,6 +588,7 @@ def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
         kubernetes_endpoint=kubernetes_endpoint,
         alert_labels=c.optional(m, "alert_labels", "", lambda v, p: _alert_labels(c, v, p)) or {},
         deprecated_metric_names=bool(c.optional(m, "deprecated_metric_names", "", c.boolean)),
+        alerting=c.optional(m, "alerting", "", lambda v, p: _alerting(c, v, p)) or Alerting(),
     )
     REDACT.learn_urls(config_urls(cfg))  # their passwords are masked in everything written from now on
     return cfg

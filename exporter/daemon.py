@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from .alertmanager import AlertmanagerClient, alerts_from_report
+from .alertmanager import AlertmanagerClient, alerts_from_report, identities
 from .collector import Published, Snapshot
 from .model import Config
 from .fetch import cut_at
@@ -44,6 +44,8 @@ class Pipeline:
         assert (scraper is None) != (reader is None), "a pipeline reads the fleet one way"
         self.config = config
         self.notifier = notifier
+        # the rules fleetwatch's posts copy (name, labels, annotations), made once
+        self.identities = identities(config) if notifier is not None else None
         self.clock = clock
         self.started_at = clock()
         self.history = History(config.tiers, config.history, self.started_at, state_dir=config.state_dir,
@@ -123,9 +125,9 @@ class Pipeline:
         t0 = time.monotonic()
         report = self._report(self.source.observe(self.clock()))
         self.cycles += 1
-        if self.notifier is not None:
+        if self.notifier is not None and self.identities is not None:
             try:  # queued only: serve's sender threads post, off the cycle (a one-shot caller flushes)
-                self.notifier.update(alerts_from_report(report, self.config.alert_labels))
+                self.notifier.update(alerts_from_report(report, self.identities))
                 if not self.notifier.started:
                     self.notifier.flush()
             except Exception:  # noqa: BLE001 - notification trouble must not stop evaluation

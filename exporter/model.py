@@ -606,6 +606,33 @@ class PrometheusSource:
     instance_label: str = "instance"  # the label that tells a tier's instances apart (Kubernetes: pod)
 
 
+# How long a condition must hold before its alert fires, per family of alerts and severity: latency pages
+# sooner than capacity, a warning waits longer than a critical, and slow-moving workload drift longest.
+# ``alerting.for`` overrides any of them; ``fleetwatch rules --for`` sets all of them (tests, drills).
+ALERT_FOR: Mapping[str, Mapping[str, float]] = {
+    "latency": {"critical": 120.0, "warning": 600.0},
+    "capacity": {"critical": 300.0, "warning": 900.0},
+    "efficiency": {"critical": 900.0, "warning": 1800.0},
+    "workload": {"critical": 600.0, "warning": 1800.0},
+    "resize": {"critical": 300.0, "warning": 900.0},
+    "targets": {"critical": 120.0, "warning": 300.0},
+    "self": {"critical": 120.0, "warning": 300.0},
+}
+
+
+@dataclass(frozen=True)
+class Alerting:
+    """``alerting:``: how long each family of alerts waits (``for``), and where runbook links point."""
+
+    for_: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: ALERT_FOR)
+    # the runbook's base URL in every alert's runbook_url (anchor: the alert's name in lower case); the
+    # default is the runbook generated beside the rules: publish it and set its address here
+    runbook_url: str = "runbook.md"
+
+    def for_seconds(self, family: str, severity: str) -> float:
+        return self.for_[family][severity]
+
+
 class Mode(StrEnum):
     """How much of the fleet this process sees. Its value is what logs and metrics say."""
 
@@ -638,6 +665,7 @@ class Config:
     # also emit metric names of the previous release (fleetwatch_counter_resets_total), for dashboards and
     # rules not yet moved; off by default, since those names fail promtool's lint
     deprecated_metric_names: bool = False
+    alerting: Alerting = Alerting()
 
     @property
     def discovers(self) -> bool:

@@ -74,6 +74,43 @@ receivers:
 """
 
 
+class Webhook:
+    """A webhook receiver on loopback that keeps every notification Alertmanager sends it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.notifications: list[dict[str, Any]] = []
+        got = self.notifications
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                got.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alertmanager_config(self) -> str:
+        """Every alert its own group (group_by: ['...']): two posts of one problem under two label sets
+        would be two notifications; one label set is one."""
+        return (f"route:\n  receiver: hook\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 10m\n"
+                f"  repeat_interval: 10h\nreceivers:\n  - name: hook\n    webhook_configs:\n"
+                f"      - url: {self.url}\n        send_resolved: false\n")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Alertmanager:
     """A real prometheus-alertmanager on a loopback port, clustering off. ``restart`` keeps the port."""
 

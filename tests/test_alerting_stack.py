@@ -12,7 +12,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from exporter.alertmanager import alerts_from_report
+from exporter.alertmanager import alerts_from_report, identities
+from exporter.config import load_config
 from exporter.model import Action, Finding, Report, Resize, Status, TierReport
 
 from conftest import binary
@@ -21,7 +22,7 @@ from realbins import Alertmanager
 
 AMC = ROOT / "deploy" / "alertmanager" / "alertmanagerconfig.yaml"
 NAMESPACE = "llm"
-RESIZE = {"FleetwatchScaleUp", "FleetwatchScaleDown", "FleetwatchResizeTrigger"}
+RESIZE = {"FleetwatchScaleUp", "FleetwatchScaleDown"}
 
 
 def stack() -> list[dict[str, Any]]:
@@ -92,7 +93,9 @@ def own_alerts() -> list[dict[str, str]]:
                       (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),
                        Finding("runaway_generation", Status.CRITICAL, "35% ...")), {})
     report = Report(time.time(), 300, {"h100": tier})
-    return [dict(a.labels) for a in alerts_from_report(report, {"namespace": NAMESPACE})]
+    config = load_config(str(ROOT / "examples" / "fleet.yaml"))
+    assert config.alert_labels == {"namespace": NAMESPACE}
+    return [dict(a.labels) for a in alerts_from_report(report, identities(config))]
 
 
 @pytest.fixture

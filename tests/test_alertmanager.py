@@ -1,16 +1,24 @@
 """fleetwatch's own notifications reach a real Alertmanager, resolve, and survive an outage."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import time
 from datetime import datetime
 
-from exporter.alertmanager import Alert, AlertmanagerClient, alerts_from_report
+import yaml
+
+from exporter.alertmanager import Alert, AlertmanagerClient, Identities, alerts_from_report, identities
 from exporter.model import Action, Finding, Guardrail, Report, Resize, Status, TierReport
 
 from conftest import binary
 from realbins import Alertmanager
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "fleet.yaml"
 
 
 def report(action: str, findings: tuple[Finding, ...] = ()) -> Report:
@@ -35,44 +43,59 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0) -> T:
         time.sleep(0.1)
 
 
-def test_alerts_from_a_report_have_stable_labels() -> None:
+def _ids(**labels: str) -> Identities:
+    from exporter.config import load_config
+    return identities(dataclasses.replace(load_config(str(EXAMPLE)), alert_labels=labels))
+
+
+def test_posts_copy_the_rules_name_labels_and_annotations() -> None:
+    """fleetwatch posts a problem as the rule raising it: same name, same labels, the annotations the
+    rule's templates give for the same value (here as promtool expects them from the committed rules)."""
+    ids = _ids(namespace="llm")
     a = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),
-                                                Finding("target_down", Status.OK, "fine"))))
+                                                Finding("mixed_tier", Status.WARNING, "h100-1 ...", "h100-1"),
+                                                Finding("target_down", Status.OK, "fine"))), ids)
     names = {x.labels["alertname"]: x for x in a}
-    assert set(names) == {"FleetwatchResizeTrigger", "FleetwatchMixedTier"}
-    assert names["FleetwatchResizeTrigger"].annotations["recommended_instances"] == "7"
-    assert names["FleetwatchMixedTier"].labels["instance"] == "h100-3"
-    again = alerts_from_report(report("scale_up"))
-    assert again[0].fingerprint == names["FleetwatchResizeTrigger"].fingerprint  # the count is not a label
+    assert sorted(x.labels["alertname"] for x in a) == ["FleetwatchMixedTier", "FleetwatchScaleUp"]  # one per kind
+    up = names["FleetwatchScaleUp"]
+    assert dict(up.labels) == {"alertname": "FleetwatchScaleUp", "severity": "critical", "tier": "h100",
+                               "namespace": "llm"}
+    rule = next(r for g in yaml.safe_load((ROOT / "rules" / "fleetwatch.rules.yml").read_text())["groups"]
+                for r in g["rules"] if r.get("alert") == "FleetwatchScaleUp")
+    assert set(rule["labels"]) | {"alertname", "tier"} == set(up.labels)
+    assert set(up.annotations) == set(rule["annotations"])
+    assert up.annotations["runbook_url"] == rule["annotations"]["runbook_url"]
+    assert up.annotations["description"].startswith("Tier h100 needs 7 instances, has 5: ")
+    again = alerts_from_report(report("scale_up"), ids)
+    assert again[0].fingerprint == up.fingerprint  # the count is not a label
 
 
 def test_every_post_carries_the_configs_static_labels() -> None:
-    plain = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),)))
-    labelled = alerts_from_report(report("scale_up", (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),)),
-                                  {"namespace": "llm", "tier": "not-this"})
+    findings = (Finding("mixed_tier", Status.WARNING, "h100-3 ...", "h100-3"),)
+    plain = alerts_from_report(report("scale_up", findings), _ids())
+    labelled = alerts_from_report(report("scale_up", findings), _ids(namespace="llm", team="inference"))
     assert len(labelled) == len(plain) == 2
     for a, b in zip(plain, labelled):
-        assert b.labels == {"namespace": "llm", **a.labels}  # beside its own; its own tier label wins
+        assert b.labels == {"namespace": "llm", "team": "inference", **a.labels}
 
 
 def test_resize_trigger_round_trip_through_a_real_alertmanager(alertmanager: Alertmanager) -> None:
     client = AlertmanagerClient([alertmanager.url], interval=1.0)
-    client.update(alerts_from_report(report("scale_up")))
+    client.update(alerts_from_report(report("scale_up"), _ids()))
     client.flush()
-    got = wait_for(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100"))
+    got = wait_for(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"))
     assert len(got) == 1, got
     a = got[0]
-    assert a["labels"] == {"alertname": "FleetwatchResizeTrigger", "tier": "h100", "action": "scale_up",
-                           "severity": "critical"}
-    assert a["annotations"]["recommended_instances"] == "7" and "needs 7 instances" in a["annotations"]["description"]
+    assert a["labels"] == {"alertname": "FleetwatchScaleUp", "tier": "h100", "severity": "critical"}
+    assert "needs 7 instances, has 5" in a["annotations"]["description"]
     assert a["status"]["state"] == "active"
     assert _time(a["endsAt"]) - _time(a["startsAt"]) >= 4 * 60 - 5  # 4 x max(interval, resend delay)
     # the trigger clears: the same labels are sent with endsAt = now and Alertmanager resolves it
     client.update([])
     client.flush()
-    resolved = wait_for(lambda: not alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100")
+    resolved = wait_for(lambda: not alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100")
                         or all(_time(x["endsAt"]) <= time.time() + 1 for x in
-                               alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100")))
+                               alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100")))
     assert resolved
     assert client.stats().sent[alertmanager.url] == 2 and client.stats().failed[alertmanager.url] == 0
 
@@ -83,7 +106,7 @@ def test_an_outage_loses_nothing() -> None:
         client = AlertmanagerClient([am.url], interval=1.0, timeout=1.0)
         am.stop()
         am.wipe()
-        firing = [Alert({"alertname": "FleetwatchResizeTrigger", "tier": "a100", "action": "scale_up",
+        firing = [Alert({"alertname": "FleetwatchScaleUp", "tier": "a100",
                          "severity": "critical"}, {"summary": "scale up", "description": "needs 4"})]
         client.update(firing)
         client.flush()  # refused: kept
@@ -93,7 +116,7 @@ def test_an_outage_loses_nothing() -> None:
         am.start()  # back, with no memory of the alert
         client.update(firing)
         client.flush()
-        got = wait_for(lambda: am.alerts(alertname="FleetwatchResizeTrigger", tier="a100"))
+        got = wait_for(lambda: am.alerts(alertname="FleetwatchScaleUp", tier="a100"))
         assert len(got) == 1 and got[0]["annotations"]["description"] == "needs 4"
         assert client.stats().queued[am.url] == 0 and client.stats().dropped[am.url] == 0
     finally:

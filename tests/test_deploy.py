@@ -22,7 +22,7 @@ def test_alertmanager_example_is_valid_and_routes_resize_triggers_to_the_autosca
     assert r.returncode == 0, r.stdout + r.stderr
     cases = [
         ("autoscaler", ["alertname=FleetwatchScaleUp", "tier=h100", "severity=critical"]),
-        ("autoscaler", ["alertname=FleetwatchResizeTrigger", "tier=a100", "action=scale_up", "severity=critical"]),
+        ("autoscaler", ["alertname=FleetwatchScaleDown", "tier=a100", "severity=warning"]),
         ("pager", ["alertname=FleetwatchKVCacheEvictionHigh", "tier=h100", "severity=critical"]),
         ("team-chat", ["alertname=FleetwatchUtilizationTrap", "tier=a100", "severity=warning"]),
     ]

@@ -11,7 +11,6 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -27,7 +26,7 @@ from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
 from exporter.render.rules import build
 
 from conftest import binary
-from realbins import Alertmanager, Prometheus
+from realbins import Alertmanager, Prometheus, Webhook
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW, INTERVAL = 10.0, 1.0
@@ -126,8 +125,12 @@ def fleet_and_fleetwatch(scenario: Scenario, interval: float, window: float,
 
 
 @pytest.mark.integration
-def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager, tmp_path: Path) -> None:
+def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> None:
+    """The rules in Prometheus and fleetwatch's own posts raise the same problems under one identity:
+    the webhook behind Alertmanager receives one notification per problem, not one per path."""
     prometheus_bin = binary("prometheus")
+    hook = Webhook()
+    alertmanager = Alertmanager(binary("prometheus-alertmanager"), hook.alertmanager_config())
     with fleet_and_fleetwatch(E2E, INTERVAL, WINDOW, (alertmanager.url,)) as (demo, fleetwatch_url):
         prom = None
         try:
@@ -144,21 +147,28 @@ def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager
             # case 1: the KV eviction critical band, crossed by a100 only
             assert wait_until(lambda: kv("a100"), 60), (
                 f"no KV alert; recorded: {prom.query('tier:fleetwatch_kv_cache_eviction_ratio:increase10s')}")
-            # case 2: h100 is undersized: the rules' resize trigger and fleetwatch's own reach Alertmanager
+            # case 2: h100 is undersized: the rules and fleetwatch both raise it, as one alert
             scale_up = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"), 60)
             assert scale_up, f"no ScaleUp; fleetwatch says {prom.query('fleetwatch_resize_action == 1')}"
-            assert scale_up[0]["labels"]["action"] == "scale_up" and scale_up[0]["labels"]["severity"] == "critical"
-            # Prometheus re-sends a firing alert only once a minute, so the annotation holds the value at
-            # the last send, not now (the demo's observed peak, hence the count, can grow in between):
-            # compare with what the rules recorded in the seconds before Alertmanager received it
-            received = datetime.fromisoformat(scale_up[0]["updatedAt"]).timestamp()
-            (exported,) = prom.query('tier:fleetwatch_recommended_instances:ceil{tier="h100"}[10s]', at=received)
+            assert len(scale_up) == 1 and scale_up[0]["labels"] == {
+                "alertname": "FleetwatchScaleUp", "severity": "critical", "tier": "h100", **demo.config.alert_labels}
             needs = re.search(r"needs (\S+) instances, has (\S+?):", scale_up[0]["annotations"]["description"])
-            assert needs and needs.group(1) in {v for _, v in exported["values"]}, (needs, exported)
-            assert int(needs.group(1)) > int(needs.group(2)) == len(demo.config.tiers["h100"].targets), needs
-            own = wait_until(lambda: alertmanager.alerts(alertname="FleetwatchResizeTrigger", tier="h100",
-                                                         action="scale_up"), 30)
-            assert own and int(own[0]["annotations"]["recommended_instances"]) > 4
+            assert needs and int(needs.group(1)) > int(needs.group(2)) == len(demo.config.tiers["h100"].targets), needs
+            # both paths raised it: Prometheus's rule fires, and fleetwatch posted its own verdict
+            assert wait_until(lambda: prom.query('ALERTS{alertname="FleetwatchScaleUp",alertstate="firing",'
+                                                 'tier="h100"}'), 30)
+            assert wait_until(lambda: prom.query('fleetwatch_resize_action{tier="h100",action="scale_up"} == 1'), 30)
+            assert wait_until(lambda: prom.query("sum(fleetwatch_alertmanager_notifications_sent_total) > 0"), 30)
+            time.sleep(5)  # a second notification (another label set) would come after group_wait (1s)
+            sent: dict[tuple[str, str, str], int] = {}
+            for n in hook.notifications:
+                assert len(n["alerts"]) == 1, n  # every alert its own group
+                labels = n["alerts"][0]["labels"]
+                key = (labels["alertname"], labels.get("tier", ""), labels["severity"])
+                sent[key] = sent.get(key, 0) + 1
+            assert sent.get(("FleetwatchScaleUp", "h100", "critical")) == 1, sent
+            assert sent.get(("FleetwatchKVCacheEvictionHigh", "a100", "critical")) == 1, sent
+            assert all(count == 1 for count in sent.values()), sent
             # the other tier stayed out of it
             assert kv("h100") == []
             assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
@@ -168,3 +178,5 @@ def test_alerts_reach_alertmanager_for_the_right_tier(alertmanager: Alertmanager
         finally:
             if prom is not None:
                 prom.stop()
+            alertmanager.stop()
+            hook.close()

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from exporter import catalogue, engines as I
-from exporter.catalogue import BandSpec, Limit, Row, RowAlert, band
+from exporter.catalogue import BandSpec, Limit, Row, RowAlert, band, band_thresholds
 from exporter.collector import Published, Snapshot, make_registry
 from exporter.config import load_config
 from exporter.model import Config
@@ -93,8 +93,11 @@ def test_the_made_up_row_gets_its_recording_rule_alerts_runbook_and_promtool_cas
     recorded = {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
     assert recorded["tier:fleetwatch_running_requests:avg5m"] == MADE_UP.promql.replace("{w}", "5m")
     alerts = [r for g in groups for r in g["rules"] if r.get("alert") == "FleetwatchRunningRequestsHigh"]
-    # the override moved the warning; the page follows the plan: 3 x 2 usable RPS per instance
-    assert sorted(a["expr"].split(" > ")[1] for a in alerts) == ["1.75", "6"]
+    assert sorted(a["labels"]["severity"] for a in alerts) == ["critical", "warning"]
+    # the rules compare with the exported thresholds: the override moved the warning; the page follows
+    # the plan, 3 x 2 usable RPS per instance
+    thresholds = {(row, sev, side): v for row, sev, side, v in band_thresholds(PLAN, config.tiers["h100"].bands)}
+    assert thresholds[(KEY, "warning", "above")] == 1.75 and thresholds[(KEY, "critical", "above")] == 6
     assert "## FleetwatchRunningRequestsHigh" in rules.runbook(config)
     doc = yaml.safe_load(out["tests/fleetwatch_test.yml"])
     mine = [t for t in doc["tests"] if any(a["alertname"] == "FleetwatchRunningRequestsHigh" for a in t["alert_rule_test"])]
@@ -125,6 +128,9 @@ def test_the_made_up_row_is_exported(with_made_up_row: Row, config: Config) -> N
     snapshot.publish(Published(Report(60.0, 300.0, {"h100": rep}), ScrapeStats(), 1, 0.1, 0))
     page = generate_latest(make_registry(config, snapshot)).decode()
     assert 'fleetwatch_running_requests{tier="h100"} 2.0' in page
+    # and so are its thresholds, which its alerts compare with
+    assert ('fleetwatch_band_threshold{row="running_requests",severity="warning",side="above",tier="h100"} 1.75'
+            in page)
 
 
 def test_band_data_resolves_as_the_thresholds_it_names() -> None:

@@ -30,7 +30,7 @@ def test_committed_rules_and_runbook_match_the_generator(tmp_path: Path) -> None
     # and --check notices drift: a copy with one byte changed
     shutil.copytree(RULES, tmp_path / "rules")
     f = tmp_path / "rules" / "fleetwatch.rules.yml"
-    f.write_text(f.read_text().replace("> 0.2", "> 0.3", 1))
+    f.write_text(f.read_text().replace("offset 5m", "offset 6m", 1))
     r = fleetwatch("rules", "--config", str(EXAMPLE), "-o", str(tmp_path / "rules"), "--check")
     assert r.returncode == 1 and "fleetwatch.rules.yml: differs" in r.stderr
 
@@ -80,9 +80,10 @@ def test_every_alert_follows_the_conventions_and_has_a_runbook_entry_and_tests()
         name = rule["alert"]
         assert re.fullmatch(r"Fleetwatch[A-Z][A-Za-z0-9]+", name), name
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
-        # a tier's alert names its tier; fleetwatch's alerts about itself name none
-        assert rule["labels"].get("tier") in config.tiers or (
-            "tier" not in rule["labels"] and "fleetwatch" in rule["expr"] and "tier=" not in rule["expr"]), name
+        # one label set: severity and the config's labels; the tier comes from the expression, which
+        # names a tier only where the rule is one tier's (a scale-down: its stabilization is its for:)
+        assert set(rule["labels"]) - {"severity", "tier"} == set(config.alert_labels), name
+        assert ("tier=\"" in rule["expr"]) == ("tier" in rule["labels"]) == (name == "FleetwatchScaleDown"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
         assert anchor == name.lower() and anchor in headings, name
@@ -91,17 +92,27 @@ def test_every_alert_follows_the_conventions_and_has_a_runbook_entry_and_tests()
         assert any(c == 0 for c in counts), f"{name} needs a test at its boundary in which it does not fire"
 
 
-def test_tier_band_overrides_reach_the_alerts() -> None:
-    raw = yaml.safe_load(EXAMPLE.read_text())
+def test_thresholds_are_series_not_numbers() -> None:
+    """No row alert carries a tier's number: each compares with the threshold series fleetwatch exports
+    from the tier's plan and band overrides (the example's overrides among them)."""
+    from exporter.catalogue import band_thresholds
     rules = _alert_rules()
+    config = load_config(str(EXAMPLE))
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    exported = {(tier, row, sev, side): v for tier, t in config.tiers.items()
+                for row, sev, side, v in band_thresholds(t.plan, t.bands)}
     for tier, t in raw["tiers"].items():
         for row, override in (t.get("bands") or {}).items():
             for bound, value in override.items():
-                op = ">" if bound.endswith("above") else "<"
-                severity = bound.split("_")[0]
-                hits = [r for r in rules if r["labels"].get("tier") == tier and r["labels"]["severity"] == severity
-                        and f"tier:fleetwatch_{row}:" in r["expr"] and re.search(rf" {op}=? {value:g}\b", r["expr"])]
-                assert hits, f"{tier} {row} {bound} {value} is not in any alert"
+                severity, side = bound.split("_")
+                assert exported[(tier, row, severity, side)] == value, (tier, row, bound)
+                hits = [r for r in rules if r["labels"]["severity"] == severity and f"tier:fleetwatch_{row}:" in r["expr"]
+                        and f'row="{row}",severity="{severity}",side="{side}"' in r["expr"]]
+                assert len(hits) == 1, (tier, row, bound)
+    band_rules = [r for r in rules if "tier:fleetwatch_band_threshold:max" in r["expr"]]
+    assert len(band_rules) >= 20
+    for r in band_rules:  # a number in a comparison is a floor or 0 (serving), never a tier's threshold
+        assert not re.search(r"[<>]=? (?!0\b|1\b)[0-9.]+", r["expr"]), r["expr"]
 
 
 def test_prometheusrule_renders_the_same_groups_and_fits_the_crd() -> None:
@@ -140,7 +151,7 @@ def test_fleetwatch_watches_itself() -> None:
         assert name in names and "tier" not in names[name]["labels"], name
     config = load_config(str(EXAMPLE))
     for per_tier in ("FleetwatchScrapeFailing", "FleetwatchEngineSeriesMissing"):
-        rules = [r for r in _alert_rules() if r["alert"] == per_tier]
-        assert sorted(r["labels"]["tier"] for r in rules) == sorted(config.tiers), per_tier
+        (rule,) = [r for r in _alert_rules() if r["alert"] == per_tier]  # one rule, every tier
+        assert "by (tier" in rule["expr"] and "tier=\"" not in rule["expr"], per_tier
     stale = names["FleetwatchCycleStale"]["expr"]
     assert stale.endswith(f"> {config.stale_after:g}"), stale  # /healthz's bound

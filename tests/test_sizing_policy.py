@@ -154,9 +154,9 @@ def _promtool_checks(config: Config, s: Scenario, name: str, verdicts: dict[int,
         at = f"{int(step * STEP)}s"
         for alert, action in (("FleetwatchScaleUp", "scale_up"), ("FleetwatchScaleDown", "scale_down")):
             severity = "critical" if action == "scale_up" else "warning"
-            checks.append({"expr": f'count by (tier, action, severity) (ALERTS{{alertname="{alert}",'
+            checks.append({"expr": f'count by (tier, severity) (ALERTS{{alertname="{alert}",'
                                    f'alertstate="firing",tier="{name}"}})', "eval_time": at,
-                           "exp_samples": [{"labels": f'{{action="{action}",severity="{severity}",tier="{name}"}}',
+                           "exp_samples": [{"labels": f'{{severity="{severity}",tier="{name}"}}',
                                             "value": 1}] if v.action == action else []})
         target = v.recommended_instances if v.action != "scale_down" else _scaled_to(config, s, name, v)
         rec, floor = RECOMMENDED + sel, rules.SCALE_DOWN_FLOOR + sel

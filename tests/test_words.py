@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from exporter.alertmanager import alerts_from_report
+from exporter.alertmanager import alerts_from_report, identities
 from exporter.check import format_json, format_table
 from exporter.cli import build_parser, main
 from exporter.config import load_config
@@ -106,7 +106,8 @@ def texts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
                 out[f"report table, {key}"] = [format_table(report)]
                 out[f"report json, {key}"] = list(strings(json.loads(format_json(report))))
                 out[f"live screen, {key}"] = [screen_text(report)]
-                out[f"alerts, {key}"] = [v for a in alerts_from_report(report) for v in a.annotations.values()]
+                out[f"alerts, {key}"] = [v for a in alerts_from_report(report, identities(demo.config))
+                                         for v in a.annotations.values()]
         # failing scrapes and a target backing off
         bad = FakeTarget(mode="http-404")
         try:

@@ -7,24 +7,21 @@ accepts: no group ``labels``, no ``query_offset``, no native histograms.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from .. import catalogue, sizing
 from .. import engines as I
-from ..catalogue import INSTANCES, RECOMMENDED, Row, apply_override, fleet_series, plan_series
-from ..config import format_duration
-from ..model import Config, TierConfig
+from ..catalogue import INSTANCES, RECOMMENDED, SEVERITY_SIDES, Row, fleet_series, plan_series
+from ..config import format_duration, parse_duration
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
-from ..model import Band, Threshold
+from ..model import Config, Threshold, TierConfig
 
 PREFIX = "Fleetwatch"
-RUNBOOK = "runbook.md"
 FINDINGS: dict[str, tuple[str, str, str, str]] = {
     "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's workload "
                            "profile.", "The workload block of the report against the plan.",
@@ -51,40 +48,72 @@ FINDINGS: dict[str, tuple[str, str, str, str]] = {
 
 @dataclass(frozen=True)
 class TestCase:
-    series: tuple[tuple[str, str], ...]  # (series, values); the first is the one compared
+    series: tuple[tuple[str, str], ...]  # (series, values); the first is the one the alert returns ($value)
     fires: bool
     labels: dict[str, str] = field(default_factory=dict)  # labels the alert keeps from its series
+    tier: str = ""  # the tier its series are on; "" for a case about fleetwatch itself
+    # the severities of this alert name that fire on it, where more than the case's own may (a band's)
+    severities: frozenset[str] | None = None
+    value: float | None = None  # the alert's $value where it is not the first series' (a count)
 
 
 @dataclass(frozen=True)
 class AlertSpec:
+    """One alerting rule. Its labels are ``severity``, the config's alert_labels, and the tier its
+    expression returns (every expression aggregates to ``tier`` alone, or to nothing for an alert about
+    fleetwatch itself), so fleetwatch's own posts of the same problem carry the same label set."""
+
     name: str
     severity: str
-    tier: str  # "" for an alert about fleetwatch itself, not about one tier
+    family: str  # a key of model.ALERT_FOR: how long it waits before it fires
     expr: str
     summary: str
-    description: str  # may use {{ $value | printf "%.4g" }}
+    description: str  # may use VALUE, {{ $labels.tier }} and query_value(...)
     runbook: tuple[str, str, str]  # meaning, check, do
     cases: tuple[TestCase, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
-    op: str = "=="  # fires when the first test series' value <op> th (the promtool cases' arithmetic)
-    th: float = 1.0
-    for_: str | None = None  # its own "for:", else the one all alerts share
+    for_: str | None = None  # its own "for:" (a tier's scale-down stabilization), else its family's
+    gated: bool = False  # a row's alert: quiet until its range holds a full window (the expression says so)
 
     def rule(self, for_: str, runbook_base: str) -> dict[str, Any]:
         return {"alert": self.name, "expr": self.expr, "for": self.for_ or for_,
-                "labels": {"severity": self.severity, **({"tier": self.tier} if self.tier else {}),
-                           **self.extra_labels},
+                "labels": {"severity": self.severity, **self.extra_labels},
                 "annotations": {"summary": self.summary, "description": self.description,
-                                "runbook_url": f"{runbook_base}#{self.name.lower()}"}}
+                                "runbook_url": runbook_url(runbook_base, self.name)}}
+
+
+def runbook_url(base: str, name: str) -> str:
+    return f"{base}#{name.lower()}"
 
 
 def _g(v: float) -> str:
-    """Go's printf "%.4g" for the values the tests use (same as Python's)."""
+    """Go's printf "%.4g" (the same as Python's)."""
     return "%.4g" % v
 
 
 VALUE = '{{ $value | printf "%.4g" }}'
+TIER = "{{ $labels.tier }}"
+_QUERY_VALUE = '{{ . | first | value | printf "%.4g" }}'
+
+
+def query_value(promql: str) -> str:
+    """A template that prints the value of ``promql`` (its ``%s`` is the alert's tier), or nothing."""
+    return f"{{{{ with printf `{promql}` $labels.tier | query }}}}{_QUERY_VALUE}{{{{ end }}}}"
+
+
+_WITH_QUERY = re.compile(r"\{\{ with printf `([^`]*)` \$labels\.tier \| query \}\}"
+                         + re.escape(_QUERY_VALUE) + r"\{\{ end \}\}")
+_LABEL = re.compile(r"\{\{ \$labels\.([a-zA-Z_][a-zA-Z0-9_]*) \}\}")
+
+
+def render(template: str, value: float, labels: Mapping[str, str], query: Callable[[str], float | None]) -> str:
+    """An annotation as Prometheus renders it, for the templates above only: the promtool expectations,
+    and fleetwatch's own posts of the same alerts."""
+    def with_query(m: re.Match[str]) -> str:
+        v = query(m.group(1) % labels.get("tier", ""))
+        return "" if v is None else _g(v)
+    out = _WITH_QUERY.sub(with_query, template).replace(VALUE, _g(value))
+    return _LABEL.sub(lambda m: labels.get(m.group(1), ""), out)
 
 
 def record_name(key: str, window: str) -> str:
@@ -140,148 +169,181 @@ def recording_rules(config: Config) -> list[dict[str, str]]:
     return out
 
 
-def _threshold_cases(series: str, t: Threshold, above: bool) -> tuple[TestCase, TestCase]:
-    """Fire beyond the threshold; at the boundary (or just inside an inclusive one) it must not."""
-    step = max(abs(t.value) * 0.5, 0.01)
-    fire = t.value + step if above else max(t.value - step, t.value / 2)
-    edge = t.value if not t.inclusive else (t.value - step / 10 if above else t.value + step / 10)
-    return TestCase(((series, f"{_g(fire)}x40"),), True), TestCase(((series, f"{_g(edge)}x40"),), False)
-
-
-def _band(tier: TierConfig, row: Row) -> Band | None:
-    """The row's band on ``tier`` as the rules compare it: thresholds that scale with another row
-    given per unit of it (the expression multiplies by that row's series)."""
-    return apply_override(row.band.resolve(tier.plan, {}, per_unit=True), tier.bands.get(row.key))
-
-
-def _series(row: Row, tier: str, window: str) -> str:
+def _series(row: Row, window: str, tier: str | None = None) -> str:
+    """The row's series as the rules read it, on every tier or (the test cases) on one."""
+    where = "" if tier is None else f'{{tier="{tier}"}}'
     if row.gauge_only:
-        return f'fleetwatch_{row.key}{{tier="{tier}"}}'
-    return f'{record_name(row.key, window)}{{tier="{tier}"}}'
+        return f"fleetwatch_{row.key}{where}"
+    return f"{record_name(row.key, window)}{where}"
 
 
 # the value the test cases give a row that a threshold scales with (the queue's arrival rate)
 PER_VALUE = 10.0
+SERVING_RPS = 5.0
 
 
-def band_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
+def _compare(above: bool, inclusive: bool) -> str:
+    return (">=" if inclusive else ">") if above else ("<=" if inclusive else "<")
+
+
+def band_alerts(config: Config, window: str) -> list[AlertSpec]:
+    """Each alerting row's thresholds, one rule per severity and side for every tier: the rule compares
+    the row's series with the threshold series fleetwatch exports from the tier's plan and bands, so a
+    plan or band change reaches the alerts without new rules. Quiet until the row's range holds a full
+    window: a rate over the first seconds after a start reads low."""
     out: list[AlertSpec] = []
-    t = tier.name
     for row in catalogue.ROWS:
-        band = _band(tier, row)
-        if row.alert is None or band is None:
+        text, spec = row.alert, row.band
+        if text is None:
             continue
-        text = row.alert
-        series = _series(row, t, window)
-        spec = row.band
-        for attr, severity, above in (("warning_above", "warning", True), ("critical_above", "critical", True),
-                                      ("warning_below", "warning", False), ("critical_below", "critical", False)):
-            th: Threshold | None = getattr(band, attr)
-            if th is None:
-                continue
-            op = (">=" if th.inclusive else ">") if above else ("<=" if th.inclusive else "<")
+        x = _series(row, window)
+        value = x if not row.gauge_only else f"max by (tier) ({x})"
+        for severity, side in _sides(config, row):
+            above = side == "above"
             name = PREFIX + text.alert_name(above, severity)
-            per = next((lim.per for lim in getattr(spec, attr) if lim.per), None)
-            direction = "above" if above else "below"
-            extra: tuple[tuple[str, str], ...] = ()
-            cond, scale = "", 1.0
-            if per is not None:  # the threshold scales with another row: compare with it x its series
-                per_series = f'{record_name(per, window)}{{tier="{t}"}}'
-                cond = f" * {per_series}"
-                extra, scale = ((per_series, f"{_g(PER_VALUE)}x40"),), PER_VALUE
+            op = _compare(above, catalogue.inclusive(row, severity, side))
+            per = next((lim.per for lim in getattr(spec, f"{severity}_{side}") if lim.per), None)
+            th = f"{catalogue.threshold_series(row.key, severity, side)}"
+            limit = th if per is None else f"({th} * on (tier) {record_name(per, window)})"
+            expr = f"{value} {op} on (tier) {limit}"
             if spec.while_serving and not above:  # lower thresholds hold only while the tier serves
-                rps = f'{record_name("requests_per_second", window)}{{tier="{t}"}}'
-                cond += f" and on (tier) {rps} > 0"
-                extra += ((rps, "5x40"),)
-            floor = band.ok_floor
-            if floor is not None and above:
-                cond += f" and {series} >= {floor:g}"
-            effective = Threshold(th.value * scale, th.inclusive)
-            fire, edge = _threshold_cases(series, effective, above)
-            if floor is not None and above:
-                fire = TestCase(((series, f"{_g(max(_first_value(fire), floor * 2))}x40"),), True)
-            summary = f"Tier {t}: {row.title} {direction} {th.value:g} ({severity})"
-            description = (f"{row.title} of tier {t} is {VALUE} {row.unit}, {direction} the {severity} threshold "
-                           f"{th.value:g} (target: {band.target}). {text.meaning}")
-            if per is not None:
-                ref = _reference(tier, row) or 1.0
-                share = th.value / ref
-                summary = f"Tier {t}: {row.title} at {share * 100:.0f}% of {spec.reference_name} ({severity})"
-                description = (f"{row.title} of tier {t} is {VALUE} {row.unit}, at or above {share * 100:.0f}% of "
-                               f"{spec.reference_text.format(ref=ref)}. {text.meaning}")
+                expr += f' and on (tier) {record_name("requests_per_second", window)} > 0'
+            if spec.ok_floor is not None and above:
+                expr += f" and {value} >= {spec.ok_floor:g}"
+            expr += f" and on (tier) ({value.replace(x, f'{x} offset {window}')})"
+            shown = query_value(catalogue.threshold_series(row.key, severity, side, "%s"))
+            direction = "above" if above else "below"
+            limit_text = shown if per is None else f"{shown} x the arrival rate ({spec.reference_name})"
             out.append(AlertSpec(
-                name, severity, t, f"{series} {op} {th.value:g}{cond}", summary=summary, description=description,
+                name, severity, text.family_of(above), expr,
+                summary=f"Tier {TIER}: {row.title} {direction} its {severity} threshold",
+                description=f"{row.title} of tier {TIER} is {VALUE} {row.unit}, {direction} the {severity} "
+                            f"threshold {limit_text}. {text.meaning}",
                 runbook=(text.meaning, text.check, text.do),
-                cases=(TestCase(fire.series + extra, True), TestCase(edge.series + extra, False)),
-                op=op, th=max(floor or -math.inf, effective.value) if above else effective.value))
+                cases=tuple(c for tier in config.tiers.values()
+                            for c in _band_cases(tier, row, severity, side, window)),
+                gated=True))
     return out
 
 
-def _reference(tier: TierConfig, row: Row) -> float | None:
-    ref = row.band.reference
-    return None if ref is None else ref.value(tier.plan, {}, per_unit=True)
+def _sides(config: Config, row: Row) -> list[tuple[str, str]]:
+    """The sides a row's band declares, and those a tier's override adds (a rule needs them; a changed
+    value needs none)."""
+    return [(severity, side) for severity, side in SEVERITY_SIDES
+            if getattr(row.band, f"{severity}_{side}") or any(
+                getattr(t.bands.get(row.key), f"{severity}_{side}", None) is not None for t in config.tiers.values())]
 
 
-def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
-    t, plan = tier.name, tier.plan
+def _band_cases(tier: TierConfig, row: Row, severity: str, side: str, window: str) -> list[TestCase]:
+    """On ``tier``: a value beyond its threshold and one at the edge, each with every threshold of the
+    row on the tier as the rules read it; the severities that fire are those Python's band fires."""
+    band = catalogue.rules_band(row, tier.plan, tier.bands.get(row.key))
+    th: Threshold | None = None if band is None else getattr(band, f"{severity}_{side}")
+    if band is None or th is None or row.alert is None:
+        return []
+    t, above, spec = tier.name, side == "above", row.band
+    per = next((lim.per for lim in getattr(spec, f"{severity}_{side}") if lim.per), None)
+    scale = PER_VALUE if per is not None else 1.0
+    step = max(abs(th.value * scale) * 0.5, 0.01)
+    limit = th.value * scale
+    fire = limit + step if above else limit - step
+    if spec.ok_floor is not None and above:
+        fire = max(fire, spec.ok_floor * 2)
+    edge = limit if not th.inclusive else (limit - step / 10 if above else limit + step / 10)
+    inputs: list[tuple[str, str]] = []
+    for sev, sd in SEVERITY_SIDES:
+        other: Threshold | None = getattr(band, f"{sev}_{sd}")
+        if other is not None and row.alert.alert_name(sd == "above", sev) == row.alert.alert_name(above, severity):
+            inputs.append((catalogue.threshold_series(row.key, sev, sd, t), f"{_num(other.value)}x40"))
+    if per is not None:
+        inputs.append((f'{record_name(per, window)}{{tier="{t}"}}', f"{PER_VALUE:g}x40"))
+    if spec.while_serving and not above:
+        inputs.append((f'{record_name("requests_per_second", window)}{{tier="{t}"}}', f"{SERVING_RPS:g}x40"))
+
+    def fires(v: float) -> frozenset[str]:
+        out = set()
+        for sev, sd in SEVERITY_SIDES:
+            other = getattr(band, f"{sev}_{sd}")
+            if other is None or row.alert is None or (
+                    row.alert.alert_name(sd == "above", sev) != row.alert.alert_name(above, severity)):
+                continue
+            o_scale = PER_VALUE if any(lim.per for lim in getattr(spec, f"{sev}_{sd}")) else 1.0
+            crossed = Threshold(other.value * o_scale, catalogue.inclusive(row, sev, sd))
+            ok = crossed.above(v) if sd == "above" else crossed.below(v)
+            if sd == "above" and spec.ok_floor is not None:
+                ok = ok and v >= spec.ok_floor
+            if ok:
+                out.add(sev)
+        return frozenset(out)
+
+    series = _series(row, window, t)
+    return [TestCase(((series, f"{_num(value)}x40"), *inputs), bool(fires(value)), {}, t, fires(value))
+            for value in (fire, edge)]
+def _num(v: float) -> str:
+    """A value for promtool's input notation: exact, and never in exponent form."""
+    text = repr(float(v))
+    return text if "e" not in text else f"{v:.20f}".rstrip("0")
+
+
+def special_alerts(config: Config, window: str) -> list[AlertSpec]:
+    """The alerts that are not a row's band, on every tier; the scale-down, whose stabilization is the
+    tier's own ``for:``, on each tier."""
     out: list[AlertSpec] = []
-    queue = f'{record_name("queue_depth_requests", window)}{{tier="{t}"}}'
-    # the gateway circuit breaker recommended by fleetwatch (9.4): the queue passed its low end
-    br = f'fleetwatch_guardrail_recommended{{tier="{t}",guardrail="circuit_breaker_queue_threshold",bound="low"}}'
+    t = next(iter(config.tiers))  # the tier the test cases of the tier-independent alerts run on
+    one = f'{{tier="{t}"}}'
+    queue = record_name("queue_depth_requests", window)
+    # the gateway circuit breaker fleetwatch recommends: the queue passed its low end
+    br = 'fleetwatch_guardrail_recommended{guardrail="circuit_breaker_queue_threshold",bound="low"}'
+    br_t = br.replace("{", '{tier="%s",')
     out.append(AlertSpec(
-        f"{PREFIX}QueueAboveCircuitBreaker", "warning", t, f"{queue} > on (tier) max by (tier) ({br})",
-        summary=f"Tier {t}: queue above the recommended circuit-breaker threshold",
-        description=f"Mean queue of tier {t} is {VALUE} requests, above the breaker threshold fleetwatch "
-                    f"recommends ({BREAKER_RANGE[0] * 100:.0f}% of {plan.slo.ttft_p99:g}s x {plan.peak_rps:g} peak "
-                    f"RPS): requests a gateway "
-                    f"breaker would have shed with a 429.",
+        f"{PREFIX}QueueAboveCircuitBreaker", "warning", "capacity", f"{queue} > on (tier) max by (tier) ({br})",
+        summary=f"Tier {TIER}: queue above the recommended circuit-breaker threshold",
+        description=f"Mean queue of tier {TIER} is {VALUE} requests, above the breaker threshold fleetwatch "
+                    f"recommends ({query_value(br_t)}, {BREAKER_RANGE[0] * 100:.0f}% of the TTFT SLO x the planned "
+                    f"peak RPS): requests a gateway breaker would have shed with a 429.",
         runbook=("The queue passed the recommended gateway circuit-breaker threshold: without a breaker, a spike "
                  "becomes an OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
                  "Configure the breaker at the recommended threshold; scale up if this persists."),
-        cases=(TestCase(((queue, "100x40"), (br, "80x40")), True), TestCase(((queue, "80x40"), (br, "80x40")), False)),
-        op=">", th=80.0))
-    # Step 13: production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
+        cases=(TestCase(((queue + one, "100x40"), (br_t % t, "80x40")), True, tier=t),
+               TestCase(((queue + one, "80x40"), (br_t % t, "80x40")), False, tier=t))))
+    # production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
     checks = "ttft_p99_vs_benchmark|itl_p99_vs_benchmark|gpu_utilization_vs_benchmark"
-    status = f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}}'
-    observed = f'fleetwatch_plan_check_observed{{tier="{t}",check=~"{checks}"}}'
-    b = plan.benchmark
-
-    def one(series: str) -> str:
-        return series.replace(f'=~"{checks}"', '="ttft_p99_vs_benchmark"')
-
+    status = f'fleetwatch_plan_check_status{{check=~"{checks}",status="critical"}}'
+    step13 = f"max by (tier) ({status}) == 1"
+    status_t = f'fleetwatch_plan_check_status{{tier="{t}",check="ttft_p99_vs_benchmark",status="critical"}}'
     out.append(AlertSpec(
-        f"{PREFIX}Recharacterize", "warning", t, f"{observed} and on (tier, check) ({status} == 1)",
-        summary=f"Tier {t}: {{{{ $labels.check }}}} diverges from the benchmark (observed vs benchmark)",
-        description=f"{{{{ $labels.check }}}} of tier {t} is {VALUE}, beyond the limit against the plan's "
-                    f"benchmark at equivalent RPS (operating point: {b.usable_rps_per_instance:g} RPS per instance, "
-                    f"TTFT P99 {b.ttft_p99:g}s, ITL P99 {b.itl_p99:g}s, GPU {b.gpu_utilization:g}). Re-characterize "
-                    f"the workload and re-run the benchmark before resizing.",
+        f"{PREFIX}Recharacterize", "warning", "workload", step13,
+        summary=f"Tier {TIER}: production diverges from the benchmark the plan was sized on",
+        description=f"A plan check of tier {TIER} against the plan's benchmark at equivalent RPS is critical (TTFT "
+                    f"P99 or ITL P99 above the benchmark's, or GPU utilization below it, beyond the limits): "
+                    f"re-characterize the workload and re-run the benchmark before resizing.",
         runbook=(f"Production no longer matches the benchmark the plan was sized on: TTFT P99 more than "
                  f"{(STEP13_TTFT_FACTOR - 1) * 100:.0f}% above it, or GPU utilization more than "
                  f"{STEP13_UTIL_POINTS * 100:.0f} points below it, at the same RPS per instance.",
                  "The plan checks in the report: which one, observed against predicted; the workload block.",
                  "Re-characterize the workload (`fleetwatch plan --from-report`) and re-run the benchmark."),
-        cases=(TestCase(((one(status), "1x40"), (one(observed), "2.5x40")), True, {"check": "ttft_p99_vs_benchmark"}),
-               TestCase(((one(status), "0x40"), (one(observed), "2.5x40")), False, {"check": "ttft_p99_vs_benchmark"}))))
-    # target down: Prometheus's own up for engine jobs, and fleetwatch's view
-    up = f'up{{tier="{t}"}}'
+        cases=(TestCase(((status_t, "1x40"),), True, tier=t), TestCase(((status_t, "0x40"),), False, tier=t))))
+    # engine targets down, in Prometheus's own up
+    up = 'up{tier!=""}'
+    up_t = f'up{{tier="{t}",instance="x-{t}"}}'
     out.append(AlertSpec(
-        f"{PREFIX}TargetDown", "warning", t, f"{up} == 0",
-        summary=f"Tier {t}: a target is down", description=f"{{{{ $labels.instance }}}} of tier {t} did not "
-        f"answer its scrape (up = {VALUE}). The tier serves with fewer instances than planned.",
+        f"{PREFIX}TargetDown", "warning", "targets", f"count by (tier) ({up} == 0)",
+        summary=f"Tier {TIER}: targets down ({VALUE})",
+        description=f"Targets of tier {TIER} that did not answer their last scrape: {VALUE}. The tier serves "
+                    f"with fewer instances than planned.",
         runbook=("An engine target that Prometheus scrapes does not answer (a GPU exporter fleetwatch cannot "
                  "reach is FleetwatchScrapeFailing).", "The pod, its logs, the node.",
                  "Restart or replace the instance; the remaining instances carry its load meanwhile."),
-        cases=(TestCase(((up.replace("}", ',instance="x"}'), "0x40"),), True, {"instance": "x"}),
-               TestCase(((up.replace("}", ',instance="x"}'), "1x40"),), False, {"instance": "x"})), op="==", th=0.0))
+        cases=(TestCase(((up_t, "0x40"),), True, tier=t, value=1.0), TestCase(((up_t, "1x40"),), False, tier=t))))
     # fleetwatch's own view: a target it has not reached for ten minutes (an engine, or a GPU source)
-    seen = f'fleetwatch_target_up{{tier="{t}"}}'
-    sample = seen.replace("}", ',instance="x",source="dcgm"}')
+    seen = "fleetwatch_target_up"
+    sample = f'{seen}{{tier="{t}",instance="x-{t}",source="dcgm"}}'
     out.append(AlertSpec(
-        f"{PREFIX}ScrapeFailing", "warning", t, f"max by (tier, instance, source) (max_over_time({seen}[10m])) == 0",
-        summary=f"Tier {t}: fleetwatch cannot scrape {{{{ $labels.instance }}}} ({{{{ $labels.source }}}})",
+        f"{PREFIX}ScrapeFailing", "warning", "targets",
+        f"max by (tier, instance, source) (max_over_time({seen}[10m])) == 0",
+        summary=f"Tier {TIER}: fleetwatch cannot scrape {{{{ $labels.instance }}}} ({{{{ $labels.source }}}})",
         description=f"fleetwatch has not reached the {{{{ $labels.source }}}} target of {{{{ $labels.instance }}}} "
-                    f"(tier {t}) in any scrape of the last 10 minutes: the rows that need it are unknown.",
+                    f"(tier {TIER}) in any scrape of the last 10 minutes: the rows that need it are unknown.",
         runbook=("fleetwatch has failed every scrape of one target for ten minutes: an engine, or the GPU source "
                  "beside it (source=\"dcgm\" is dcgm-exporter). The rows that read it stay unknown.",
                  "`fleetwatch_target_up == 0` and `fleetwatch_scrape_errors_total` by reason (refused, timeout, "
@@ -289,20 +351,20 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                  "its DaemonSet pod on that node (`kubectl get pods -o wide`).",
                  "Restore the target (restart the engine, the exporter, or fix its address and credentials in "
                  "the config); fleetwatch tries it again on its own."),
-        cases=(TestCase(((sample, "0x40"),), True, {"instance": "x", "source": "dcgm"}),
-               TestCase(((sample, "1x40"),), False, {"instance": "x", "source": "dcgm"})), op="==", th=0.0,
+        cases=(TestCase(((sample, "0x40"),), True, {"instance": f"x-{t}", "source": "dcgm"}, tier=t),
+               TestCase(((sample, "1x40"),), False, {"instance": f"x-{t}", "source": "dcgm"}, tier=t)),
         for_="1m"))
     # the engine series of a tier vanished from Prometheus (the rules compute nothing for it any more):
     # seen within ENGINE_SEEN, gone now (past the lookback, or ended by a staleness marker)
-    engines = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", tier="{t}"}}'
-    sample = f'{I.all_names("requests_running")[0]}{{tier="{t}",instance="x"}}'
+    engines = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", tier!=""}}'
+    sample = f'{I.all_names("requests_running")[0]}{{tier="{t}",instance="x-{t}"}}'
     out.append(AlertSpec(
-        f"{PREFIX}EngineSeriesMissing", "warning", t,
+        f"{PREFIX}EngineSeriesMissing", "warning", "targets",
         f"group by (tier) (max_over_time({engines}[{catalogue.ENGINE_SEEN}])) unless on (tier) "
         f"group by (tier) ({engines})",
-        summary=f"Tier {t}: its engine series are gone from Prometheus",
-        description=f"Prometheus held engine series for tier {t} within the last {catalogue.ENGINE_SEEN} and holds "
-                    f"none now: the recording rules compute no row, and no row alert can fire for it.",
+        summary=f"Tier {TIER}: its engine series are gone from Prometheus",
+        description=f"Prometheus held engine series for tier {TIER} within the last {catalogue.ENGINE_SEEN} and "
+                    f"holds none now: the recording rules compute no row, and no row alert can fire for it.",
         runbook=("Prometheus stopped receiving the tier's engine series: the rules compute nothing for it, so its "
                  "other alerts are silent, not satisfied.",
                  f"`{engines}` (empty) against `max_over_time({engines}[{catalogue.ENGINE_SEEN}])`; the engines' "
@@ -310,68 +372,79 @@ def special_alerts(tier: TierConfig, window: str) -> list[AlertSpec]:
                  f"(`kubectl get pods -l <the tier's label>`).",
                  "Restore the scrape (a relabelling or selector change drops the tier label or the job), or the "
                  "engines themselves if they are gone."),
-        cases=(TestCase(((sample, "1x3 stale"),), True), TestCase(((sample, "1x40"),), False))))
-    # resize triggers, from the recording rules alone: they work in fleet and in sidecar mode, and
-    # carry the recommended count as $value
-    rec, have = f'{RECOMMENDED}{{tier="{t}"}}', f'{INSTANCES}{{tier="{t}"}}'
-    current = f"{{{{ with query `{have}` }}}}{{{{ . | first | value }}}}{{{{ end }}}}"
-    step13 = (f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}} == 1')
-    formula = (f"peak RPS / {plan.benchmark.usable_rps_per_instance:g} usable RPS per instance x "
-               f"(1 + {plan.safety_factor:g} safety)")
-    floor = f'{SCALE_DOWN_FLOOR}{{tier="{t}"}}'
-    littles_law = f'{LITTLES_LAW_FLOOR}{{tier="{t}"}}'
-    for action, severity, op, for_, expr in (
-            ("scale_up", "critical", ">", None, f"{rec} > on (tier) {have}"),
-            # to the recommendation, never under the tier's floors; not while a Step 13 check says the
-            # benchmark no longer describes the workload, and only once that stayed below the deployed
-            # count for the whole stabilization window (for:)
-            # warning, not info: kube-prometheus-stack's Alertmanager inhibits info alerts (InfoInhibitor)
-            ("scale_down", "warning", "<", format_duration(plan.scale_down_stabilization),
-             f"({sizing.scale_down_to_promql(rec, floor)}) < on (tier) {have} unless on (tier) ({step13})")):
-        name = f"{PREFIX}{'ScaleUp' if action == 'scale_up' else 'ScaleDown'}"
-        cases: tuple[TestCase, ...] = (TestCase(((rec, "7x40"), (have, "4x40")), True),
-                                       TestCase(((rec, "4x40"), (have, "4x40")), False))
-        if action == "scale_down":
-            warm = tier.schedule.min_warm_instances
-            cases = (TestCase(((rec, f"{max(2, warm)}x40"), (have, f"{max(2, warm) + 2}x40"),
-                               (littles_law, "1x40")), True),
-                     TestCase(((rec, "4x40"), (have, "4x40"), (littles_law, "1x40")), False),
-                     # the recommendation is below, but Little's Law's floor is not: no scale-down
-                     TestCase(((rec, "2x40"), (have, f"{max(4, warm)}x40"), (littles_law, f"{max(4, warm)}x40")),
-                              False))
-        out.append(AlertSpec(
-            name, severity, t, expr,
-            summary=f"Tier {t}: resize to {{{{ $value }}}} instances ({action})",
-            description=f"Tier {t} needs {{{{ $value }}}} instances, has {current}: {formula}.",
-            runbook=("The fleet-size arithmetic (peak RPS over usable RPS per instance, with the safety margin) "
-                     "asks for a different instance count.",
-                     "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize "
-                     "reason in fleetwatch's report in fleet mode.",
-                     "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs."),
-            cases=cases, extra_labels={"action": action}, for_=for_, op=op, th=4.0))
+        cases=(TestCase(((sample, "1x3 stale"),), True, tier=t), TestCase(((sample, "1x40"),), False, tier=t))))
+    out += resize_alerts(config)
     # findings fleetwatch computes (guardrails, drift, mixed tiers)
     for kind, (fstem, meaning, check, do) in FINDINGS.items():
         for severity in ("warning", "critical"):
-            f = f'fleetwatch_finding{{tier="{t}",kind="{kind}",status="{severity}"}}'
+            f = f'fleetwatch_finding{{kind="{kind}",status="{severity}"}}'
+            f_t = f'fleetwatch_finding{{tier="{t}",kind="{kind}",status="{severity}",instance=""}}'
             out.append(AlertSpec(
-                f"{PREFIX}{fstem}", severity, t, f"{f} == 1",
-                summary=f"Tier {t}: {kind.replace('_', ' ')} ({severity})",
-                description=f"fleetwatch found {kind} on tier {t}{{{{ if $labels.instance }}}} (instance "
-                            f"{{{{ $labels.instance }}}}){{{{ end }}}}. {meaning}",
+                f"{PREFIX}{fstem}", severity, "workload", f"max by (tier) ({f}) == 1",
+                summary=f"Tier {TIER}: {kind.replace('_', ' ')} ({severity})",
+                description=f"fleetwatch found {kind.replace('_', ' ')} on tier {TIER}. {meaning}",
                 runbook=(meaning, check, do),
-                cases=(TestCase(((f.replace("}", ',instance=""}'), "1x40"),), True, {"kind": kind, "status": severity}),
-                       TestCase(((f.replace("}", ',instance=""}'), "0x40"),), False, {"kind": kind, "status": severity}))))
+                cases=(TestCase(((f_t, "1x40"),), True, tier=t), TestCase(((f_t, "0x40"),), False, tier=t))))
+    return out
+
+
+SCALE_FORMULA = "peak RPS / usable RPS per instance x (1 + safety factor), never under the scale-down floors"
+
+
+def resize_alerts(config: Config) -> list[AlertSpec]:
+    """Resize triggers from the recording rules alone (fleet and sidecar mode alike), with the count to
+    scale to as their value. A scale-down waits the tier's stabilization (its ``for:``), so it is one
+    rule per tier; a scale-up is one rule."""
+    out: list[AlertSpec] = []
+    rec, have = RECOMMENDED, INSTANCES
+    current = query_value(f'{INSTANCES}{{tier="%s"}}')
+    runbook = ("The fleet-size arithmetic (peak RPS over usable RPS per instance, with the safety margin) asks "
+               "for a different instance count.",
+               "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize reason in "
+               "fleetwatch's report in fleet mode.",
+               "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs.")
+    t = next(iter(config.tiers))
+    out.append(AlertSpec(
+        f"{PREFIX}ScaleUp", "critical", "resize", f"{rec} > on (tier) {have}",
+        summary=f"Tier {TIER}: scale up to {VALUE} instances",
+        description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=runbook,
+        cases=(TestCase(((f'{rec}{{tier="{t}"}}', "7x40"), (f'{have}{{tier="{t}"}}', "4x40")), True, tier=t),
+               TestCase(((f'{rec}{{tier="{t}"}}', "4x40"), (f'{have}{{tier="{t}"}}', "4x40")), False, tier=t))))
+    checks = "ttft_p99_vs_benchmark|itl_p99_vs_benchmark|gpu_utilization_vs_benchmark"
+    for tier in config.tiers.values():
+        t, one = tier.name, f'{{tier="{tier.name}"}}'
+        # to the recommendation, never under the tier's floors; not while a benchmark check says the
+        # benchmark no longer describes the workload, and only once that stayed below the deployed count
+        # for the whole stabilization window (for:). Warning, not info: kube-prometheus-stack's
+        # Alertmanager inhibits info alerts (InfoInhibitor)
+        step13 = f'fleetwatch_plan_check_status{{tier="{t}",check=~"{checks}",status="critical"}} == 1'
+        floor, littles_law = SCALE_DOWN_FLOOR + one, LITTLES_LAW_FLOOR + one
+        warm = tier.schedule.min_warm_instances
+        r, h = rec + one, have + one
+        out.append(AlertSpec(
+            f"{PREFIX}ScaleDown", "warning", "resize",
+            f"({sizing.scale_down_to_promql(r, floor)}) < on (tier) {h} unless on (tier) ({step13})",
+            summary=f"Tier {TIER}: scale down to {VALUE} instances",
+            description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=runbook,
+            cases=(TestCase(((r, f"{max(2, warm)}x40"), (h, f"{max(2, warm) + 2}x40"), (littles_law, "1x40")),
+                            True, tier=t),
+                   TestCase(((r, "4x40"), (h, "4x40"), (littles_law, "1x40")), False, tier=t),
+                   # the recommendation is below, but Little's Law's floor is not: no scale-down
+                   TestCase(((r, "2x40"), (h, f"{max(4, warm)}x40"), (littles_law, f"{max(4, warm)}x40")),
+                            False, tier=t)),
+            # the tier's label, which its expression returns anyway, tells the tiers' rules apart
+            extra_labels={"tier": t}, for_=format_duration(tier.plan.scale_down_stabilization)))
     return out
 
 
 def self_alerts(config: Config) -> list[AlertSpec]:
     """Who watches the watcher: fleetwatch absent, its cycles stale, its notifications failing or dropped.
-    (A target fleetwatch cannot reach and a tier whose engine series vanished are per tier: special_alerts.)"""
+    (A target fleetwatch cannot reach and a tier whose engine series vanished are a tier's: special_alerts.)"""
     stale = config.stale_after
     last = "fleetwatch_last_cycle_timestamp_seconds"
     out = [
         AlertSpec(
-            f"{PREFIX}Absent", "critical", "", f"absent({last})",
+            f"{PREFIX}Absent", "critical", "self", f"absent({last})",
             summary="fleetwatch is not reporting",
             description="Prometheus has no fleetwatch series: fleetwatch is down, or Prometheus does not scrape "
                         "it. Nothing checks the fleet against its plan meanwhile.",
@@ -383,9 +456,9 @@ def self_alerts(config: Config) -> list[AlertSpec]:
                      "Restart fleetwatch or fix the scrape job; `curl http://FLEETWATCH:9108/healthz` says why a "
                      "running one is unhealthy."),
             cases=(TestCase((("fleetwatch_cycles_total", "1x40"),), True),
-                   TestCase(((last, "0+15x40"),), False)), op="=="),
+                   TestCase(((last, "0+15x40"),), False))),
         AlertSpec(
-            f"{PREFIX}CycleStale", "critical", "", f"time() - max({last}) > {stale:g}",
+            f"{PREFIX}CycleStale", "critical", "self", f"time() - max({last}) > {stale:g}",
             summary="fleetwatch's last cycle is stale",
             description=f"fleetwatch's last completed cycle is more than {stale:g} s old (three intervals and a "
                         f"scrape timeout): its report and /metrics no longer describe the fleet.",
@@ -395,7 +468,7 @@ def self_alerts(config: Config) -> list[AlertSpec]:
                      "http://FLEETWATCH:9108/healthz` (it answers 503 with the reason).",
                      "A cycle that fails says why in the log; one that overruns needs a longer interval or "
                      "scrape_timeout, or fewer hanging targets. Restart it if it is wedged."),
-            cases=(TestCase(((last, "0x40"),), True), TestCase(((last, "0+15x40"),), False)), op=">", th=stale),
+            cases=(TestCase(((last, "0x40"),), True), TestCase(((last, "0+15x40"),), False))),
     ]
     for kind, severity, meaning, do in (
             ("failed", "warning", "fleetwatch's POSTs to an Alertmanager fail: its alerts wait in its queue.",
@@ -406,7 +479,7 @@ def self_alerts(config: Config) -> list[AlertSpec]:
         counter = f"fleetwatch_alertmanager_notifications_{kind}_total"
         name = f"{PREFIX}Notifications{kind.capitalize()}"
         out.append(AlertSpec(
-            name, severity, "", f"sum by (alertmanager) (increase({counter}[10m])) > 0",
+            name, severity, "self", f"sum by (alertmanager) (increase({counter}[10m])) > 0",
             summary=f"fleetwatch's notifications {kind} ({{{{ $labels.alertmanager }}}})",
             description=f"Notifications from fleetwatch to {{{{ $labels.alertmanager }}}} {kind} in the last 10 "
                         f"minutes.",
@@ -415,32 +488,36 @@ def self_alerts(config: Config) -> list[AlertSpec]:
             cases=(TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "0+1x40"),), True,
                             {"alertmanager": "am"}),
                    TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "3x40"),), False,
-                            {"alertmanager": "am"})), op=">", th=0.0))
+                            {"alertmanager": "am"}))))
     return out
 
 
 def alerts(config: Config) -> list[AlertSpec]:
     w = format_duration(config.window)
-    out: list[AlertSpec] = []
-    for tier in config.tiers.values():
-        out += band_alerts(tier, w) + special_alerts(tier, w)
-    out += self_alerts(config)
+    out = band_alerts(config, w) + special_alerts(config, w) + self_alerts(config)
     if config.alert_labels:  # the config's static labels, on every alert (its own labels win)
         out = [replace(a, extra_labels={**config.alert_labels, **a.extra_labels}) for a in out]
     return out
+
+
+def alert_for(config: Config, spec: AlertSpec, for_: str | None = None) -> str:
+    """The rule's ``for:``: its own (a scale-down's stabilization), else ``for_`` where given (every
+    alert's, for drills and tests), else its family's and severity's from the config."""
+    return spec.for_ or for_ or format_duration(config.alerting.for_seconds(spec.family, spec.severity))
 
 
 def _dump(doc: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
 
 
-def rule_groups(config: Config, for_: str, runbook_base: str, eval_interval: str | None = None
-                ) -> list[dict[str, Any]]:
+def rule_groups(config: Config, for_: str | None = None, runbook_base: str | None = None,
+                eval_interval: str | None = None) -> list[dict[str, Any]]:
     interval = eval_interval or format_duration(config.interval)
+    base = runbook_base or config.alerting.runbook_url
     return [
         {"name": "fleetwatch-recording", "interval": interval, "rules": recording_rules(config)},
         {"name": "fleetwatch-alerts", "interval": interval,
-         "rules": [a.rule(for_, runbook_base) for a in alerts(config)]},
+         "rules": [a.rule(alert_for(config, a, for_), base) for a in alerts(config)]},
     ]
 
 
@@ -451,40 +528,79 @@ def prometheus_rule(groups: list[dict[str, Any]], name: str = "fleetwatch") -> d
             "spec": {"groups": groups}}
 
 
-def promtool_tests(config: Config, for_: str, runbook_base: str, rule_file: str) -> dict[str, Any]:
-    """Every alert's cases; each fire case expects exactly the rules that fire on it.
+def promtool_tests(config: Config, for_: str | None = None, runbook_base: str | None = None,
+                   rule_file: str = "../fleetwatch.rules.yml") -> dict[str, Any]:
+    """Every alert's cases; each check expects exactly the alerts of its name that fire on its inputs.
 
     Cases are packed into as few test groups as stay independent (see ``_pack``): promtool evaluates
     every rule at every step of every group, so one group per case took it half a minute."""
     specs = alerts(config)
+    base = runbook_base or config.alerting.runbook_url
     interval = format_duration(config.interval)
     by_wait: dict[float, list[tuple[AlertSpec, TestCase]]] = {}
+
+    def wait_for(spec: AlertSpec) -> float:  # past the ``for:``, and for a row's alert past its first full window
+        return (parse_duration(alert_for(config, spec, for_)) + (config.window if spec.gated else 0.0)
+                + config.interval * 4)
     for spec in specs:
-        wait = max(config.interval * 4, _seconds(spec.for_ or for_) + config.interval * 4)
-        by_wait.setdefault(wait, []).extend((spec, case) for case in spec.cases)
+        for case in spec.cases:  # long enough for every severity the case fires
+            longest = max(wait_for(o) for o in specs if o.name == spec.name and o.severity in _firing(spec, case)
+                          or o is spec)
+            by_wait.setdefault(longest, []).append((spec, case))
     reads = _reads(recording_rules(config))
     tests = []
     for wait, cases in sorted(by_wait.items()):
         samples = int(wait / config.interval) + 2  # every series spans the whole wait
         for group in _pack(cases, reads):
             series: list[dict[str, str]] = []
-            checks = []
+            checks: dict[str, list[dict[str, Any]]] = {}
             for spec, case in group:
                 # a value that ends by itself ("1x3 stale") is kept; the others span the whole wait
-                series += [{"series": s, "values": v if " " in v else f"{v.split('x')[0]}x{samples}"}
+                series += [{"series": s, "values": v if " " in v else f"{v.rsplit('x', 1)[0]}x{samples}"}
                            for s, v in case.series]
-                checks.append({"eval_time": format_duration(wait), "alertname": spec.name,
-                               "exp_alerts": _expected(specs, spec, case, runbook_base)})
-            tests.append({"interval": interval, "input_series": series, "alert_rule_test": checks})
+                checks.setdefault(spec.name, []).extend(_expected(specs, spec, case, base))
+            tests.append({"interval": interval, "input_series": series, "alert_rule_test": [
+                {"eval_time": format_duration(wait), "alertname": name, "exp_alerts": exp}
+                for name, exp in checks.items()]})
     return {"rule_files": [rule_file], "evaluation_interval": interval, "tests": tests}
 
 
 def _expected(specs: list[AlertSpec], spec: AlertSpec, case: TestCase, runbook_base: str) -> list[dict[str, Any]]:
-    """The same alert name on the same inputs: every severity that fires."""
-    return [{"exp_labels": {"severity": other.severity, **({"tier": other.tier} if other.tier else {}),
-                            **other.extra_labels, **case.labels},
-             "exp_annotations": _annotations(other, case, runbook_base)}
-            for other in specs if other.name == spec.name and other.tier == spec.tier and _fires(other, case, spec)]
+    """The alerts of the case's name that fire on its inputs: its own, and the other severities a
+    band's case says fire too."""
+    fire = _firing(spec, case)
+    values = {s: _initial(v) for s, v in case.series}
+    labels = {**({"tier": case.tier} if case.tier else {}), **case.labels}
+    out = []
+    for other in specs:
+        if other.name != spec.name or other.severity not in fire:
+            continue
+        if not _on_tier(other, case.tier):
+            continue
+        value = values[case.series[0][0]] if case.value is None else case.value
+        out.append({"exp_labels": {"severity": other.severity, **other.extra_labels, **labels},
+                    "exp_annotations": {k: render(v, value, labels, values.get) for k, v in
+                                        (("summary", other.summary), ("description", other.description))}
+                    | {"runbook_url": runbook_url(runbook_base, other.name)}})
+    return out
+
+
+def _firing(spec: AlertSpec, case: TestCase) -> frozenset[str]:
+    if case.severities is not None:
+        return case.severities
+    return frozenset({spec.severity}) if case.fires else frozenset()
+
+
+def _initial(values: str) -> float:
+    """The first value of promtool's notation ("7x40", "0+1x40", "1x3 stale"): the cases' values hold."""
+    m = re.match(r"-?[0-9.]+(e[-+]?[0-9]+)?", values)
+    assert m, values
+    return float(m.group(0))
+
+
+def _on_tier(spec: AlertSpec, tier: str) -> bool:
+    """Whether ``spec``'s rule can fire on ``tier`` (a scale-down's rule is one tier's)."""
+    return not re.search(r'tier="([^"]*)"', spec.expr) or f'tier="{tier}"' in spec.expr
 
 
 _SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?')
@@ -530,80 +646,40 @@ def _input(text: str) -> tuple[str, dict[str, str]]:
 
 def _pack(cases: list[tuple[AlertSpec, TestCase]], reads: dict[str, set[Selector]]
           ) -> list[list[tuple[AlertSpec, TestCase]]]:
-    """First fit: a group holds each alert name once, and no case's input series is selected by another
-    case's alert (by its expression or the recording rules behind it), so each case sees only its own."""
+    """First fit. In a group, no case's input series is selected by another case's alert (by its
+    expression or the recording rules behind it), so each sees only its own; but cases of one alert
+    name on different tiers share a group, their checks merged (every rule aggregates by tier, and the
+    cases' instances are named after their tier, so tiers never meet). One name is on a tier once."""
     exprs: dict[str, set[Selector]] = {}  # promtool checks an alert name on every tier and severity at once
     for spec, _ in cases:
         exprs.setdefault(spec.name, set()).update(_selectors(spec.expr))
-
-    def reached(spec: AlertSpec) -> set[Selector]:
-        sel = exprs[spec.name]
-        return sel.union(*(reads.get(n, set()) for n, _ in sel))
+    reached = {name: sel.union(*(reads.get(n, set()) for n, _ in sel)) for name, sel in exprs.items()}
 
     def hits(series: list[tuple[str, dict[str, str]]], selectors: set[Selector]) -> bool:
         return any(n == name and all(labels.get(k, "") == v for k, v in m) for name, labels in series
                    for n, m in selectors)
 
-    groups: list[tuple[list[tuple[AlertSpec, TestCase]], set[str], list[tuple[str, dict[str, str]]], set[Selector]]] = []
+    Member = tuple[AlertSpec, TestCase, list[tuple[str, dict[str, str]]]]
+    groups: list[list[Member]] = []
     for spec, case in cases:
-        mine, mine_reached = [_input(s) for s, _ in case.series], reached(spec)
-        for members, names, fed, read in groups:
-            if spec.name not in names and not hits(mine, read) and not hits(fed, mine_reached):
-                members.append((spec, case))
-                names.add(spec.name)
-                fed += mine
-                read |= mine_reached
+        mine = [_input(s) for s, _ in case.series]
+
+        def fits(group: list[Member], spec: AlertSpec = spec, case: TestCase = case,
+                 mine: list[tuple[str, dict[str, str]]] = mine) -> bool:
+            for other, oc, theirs in group:
+                if other.name == spec.name:
+                    if oc.tier == case.tier or not case.tier:
+                        return False
+                elif hits(mine, reached[other.name]) or hits(theirs, reached[spec.name]):
+                    return False
+            return True
+        for group in groups:
+            if fits(group):
+                group.append((spec, case, mine))
                 break
         else:
-            groups.append(([(spec, case)], {spec.name}, list(mine), set(mine_reached)))
-    return [members for members, *_ in groups]
-
-
-def _seconds(d: str) -> float:
-    from ..config import parse_duration
-
-    return parse_duration(d)
-
-
-def _first_value(case: TestCase) -> float:
-    return float(case.series[0][1].split("x")[0])
-
-
-def _fires(spec: AlertSpec, case: TestCase, origin: AlertSpec) -> bool:
-    if spec is origin:
-        return case.fires
-    if not spec.cases or spec.cases[0].series[0][0] != case.series[0][0]:
-        return False  # compares another series
-    v, th = _first_value(case), spec.th
-    return {">=": v >= th, "<=": v <= th, ">": v > th, "<": v < th, "==": v == th}[spec.op]
-
-
-def _render(template: str, case: TestCase, spec: AlertSpec) -> str:
-    # $value is the sample of the series the expression returns: the observed value for Step 13
-    returned = case.series[1] if spec.name.endswith("Recharacterize") else case.series[0]
-    out = template
-    if "$value" in out:
-        v = float(returned[1].split("x")[0])
-        out = out.replace(VALUE, _g(v)).replace("{{ $value }}", _g(v))
-    if "{{ with query `" in out:  # the value of the one test series the query names
-        head, rest = out.split("{{ with query `", 1)
-        query, tail = rest.split("` }}", 1)
-        tail = tail.split("{{ end }}", 1)[1]
-        value = next(vals for series, vals in case.series if series == query)
-        out = head + _g(float(value.split("x")[0])) + tail
-    for k, val in case.labels.items():
-        out = out.replace(f"{{{{ $labels.{k} }}}}", val)
-    if "{{ if $labels.instance }}" in out:
-        inst = case.labels.get("instance", "")
-        head, rest = out.split("{{ if $labels.instance }}", 1)
-        inner, tail = rest.split("{{ end }}", 1)
-        out = head + (inner.replace("{{ $labels.instance }}", inst) if inst else "") + tail
-    return out
-
-
-def _annotations(spec: AlertSpec, case: TestCase, runbook_base: str) -> dict[str, str]:
-    return {"summary": _render(spec.summary, case, spec), "description": _render(spec.description, case, spec),
-            "runbook_url": f"{runbook_base}#{spec.name.lower()}"}
+            groups.append([(spec, case, mine)])
+    return [[(spec, case) for spec, case, _ in group] for group in groups]
 
 
 def runbook(config: Config) -> str:
@@ -622,7 +698,7 @@ def runbook(config: Config) -> str:
     return "\n".join(lines)
 
 
-def build(config: Config, *, for_: str = "5m", runbook_base: str = RUNBOOK,
+def build(config: Config, *, for_: str | None = None, runbook_base: str | None = None,
           eval_interval: str | None = None) -> dict[str, str]:
     """file name (relative to the output directory) -> contents."""
     groups = rule_groups(config, for_, runbook_base, eval_interval)
