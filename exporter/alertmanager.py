@@ -87,7 +87,7 @@ def alerts_from_report(report: Report, ids: Identities) -> list[Alert]:
 
     for name, t in report.tiers.items():
         r = t.resize
-        if r.action in _RESIZE:
+        if r.action in _RESIZE and not r.provisional:  # the rules, too, wait for a full window
             alert, severity = _RESIZE[r.action]
             count = r.recommended_instances if r.action != Action.RECHARACTERIZE else None
             post(alert, severity, name, float(count) if count is not None else 1.0,

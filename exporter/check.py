@@ -50,8 +50,9 @@ def format_table(report: Report) -> str:
     for name, t in report.tiers.items():
         r = t.resize
         lines.append(f"== tier {name}: {t.instances_up}/{t.instances_total} instances up; "
-                     f"resize {r.action} (recommended {r.recommended_instances})")
-        lines.append(f"   {r.reason}")
+                     f"resize {r.action}{' (provisional)' if r.provisional else ''} "
+                     f"(recommended {r.recommended_instances})")
+        lines.append(f"   {r.reason}" + (f" Provisional: {r.provisional}." if r.provisional else ""))
         shared = Counter(m.reason for m in t.metrics.values() if m.value is None and m.reason).most_common(1)
         common = shared[0][0] if shared and shared[0][1] >= SHARED_REASON else None
         if common is not None:  # the tier is down or warming up: said once, not on every row

@@ -97,6 +97,8 @@ class FleetCollector(Collector):
                                    labels=["tier", "action"])
         peak = GaugeMetricFamily("fleetwatch_resize_peak_rps", "Peak RPS the recommendation is sized for.",
                                  labels=["tier"])
+        provisional = GaugeMetricFamily("fleetwatch_resize_provisional", "1 while the tier's resize verdict rests "
+                                        "on a part-filled window (fleetwatch posts no alert for it).", labels=["tier"])
         findings = GaugeMetricFamily("fleetwatch_finding", "1 for each current finding.",
                                      labels=["tier", "kind", "status", "instance"])
         guardrails = GaugeMetricFamily(
@@ -145,13 +147,14 @@ class FleetCollector(Collector):
                 up.add_metric([name], t.instances_up)
                 for a in ACTIONS:
                     action.add_metric([name, a], 1.0 if t.resize.action == a else 0.0)
+                provisional.add_metric([name], 1.0 if t.resize.provisional else 0.0)
                 for f in t.findings:
                     if not (sidecar and f.kind in FLEET_FINDINGS):
                         findings.add_metric([name, f.kind, f.status.value, f.instance or ""], 1.0)
         yield from rows.values()
         yield from (status, checks, observed, predicted, current, up, findings, guardrails)
         if not sidecar:  # a sidecar sees one instance: the fleet verdicts come from the rules
-            yield from (recommended, action, peak, scheduled, lead, cold)
+            yield from (recommended, action, provisional, peak, scheduled, lead, cold)
         yield from self._scrape(pub)
 
     def _plan(self) -> Iterator[Metric]:

@@ -196,11 +196,28 @@ def observed_throughout(history: Sequence[HistoryPoint], start: float, now: floa
     return all(b - a <= max_gap for a, b in zip(edges, edges[1:]))
 
 
+@dataclass(frozen=True)
+class Partial:
+    """What a tier's window holds while it is not full: the arrival rate over it, and why it is partial."""
+
+    rps: float | None
+    why: str
+
+
 def resize(plan: Plan, tier: str, current: int, rps_now: float | None, history: Sequence[HistoryPoint],
-           now: float, step13_critical: bool, max_gap: float = math.inf, floor: tuple[int, str] = (0, "")) -> Resize:
+           now: float, step13_critical: bool, max_gap: float = math.inf, floor: tuple[int, str] = (0, ""),
+           partial: Partial | None = None) -> Resize:
     """``floor``: (count, why) that a scale-down may never go under (the minimum warm count, or what drains
-    the current queue within the TTFT SLO)."""
+    the current queue within the TTFT SLO). ``partial``: the window is not full yet. With no full window
+    ever observed, the verdict rests on what the partial window holds, and says it is provisional; with
+    not even that, it is unknown, never a hold or a scale-up from the plan alone."""
     observed = [h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else [])
+    if not observed and partial is not None:
+        if partial.rps is None:
+            return Resize(current, None, Action.UNKNOWN, f"tier {tier}: no arrival rate observed yet ({partial.why}); "
+                                                         f"no resize verdict until there is one.", None)
+        verdict = resize(plan, tier, current, partial.rps, (), now, step13_critical, max_gap, floor)
+        return replace(verdict, provisional=partial.why)
     observed_peak = max(observed) if observed else None
     oldest = min((h.timestamp for h in history), default=now)
     covered = now - oldest
@@ -381,9 +398,10 @@ ASKS = WORKLOAD_ASKS | TTFT_RISING_ASKS | guardrails.ASKS | heterogeneity.ASKS
 
 def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint], now: float,
                   window_seconds: float = 0.0, max_gap: float = math.inf, *,
-                  rows: Mapping[str, Quantity]) -> TierReport:
+                  rows: Mapping[str, Quantity], sized_window: float | None = None) -> TierReport:
     """``rows``: the rows' values as the fleet source computed them (over its window of scrapes, or by
-    Prometheus from the catalogue's PromQL); ``tw`` answers every other question evaluation asks."""
+    Prometheus from the catalogue's PromQL); ``tw`` answers every other question evaluation asks.
+    ``sized_window``: the config's window, where ``window_seconds`` may be shorter (`check`'s span)."""
     plan = tier.plan
     values = {row.key: explain(tw, row, _usable(rows[row.key])) for row in catalogue.ROWS}
     bands: dict[str, Band | None] = {}
@@ -423,7 +441,8 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
     if total != plan.instances:
         findings.append(Finding("instances_differ_from_plan", Status.WARNING,
                                 f"{plural(total, 'instance')} deployed, the plan's fleet size is {plan.instances}"))
-    rps_now = peak_sample(tw, values["requests_per_second"].value, window_seconds)
+    rps = values["requests_per_second"].value
+    rps_now = peak_sample(tw, rps, window_seconds)
     observed_peak = max([h.rps for h in history if h.rps is not None] + ([rps_now] if rps_now is not None else []),
                         default=None)
     if observed_peak is not None and observed_peak > plan.peak_rps:
@@ -438,11 +457,35 @@ def evaluate_tier(tier: TierConfig, tw: TierView, history: Sequence[HistoryPoint
     return TierReport(
         tier=tier.name, instances_up=len(up), instances_total=total, metrics=metrics,
         plan_checks=tuple(checks),
-        resize=resize(plan, tier.name, total, rps_now, history, now, step13_critical, max_gap,
-                      _scale_down_floor(tier, values)),
+        resize=_verdict(plan, tier.name, total, tw, values["requests_per_second"], rps_now, history, now,
+                        step13_critical, max_gap,
+                        _scale_down_floor(tier, values), window_seconds, sized_window),
         workload=workload(tw), findings=tuple(findings),
         guardrails=_explained(recommendations(tw, plan), tw),
     )
+
+
+def _verdict(plan: Plan, tier: str, total: int, tw: TierView, rate: Quantity, rps_now: float | None,
+             history: Sequence[HistoryPoint], now: float, step13_critical: bool, max_gap: float,
+             floor: tuple[int, str], window_seconds: float, sized_window: float | None = None) -> Resize:
+    """The resize verdict, or unknown while no instance of the tier has been seen (the first cycles
+    reading a Prometheus that holds no series yet): 0 deployed is not known to be 0 deployed."""
+    if total == 0:
+        return Resize(0, None, Action.UNKNOWN, f"tier {tier}: no instance seen yet; no resize verdict until one is.",
+                      None)
+    partial = None
+    if rps_now is None:
+        full = bool(window_seconds) and counts_toward_peak(tw.span(), window_seconds)
+        partial = Partial(rate.value, (rate.reason or "no arrival rate") if full and rate.value is None else
+                          f"the window holds {seconds(tw.span())} of {seconds(window_seconds)} so far"
+                          if window_seconds else "no full window observed yet")
+    verdict = resize(plan, tier, total, rps_now, history, now, step13_critical, max_gap, floor, partial)
+    short = sized_window is not None and window_seconds and not counts_toward_peak(window_seconds, sized_window)
+    if short and not verdict.provisional and not any(h.rps is not None for h in history):
+        # `check`: its whole window is shorter than the one fleetwatch sizes on
+        return replace(verdict, provisional=f"it rests on {seconds(window_seconds)} of traffic, not a full "
+                                            f"{seconds(sized_window or 0.0)} window")
+    return verdict
 
 
 def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
@@ -453,7 +496,7 @@ def failed_tier(tier: TierConfig, tw: TierView, error: str) -> TierReport:
     total = len(tw.instances)
     return TierReport(
         tier=tier.name, instances_up=len(tw.up()), instances_total=total, metrics=metrics, plan_checks=(),
-        resize=Resize(total, None, Action.HOLD, f"tier {tier.name}: no resize verdict ({reason}).", None),
+        resize=Resize(total, None, Action.UNKNOWN, f"tier {tier.name}: no resize verdict ({reason}).", None),
         workload=None, findings=(), guardrails={}, error=error)
 
 
@@ -501,7 +544,8 @@ def evaluate(config: Config, windows: Mapping[str, TierView], history: Mapping[s
     for name, t in config.tiers.items():
         hist = history.get(name, ())
         try:
-            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config), rows=rows[name])
+            tr = evaluate_tier(t, windows[name], hist, now, window_seconds, history_gap(config), rows=rows[name],
+                               sized_window=config.window)
         except Exception as e:  # noqa: BLE001 - one tier's bug must never take the others down
             tr = failed_tier(t, windows[name], f"{type(e).__name__}: {str(e)[:200]}")
         oldest = min((h.timestamp for h in hist), default=now)

@@ -98,8 +98,8 @@ def _tier(name: str, t: TierReport, trend: Trend) -> list[Any]:
     head.append(f"{name}  ", style="bold")
     head.append(f"{t.instances_up}/{t.instances_total} up  ")
     verdict = {"scale_up": "bold red", "recharacterize": "bold yellow", "scale_down": "cyan"}.get(r.action, "green")
-    head.append(f"{r.action} → {r.recommended_instances}" if r.recommended_instances is not None else r.action,
-                style=verdict)
+    head.append((f"{r.action} → {r.recommended_instances}" if r.recommended_instances is not None else r.action)
+                + (" (provisional)" if r.provisional else ""), style=verdict)
     head.append(f"   TTFT P99 {sparkline(trend.ttft.get(name, ()))}  RPS {sparkline(trend.rps.get(name, ()))}")
     why = Text(f"  {redact(r.reason)}", style="dim", overflow="fold")  # the arithmetic wraps: cut, it would lose its numbers
     table = Table(box=None, show_header=False, padding=(0, 1), expand=True, pad_edge=False)

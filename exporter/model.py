@@ -211,6 +211,7 @@ class Action(StrEnum):
     RECHARACTERIZE = "recharacterize"
     SCALE_DOWN = "scale_down"
     HOLD = "hold"
+    UNKNOWN = "unknown"  # nothing to decide on yet: no instance of the tier seen, or no arrival rate
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,9 @@ class Resize:
     action: Action
     reason: str
     peak_rps: float | None
+    # why the verdict may still change with more data ("" where it rests on a full window): it is
+    # reported and exported, never posted as an alert
+    provisional: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -228,6 +232,7 @@ class Resize:
             "action": str(self.action),
             "reason": self.reason,
             "peak_rps": self.peak_rps,
+            "provisional": self.provisional or None,
         }
 
 

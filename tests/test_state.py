@@ -76,10 +76,11 @@ def test_peak_and_recommendation_survive_a_restart(tmp_path: Path) -> None:
         _, after = _run(_config(tmp_path, target.url, state_dir), clock, 1)
         assert after[0] == (peak, recommended)
 
-        # without state_dir the same restart forgets: the test above can fail
+        # without state_dir the same restart forgets: no rate yet, so no count (unknown), where the
+        # restored history gave the one before: the test above can fail
         target.requests = 0
         _, forgot = _run(_config(tmp_path, target.url, None), clock, 1)
-        assert forgot[0][1] is not None and forgot[0][1] < recommended
+        assert forgot[0] == (None, None)
     finally:
         target.close()
 
