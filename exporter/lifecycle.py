@@ -204,7 +204,8 @@ def _log_start(daemon: Daemon) -> None:
         ((tier, tc),) = config.tiers.items()
         t = tc.targets[0]
         gpus = (f"dcgm-exporter {redact_url(t.dcgm)}" + (f" (pod {t.gpus.namespace or '*'}/{t.gpus.pod})" if t.gpus
-                                                         else " (all its GPUs: POD_NAME is not set)")
+                                                         else " (POD_NAME is not set: all its GPUs if it covers "
+                                                              "this node only; none if it labels GPUs with pods)")
                 if t.dcgm else "NVML" if t.nvml else "none (no dcgm URL, no NVML: the GPU rows stay unknown)")
         log.info("sidecar of tier %s, instance %s: engine %s %s, GPUs from %s", tier, t.name, t.engine,
                  redact_url(t.url), gpus)

@@ -18,7 +18,8 @@ from .fetch import BodyBudget, FetchError, Lease, fetch_text, new_session
 from .model import EngineSample, InstanceSample
 from .engines import engine
 from .gpus import FETCHED, LOCAL
-from .sources import Gpus
+from .sources import Gpus, maps_pods, selects
+from .secrets import redact_url
 from .text import num, plural
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Scraper:
         self._next_try: dict[tuple[str, str], int] = {}  # the cycle a failing target is tried again
         self._last_error: dict[tuple[str, str], str] = {}  # what a failing target last said, while it backs off
         self._answered: dict[tuple[str, str], bool] = {}  # per target (and dcgm URL) tried: did its last try answer
+        self._unselected: set[tuple[str, str]] = set()  # targets warned of: a podded exporter, no selector
         n = 32 if config.discovers else sum(len(t.targets) for t in config.tiers.values())
         self._pool = FairPool(pool_size(n))
         self.budget = BodyBudget(BUDGET_BODIES * config.max_body_bytes, SMALL_BODY)
@@ -299,6 +301,8 @@ class Scraper:
                         gpu_error = f"{source.title} not tried this cycle: every scrape worker was busy until the deadline"
                     elif isinstance(got, tuple):
                         gpus = gpus + source.select(got, t.gpus)
+                        if not selects(t.gpus) and maps_pods(got):
+                            gpu_error = self._unselected_gpus(tier, t.name, source.title, url)
                         self._answered[(source.name, url)] = True
                         self.stats.observe(tier, t.name, source.name, gpu_t, True)
                     else:
@@ -312,6 +316,17 @@ class Scraper:
                         gpus = gpus + source.select(local[source.name], t.gpus)
                 out.append(InstanceSample(tier, t.name, now, engine, gpus, error=error, gpu_error=gpu_error))
         return out
+
+    def _unselected_gpus(self, tier: str, instance: str, title: str, url: str) -> str:
+        why = (f"{title} labels its GPUs with the pods that hold them, and this target has no gpus: {{pod: ...}} "
+               f"selector: none is counted for the tier, since a GPU of another pod never is")
+        if (tier, instance) not in self._unselected:  # once per target: the config says it, not the cycle
+            self._unselected.add((tier, instance))
+            log.warning("tier=%s instance=%s: %s at %s labels its GPUs with the pods that hold them, and this "
+                        "target has no gpus: {pod: ...} selector, so none is counted for the tier (a GPU of another "
+                        "pod never is); set gpus: {pod: <the engine's pod>, namespace: ...}",
+                        tier, instance, title, redact_url(url))
+        return why
 
     def _rank(self, key: tuple[str, str]) -> int:
         """Who goes first within a tier: what answered last time, then what was never tried, then what fails."""

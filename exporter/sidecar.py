@@ -52,7 +52,8 @@ def sidecar_config(config: Config, tier: str, flags: SidecarSettings | None = No
     if s.dcgm_bearer_token_file and not s.dcgm:
         raise ConfigError(config.path, "sidecar.dcgm_bearer_token_file", "set without a dcgm URL")
     # a node-wide dcgm-exporter lists every pod's GPUs: keep this pod's. Without the downward API
-    # there is no pod to select by, and every GPU of the exporter counts (as in fleet mode)
+    # there is no pod to select by: an exporter with pod labels gives none (never another pod's),
+    # one without gives all (as in fleet mode)
     selector = GpuSelector(pod=pod, namespace=namespace) if s.dcgm and pod else None
     target = Target(name=pod or default_name(url), engine=engine_name, url=url, dcgm=s.dcgm, nvml=bool(s.nvml),
                     gpus=selector, bearer_token_file=s.bearer_token_file,

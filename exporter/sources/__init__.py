@@ -28,9 +28,23 @@ Names = Mapping[str, tuple[str, ...]]  # canonical input -> the engine's raw nam
 Gpus = tuple[GpuReading, ...]
 
 
+def selects(selector: GpuSelector | None) -> bool:
+    return selector is not None and bool(selector.pod or selector.namespace or selector.indices or selector.uuids)
+
+
+def maps_pods(gpus: Sequence[GpuReading]) -> bool:
+    """Whether the exporter labels its GPUs with the pods that hold them (a node-wide one in Kubernetes)."""
+    return any(g.pod for g in gpus)
+
+
 def select_gpus(gpus: Sequence[GpuReading], selector: GpuSelector | None) -> Gpus:
-    """A target's own GPUs: its selector (by pod and namespace, index or UUID); else all of them, by UUID."""
-    if selector is not None and (selector.pod or selector.namespace or selector.indices or selector.uuids):
+    """A target's own GPUs: its selector (by pod and namespace, index or UUID); else, on an exporter that
+    covers one instance's node (no pod labels), all of them, by UUID. The rule the generated rules follow
+    too: on an exporter that labels GPUs with their pods, a GPU belongs to the engine pod holding it, so
+    with no selector naming this target's pod none is counted, never another pod's (the scraper warns)."""
+    if not selects(selector) and maps_pods(gpus):
+        return ()
+    if selector is not None and selects(selector):
         return tuple(g for g in gpus
                      if (not selector.pod or g.pod == selector.pod)
                      and (not selector.namespace or g.namespace == selector.namespace)
