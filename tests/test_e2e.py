@@ -180,3 +180,49 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
                 prom.stop()
             alertmanager.stop()
             hook.close()
+
+
+@pytest.mark.integration
+def test_a_healthy_fleet_raises_no_alert_from_any_path(tmp_path: Path) -> None:
+    """Side by side on a healthy fleet from its first second: the rules with ``for:`` at its defaults and
+    at 15 s (two Prometheus), and fleetwatch's own posts, all to one Alertmanager. No alert fires on
+    either Prometheus in any second, and nothing reaches the webhook: not in the first window, where a
+    rate over a few seconds reads low, nor later."""
+    from exporter.demo.scenarios import SCENARIOS
+
+    prometheus_bin = binary("prometheus")
+    hook = Webhook()
+    alertmanager = Alertmanager(binary("prometheus-alertmanager"), hook.alertmanager_config())
+    proms: list[Prometheus] = []
+    with fleet_and_fleetwatch(SCENARIOS["healthy"], INTERVAL, WINDOW, (alertmanager.url,)) as (demo, fleetwatch_url):
+        try:
+            for name, for_ in (("default", None), ("fifteen", "15s")):
+                rules = tmp_path / name
+                for file, text in build(demo.config, for_=for_, eval_interval="1s").items():
+                    (rules / file).parent.mkdir(parents=True, exist_ok=True)
+                    (rules / file).write_text(text)
+                proms.append(Prometheus(prometheus_bin, prometheus_config(
+                    demo, fleetwatch_url, rules / "fleetwatch.rules.yml", alertmanager.url)))
+            fired: list[dict[str, Any]] = []
+            pending: set[tuple[str, str]] = set()
+            deadline = time.monotonic() + 4 * WINDOW + 15
+            while time.monotonic() < deadline:  # a real Prometheus evaluating each second: read each second
+                for prom in proms:
+                    for a in prom.query("ALERTS"):
+                        m = a["metric"]
+                        if m["alertstate"] == "firing":
+                            fired.append(m)
+                        else:
+                            pending.add((m["alertname"], m.get("tier", "")))
+                time.sleep(1.0)
+            # the rules saw the fleet all along: the rows were computed, fleetwatch was scraped
+            for prom in proms:
+                assert prom.query("tier:fleetwatch_fleet_utilization_ratio:rate10s"), "no rows computed"
+                assert prom.query("fleetwatch_last_cycle_timestamp_seconds")
+            assert fired == [], (fired, pending)
+            assert hook.notifications == [], hook.notifications
+        finally:
+            for prom in proms:
+                prom.stop()
+            alertmanager.stop()
+            hook.close()
