@@ -10,7 +10,7 @@ table of rows of its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from . import engines as I
@@ -145,6 +145,13 @@ class RowAlert:
     below: str | None = None
     critical_above: str | None = None
     family: str = "capacity"  # of its upper thresholds (a key of model.ALERT_FOR); its lower ones are efficiency
+    causes: tuple[str, ...] = ()  # the likely causes, most likely first (the runbook's)
+    # the runbook of the alerts ``below`` and ``critical_above`` name, where it differs: (meaning, do, causes)
+    sides: Mapping[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def text(self, name: str) -> tuple[str, str, tuple[str, ...]]:
+        """(meaning, do, causes) of the alert ``name`` (without the Fleetwatch prefix)."""
+        return self.sides.get(name, (self.meaning, self.do, self.causes))
 
     def family_of(self, above: bool) -> str:
         return self.family if above else "efficiency"
@@ -279,14 +286,14 @@ def gpu_compute_utilization(tw: TierWindow, plan: Plan) -> Quantity:
     series = tw.gpu_series()
     if not series:
         return Quantity(None, reason="no GPU readings (configure dcgm: or nvml: on the targets)")
-    for field in _COMPUTE_SOURCES:  # the best source that every GPU of the tier has
+    for source in _COMPUTE_SOURCES:  # the best source that every GPU of the tier has
         per_gpu = []
         for readings in series.values():
-            vals = [getattr(g, field) for g in readings if getattr(g, field) is not None]
+            vals = [getattr(g, source) for g in readings if getattr(g, source) is not None]
             if vals:
                 per_gpu.append(sum(vals) / len(vals))
         if per_gpu and len(per_gpu) == len(series):
-            return Quantity(sum(per_gpu) / len(per_gpu), len(per_gpu), source=field)
+            return Quantity(sum(per_gpu) / len(per_gpu), len(per_gpu), source=source)
     return Quantity(None, reason="GPUs report no SM_ACTIVE, GR_ENGINE_ACTIVE or GPU_UTIL")
 
 
@@ -616,7 +623,11 @@ ROWS: tuple[Row, ...] = (
         _slo_band("slo_ttft_p99_seconds", critical=False), _ttft_diag, ("ttft_seconds",),
         evidence=_observations("ttft_seconds"),
         alert=RowAlert("TTFTP50High", "Median time to first token is near the SLO: the fleet is undersized or the "
-                       "workload shifted beyond the benchmark (P50 and P99 both violating).", *_TTFT_CHECK, family="latency")),
+                       "workload shifted beyond the benchmark (P50 and P99 both violating).", *_TTFT_CHECK, family="latency",
+                       causes=('Arrivals above what the deployed instances serve within the SLO '
+                               '(queueing)',
+                               "Prompts longer than the plan's workload profile (prefill takes longer)",
+                               'Instances down or restarting, so the rest carry their load'))),
     Row("ttft_p99_seconds", "s", "TTFT P99", "99th percentile time to first token over the tier.",
         _quantile("ttft_seconds", 0.99), _q(0.99, "ttft_seconds"),
         _slo_band("slo_ttft_p99_seconds", critical=True), _ttft_diag, ("ttft_seconds",),
@@ -625,21 +636,33 @@ ROWS: tuple[Row, ...] = (
                        "fine means queueing or prefill interference.",
                        "TTFT P50, queue depth, prefill share of steps, chunked prefill settings.",
                        "Enable or tune chunked prefill; scale up if the queue grows; shed load at the breaker.",
-                       family="latency")),
+                       family="latency",
+                       causes=('A queue building behind bursts of arrivals',
+                               "Long prompts interfering with the others' prefill (no or large chunked "
+                               'prefill)',
+                               'One slow instance (a straggler or an instance of other hardware in the '
+                               'pool)'))),
     Row("itl_p50_seconds", "s", "ITL / TPOT P50", "Median inter-token latency over the tier.",
         _quantile("itl_seconds", 0.50), _q(0.5, "itl_seconds"),
         _slo_band("slo_itl_p99_seconds", critical=False), _itl_diag, ("itl_seconds",),
         evidence=_observations("itl_seconds"),
         alert=RowAlert("ITLP50High", "Inter-token latency is elevated at the median: decode batch too large or "
                        "decode hardware undersized.", "Running batch size, KV cache usage, GPU compute utilization.",
-                       "Lower max_num_seqs or scale the tier; consider P/D disaggregation.", family="latency")),
+                       "Lower max_num_seqs or scale the tier; consider P/D disaggregation.", family="latency",
+                       causes=('Decode batches too large for the hardware (max_num_seqs high)',
+                               'KV cache pressure: preemptions and recomputation',
+                               'Fewer instances up than planned, so each decodes more sequences'))),
     Row("itl_p99_seconds", "s", "ITL / TPOT P99", "99th percentile inter-token latency over the tier.",
         _quantile("itl_seconds", 0.99), _q(0.99, "itl_seconds"),
         _slo_band("slo_itl_p99_seconds", critical=True), _itl_diag, ("itl_seconds",),
         evidence=_observations("itl_seconds"),
         alert=RowAlert("ITLP99High", "Inter-token latency spikes at P99: prefill interference.",
                        "Prefill tokens per step (max_num_batched_tokens), long prompts in the mix.",
-                       "Try chunked prefill with a smaller token budget, or separate long-prompt traffic.", family="latency")),
+                       "Try chunked prefill with a smaller token budget, or separate long-prompt traffic.", family="latency",
+                       causes=('Prefill steps of long prompts stalling decode (max_num_batched_tokens '
+                               'large)',
+                               'A burst of long prompts in the mix',
+                               'One instance far slower than the others'))),
     Row("kv_cache_utilization_ratio", "ratio", "KV cache utilization", "Mean over instances of KV cache usage.",
         kv_cache_utilization, f"avg by ({_T}) ({I.avg_over_time('kv_cache_usage')})",
         band("75-90%", warning_above=0.90, critical_above=0.98, inclusive=("critical_above",)),
@@ -647,7 +670,12 @@ ROWS: tuple[Row, ...] = (
         ("kv_cache_usage",), readings=1, op="avg", evidence=_instances("kv_cache_usage"),
         alert=RowAlert("KVCacheUtilizationHigh", "KV cache near the ceiling: it becomes the bottleneck before compute "
                        "does.", "KV usage per instance, eviction ratio, input lengths.",
-                       "Evaluate KV cache quantization or offloading; cap max_input_tokens at the gateway.")),
+                       "Evaluate KV cache quantization or offloading; cap max_input_tokens at the gateway.",
+                       causes=("Prompts or outputs longer than the plan's profile",
+                               'More concurrent sequences per instance than planned (load above plan, '
+                               'instances down)',
+                               'A KV pool smaller than sized (gpu_memory_utilization lowered, a larger '
+                               'model build)'))),
     Row("kv_cache_eviction_ratio", "ratio", "KV cache eviction rate",
         "Preemptions per finished request (SGLang: retractions).",
         kv_cache_eviction,
@@ -661,7 +689,11 @@ ROWS: tuple[Row, ...] = (
                        "undersized; above 20% it is the memory pressure cascade, which shows up as latency.",
                        "Preemptions per finished request, KV usage, prompt P95 against the plan.",
                        "Add KV capacity (instances, quantized KV, offload) or cap input length; re-characterize if "
-                       "prompts grew.")),
+                       "prompts grew.",
+                       causes=('KV pool too small for the concurrent sequences (load or lengths above '
+                               'plan)',
+                               "Prompts that grew beyond the plan's profile",
+                               'Instances down, raising the concurrency on the rest'))),
     Row("prefix_cache_hit_ratio", "ratio", "Prefix cache hit rate", "Prefix-cache hit tokens over queried tokens.",
         prefix_cache_hit,
         f"{_sum(I.rate('prefix_cache_hits'))} / {_sum(I.rate('prefix_cache_queries'))}"
@@ -674,14 +706,22 @@ ROWS: tuple[Row, ...] = (
         alert=RowAlert("PrefixCacheHitLow", "Low prefix cache hits on a workload with known prefix reuse: routing "
                        "misconfiguration or a cache too small.",
                        "Prefix-aware routing, cache size, whether the shared prefixes changed.",
-                       "Fix routing (session or prefix affinity) or give the cache more room.")),
+                       "Fix routing (session or prefix affinity) or give the cache more room.",
+                       causes=('Routing that ignores prefixes (round robin instead of session or prefix '
+                               'affinity)',
+                               'The shared prefixes changed (a new system prompt or template)',
+                               'A prefix cache too small for the working set'))),
     Row("queue_depth_requests", "requests", "Queue depth", "Window mean of waiting requests, summed over the tier.",
         queue_depth, _sum(I.avg_over_time("requests_waiting")),
         _QUEUE_BAND, _queue_diag, ("requests_waiting",), readings=1, op="avg", evidence=_instances("requests_waiting"),
         alert=RowAlert("QueueDepthHigh", "The queue nears Little's Law's limit (max wait x arrival rate): requests "
                        "queue faster than they are served.",
                        "Arrival rate against the plan's peak, fleet utilization, instances up.",
-                       "Scale up; make sure the gateway circuit breaker sheds load at 80-90% of the limit.")),
+                       "Scale up; make sure the gateway circuit breaker sheds load at 80-90% of the limit.",
+                       causes=("Arrivals above the fleet's usable capacity (a peak above the plan's)",
+                               'Instances down or not ready, shrinking capacity',
+                               'Requests slower than planned (longer prompts or outputs), lowering '
+                               'capacity per instance'))),
     Row("fleet_utilization_ratio", "ratio", "Fleet utilization",
         "Arrival rate over (instances up x usable RPS per instance from the plan).",
         fleet_utilization,
@@ -693,7 +733,36 @@ ROWS: tuple[Row, ...] = (
                        "GPUs inflate cost per token); above 80% leaves little headroom; above 90% none.",
                        "Requests per second against the plan's peak and the instances up.",
                        "Below 40%: scale down or consolidate. Above 80-90%: scale up or quantize.",
-                       below="UtilizationTrap", critical_above="NoHeadroom")),
+                       below="UtilizationTrap", critical_above="NoHeadroom",
+                       causes=("Load grew toward the plan's peak or past it",
+                               'Instances down, so the rest run closer to their capacity',
+                               "The benchmark's usable RPS per instance overstates what production gets"),
+                       sides={"UtilizationHigh": ('Load above 80% of the usable capacity: little headroom is left for a '
+                                   'burst or a lost instance.',
+                                   'Plan a scale-up; check that the gateway breaker is set '
+                                   '(FleetwatchQueueAboveCircuitBreaker).',
+                                   ("Load grew toward the plan's peak or past it",
+                                    'Instances down, so the rest run closer to their capacity',
+                                    "The benchmark's usable RPS per instance overstates what production "
+                                    'gets')),
+                              "NoHeadroom": ('Load at 90% or more of the usable capacity: one more instance lost or'
+                                   ' one more burst and requests queue past the SLO.',
+                                   'Scale up now (the resize alerts give the count); shed load at the '
+                                   'gateway breaker meanwhile.',
+                                   ("Load at or past the fleet's usable capacity (a peak above the "
+                                    "plan's)",
+                                    'Instances down or evicted from their nodes',
+                                    "Requests heavier than the benchmark's (the plan's per-instance "
+                                    'capacity no longer holds)')),
+                              "UtilizationTrap": ('Load below 40% of the usable capacity: most GPUs idle while they cost'
+                                   ' as much as busy ones, so cost per token is high.',
+                                   'Scale down toward the recommended count (FleetwatchScaleDown says '
+                                   "when), consolidate tiers, or lower the plan's peak if it overstates "
+                                   'the workload.',
+                                   ('The fleet is sized for a peak that is not now (night, weekend): idle'
+                                    ' GPUs cost per token',
+                                    'Traffic moved to another tier or region',
+                                    "The plan's peak or safety factor is larger than the workload needs"))})),
     Row("gpu_memory_utilization_ratio", "ratio", "GPU memory utilization",
         "used / (free + used + reserved) of the tier's worst GPU.",
         gpu_memory_utilization, f"max by ({_T}) ({GPU_MEMORY_PER_GPU})",
@@ -702,14 +771,40 @@ ROWS: tuple[Row, ...] = (
         alert=RowAlert("GPUMemoryHigh", "GPU memory: below 70% is over-provisioned; above 90-95% risks OOM on "
                        "spikes.", "gpu_memory_utilization setting, weights and KV pool sizes.",
                        "Resize the KV pool or the model's footprint; pick a smaller GPU if far below.",
-                       below="GPUMemoryLow")),
+                       below="GPUMemoryLow",
+                       causes=('gpu_memory_utilization set near 1.0, leaving no room for activation '
+                               'spikes',
+                               'A larger model build or more LoRA adapters than sized',
+                               'Another process on the GPU (a second container, a stuck job)'),
+                       sides={"GPUMemoryHigh": ('GPU memory above 90% used: a spike of activations or adapters can run'
+                                   ' out of memory and crash the engine.',
+                                   'Lower gpu_memory_utilization a little, shrink the KV pool or the '
+                                   "model's footprint.",
+                                   ('gpu_memory_utilization set near 1.0, leaving no room for activation '
+                                    'spikes',
+                                    'A larger model build or more LoRA adapters than sized',
+                                    'Another process on the GPU (a second container, a stuck job)')),
+                              "GPUMemoryLow": ('GPU memory below 70% used: the GPUs are larger than the model and its'
+                                   ' KV pool need, or the pool is set small.',
+                                   'Raise gpu_memory_utilization to give the KV pool the memory, or move '
+                                   'to a smaller GPU.',
+                                   ('gpu_memory_utilization set low, leaving the KV pool small and memory'
+                                    ' idle',
+                                    'A smaller model or quantized build on a GPU sized for a larger one',
+                                    'The GPU is larger than the workload needs (a cheaper one would do)'))})),
     Row("gpu_compute_utilization_ratio", "ratio", "GPU compute utilization",
         "Mean over the tier's GPUs of SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL/100.",
         gpu_compute_utilization, f"avg by ({_T}) ({GPU_COMPUTE_PER_GPU})",
         _COMPUTE_BAND, _compute_diag, readings=1, op="avg", evidence=f"count by ({_T}) ({GPU_COMPUTE_PER_GPU})",
         alert=RowAlert("GPUComputeLow", "Low compute during active serving: batches too small or the workload is "
                        "decode-dominated.", "Running batch size, max_num_seqs.",
-                       "Raise batch size / concurrency; consider a cheaper tier for decode.")),
+                       "Raise batch size / concurrency; consider a cheaper tier for decode.",
+                       causes=("Batches too small: max_num_seqs or the gateway's concurrency limit too "
+                               'low',
+                               'A decode-dominated workload (short prompts, long outputs) on '
+                               'compute-heavy GPUs',
+                               'Requests waiting elsewhere (the gateway, the tokenizer) rather than on '
+                               'the GPU'))),
     Row("spec_decode_acceptance_ratio", "ratio", "Speculative decoding acceptance rate",
         "Accepted draft tokens over proposed draft tokens.",
         spec_decode_acceptance,
@@ -724,7 +819,10 @@ ROWS: tuple[Row, ...] = (
         evidence=_sum(I.increase("spec_draft_tokens")),
         alert=RowAlert("SpecDecodeAcceptanceLow", "The draft model matches current traffic poorly: below 50% "
                        "speculative decoding costs more than it saves.", "Acceptance by traffic type; draft model "
-                       "version.", "Disable speculative decoding or retune the draft model.")),
+                       "version.", "Disable speculative decoding or retune the draft model.",
+                       causes=('Traffic that differs from what the draft model was trained on',
+                               'A draft model version that no longer matches the target model',
+                               'Too many speculative tokens per step for this traffic'))),
     Row("lora_adapter_cache_hit_ratio", "ratio", "Adapter cache hit rate",
         "Adapter cache hits over lookups, where the engine exposes it.",
         lora_cache_hit,
@@ -735,7 +833,10 @@ ROWS: tuple[Row, ...] = (
         readings=1, panel=False,
         alert=RowAlert("LoRAAdapterCacheHitLow", "Adapter variants compete for GPU memory.",
                        "Adapters per instance, max_loras, adapter ranks.",
-                       "Increase max_loras or reduce adapter rank; route adapters to fewer instances.")),
+                       "Increase max_loras or reduce adapter rank; route adapters to fewer instances.",
+                       causes=('More distinct adapters in use than max_loras slots',
+                               'Adapters spread over every instance instead of routed to a few',
+                               'Large adapter ranks taking the memory of several slots'))),
     Row("lora_adapter_evictions_per_second", "1/s", "Adapter eviction rate",
         "Adapters leaving the running set while requests for them wait.",
         lora_evictions,
@@ -745,7 +846,10 @@ ROWS: tuple[Row, ...] = (
                    "tenants that do not respond to chunked prefill tuning."),
         alert=RowAlert("LoRAAdapterEvictions", "Adapters are paged out and reloaded on demand: TTFT spikes on "
                        "specific tenants.", "Running vs waiting adapters.",
-                       "Increase max_loras or pin hot adapters to dedicated instances.")),
+                       "Increase max_loras or pin hot adapters to dedicated instances.",
+                       causes=('More hot adapters than max_loras slots',
+                               'Routing that sends each adapter to every instance',
+                               'A burst of requests for rarely used adapters'))),
     Row("tokens_per_gpu_hour", "tokens/GPU-hour", "Tokens/GPU-hour",
         "Generated tokens per GPU-hour of the instances that are up.",
         tokens_per_gpu_hour,

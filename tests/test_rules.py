@@ -155,3 +155,45 @@ def test_fleetwatch_watches_itself() -> None:
         assert "by (tier" in rule["expr"] and "tier=\"" not in rule["expr"], per_tier
     stale = names["FleetwatchCycleStale"]["expr"]
     assert stale.endswith(f"> {config.stale_after:g}"), stale  # /healthz's bound
+
+
+def _entries() -> dict[str, str]:
+    text = (RULES / "runbook.md").read_text()
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    return {p.split("\n", 1)[0].strip(): p for p in parts}
+
+
+def test_every_runbook_entry_can_be_followed_at_3am() -> None:
+    """Each alert's own entry: its meaning, PromQL that confirms it, a link to a panel of the generated
+    dashboards, ranked causes, commands (kubectl or curl), what to do; no book section numbers."""
+    import json
+
+    from exporter.render.dashboards import build as dashboards
+
+    panels = {(b["uid"], p["id"]) for b in (json.loads(t) for t in dashboards().values()) for p in b["panels"]}
+    entries = _entries()
+    assert set(entries) == {r["alert"] for r in _alert_rules()}
+    meanings = {}
+    for name, entry in entries.items():
+        assert re.search(r"\*\*What it means\.\*\* \S", entry), name
+        promql = re.search(r"```promql\n(.+?)```", entry, re.S)
+        assert promql and promql.group(1).strip(), f"{name}: no PromQL to confirm it"
+        link = re.search(r"\*\*Dashboard\.\*\* \[[^\]]+\]\(/d/([\w-]+)\?viewPanel=(\d+)", entry)
+        assert link and (link.group(1), int(link.group(2))) in panels, f"{name}: no panel, or one that does not exist"
+        assert re.search(r"^1\. \S", entry, re.M), f"{name}: no ranked causes"
+        commands = re.search(r"```sh\n(.+?)```", entry, re.S)
+        assert commands and re.search(r"\b(kubectl|curl)\b", commands.group(1)), f"{name}: no commands"
+        assert re.search(r"\*\*Do\.\*\* \S", entry), name
+        assert not re.search(r"\bSteps? \d|\b9\.[1-5]\b", entry), name
+        meanings[name] = re.search(r"\*\*What it means\.\*\* (.+)", entry).group(1)  # type: ignore[union-attr]
+    for pair in (("FleetwatchUtilizationHigh", "FleetwatchUtilizationTrap", "FleetwatchNoHeadroom"),
+                 ("FleetwatchGPUMemoryHigh", "FleetwatchGPUMemoryLow"), ("FleetwatchScaleUp", "FleetwatchScaleDown")):
+        assert len({meanings[n] for n in pair}) == len(pair), pair
+
+
+def test_readme_lists_every_alert_as_generated() -> None:
+    from exporter.render.rules import alert_table
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- alert table -->\n", 1)[1].split("<!-- /alert table -->", 1)[0]
+    assert table == alert_table(load_config(str(EXAMPLE)))

@@ -242,6 +242,10 @@ _STEP13 = ("ttft_p99_vs_benchmark", "itl_p99_vs_benchmark", "gpu_utilization_vs_
            "prefix_cache_hit_ratio_vs_benchmark", "kv_cache_eviction_ratio_vs_benchmark")
 
 
+# fleetwatch's own series that belong to no tier (the "fleetwatch itself" panel reads them whole)
+PROCESS_SERIES = ("fleetwatch_last_cycle_timestamp_seconds", "fleetwatch_alertmanager_notifications_failed_total")
+
+
 def plan_validation() -> dict[str, Any]:
     b = _Board("fleetwatch-plan", "fleetwatch / Plan validation",
                "Observed vs benchmark over time: every check of production against the sizing plan's benchmark at equivalent "
@@ -269,7 +273,24 @@ def plan_validation() -> dict[str, Any]:
                  "80-90% of Little's Law's limit.",
                  [_target(f"fleetwatch_guardrail_recommended{{{TIER}}}", "", "A", instant=True, table=True)],
                  "short"), 12, 8)
+    b.add(_panel("timeseries", "fleetwatch itself", "Whether fleetwatch is checking the fleet: seconds since its last "
+                 "completed cycle (stale past 3 intervals and a scrape timeout), the targets it cannot reach (an "
+                 "engine or a GPU source), and its notifications to Alertmanager that failed.",
+                 [_target(f"time() - max({PROCESS_SERIES[0]})", "seconds since the last cycle", "A"),
+                  _target(f"sum by (tier, source) (1 - fleetwatch_target_up{{{TIER}}})",
+                          "{{tier}} {{source}} targets unreached", "B"),
+                  _target(f"sum by (alertmanager) (increase({PROCESS_SERIES[1]}[$__rate_interval]))",
+                          "failed notifications to {{alertmanager}}", "C")], "short"), 24, 8)
     return b.json(_variables())
+
+
+def panel_link(title: str) -> tuple[str, str, str]:
+    """(dashboard title, panel title, link path) of the first generated panel with this title."""
+    for board in (fleet_overview(), tier_drilldown(), plan_validation()):
+        for p in board["panels"]:
+            if p.get("title") == title:
+                return board["title"], title, f"/d/{board['uid']}?viewPanel={p['id']}"
+    raise KeyError(f"no generated panel is titled {title!r}")
 
 
 def build() -> dict[str, str]:

@@ -22,27 +22,42 @@ from ..guardrails import BREAKER_RANGE
 from ..model import Config, Threshold, TierConfig
 
 PREFIX = "Fleetwatch"
-FINDINGS: dict[str, tuple[str, str, str, str]] = {
+FINDINGS: dict[str, tuple[str, str, tuple[str, ...], str]] = {  # kind -> (alert stem, meaning, causes, do)
     "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's workload "
-                           "profile.", "The workload block of the report against the plan.",
+                           "profile: the plan's capacity and KV sizing rest on lengths production no longer sends.",
+                           ("A new client, feature or prompt template (longer system prompts, retrieval context)",
+                            "A change of traffic mix between tenants",
+                            "The plan's profile was measured on too short a sample"),
                            "Re-characterize the workload (`fleetwatch plan --from-report`), then re-run the benchmark "
                            "and re-size the fleet."),
-    "output_length_drift": ("OutputLengthDrift", "Output length P95/P99 moved beyond the tolerance from the plan.",
-                            "Output P99, finished_reason shares.",
+    "output_length_drift": ("OutputLengthDrift", "Output length P95/P99 moved beyond the tolerance from the plan: "
+                            "decode takes longer per request than the plan assumed.",
+                            ("Clients asking for longer answers, or a new model version that talks more",
+                             "No max_tokens enforced at the gateway",
+                             "Runaway generations (see FleetwatchRunawayGeneration)"),
                             "Re-characterize the workload; set max_output_tokens at the gateway."),
-    "runaway_generation": ("RunawayGeneration", "A growing share of requests stops at max_tokens: runaway "
-                           "generation holds decode slots.", "finished_reason=length share; prompts that loop.",
+    "runaway_generation": ("RunawayGeneration", "A growing share of requests stops at max_tokens: runaway generation "
+                           "holds decode slots and KV cache for nothing.",
+                           ("Prompts that make the model loop or repeat", "A sampling change (temperature, "
+                            "repetition penalty) in a new client", "A model or template change"),
                            "Enforce max_new_tokens at the gateway; add runaway pattern detection."),
-    "mixed_tier": ("MixedTier", "An instance does not behave like its tier (different GPU model, or its P99 far "
-                   "above the tier's median).", "GPU model of each instance; the named instance's placement.",
-                   "Move it to its own tier with its own benchmark curve and plan."),
-    "fp8_on_a100": ("FP8OnA100", "FP8 weights on A100s run without the FP8 tensor-core path.",
-                    "plan.precision.weights and the tier's GPU models.", "Build and validate an INT8 artefact."),
-    "peak_above_plan": ("PeakAbovePlan", "The observed peak exceeds the peak the plan was sized for.",
-                        "Requests per second history.", "Re-plan with the new peak (`fleetwatch plan --from-report`); "
-                                                        "resize."),
+    "mixed_tier": ("MixedTier", "An instance does not behave like its tier: a different GPU model, or its P99 far above "
+                   "the tier's median. Its numbers blend into the tier's.",
+                   ("A pod scheduled on a node of other hardware (missing node selector or affinity)",
+                    "A straggler: a throttled, unhealthy or noisy-neighbour GPU", "A different engine build or setting"),
+                   "Move it to its own tier with its own benchmark curve and plan, or fix its placement."),
+    "fp8_on_a100": ("FP8OnA100", "FP8 weights on A100s run without the FP8 tensor-core path: slower than the plan "
+                    "assumed.", ("The FP8 build deployed to an A100 tier", "A node pool change moved the tier to "
+                                 "A100s"), "Build and validate an INT8 artefact for A100s, or move the tier."),
+    "peak_above_plan": ("PeakAbovePlan", "The observed peak exceeds the peak the plan was sized for: the fleet size "
+                        "rests on a load that no longer holds.",
+                        ("Organic growth", "A new client or launch", "Retries from an overloaded fleet inflating "
+                                                                     "arrivals"),
+                        "Re-plan with the new peak (`fleetwatch plan --from-report`); resize."),
     "instances_differ_from_plan": ("InstancesDifferFromPlan", "Deployed instances differ from the plan's fleet size.",
-                                   "Targets configured or discovered.", "Deploy what the plan says or re-plan."),
+                                   ("An autoscaler or a person changed the replica count",
+                                    "Pods pending for lack of GPUs", "The plan was updated but not deployed"),
+                                   "Deploy what the plan says or re-plan."),
 }
 
 
@@ -58,6 +73,34 @@ class TestCase:
 
 
 @dataclass(frozen=True)
+class Runbook:
+    """What an on-call reads for one alert: what it means, the PromQL that confirms it, the dashboard
+    panel, the likely causes (most likely first), the commands that check them, and what to do."""
+
+    meaning: str
+    confirm: tuple[str, ...]  # PromQL; <tier> stands for the alert's tier
+    panel: str  # the title of a panel of the generated dashboards
+    causes: tuple[str, ...]
+    commands: tuple[str, ...]  # shell; <tier>, <pod> and <fleetwatch> stand for what the alert names
+    do: str
+
+
+# what the commands say, for every alert that needs them
+PODS = "kubectl get pods -l fleetwatch.io/tier=<tier> -o wide"
+FLEETWATCH_LOG = "kubectl logs deploy/fleetwatch --since=30m | grep 'tier=<tier>'"
+CHECK_JQ = "fleetwatch check --config <config> --format json | jq '.tiers[\"<tier>\"].{what}'"
+
+
+def engine_metrics(names: tuple[str, ...], port: int = 8000) -> str:
+    return (f"kubectl port-forward pod/<pod> {port}:{port} & curl -s localhost:{port}/metrics | "
+            f"grep -E '^({'|'.join(re.escape(n) for n in names)})'")
+
+
+def fleetwatch_metrics(pattern: str) -> str:
+    return f"curl -s http://<fleetwatch>:9108/metrics | grep -E '{pattern}'"
+
+
+@dataclass(frozen=True)
 class AlertSpec:
     """One alerting rule. Its labels are ``severity``, the config's alert_labels, and the tier its
     expression returns (every expression aggregates to ``tier`` alone, or to nothing for an alert about
@@ -69,7 +112,7 @@ class AlertSpec:
     expr: str
     summary: str
     description: str  # may use VALUE, {{ $labels.tier }} and query_value(...)
-    runbook: tuple[str, str, str]  # meaning, check, do
+    runbook: Runbook
     cases: tuple[TestCase, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
     for_: str | None = None  # its own "for:" (a tier's scale-down stabilization), else its family's
@@ -219,11 +262,25 @@ def band_alerts(config: Config, window: str) -> list[AlertSpec]:
                 summary=f"Tier {TIER}: {row.title} {direction} its {severity} threshold",
                 description=f"{row.title} of tier {TIER} is {VALUE} {row.unit}, {direction} the {severity} "
                             f"threshold {limit_text}. {text.meaning}",
-                runbook=(text.meaning, text.check, text.do),
+                runbook=_row_runbook(row, text.alert_name(above, severity), x, severity, side),
                 cases=tuple(c for tier in config.tiers.values()
                             for c in _band_cases(tier, row, severity, side, window)),
                 gated=True))
     return out
+
+
+def _row_runbook(row: Row, name: str, series: str, severity: str, side: str) -> Runbook:
+    assert row.alert is not None
+    meaning, do, causes = row.alert.text(name)
+    names = tuple(n for canonical in row.inputs for n in I.all_names(canonical))
+    gpu = row.key.startswith("gpu_")
+    commands = (PODS, *((engine_metrics(names),) if names else ()),
+                *(("kubectl port-forward pod/<the node's dcgm-exporter pod> 9400:9400 & curl -s localhost:9400/metrics "
+                   "| grep -E '^DCGM_FI_(DEV_FB_(USED|FREE)|PROF_SM_ACTIVE|DEV_GPU_UTIL)'",) if gpu else ()),
+                fleetwatch_metrics(f'fleetwatch_({row.key}|band_threshold).*tier="<tier>"'))
+    where = '{tier="<tier>"}'
+    return Runbook(meaning, (series + where, catalogue.threshold_series(row.key, severity, side, "<tier>")),
+                   row.title if row.panel else "Status of every row", causes or (row.alert.check,), commands, do)
 
 
 def _sides(config: Config, row: Row) -> list[tuple[str, str]]:
@@ -301,9 +358,16 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
         description=f"Mean queue of tier {TIER} is {VALUE} requests, above the breaker threshold fleetwatch "
                     f"recommends ({query_value(br_t)}, {BREAKER_RANGE[0] * 100:.0f}% of the TTFT SLO x the planned "
                     f"peak RPS): requests a gateway breaker would have shed with a 429.",
-        runbook=("The queue passed the recommended gateway circuit-breaker threshold: without a breaker, a spike "
-                 "becomes an OOM cascade and every request degrades.", "Gateway breaker configuration; arrival rate.",
-                 "Configure the breaker at the recommended threshold; scale up if this persists."),
+        runbook=Runbook(
+            "The queue passed the threshold at which fleetwatch recommends a gateway circuit breaker shed load: "
+            "without a breaker, a burst becomes an out-of-memory cascade and every request degrades.",
+            (f'{queue}{{tier="<tier>"}}', br_t.replace("%s", "<tier>")), "Queue depth and the Little's Law limit",
+            ("No circuit breaker at the gateway, or one set above the recommended threshold",
+             "Arrivals above the fleet's usable capacity (a peak above the plan's)",
+             "Instances down, so the rest queue what they cannot serve"),
+            (PODS, engine_metrics(I.all_names("requests_waiting")),
+             fleetwatch_metrics('fleetwatch_guardrail_recommended.*circuit_breaker.*tier="<tier>"')),
+            "Set the gateway's breaker at the recommended threshold (429 beyond it); scale up if the queue stays."),
         cases=(TestCase(((queue + one, "100x40"), (br_t % t, "80x40")), True, tier=t),
                TestCase(((queue + one, "80x40"), (br_t % t, "80x40")), False, tier=t))))
     # production diverges from the benchmark at equivalent RPS (fleetwatch computes the curve)
@@ -317,11 +381,20 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
         description=f"A plan check of tier {TIER} against the plan's benchmark at equivalent RPS is critical (TTFT "
                     f"P99 or ITL P99 above the benchmark's, or GPU utilization below it, beyond the limits): "
                     f"re-characterize the workload and re-run the benchmark before resizing.",
-        runbook=(f"Production no longer matches the benchmark the plan was sized on: TTFT P99 more than "
-                 f"{(STEP13_TTFT_FACTOR - 1) * 100:.0f}% above it, or GPU utilization more than "
-                 f"{STEP13_UTIL_POINTS * 100:.0f} points below it, at the same RPS per instance.",
-                 "The plan checks in the report: which one, observed against predicted; the workload block.",
-                 "Re-characterize the workload (`fleetwatch plan --from-report`) and re-run the benchmark."),
+        runbook=Runbook(
+            f"Production no longer matches the benchmark the plan was sized on: at the same RPS per instance, TTFT "
+            f"P99 is more than {(STEP13_TTFT_FACTOR - 1) * 100:.0f}% above the benchmark's, or GPU utilization "
+            f"more than {STEP13_UTIL_POINTS * 100:.0f} points below it. Sizing on that benchmark would be wrong.",
+            ('fleetwatch_plan_check_status{tier="<tier>",status="critical"} == 1',
+             'fleetwatch_plan_check_observed{tier="<tier>"} / fleetwatch_plan_check_predicted{tier="<tier>"}'),
+            "Plan checks not ok",
+            ("The workload changed: longer prompts or outputs than the plan's profile (see the drift alerts)",
+             "A new engine version, model build or engine setting that changed per-instance performance",
+             "Mixed hardware or a straggler instance in the tier"),
+            (fleetwatch_metrics('fleetwatch_plan_check_(status|observed|predicted).*tier="<tier>"'),
+             CHECK_JQ.format(what='plan_checks, .tiers[\"<tier>\"].workload'), FLEETWATCH_LOG),
+            "Re-characterize the workload (`fleetwatch plan --from-report`) and re-run the benchmark before "
+            "resizing; the scale-down alert stays quiet meanwhile."),
         cases=(TestCase(((status_t, "1x40"),), True, tier=t), TestCase(((status_t, "0x40"),), False, tier=t))))
     # engine targets down, in Prometheus's own up
     up = 'up{tier!=""}'
@@ -331,9 +404,17 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
         summary=f"Tier {TIER}: targets down ({VALUE})",
         description=f"Targets of tier {TIER} that did not answer their last scrape: {VALUE}. The tier serves "
                     f"with fewer instances than planned.",
-        runbook=("An engine target that Prometheus scrapes does not answer (a GPU exporter fleetwatch cannot "
-                 "reach is FleetwatchScrapeFailing).", "The pod, its logs, the node.",
-                 "Restart or replace the instance; the remaining instances carry its load meanwhile."),
+        runbook=Runbook(
+            "Engine targets of the tier do not answer Prometheus's scrape: the tier serves with fewer instances "
+            "than planned (a GPU exporter fleetwatch cannot reach is FleetwatchScrapeFailing).",
+            ('up{tier="<tier>"} == 0',), "Instances: needed, deployed, up",
+            ("The engine pod crashed or restarts (out of memory, a failed model load)",
+             "The node is unhealthy or the pod was evicted",
+             "The scrape itself fails: a changed port, path, or NetworkPolicy"),
+            (PODS, "kubectl describe pod <pod> | tail -20", "kubectl logs <pod> --previous | tail -50",
+             engine_metrics(I.all_names("requests_running"))),
+            "Restart or replace the instance; the remaining instances carry its load meanwhile (watch the "
+            "utilization and queue alerts)."),
         cases=(TestCase(((up_t, "0x40"),), True, tier=t, value=1.0), TestCase(((up_t, "1x40"),), False, tier=t))))
     # fleetwatch's own view: a target it has not reached for ten minutes (an engine, or a GPU source)
     seen = "fleetwatch_target_up"
@@ -344,13 +425,20 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
         summary=f"Tier {TIER}: fleetwatch cannot scrape {{{{ $labels.instance }}}} ({{{{ $labels.source }}}})",
         description=f"fleetwatch has not reached the {{{{ $labels.source }}}} target of {{{{ $labels.instance }}}} "
                     f"(tier {TIER}) in any scrape of the last 10 minutes: the rows that need it are unknown.",
-        runbook=("fleetwatch has failed every scrape of one target for ten minutes: an engine, or the GPU source "
-                 "beside it (source=\"dcgm\" is dcgm-exporter). The rows that read it stay unknown.",
-                 "`fleetwatch_target_up == 0` and `fleetwatch_scrape_errors_total` by reason (refused, timeout, "
-                 "http status, malformed); `curl` the target's /metrics from fleetwatch's pod; for dcgm-exporter, "
-                 "its DaemonSet pod on that node (`kubectl get pods -o wide`).",
-                 "Restore the target (restart the engine, the exporter, or fix its address and credentials in "
-                 "the config); fleetwatch tries it again on its own."),
+        runbook=Runbook(
+            "fleetwatch has failed every scrape of one target for ten minutes: an engine, or the GPU source beside "
+            "it (source=\"dcgm\" is dcgm-exporter, which Prometheus's own up may not show). The rows that read it "
+            "stay unknown.",
+            ('max_over_time(fleetwatch_target_up{tier="<tier>"}[10m]) == 0',
+             'sum by (instance, source, reason) (increase(fleetwatch_scrape_errors_total{tier="<tier>"}[10m]))'),
+            "fleetwatch itself",
+            ("The target is down (the engine pod, or the node's dcgm-exporter DaemonSet pod)",
+             "Its address, port or credentials in the config are wrong (reason http_status or token)",
+             "A NetworkPolicy or TLS setting blocks fleetwatch (reason refused, timeout or tls)"),
+            (fleetwatch_metrics('fleetwatch_scrape_errors_total.*tier="<tier>"'),
+             "kubectl get pods -A -o wide | grep -E 'dcgm|<tier>'", FLEETWATCH_LOG),
+            "Restore the target (restart the engine or the exporter, fix its address or credentials in the "
+            "config); fleetwatch tries it again on its own."),
         cases=(TestCase(((sample, "0x40"),), True, {"instance": f"x-{t}", "source": "dcgm"}, tier=t),
                TestCase(((sample, "1x40"),), False, {"instance": f"x-{t}", "source": "dcgm"}, tier=t)),
         for_="1m"))
@@ -358,6 +446,7 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
     # seen within ENGINE_SEEN, gone now (past the lookback, or ended by a staleness marker)
     engines = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", tier!=""}}'
     sample = f'{I.all_names("requests_running")[0]}{{tier="{t}",instance="x-{t}"}}'
+    one_tier = engines.replace('tier!=""', 'tier="<tier>"')
     out.append(AlertSpec(
         f"{PREFIX}EngineSeriesMissing", "warning", "targets",
         f"group by (tier) (max_over_time({engines}[{catalogue.ENGINE_SEEN}])) unless on (tier) "
@@ -365,17 +454,22 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
         summary=f"Tier {TIER}: its engine series are gone from Prometheus",
         description=f"Prometheus held engine series for tier {TIER} within the last {catalogue.ENGINE_SEEN} and "
                     f"holds none now: the recording rules compute no row, and no row alert can fire for it.",
-        runbook=("Prometheus stopped receiving the tier's engine series: the rules compute nothing for it, so its "
-                 "other alerts are silent, not satisfied.",
-                 f"`{engines}` (empty) against `max_over_time({engines}[{catalogue.ENGINE_SEEN}])`; the engines' "
-                 f"scrape job in Prometheus (its PodMonitor or ServiceMonitor, the `tier` relabelling); the pods "
-                 f"(`kubectl get pods -l <the tier's label>`).",
-                 "Restore the scrape (a relabelling or selector change drops the tier label or the job), or the "
-                 "engines themselves if they are gone."),
+        runbook=Runbook(
+            "Prometheus stopped receiving the tier's engine series: the rules compute nothing for it, so its other "
+            "alerts are silent, not satisfied.",
+            (one_tier, f"max_over_time({one_tier}[{catalogue.ENGINE_SEEN}])"),
+            "Instances: needed, deployed, up",
+            ("A relabelling or PodMonitor/ServiceMonitor change dropped the tier label or the engines' job",
+             "The engine pods are gone (scaled to zero, deleted, their Deployment renamed)",
+             "The engines changed their metric names (a new engine version)"),
+            (PODS, "kubectl get podmonitors,servicemonitors -A | grep -i -E 'vllm|sglang|engine'",
+             engine_metrics(I.all_names("requests_running"))),
+            "Restore the scrape (the tier label and the job) or the engines themselves; until then nothing checks "
+            "the tier."),
         cases=(TestCase(((sample, "1x3 stale"),), True, tier=t), TestCase(((sample, "1x40"),), False, tier=t))))
     out += resize_alerts(config)
     # findings fleetwatch computes (guardrails, drift, mixed tiers)
-    for kind, (fstem, meaning, check, do) in FINDINGS.items():
+    for kind, (fstem, meaning, causes, do) in FINDINGS.items():
         for severity in ("warning", "critical"):
             f = f'fleetwatch_finding{{kind="{kind}",status="{severity}"}}'
             f_t = f'fleetwatch_finding{{tier="{t}",kind="{kind}",status="{severity}",instance=""}}'
@@ -383,7 +477,10 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
                 f"{PREFIX}{fstem}", severity, "workload", f"max by (tier) ({f}) == 1",
                 summary=f"Tier {TIER}: {kind.replace('_', ' ')} ({severity})",
                 description=f"fleetwatch found {kind.replace('_', ' ')} on tier {TIER}. {meaning}",
-                runbook=(meaning, check, do),
+                runbook=Runbook(
+                    meaning, (f'fleetwatch_finding{{tier="<tier>",kind="{kind}"}}',), "Findings", causes,
+                    (fleetwatch_metrics(f'fleetwatch_finding.*kind="{kind}".*tier="<tier>"'),
+                     CHECK_JQ.format(what="findings"), FLEETWATCH_LOG), do),
                 cases=(TestCase(((f_t, "1x40"),), True, tier=t), TestCase(((f_t, "0x40"),), False, tier=t))))
     return out
 
@@ -398,16 +495,32 @@ def resize_alerts(config: Config) -> list[AlertSpec]:
     out: list[AlertSpec] = []
     rec, have = RECOMMENDED, INSTANCES
     current = query_value(f'{INSTANCES}{{tier="%s"}}')
-    runbook = ("The fleet-size arithmetic (peak RPS over usable RPS per instance, with the safety margin) asks "
-               "for a different instance count.",
-               "The recorded peak (tier:fleetwatch_resize_peak_rps:max) against the plan's; the resize reason in "
-               "fleetwatch's report in fleet mode.",
-               "Apply the recommended count (the autoscaler receives this alert); re-plan if it recurs.")
+    confirm = (f'{RECOMMENDED}{{tier="<tier>"}}', f'{INSTANCES}{{tier="<tier>"}}', f'{SIZING_PEAK}{{tier="<tier>"}}')
+    commands = (PODS, fleetwatch_metrics('fleetwatch_(recommended_instances|resize_action|resize_peak_rps).*'
+                                         'tier="<tier>"'), CHECK_JQ.format(what="resize"))
+    up = Runbook(
+        "More instances needed: the fleet-size arithmetic (the peak arrival rate over the usable RPS per instance, "
+        "with the safety margin) asks for more than the tier has, and at the peak requests would queue past the "
+        "SLO.",
+        confirm, "Instances: needed, deployed, up",
+        ("Load grew past the peak the fleet was sized for", "Instances down or not scheduled (pending for GPUs)",
+         "The plan's usable RPS per instance overstates production (see FleetwatchRecharacterize)"),
+        commands, "Scale the tier to the count in the alert (an autoscaler fed by this alert does); re-plan if it "
+                  "recurs.")
+    down = replace(up, meaning=(
+        "Instances idle: the recommended count, never under the tier's floors (the minimum warm count, and what "
+        "drains the queue within the TTFT SLO), stayed below the deployed count for the plan's whole stabilization "
+        "window."), causes=(
+        "Load fell below the peak the fleet was sized for (a night, a season, traffic moved)",
+        "The fleet was scaled up for a peak that has passed",
+        "The plan's peak or safety factor is larger than the workload needs"),
+        do="Scale down to the count in the alert, not below it; the floors already keep the warm and queue-draining "
+           "instances.")
     t = next(iter(config.tiers))
     out.append(AlertSpec(
         f"{PREFIX}ScaleUp", "critical", "resize", f"{rec} > on (tier) {have}",
         summary=f"Tier {TIER}: scale up to {VALUE} instances",
-        description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=runbook,
+        description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=up,
         cases=(TestCase(((f'{rec}{{tier="{t}"}}', "7x40"), (f'{have}{{tier="{t}"}}', "4x40")), True, tier=t),
                TestCase(((f'{rec}{{tier="{t}"}}', "4x40"), (f'{have}{{tier="{t}"}}', "4x40")), False, tier=t))))
     checks = "ttft_p99_vs_benchmark|itl_p99_vs_benchmark|gpu_utilization_vs_benchmark"
@@ -425,7 +538,7 @@ def resize_alerts(config: Config) -> list[AlertSpec]:
             f"{PREFIX}ScaleDown", "warning", "resize",
             f"({sizing.scale_down_to_promql(r, floor)}) < on (tier) {h} unless on (tier) ({step13})",
             summary=f"Tier {TIER}: scale down to {VALUE} instances",
-            description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=runbook,
+            description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=down,
             cases=(TestCase(((r, f"{max(2, warm)}x40"), (h, f"{max(2, warm) + 2}x40"), (littles_law, "1x40")),
                             True, tier=t),
                    TestCase(((r, "4x40"), (h, "4x40"), (littles_law, "1x40")), False, tier=t),
@@ -448,13 +561,19 @@ def self_alerts(config: Config) -> list[AlertSpec]:
             summary="fleetwatch is not reporting",
             description="Prometheus has no fleetwatch series: fleetwatch is down, or Prometheus does not scrape "
                         "it. Nothing checks the fleet against its plan meanwhile.",
-            runbook=("Prometheus holds no fleetwatch series: fleetwatch is down or not scraped, and no tier is "
-                     "checked against its plan.",
-                     "`absent(fleetwatch_last_cycle_timestamp_seconds)`; the fleetwatch pod "
-                     "(`kubectl get pods -l app.kubernetes.io/name=fleetwatch`, its logs); Prometheus's target "
-                     "page for the fleetwatch job (its ServiceMonitor or PodMonitor selects it).",
-                     "Restart fleetwatch or fix the scrape job; `curl http://FLEETWATCH:9108/healthz` says why a "
-                     "running one is unhealthy."),
+            runbook=Runbook(
+                "Prometheus holds no fleetwatch series: fleetwatch is down or not scraped, and no tier is checked "
+                "against its plan (the rules' rows still compute, but no threshold series exists to compare them "
+                "with).", (f"absent({last})", 'up{job=~".*fleetwatch.*"}'), "fleetwatch itself",
+                ("The fleetwatch pod is not running (crash loop on a config error: exit 2 names the key)",
+                 "Prometheus does not select it (the PodMonitor or ServiceMonitor's labels, namespace selector)",
+                 "A NetworkPolicy blocks Prometheus from port 9108"),
+                ("kubectl get pods -l app.kubernetes.io/name=fleetwatch -o wide",
+                 "kubectl logs deploy/fleetwatch --previous | tail -20",
+                 "kubectl get podmonitors,servicemonitors -A | grep fleetwatch",
+                 "curl -s http://<fleetwatch>:9108/healthz"),
+                "Fix what the log or /healthz says (a config error names the file, key and reason), or the scrape "
+                "job; restart fleetwatch."),
             cases=(TestCase((("fleetwatch_cycles_total", "1x40"),), True),
                    TestCase(((last, "0+15x40"),), False))),
         AlertSpec(
@@ -462,17 +581,25 @@ def self_alerts(config: Config) -> list[AlertSpec]:
             summary="fleetwatch's last cycle is stale",
             description=f"fleetwatch's last completed cycle is more than {stale:g} s old (three intervals and a "
                         f"scrape timeout): its report and /metrics no longer describe the fleet.",
-            runbook=("fleetwatch runs but its cycles stopped completing: the report it serves is old.",
-                     "`time() - fleetwatch_last_cycle_timestamp_seconds`; `fleetwatch_cycle_failures_total` and "
-                     "`fleetwatch_cycle_overruns_total`; its log (`kubectl logs`) and `curl "
-                     "http://FLEETWATCH:9108/healthz` (it answers 503 with the reason).",
-                     "A cycle that fails says why in the log; one that overruns needs a longer interval or "
-                     "scrape_timeout, or fewer hanging targets. Restart it if it is wedged."),
+            runbook=Runbook(
+                "fleetwatch runs but its cycles stopped completing: the report and /metrics it serves describe the "
+                "fleet as it was.",
+                (f"time() - max({last})", "increase(fleetwatch_cycle_failures_total[10m])",
+                 "increase(fleetwatch_cycle_overruns_total[10m])"), "fleetwatch itself",
+                ("Every cycle fails (the log names why: a Prometheus source that does not answer, an evaluation "
+                 "error)", "Cycles overrun the interval (many hanging targets, too short a scrape_timeout)",
+                 "The process is wedged or starved of CPU (throttled by its limit)"),
+                ("curl -s -o /dev/null -w '%{http_code}\\n' http://<fleetwatch>:9108/healthz",
+                 "kubectl logs deploy/fleetwatch --since=15m | grep -E 'ERROR|WARNING' | tail -20",
+                 "kubectl top pod -l app.kubernetes.io/name=fleetwatch"),
+                "A failing cycle says why in the log: fix that; an overrunning one needs a longer interval or "
+                "scrape_timeout, or fewer hanging targets. Restart it if it is wedged."),
             cases=(TestCase(((last, "0x40"),), True), TestCase(((last, "0+15x40"),), False))),
     ]
     for kind, severity, meaning, do in (
-            ("failed", "warning", "fleetwatch's POSTs to an Alertmanager fail: its alerts wait in its queue.",
-             "Check the Alertmanager's address, its TLS and its health; the alerts are resent when it answers."),
+            ("failed", "warning", "fleetwatch's POSTs to an Alertmanager fail: its alerts wait in its queue and are "
+             "resent when it answers.", "Fix the Alertmanager's address, TLS or health; nothing is lost while the "
+             "queue holds."),
             ("dropped", "critical", "fleetwatch's queue for an Alertmanager overflowed: alerts were dropped and "
              "never delivered.", "The Alertmanager has been unreachable for long: restore it; the rules' alerts in "
              "Prometheus still fire meanwhile.")):
@@ -483,8 +610,14 @@ def self_alerts(config: Config) -> list[AlertSpec]:
             summary=f"fleetwatch's notifications {kind} ({{{{ $labels.alertmanager }}}})",
             description=f"Notifications from fleetwatch to {{{{ $labels.alertmanager }}}} {kind} in the last 10 "
                         f"minutes.",
-            runbook=(meaning, f"`increase({counter}[10m])` and `fleetwatch_alertmanager_queue_length` by "
-                              f"alertmanager; fleetwatch's log names the failure.", do),
+            runbook=Runbook(
+                meaning, (f"sum by (alertmanager) (increase({counter}[10m]))",
+                          "fleetwatch_alertmanager_queue_length"), "fleetwatch itself",
+                ("The Alertmanager is down or restarting", "A wrong address, or TLS that fleetwatch does not trust "
+                 "(ca_file)", "A NetworkPolicy between fleetwatch and Alertmanager"),
+                ("kubectl logs deploy/fleetwatch --since=30m | grep alertmanager | tail -10",
+                 "kubectl get pods -A -l app.kubernetes.io/name=alertmanager",
+                 "curl -s http://<alertmanager>:9093/-/healthy"), do),
             cases=(TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "0+1x40"),), True,
                             {"alertmanager": "am"}),
                    TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "3x40"),), False,
@@ -697,19 +830,50 @@ def _pack(cases: list[tuple[AlertSpec, TestCase]], reads: dict[str, set[Selector
     return [[(spec, case) for spec, case, _ in group] for group in groups]
 
 
+def alert_table(config: Config) -> str:
+    """Every alert as a Markdown table (name, severities, when it fires), as README lists them."""
+    rows: dict[str, dict[str, str]] = {}
+    summary: dict[str, str] = {}
+    for a in alerts(config):
+        # a scale-down waits its own tier's stabilization
+        rows.setdefault(a.name, {})[a.severity] = ("the tier's stabilization" if "tier" in a.extra_labels
+                                                   else alert_for(config, a))
+        summary.setdefault(a.name, a.runbook.meaning.split(": ")[0].split(". ")[0].rstrip("."))
+    lines = ["| Alert | Fires after | What it means |", "|---|---|---|"]
+    for name in sorted(rows):
+        waits = ", ".join(f"{sev} {rows[name][sev]}" for sev in ("critical", "warning") if sev in rows[name])
+        lines.append(f"| `{name}` | {waits} | {summary[name]} |")
+    return "\n".join(lines) + "\n"
+
+
 def runbook(config: Config) -> str:
+    """One entry per alert name, as an on-call reads it."""
+    from .dashboards import panel_link
+
     seen: dict[str, AlertSpec] = {}
     severities: dict[str, set[str]] = {}
+    waits: dict[str, set[str]] = {}
     for a in alerts(config):
         seen.setdefault(a.name, a)
         severities.setdefault(a.name, set()).add(a.severity)
+        waits.setdefault(a.name, set()).add(f"{a.severity} {alert_for(config, a)}" + (
+            f" on tier {a.extra_labels['tier']}" if "tier" in a.extra_labels else ""))
     lines = ["# fleetwatch runbook", "",
-             "Generated by `fleetwatch rules` with the rules in `rules/`; every alert has an entry. Each says",
-             "what the alert means, what to check, and what to do.", ""]
+             "Generated by `fleetwatch rules` with the rules in `rules/`; every alert has an entry: what it means,",
+             "the PromQL that confirms it, the dashboard panel, the likely causes (most likely first), the",
+             "commands that check them, and what to do. `<tier>` is the alert's tier label, `<pod>` an engine",
+             "pod of that tier, `<fleetwatch>` fleetwatch's Service, `<config>` its config file. Dashboard links",
+             "are paths on your Grafana with the generated dashboards loaded.", ""]
     for name in sorted(seen):
-        meaning, check, do = seen[name].runbook
-        lines += [f"## {name}", "", f"Severity: {', '.join(sorted(severities[name]))}.", "",
-                  f"- **Meaning.** {meaning}", f"- **Check.** {check}", f"- **Do.** {do}", ""]
+        r = seen[name].runbook
+        board, title, link = panel_link(r.panel)
+        lines += [f"## {name}", "",
+                  f"Severity: {', '.join(sorted(severities[name]))}. Fires after ({'; '.join(sorted(waits[name]))}).",
+                  "", f"**What it means.** {r.meaning}", "", "**Confirm** (in Prometheus):", "", "```promql",
+                  *r.confirm, "```", "", f"**Dashboard.** [{board} › {title}]({link}&var-tier=<tier>)", "",
+                  "**Likely causes**, most likely first:", "",
+                  *(f"{i}. {c}." if not c.endswith(".") else f"{i}. {c}" for i, c in enumerate(r.causes, 1)), "",
+                  "**Check:**", "", "```sh", *r.commands, "```", "", f"**Do.** {r.do}", ""]
     return "\n".join(lines)
 
 
