@@ -69,6 +69,25 @@ def prometheus_config(demo: Any, fleetwatch_url: str | list[str], rules: Path, a
     return yaml.safe_dump(doc)
 
 
+@contextmanager
+def fleet_scraped_by_prometheus(tmp_path: Path, scenario: str | Scenario = "healthy", interval: float = 1.0,
+                                window: float = 5.0) -> Iterator[tuple[Any, WallClock, Prometheus]]:
+    """The simulated fleet on wall-clock time and a real Prometheus scraping its engines and dcgm-exporters
+    (no rules, no fleetwatch): (demo, its clock, Prometheus)."""
+    demo = start_fleet(scenario, interval=interval, window=window)
+    stop = threading.Event()
+    clock = WallClock(demo.fleet, stop)
+    rules = tmp_path / "none.rules.yml"
+    rules.write_text("groups: []\n")
+    prom = Prometheus(binary("prometheus"), prometheus_config(demo, [], rules))
+    try:
+        yield demo, clock, prom
+    finally:
+        stop.set()
+        prom.stop()
+        demo.close()
+
+
 # what the demo cannot show: its engines run neither speculative decoding nor LoRA, and a plan
 # check is "not ok" only while one fails
 NO_DATA_IN_DEMO = ("spec_decode", "lora_adapter", 'status=~"warning|critical"')

@@ -8,7 +8,6 @@ Kubernetes node with a dcgm-exporter DaemonSet does."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +17,13 @@ import pytest
 from exporter import catalogue
 from exporter.config import format_duration
 from exporter.daemon import Pipeline
-from exporter.demo.run import WallClock, start_fleet
+from exporter.demo.run import start_fleet
 from exporter.model import Config, GpuSelector, Report
 from exporter.scrape import Scraper
 from exporter.sources import dcgm, select_gpus
 
-from conftest import binary, fixture_text
-from realbins import Prometheus
-from test_e2e import prometheus_config
+from conftest import fixture_text
+from test_e2e import fleet_scraped_by_prometheus
 
 GPU_ROW = "gpu_memory_utilization_ratio"
 
@@ -93,20 +91,10 @@ def test_the_rules_attribute_the_gpus_as_fleetwatch_does(tmp_path: Path) -> None
     """The generated GPU rows' PromQL, on a real Prometheus scraping the same fleet (engines labelled
     with their pods, as the Kubernetes scrape job labels them), counts per tier the GPUs fleetwatch
     counts with each target's pod selector."""
-    demo = start_fleet("healthy", interval=1.0, window=5.0)
-    stop = threading.Event()
-    clock = WallClock(demo.fleet, stop)
-    rules = tmp_path / "none.rules.yml"
-    rules.write_text("groups: []\n")
-    prom = Prometheus(binary("prometheus"), prometheus_config(demo, [], rules))
-    try:
+    with fleet_scraped_by_prometheus(tmp_path) as (demo, clock, prom):
         assert clock.wait_until(8.0)
         per_gpu = catalogue.GPU_MEMORY_PER_GPU.replace("{w}", format_duration(demo.config.window))
         by_rules = {r["metric"]["tier"]: int(float(r["value"][1]))
                     for r in prom.query(f"count by (tier) ({per_gpu})", at=time.time())}
         report = _cycles(_config(demo.config, True), demo, 2)
-    finally:
-        stop.set()
-        prom.stop()
-        demo.close()
     assert by_rules == {name: t.metrics[GPU_ROW].samples for name, t in report.tiers.items()}, by_rules

@@ -34,7 +34,7 @@ from exporter.sources.prometheus_api import PrometheusApi, PrometheusError, pars
 from conftest import binary
 from fakes import refused_url
 from realbins import Prometheus
-from test_e2e import prometheus_config
+from test_e2e import fleet_scraped_by_prometheus, prometheus_config
 from test_sidecar import STEADY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,39 +275,28 @@ def test_prometheus_backed_and_direct_mode_give_the_same_report(tmp_path: Path) 
 @pytest.mark.integration
 def test_a_failed_row_query_leaves_only_that_row_unknown(tmp_path: Path) -> None:
     """A Prometheus that refuses one query (its own query timeout, a limit) takes one row, not the tier."""
-    from exporter.demo.run import WallClock, start_fleet
+    with fleet_scraped_by_prometheus(tmp_path, STEADY) as (demo, clock, prom):
+        cfg = replace(demo.config, prometheus=PrometheusSource(prom.url, instance_label="pod"),
+                      tiers={n: replace(t, targets=()) for n, t in demo.config.tiers.items()})
+        refused = row_queries(cfg, 5.0)["ttft_p99_seconds"][0]
+        api = PrometheusApi(cfg.prometheus, timeout=2.0, max_bytes=cfg.max_body_bytes)
+        real = api.query
 
-    prometheus_bin = binary("prometheus")
-    demo = start_fleet(STEADY, interval=1.0, window=5.0)
-    stop = threading.Event()
-    clock = WallClock(demo.fleet, stop)
-    rules = tmp_path / "none.rules.yml"
-    rules.write_text("groups: []\n")
-    prom = Prometheus(prometheus_bin, prometheus_config(demo, [], rules))
-    cfg = replace(demo.config, prometheus=PrometheusSource(prom.url, instance_label="pod"),
-                  tiers={n: replace(t, targets=()) for n, t in demo.config.tiers.items()})
-    refused = row_queries(cfg, 5.0)["ttft_p99_seconds"][0]
-    api = PrometheusApi(cfg.prometheus, timeout=2.0, max_bytes=cfg.max_body_bytes)  # type: ignore[arg-type]
-    real = api.query
+        def query(expr: str, at: float, timeout: float | None = None) -> list[tuple[dict[str, str], float]]:
+            if expr == refused:
+                raise PrometheusError("http_status", "HTTP 422: query processing would load too many samples")
+            return real(expr, at, timeout)
 
-    def query(expr: str, at: float, timeout: float | None = None) -> list[tuple[dict[str, str], float]]:
-        if expr == refused:
-            raise PrometheusError("http_status", "HTTP 422: query processing would load too many samples")
-        return real(expr, at, timeout)
-
-    api.query = query  # type: ignore[method-assign]
-    reader = PrometheusReader(cfg, api=api)
-    try:
-        assert clock.wait_until(8.0)
-        views, rows = reader.read(time.time(), 5.0)
-    finally:
-        stop.set()
-        reader.close()
-        prom.stop()
-        demo.close()
-    for tier in cfg.tiers:
-        assert rows[tier]["ttft_p99_seconds"].value is None
-        assert "too many samples" in (rows[tier]["ttft_p99_seconds"].reason or "")
-        assert rows[tier]["ttft_p50_seconds"].value is not None and rows[tier]["requests_per_second"].value
-        assert len(views[tier].up()) == len(demo.config.tiers[tier].targets)
-    assert reader.stats.errors == {("", prom.url, "prometheus", "http_status"): 1}
+        api.query = query  # type: ignore[method-assign]
+        reader = PrometheusReader(cfg, api=api)
+        try:
+            assert clock.wait_until(8.0)
+            views, rows = reader.read(time.time(), 5.0)
+        finally:
+            reader.close()
+        for tier in cfg.tiers:
+            assert rows[tier]["ttft_p99_seconds"].value is None
+            assert "too many samples" in (rows[tier]["ttft_p99_seconds"].reason or "")
+            assert rows[tier]["ttft_p50_seconds"].value is not None and rows[tier]["requests_per_second"].value
+            assert len(views[tier].up()) == len(demo.config.tiers[tier].targets)
+        assert reader.stats.errors == {("", prom.url, "prometheus", "http_status"): 1}

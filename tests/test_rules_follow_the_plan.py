@@ -7,9 +7,7 @@ ConfigMap and a restarted fleetwatch would) moves the alert, with no rules reloa
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +21,7 @@ from exporter.model import BandOverride, Config
 from exporter.render.rules import build
 
 from conftest import binary
+from fakes import FakeTarget
 from realbins import Prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +36,9 @@ def _config(warning_above: float) -> Config:
                                tiers={**base.tiers, "h100": dataclasses.replace(h100, bands=bands)})
 
 
-def _page(config: Config) -> bytes:
-    engine = f'vllm:kv_cache_usage_perc{{tier="h100",instance="h100-0"}} {KV}\n'.encode()
-    return engine + generate_latest(make_registry(config, Snapshot()))
+def _page(config: Config) -> str:
+    engine = f'vllm:kv_cache_usage_perc{{tier="h100",instance="h100-0"}} {KV}\n'
+    return engine + generate_latest(make_registry(config, Snapshot())).decode()
 
 
 def _wait(check: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -61,21 +60,7 @@ def _reloaded(prom: Prometheus) -> str:
 @pytest.mark.integration
 def test_a_band_change_moves_the_alert_without_new_rules(tmp_path: Path) -> None:
     served = {"page": _page(_config(0.92))}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = served["page"]
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = FakeTarget(body_fn=lambda n: served["page"])
     rules = tmp_path / "fleetwatch.rules.yml"
     rules.write_text(build(_config(0.92), for_="1s", eval_interval="1s")["fleetwatch.rules.yml"])
     before = rules.read_text()
@@ -83,7 +68,7 @@ def test_a_band_change_moves_the_alert_without_new_rules(tmp_path: Path) -> None
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
         "scrape_configs": [{"job_name": "fleetwatch", "honor_labels": True,
-                            "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"]}]}]}))
+                            "static_configs": [{"targets": [target.base.removeprefix("http://")]}]}]}))
     alert = 'ALERTS{alertname="FleetwatchKVCacheUtilizationHigh",alertstate="firing",tier="h100"}'
     try:
         firing = _wait(lambda: prom.query(alert))
@@ -102,5 +87,4 @@ def test_a_band_change_moves_the_alert_without_new_rules(tmp_path: Path) -> None
         assert _reloaded(prom) == reloads
     finally:
         prom.stop()
-        server.shutdown()
-        server.server_close()
+        target.close()

@@ -4,7 +4,6 @@ window, the first windows of `serve`, and the first cycles reading a Prometheus 
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,16 +13,14 @@ import pytest
 from exporter.alertmanager import alerts_from_report, identities
 from exporter.check import format_table, run_check
 from exporter.daemon import Pipeline
-from exporter.demo.run import WallClock, start_fleet
+from exporter.demo.run import start_fleet
 from exporter.model import Action, PrometheusSource
 from exporter.promread import PrometheusReader
 from exporter.scrape import Scraper
 from exporter.sizing import counts_toward_peak
 from exporter.text import seconds
 
-from conftest import binary
-from realbins import Prometheus
-from test_e2e import prometheus_config
+from test_e2e import fleet_scraped_by_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -78,31 +75,23 @@ def test_the_first_windows_of_serve_are_provisional_and_a_healthy_tier_never_rec
 def test_backed_mode_says_unknown_until_prometheus_holds_the_tier(tmp_path: Path) -> None:
     """source: prometheus, before Prometheus has scraped anything: every tier, healthy ones included,
     is unknown, not 0 instances and scale_up; once the series are there, verdicts come."""
-    demo = start_fleet("healthy", interval=1.0, window=5.0)
-    stop = threading.Event()
-    clock = WallClock(demo.fleet, stop)
-    rules = tmp_path / "none.rules.yml"
-    rules.write_text("groups: []\n")
-    prom = Prometheus(binary("prometheus"), prometheus_config(demo, [], rules))
-    cfg = replace(demo.config, prometheus=PrometheusSource(prom.url, instance_label="pod"),
-                  tiers={n: replace(t, targets=()) for n, t in demo.config.tiers.items()})
-    reader = PrometheusReader(cfg)
-    pipe = Pipeline(cfg, None, reader=reader)
-    try:
-        # the same cycle at an instant before Prometheus's first scrape: it holds no series then
-        before = pipe.evaluate_prometheus(time.time() - 3600.0)
-        for name, t in before.tiers.items():
-            assert t.resize.action is Action.UNKNOWN, (name, t.resize)
-            assert t.resize.recommended_instances is None and "no instance seen" in t.resize.reason
-        posted = alerts_from_report(before, identities(cfg))
-        assert all(a.labels["alertname"] not in ("FleetwatchScaleUp", "FleetwatchScaleDown") for a in posted), posted
-        assert clock.wait_until(8.0)
-        after = pipe.evaluate_prometheus(time.time())
-        for name, t in after.tiers.items():
-            assert t.instances_total == len(demo.config.tiers[name].targets)
-            assert t.resize.action is not Action.UNKNOWN, (name, t.resize)
-    finally:
-        stop.set()
-        reader.close()
-        prom.stop()
-        demo.close()
+    with fleet_scraped_by_prometheus(tmp_path) as (demo, clock, prom):
+        cfg = replace(demo.config, prometheus=PrometheusSource(prom.url, instance_label="pod"),
+                      tiers={n: replace(t, targets=()) for n, t in demo.config.tiers.items()})
+        reader = PrometheusReader(cfg)
+        pipe = Pipeline(cfg, None, reader=reader)
+        try:
+            # the same cycle at an instant before Prometheus's first scrape: it holds no series then
+            before = pipe.evaluate_prometheus(time.time() - 3600.0)
+            for name, t in before.tiers.items():
+                assert t.resize.action is Action.UNKNOWN, (name, t.resize)
+                assert t.resize.recommended_instances is None and "no instance seen" in t.resize.reason
+            posted = alerts_from_report(before, identities(cfg))
+            assert all(a.labels["alertname"] not in ("FleetwatchScaleUp", "FleetwatchScaleDown") for a in posted), posted
+            assert clock.wait_until(8.0)
+            after = pipe.evaluate_prometheus(time.time())
+            for name, t in after.tiers.items():
+                assert t.instances_total == len(demo.config.tiers[name].targets)
+                assert t.resize.action is not Action.UNKNOWN, (name, t.resize)
+        finally:
+            reader.close()
