@@ -27,7 +27,8 @@ from .secrets import redact, redact_url
 
 from .catalogue import INSTANCES
 from .model import Action, Config, Report, Status
-from .render.rules import FINDINGS, PREFIX, AlertSpec, render, runbook_url
+from .config import parse_duration
+from .render.rules import FINDINGS, PREFIX, AlertSpec, alert_for, render, runbook_url
 from .render.rules import alerts as rule_alerts
 from .text import num
 
@@ -39,6 +40,7 @@ RESOLVED_RESEND_SECONDS = 900.0  # Prometheus keeps sending resolved alerts for 
 class Alert:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
+    hold: float = 0.0  # seconds it must fire before it is sent: its rule's for:, so one cycle's verdict is not
 
     @property
     def fingerprint(self) -> tuple[tuple[str, str], ...]:
@@ -54,11 +56,13 @@ class Identities:
 
     specs: Mapping[tuple[str, str, str], AlertSpec]
     runbook_base: str
+    holds: Mapping[tuple[str, str, str], float]  # each rule's for:, in seconds
 
 
 def identities(config: Config) -> Identities:
     specs = {(a.name, a.severity, a.extra_labels.get("tier", "")): a for a in rule_alerts(config)}
-    return Identities(specs, config.alerting.runbook_url)
+    return Identities(specs, config.alerting.runbook_url,
+                      {key: parse_duration(alert_for(config, a)) for key, a in specs.items()})
 
 
 # a resize verdict -> the rule raising the same: its name and severity
@@ -74,7 +78,8 @@ def alerts_from_report(report: Report, ids: Identities) -> list[Alert]:
     out: dict[tuple[tuple[str, str], ...], Alert] = {}
 
     def post(name: str, severity: str, tier: str, value: float, known: Mapping[str, float] | None = None) -> None:
-        spec = ids.specs.get((name, severity, tier)) or ids.specs.get((name, severity, ""))
+        key = (name, severity, tier) if (name, severity, tier) in ids.specs else (name, severity, "")
+        spec = ids.specs.get(key)
         if spec is None:  # no rule raises it (a tier the rules were not generated for): nothing to copy
             return
         labels = {"tier": tier}
@@ -82,7 +87,7 @@ def alerts_from_report(report: Report, ids: Identities) -> list[Alert]:
         a = Alert({"alertname": name, "severity": severity, **spec.extra_labels, **labels},
                   {"summary": render(spec.summary, value, labels, query),
                    "description": render(spec.description, value, labels, query),
-                   "runbook_url": runbook_url(ids.runbook_base, name)})
+                   "runbook_url": runbook_url(ids.runbook_base, name)}, ids.holds[key])
         out[a.fingerprint] = a
 
     for name, t in report.tiers.items():
@@ -112,6 +117,7 @@ class _State:
     starts_at: float
     last_sent: float | None = None
     resolved_at: float | None = None
+    sent: bool = False  # queued at least once: an alert still pending when it stops has nothing to resolve
 
 
 @dataclass
@@ -169,14 +175,19 @@ class AlertmanagerClient:
                 st.alert = a  # annotations may change; the labels, and so the fingerprint, do not
         for fp, st in list(self.active.items()):
             if fp not in current and st.resolved_at is None:
+                if not st.sent:  # stopped while pending (shorter than its for:): never an alert
+                    del self.active[fp]
+                    continue
                 st.resolved_at, st.last_sent = now, None  # send the resolution at once
             if st.resolved_at is not None and now - st.resolved_at > RESOLVED_RESEND_SECONDS:
                 del self.active[fp]
         ends_firing = now + 4 * max(self.interval, self.resend_delay)
         for fp, st in self.active.items():
+            if st.resolved_at is None and now - st.starts_at < st.alert.hold:
+                continue  # pending, as a rule is during its for:
             if st.last_sent is not None and now - st.last_sent < self.resend_delay:
                 continue
-            st.last_sent = now
+            st.last_sent, st.sent = now, True
             payload = {"labels": dict(st.alert.labels), "annotations": dict(st.alert.annotations),
                        "startsAt": _iso(st.starts_at),
                        "endsAt": _iso(ends_firing if st.resolved_at is None else st.resolved_at)}

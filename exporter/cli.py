@@ -134,7 +134,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("--runbook", default=None,
                    help="where the runbook is written (default: OUT/runbook.md); --runbook-url is what alerts link")
     r.add_argument("--runbook-url", default=None, metavar="URL",
-                   help="base URL of the runbook in alerts' runbook_url (default: the config's alerting.runbook_url)")
+                   help="where you publish the generated runbook.md: every alert's runbook_url is URL#<its name in "
+                        "lower case> (default: the config's alerting.runbook_url, itself the relative 'runbook.md', "
+                        "which a notification cannot open)")
     r.add_argument("--for", dest="for_", default=None, metavar="DURATION",
                    help="'for:' of every alert, e.g. 15s for a drill (default: per family and severity, from the "
                         "config's alerting.for; a scale-down always waits its tier's stabilization)")
@@ -240,11 +242,16 @@ def _rules(cfg: "Config", args: argparse.Namespace) -> int:
         print("fleetwatch: rules: give -o DIR, --prometheusrule FILE, or both", file=sys.stderr)
         return 2
     built = build(cfg, for_=args.for_, runbook_base=args.runbook_url, eval_interval=args.eval_interval)
+    base = args.runbook_url or cfg.alerting.runbook_url
+    if "://" not in base and not args.check:  # said, not refused: the committed example rules use the relative default
+        print(f"fleetwatch: note: alerts link the runbook as {base}#<alert>, a relative link a notification "
+              f"cannot open; set alerting.runbook_url (or --runbook-url) to where you publish runbook.md",
+              file=sys.stderr)
     files: dict[Path, str] = {}
     if args.out:
         files = {Path(args.out) / name: text for name, text in built.items()}
         # everything goes under -o unless the runbook is given its own path: never into the cwd
-        files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg)
+        files[Path(args.runbook) if args.runbook else Path(args.out) / "runbook.md"] = runbook(cfg, args.for_)
     if args.prometheusrule:
         files[Path(args.prometheusrule)] = built["fleetwatch-prometheusrule.yaml"]
     return _write_or_check(files, f"`fleetwatch rules` generates from {cfg.path}", args.check)

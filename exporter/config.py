@@ -482,8 +482,12 @@ def _alerting(c: Reader, v: Any, path: str) -> Alerting:
         families = c.mapping(m["for"], fp, set(ALERT_FOR))
         for family, by in families.items():
             p = _join(fp, family)
-            for severity, d in c.mapping(by, p, {"critical", "warning"}).items():
+            for severity, d in c.mapping(by, p, set(ALERT_FOR[family])).items():
                 for_[family][severity] = c.duration(d, _join(p, severity), positive=False, maximum=86400.0)
+            waits = for_[family]
+            if "critical" in waits and "warning" in waits and waits["critical"] > waits["warning"]:
+                raise c.err(p, f"critical waits {format_duration(waits['critical'])}, longer than warning "
+                               f"({format_duration(waits['warning'])}): a page must not wait longer than a warning")
     url = c.optional(m, "runbook_url", path, c.string) or _default(Alerting, "runbook_url")
     return Alerting(for_=for_, runbook_url=url)
 

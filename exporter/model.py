@@ -613,14 +613,15 @@ class PrometheusSource:
 
 # How long a condition must hold before its alert fires, per family of alerts and severity: latency pages
 # sooner than capacity, a warning waits longer than a critical, and slow-moving workload drift longest.
-# ``alerting.for`` overrides any of them; ``fleetwatch rules --for`` sets all of them (tests, drills).
+# ``alerting.for`` overrides any of them; ``fleetwatch rules --for`` sets all of them but a scale-down's
+# (tests, drills). A family has the severities its alerts use.
 ALERT_FOR: Mapping[str, Mapping[str, float]] = {
     "latency": {"critical": 120.0, "warning": 600.0},
     "capacity": {"critical": 300.0, "warning": 900.0},
     "efficiency": {"critical": 900.0, "warning": 1800.0},
     "workload": {"critical": 600.0, "warning": 1800.0},
-    "resize": {"critical": 300.0, "warning": 900.0},
-    "targets": {"critical": 120.0, "warning": 300.0},
+    "resize": {"critical": 300.0},  # a scale-down (warning) waits its tier's stabilization instead
+    "targets": {"warning": 300.0},
     "self": {"critical": 120.0, "warning": 300.0},
 }
 

@@ -364,6 +364,15 @@ def free_port() -> int:
     return port
 
 
+def posts_at_once() -> str:
+    """A config's ``alerting:`` block with every for: 0s: fleetwatch posts a verdict on its first cycle
+    (tests of the posting path itself; a real config waits each alert's for:)."""
+    from exporter.model import ALERT_FOR
+
+    families = ", ".join(f"{family}: {{{', '.join(f'{sev}: 0s' for sev in by)}}}" for family, by in ALERT_FOR.items())
+    return f"alerting: {{for: {{{families}}}}}\n"
+
+
 def write_config(path: str, tiers: Mapping[str, Sequence[Mapping[str, object]]], *, extra: str = "",
                  plans: dict[str, str] | None = None) -> str:
     """Write a fleet config whose tiers use a default plan (or ``plans[tier]`` YAML)."""

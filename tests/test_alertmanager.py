@@ -43,9 +43,15 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0) -> T:
         time.sleep(0.1)
 
 
-def _ids(**labels: str) -> Identities:
+def _ids(at_once: bool = False, **labels: str) -> Identities:
+    """The example config's identities; ``at_once``: every for: 0s (posts are sent on the first cycle)."""
     from exporter.config import load_config
-    return identities(dataclasses.replace(load_config(str(EXAMPLE)), alert_labels=labels))
+    from exporter.model import ALERT_FOR, Alerting
+    config = dataclasses.replace(load_config(str(EXAMPLE)), alert_labels=labels)
+    if at_once:
+        config = dataclasses.replace(config, alerting=Alerting(
+            for_={family: {severity: 0.0 for severity in by} for family, by in ALERT_FOR.items()}))
+    return identities(config)
 
 
 def test_posts_copy_the_rules_name_labels_and_annotations() -> None:
@@ -81,7 +87,7 @@ def test_every_post_carries_the_configs_static_labels() -> None:
 
 def test_resize_trigger_round_trip_through_a_real_alertmanager(alertmanager: Alertmanager) -> None:
     client = AlertmanagerClient([alertmanager.url], interval=1.0)
-    client.update(alerts_from_report(report("scale_up"), _ids()))
+    client.update(alerts_from_report(report("scale_up"), _ids(at_once=True)))
     client.flush()
     got = wait_for(lambda: alertmanager.alerts(alertname="FleetwatchScaleUp", tier="h100"))
     assert len(got) == 1, got
@@ -127,6 +133,38 @@ def test_a_full_queue_drops_the_oldest_and_counts_it() -> None:
     client = AlertmanagerClient(["http://127.0.0.1:9"], interval=1.0, max_queue=2, timeout=0.2)
     client.update([Alert({"alertname": "A", "tier": str(i)}, {}) for i in range(3)])
     assert client.stats().dropped["http://127.0.0.1:9"] == 1 and client.stats().queued["http://127.0.0.1:9"] == 2
+
+
+def test_a_post_waits_its_rules_for_like_prometheus_does() -> None:
+    """A verdict that holds for less than its alert's for: is never sent (nor resolved); one that holds
+    is sent once it has, with startsAt when it began, as Prometheus sends a rule's alert."""
+    now = [1000.0]
+    client = AlertmanagerClient(["http://127.0.0.1:9"], interval=15.0, clock=lambda: now[0])
+    queued = client.queues["http://127.0.0.1:9"]
+    blip = Alert({"alertname": "FleetwatchRecharacterize", "tier": "t"}, {}, hold=60.0)
+    client.update([blip])
+    now[0] = 1015.0
+    client.update([])  # one cycle's verdict, gone before its for:
+    assert not queued and blip.fingerprint not in client.active
+    for t in (2000.0, 2030.0):
+        now[0] = t
+        client.update([blip])
+        assert not queued  # pending
+    now[0] = 2060.0
+    client.update([blip])
+    (payload,) = queued.values()
+    assert payload["startsAt"].startswith("1970-01-01T00:33:20")  # 2000 s: when it began
+
+
+def test_identities_hold_each_post_for_its_rules_for() -> None:
+    ids = _ids()
+    config_for = {(n, sev): secs for (n, sev, _), secs in ids.holds.items()}
+    rules = {(r["alert"], r["labels"]["severity"]): r["for"] for g in yaml.safe_load(
+        (ROOT / "rules" / "fleetwatch.rules.yml").read_text())["groups"] for r in g["rules"] if "alert" in r}
+    from exporter.config import parse_duration
+    assert config_for[("FleetwatchScaleUp", "critical")] == parse_duration(rules[("FleetwatchScaleUp", "critical")])
+    (up,) = [a for a in alerts_from_report(report("scale_up"), ids) if a.labels["alertname"] == "FleetwatchScaleUp"]
+    assert up.hold == config_for[("FleetwatchScaleUp", "critical")]
 
 
 def test_resolved_alerts_are_resent_for_15_minutes_then_forgotten() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,25 @@ def test_alert_labels_are_label_names_with_string_values(tmp_path: Path, labels:
     assert str(e.value).startswith(f"{f}: {path}: ") and reason in str(e.value), str(e.value)
     ok = load_config(write(tmp_path, "alert_labels: {namespace: llm, team: 7}\n" + GOOD))
     assert dict(ok.alert_labels) == {"namespace": "llm", "team": "7"}
+
+
+def test_alerting_block_is_read_and_checked(tmp_path: Path) -> None:
+    """alerting.for per family and severity, over the defaults; a key a family does not have, or a page
+    that would wait longer than its warning, is a config error naming the key."""
+    from exporter.model import ALERT_FOR
+
+    base = (ROOT / "examples" / "fleet.yaml").read_text().replace("plans/", str(ROOT / "examples" / "plans") + "/")
+    good = tmp_path / "good.yaml"
+    good.write_text(base)
+    cfg = load_config(str(good))
+    assert cfg.alerting.for_seconds("latency", "critical") == 120.0
+    assert cfg.alerting.for_seconds("capacity", "warning") == ALERT_FOR["capacity"]["warning"]
+    for block, where in (("alerting: {for: {latency: {critcal: 2m}}}", "alerting.for.latency.critcal"),
+                         ("alerting: {for: {resize: {warning: 5m}}}", "alerting.for.resize.warning"),
+                         ("alerting: {for: {latency: {critical: 20m, warning: 5m}}}", "alerting.for.latency"),
+                         ("alerting: {runbook: x}", "alerting.runbook")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(re.sub(r"(?ms)^alerting:.*?(?=^\S)", "", base) + block + "\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(str(bad))
+        assert e.value.path == where, (where, str(e.value))

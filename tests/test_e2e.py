@@ -8,6 +8,7 @@ sends to a real Alertmanager, to which fleetwatch also posts its own verdicts.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 import threading
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import yaml
 
 from exporter.daemon import Server
 from exporter.lifecycle import serve
+from exporter.model import ALERT_FOR, Alerting
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.run import WallClock, start_fleet
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
@@ -124,9 +126,13 @@ def wait_until(check: Callable[[], Any], timeout: float) -> Any:
 
 @contextmanager
 def fleet_and_fleetwatch(scenario: Scenario, interval: float, window: float,
-                         alertmanagers: tuple[str, ...] = ()) -> Iterator[tuple[Any, str]]:
-    """The simulated fleet on wall-clock time and `serve` watching it: (demo, fleetwatch's /metrics URL)."""
+                         alertmanagers: tuple[str, ...] = (), for_: float | None = None) -> Iterator[tuple[Any, str]]:
+    """The simulated fleet on wall-clock time and `serve` watching it: (demo, fleetwatch's /metrics URL).
+    ``for_``: every alert's for: in the config (its posts wait it, as the rules generated with --for do)."""
     demo = start_fleet(scenario, interval=interval, window=window, alertmanagers=alertmanagers)
+    if for_ is not None:
+        demo.config = replace(demo.config, alerting=Alerting(
+            for_={family: {severity: for_ for severity in by} for family, by in ALERT_FOR.items()}))
     stop = threading.Event()
     clock = WallClock(demo.fleet, stop)
     ready: list[Server] = []
@@ -150,11 +156,11 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
     prometheus_bin = binary("prometheus")
     hook = Webhook()
     alertmanager = Alertmanager(binary("prometheus-alertmanager"), hook.alertmanager_config())
-    with fleet_and_fleetwatch(E2E, INTERVAL, WINDOW, (alertmanager.url,)) as (demo, fleetwatch_url):
+    with fleet_and_fleetwatch(E2E, INTERVAL, WINDOW, (alertmanager.url,), for_=2.0) as (demo, fleetwatch_url):
         prom = None
         try:
             rules = tmp_path / "rules"
-            for name, text in build(demo.config, for_="2s", eval_interval="1s").items():
+            for name, text in build(demo.config, eval_interval="1s").items():  # for: 2s, from the config
                 (rules / name).parent.mkdir(parents=True, exist_ok=True)
                 (rules / name).write_text(text)
             prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml",
@@ -204,7 +210,7 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
 @pytest.mark.integration
 def test_a_healthy_fleet_raises_no_alert_from_any_path(tmp_path: Path) -> None:
     """Side by side on a healthy fleet from its first second: the rules with ``for:`` at its defaults and
-    at 15 s (two Prometheus), and fleetwatch's own posts, all to one Alertmanager. No alert fires on
+    at 15 s (two Prometheus), and fleetwatch's own posts (waiting 15 s too), all to one Alertmanager. No alert fires on
     either Prometheus in any second, and nothing reaches the webhook: not in the first window, where a
     rate over a few seconds reads low, nor later."""
     from exporter.demo.scenarios import SCENARIOS
@@ -213,11 +219,14 @@ def test_a_healthy_fleet_raises_no_alert_from_any_path(tmp_path: Path) -> None:
     hook = Webhook()
     alertmanager = Alertmanager(binary("prometheus-alertmanager"), hook.alertmanager_config())
     proms: list[Prometheus] = []
-    with fleet_and_fleetwatch(SCENARIOS["healthy"], INTERVAL, WINDOW, (alertmanager.url,)) as (demo, fleetwatch_url):
+    with fleet_and_fleetwatch(SCENARIOS["healthy"], INTERVAL, WINDOW, (alertmanager.url,), for_=15.0) as (
+            demo, fleetwatch_url):
         try:
             for name, for_ in (("default", None), ("fifteen", "15s")):
                 rules = tmp_path / name
-                for file, text in build(demo.config, for_=for_, eval_interval="1s").items():
+                # the rules as generated from a config with the default alerting, or with --for 15s
+                for file, text in build(replace(demo.config, alerting=Alerting()), for_=for_,
+                                        eval_interval="1s").items():
                     (rules / file).parent.mkdir(parents=True, exist_ok=True)
                     (rules / file).write_text(text)
                 proms.append(Prometheus(prometheus_bin, prometheus_config(

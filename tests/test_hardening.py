@@ -387,7 +387,7 @@ def test_dripping_alertmanagers_never_delay_a_cycle(tmp_path: Path) -> None:
     overruns its 1 s interval. Posting inside the cycle, six of them took 3 s a cycle."""
     import requests
 
-    from fakes import refused_url, write_config
+    from fakes import posts_at_once, refused_url, write_config
     from test_faults import _at_cycle, _start_serve, sigterm_and_check, snapshots
 
     texts = snapshots()
@@ -396,7 +396,7 @@ def test_dripping_alertmanagers_never_delay_a_cycle(tmp_path: Path) -> None:
     am_list = ", ".join(f"'{am.url.rsplit('/metrics', 1)[0]}'" for am in ams)
     cfg = write_config(str(tmp_path / "f.yaml"), {"h100": [{"vllm": engine.url, "name": "up"},
                                                            {"vllm": refused_url(), "name": "down"}]},
-                       extra=f"interval: 1s\nscrape_timeout: 0.5s\nalertmanagers: [{am_list}]")
+                       extra=f"interval: 1s\nscrape_timeout: 0.5s\nalertmanagers: [{am_list}]\n" + posts_at_once())
     proc, url = _start_serve(cfg)
     try:
         m = _at_cycle(proc, url, 8, [], 1.0)

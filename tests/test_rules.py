@@ -197,3 +197,23 @@ def test_readme_lists_every_alert_as_generated() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme.split("<!-- alert table -->\n", 1)[1].split("<!-- /alert table -->", 1)[0]
     assert table == alert_table(load_config(str(EXAMPLE)))
+
+
+def test_for_is_chosen_per_family_and_severity_and_the_flag_sets_every_one() -> None:
+    from exporter.render.rules import build
+
+    config = load_config(str(EXAMPLE))
+    rules = _alert_rules()
+    by = {(r["alert"], r["labels"]["severity"]): r["for"] for r in rules if "tier" not in r["labels"]}
+    assert by[("FleetwatchTTFTP99High", "critical")] == "2m"  # the example's alerting.for.latency
+    assert by[("FleetwatchTTFTP99High", "warning")] == "10m"
+    assert by[("FleetwatchKVCacheEvictionHigh", "critical")] == "5m"  # capacity's default
+    for name, severity in by:  # warnings wait longer than the criticals of the same alert
+        if severity == "critical" and (name, "warning") in by:
+            from exporter.config import parse_duration
+            assert parse_duration(by[(name, "critical")]) <= parse_duration(by[(name, "warning")]), name
+    drill = yaml.safe_load(build(config, for_="15s")["fleetwatch.rules.yml"])
+    fors = {(r["alert"], r["labels"].get("tier")): r["for"] for g in drill["groups"] for r in g["rules"] if "alert" in r}
+    stabilization = {("FleetwatchScaleDown", t): f"{c.plan.scale_down_stabilization / 60:g}m" for t, c in config.tiers.items()}
+    assert {k: v for k, v in fors.items() if k not in stabilization} == {k: "15s" for k in fors if k not in stabilization}
+    assert {k: fors[k] for k in stabilization} == stabilization

@@ -24,7 +24,7 @@ import requests
 
 from exporter.secrets import Redactor, redact_url
 
-from fakes import FakeTarget, free_port, refused_url
+from fakes import FakeTarget, free_port, posts_at_once, refused_url
 from test_faults import _at_cycle, snapshots
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_no_planted_secret_reaches_any_channel(tmp_path: Path) -> None:
     fleet.write_text(
         f"interval: 1s\nscrape_timeout: 0.5s\nlisten: 127.0.0.1:{port}\n"
         f"alertmanagers: [{json.dumps(_cred('am', am_bad.url.rsplit('/metrics', 1)[0]))}, "
-        f"{json.dumps(am_good.url.rsplit('/metrics', 1)[0])}]\n"
+        f"{json.dumps(am_good.url.rsplit('/metrics', 1)[0])}]\n" + posts_at_once() +
         f"tiers:\n  h100:\n    plan: {PLANS / 'h100.yaml'}\n    targets:\n"
         + "".join(f"      - {json.dumps(t)}\n" for t in targets))
     outputs: dict[str, str] = {}

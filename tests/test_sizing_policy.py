@@ -185,7 +185,7 @@ def _rule_file(config: Config) -> dict[str, Any]:
     needed = rules.read_by([a.expr for a in alerts], recording)  # the rest would only cost promtool time
     alert_rules = []
     for a in alerts:
-        r = a.rule("0s", "runbook.md")
+        r = a.rule(rules.alert_for(config, a, "0s"), "runbook.md")  # a scale-down keeps its stabilization
         del r["annotations"]
         alert_rules.append(r)
     recording = [r for r in recording if r["record"] in needed]

@@ -86,13 +86,14 @@ class Runbook:
 
 
 # what the commands say, for every alert that needs them
-PODS = "kubectl get pods -l fleetwatch.io/tier=<tier> -o wide"
-FLEETWATCH_LOG = "kubectl logs deploy/fleetwatch --since=30m | grep 'tier=<tier>'"
+PODS = "kubectl -n <namespace> get pods -l fleetwatch.io/tier=<tier> -o wide"
+FLEETWATCH_LOG = "kubectl -n <namespace> logs deploy/fleetwatch --since=30m | grep 'tier=<tier>'"
 CHECK_JQ = "fleetwatch check --config <config> --format json | jq '.tiers[\"<tier>\"].{what}'"
 
 
-def engine_metrics(names: tuple[str, ...], port: int = 8000) -> str:
-    return (f"kubectl port-forward pod/<pod> {port}:{port} & curl -s localhost:{port}/metrics | "
+def engine_metrics(names: tuple[str, ...], pod: str = "<pod>", port: int = 8000) -> str:
+    """A pod's /metrics through the API server's proxy: no port-forward to wait for, no curl in the image."""
+    return (f'kubectl get --raw "/api/v1/namespaces/<namespace>/pods/{pod}:{port}/proxy/metrics" | '
             f"grep -E '^({'|'.join(re.escape(n) for n in names)})'")
 
 
@@ -119,7 +120,7 @@ class AlertSpec:
     gated: bool = False  # a row's alert: quiet until its range holds a full window (the expression says so)
 
     def rule(self, for_: str, runbook_base: str) -> dict[str, Any]:
-        return {"alert": self.name, "expr": self.expr, "for": self.for_ or for_,
+        return {"alert": self.name, "expr": self.expr, "for": for_,  # as alert_for resolved it
                 "labels": {"severity": self.severity, **self.extra_labels},
                 "annotations": {"summary": self.summary, "description": self.description,
                                 "runbook_url": runbook_url(runbook_base, self.name)}}
@@ -135,6 +136,7 @@ def _g(v: float) -> str:
 
 
 VALUE = '{{ $value | printf "%.4g" }}'
+PERCENT = "{{ $value | humanizePercentage }}"  # Prometheus's: the value x 100 as "%.4g%%"
 TIER = "{{ $labels.tier }}"
 _QUERY_VALUE = '{{ . | first | value | printf "%.4g" }}'
 
@@ -155,7 +157,7 @@ def render(template: str, value: float, labels: Mapping[str, str], query: Callab
     def with_query(m: re.Match[str]) -> str:
         v = query(m.group(1) % labels.get("tier", ""))
         return "" if v is None else _g(v)
-    out = _WITH_QUERY.sub(with_query, template).replace(VALUE, _g(value))
+    out = _WITH_QUERY.sub(with_query, template).replace(VALUE, _g(value)).replace(PERCENT, _g(value * 100) + "%")
     return _LABEL.sub(lambda m: labels.get(m.group(1), ""), out)
 
 
@@ -255,12 +257,13 @@ def band_alerts(config: Config, window: str) -> list[AlertSpec]:
                 expr += f" and {value} >= {spec.ok_floor:g}"
             expr += f" and on (tier) ({value.replace(x, f'{x} offset {window}')})"
             shown = query_value(catalogue.threshold_series(row.key, severity, side, "%s"))
+            shown_value = PERCENT if row.unit == "ratio" else f"{VALUE} {row.unit}"
             direction = "above" if above else "below"
             limit_text = shown if per is None else f"{shown} x the arrival rate ({spec.reference_name})"
             out.append(AlertSpec(
                 name, severity, text.family_of(above), expr,
                 summary=f"Tier {TIER}: {row.title} {direction} its {severity} threshold",
-                description=f"{row.title} of tier {TIER} is {VALUE} {row.unit}, {direction} the {severity} "
+                description=f"{row.title} of tier {TIER} is {shown_value}, {direction} the {severity} "
                             f"threshold {limit_text}. {text.meaning}",
                 runbook=_row_runbook(row, text.alert_name(above, severity), x, severity, side),
                 cases=tuple(c for tier in config.tiers.values()
@@ -275,8 +278,8 @@ def _row_runbook(row: Row, name: str, series: str, severity: str, side: str) -> 
     names = tuple(n for canonical in row.inputs for n in I.all_names(canonical))
     gpu = row.key.startswith("gpu_")
     commands = (PODS, *((engine_metrics(names),) if names else ()),
-                *(("kubectl port-forward pod/<the node's dcgm-exporter pod> 9400:9400 & curl -s localhost:9400/metrics "
-                   "| grep -E '^DCGM_FI_(DEV_FB_(USED|FREE)|PROF_SM_ACTIVE|DEV_GPU_UTIL)'",) if gpu else ()),
+                *((engine_metrics(("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_PROF_SM_ACTIVE",
+                                   "DCGM_FI_DEV_GPU_UTIL"), "<the node's dcgm-exporter pod>", 9400),) if gpu else ()),
                 fleetwatch_metrics(f'fleetwatch_({row.key}|band_threshold).*tier="<tier>"'))
     where = '{tier="<tier>"}'
     return Runbook(meaning, (series + where, catalogue.threshold_series(row.key, severity, side, "<tier>")),
@@ -411,7 +414,8 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
             ("The engine pod crashed or restarts (out of memory, a failed model load)",
              "The node is unhealthy or the pod was evicted",
              "The scrape itself fails: a changed port, path, or NetworkPolicy"),
-            (PODS, "kubectl describe pod <pod> | tail -20", "kubectl logs <pod> --previous | tail -50",
+            (PODS, "kubectl -n <namespace> describe pod <pod> | tail -20",
+             "kubectl -n <namespace> logs <pod> --previous | tail -50",
              engine_metrics(I.all_names("requests_running"))),
             "Restart or replace the instance; the remaining instances carry its load meanwhile (watch the "
             "utilization and queue alerts)."),
@@ -485,7 +489,8 @@ def special_alerts(config: Config, window: str) -> list[AlertSpec]:
     return out
 
 
-SCALE_FORMULA = "peak RPS / usable RPS per instance x (1 + safety factor), never under the scale-down floors"
+SCALE_FORMULA = "peak RPS / usable RPS per instance x (1 + safety factor)"
+FLOORS = "never under the tier's floors (its minimum warm count, and what drains the queue within the TTFT SLO)"
 
 
 def resize_alerts(config: Config) -> list[AlertSpec]:
@@ -505,8 +510,9 @@ def resize_alerts(config: Config) -> list[AlertSpec]:
         confirm, "Instances: needed, deployed, up",
         ("Load grew past the peak the fleet was sized for", "Instances down or not scheduled (pending for GPUs)",
          "The plan's usable RPS per instance overstates production (see FleetwatchRecharacterize)"),
-        commands, "Scale the tier to the count in the alert (an autoscaler fed by this alert does); re-plan if it "
-                  "recurs.")
+        commands, "Scale the tier to the count in the alert (an autoscaler fed by this alert does; by hand: "
+                  "`kubectl -n <namespace> scale deployment/<the tier's engine Deployment> --replicas=<count>`); "
+                  "re-plan if it recurs.")
     down = replace(up, meaning=(
         "Instances idle: the recommended count, never under the tier's floors (the minimum warm count, and what "
         "drains the queue within the TTFT SLO), stayed below the deployed count for the plan's whole stabilization "
@@ -514,8 +520,8 @@ def resize_alerts(config: Config) -> list[AlertSpec]:
         "Load fell below the peak the fleet was sized for (a night, a season, traffic moved)",
         "The fleet was scaled up for a peak that has passed",
         "The plan's peak or safety factor is larger than the workload needs"),
-        do="Scale down to the count in the alert, not below it; the floors already keep the warm and queue-draining "
-           "instances.")
+        do="Scale down to the count in the alert, not below it (`kubectl -n <namespace> scale deployment/<the tier's "
+           "engine Deployment> --replicas=<count>`); the floors already keep the warm and queue-draining instances.")
     t = next(iter(config.tiers))
     out.append(AlertSpec(
         f"{PREFIX}ScaleUp", "critical", "resize", f"{rec} > on (tier) {have}",
@@ -538,7 +544,8 @@ def resize_alerts(config: Config) -> list[AlertSpec]:
             f"{PREFIX}ScaleDown", "warning", "resize",
             f"({sizing.scale_down_to_promql(r, floor)}) < on (tier) {h} unless on (tier) ({step13})",
             summary=f"Tier {TIER}: scale down to {VALUE} instances",
-            description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}.", runbook=down,
+            description=f"Tier {TIER} needs {VALUE} instances, has {current}: {SCALE_FORMULA}, {FLOORS}.",
+            runbook=down,
             cases=(TestCase(((r, f"{max(2, warm)}x40"), (h, f"{max(2, warm) + 2}x40"), (littles_law, "1x40")),
                             True, tier=t),
                    TestCase(((r, "4x40"), (h, "4x40"), (littles_law, "1x40")), False, tier=t),
@@ -568,8 +575,8 @@ def self_alerts(config: Config) -> list[AlertSpec]:
                 ("The fleetwatch pod is not running (crash loop on a config error: exit 2 names the key)",
                  "Prometheus does not select it (the PodMonitor or ServiceMonitor's labels, namespace selector)",
                  "A NetworkPolicy blocks Prometheus from port 9108"),
-                ("kubectl get pods -l app.kubernetes.io/name=fleetwatch -o wide",
-                 "kubectl logs deploy/fleetwatch --previous | tail -20",
+                ("kubectl -n <namespace> get pods -l app.kubernetes.io/name=fleetwatch -o wide",
+                 "kubectl -n <namespace> logs deploy/fleetwatch --previous | tail -20",
                  "kubectl get podmonitors,servicemonitors -A | grep fleetwatch",
                  "curl -s http://<fleetwatch>:9108/healthz"),
                 "Fix what the log or /healthz says (a config error names the file, key and reason), or the scrape "
@@ -590,8 +597,8 @@ def self_alerts(config: Config) -> list[AlertSpec]:
                  "error)", "Cycles overrun the interval (many hanging targets, too short a scrape_timeout)",
                  "The process is wedged or starved of CPU (throttled by its limit)"),
                 ("curl -s -o /dev/null -w '%{http_code}\\n' http://<fleetwatch>:9108/healthz",
-                 "kubectl logs deploy/fleetwatch --since=15m | grep -E 'ERROR|WARNING' | tail -20",
-                 "kubectl top pod -l app.kubernetes.io/name=fleetwatch"),
+                 "kubectl -n <namespace> logs deploy/fleetwatch --since=15m | grep -E 'ERROR|WARNING' | tail -20",
+                 "kubectl -n <namespace> top pod -l app.kubernetes.io/name=fleetwatch"),
                 "A failing cycle says why in the log: fix that; an overrunning one needs a longer interval or "
                 "scrape_timeout, or fewer hanging targets. Restart it if it is wedged."),
             cases=(TestCase(((last, "0x40"),), True), TestCase(((last, "0+15x40"),), False))),
@@ -615,7 +622,7 @@ def self_alerts(config: Config) -> list[AlertSpec]:
                           "fleetwatch_alertmanager_queue_length"), "fleetwatch itself",
                 ("The Alertmanager is down or restarting", "A wrong address, or TLS that fleetwatch does not trust "
                  "(ca_file)", "A NetworkPolicy between fleetwatch and Alertmanager"),
-                ("kubectl logs deploy/fleetwatch --since=30m | grep alertmanager | tail -10",
+                ("kubectl -n <namespace> logs deploy/fleetwatch --since=30m | grep alertmanager | tail -10",
                  "kubectl get pods -A -l app.kubernetes.io/name=alertmanager",
                  "curl -s http://<alertmanager>:9093/-/healthy"), do),
             cases=(TestCase(((counter.replace("_total", '_total{alertmanager="am"}'), "0+1x40"),), True,
@@ -634,9 +641,11 @@ def alerts(config: Config) -> list[AlertSpec]:
 
 
 def alert_for(config: Config, spec: AlertSpec, for_: str | None = None) -> str:
-    """The rule's ``for:``: its own (a scale-down's stabilization), else ``for_`` where given (every
-    alert's, for drills and tests), else its family's and severity's from the config."""
-    return spec.for_ or for_ or format_duration(config.alerting.for_seconds(spec.family, spec.severity))
+    """The rule's ``for:``: a scale-down's is its tier's stabilization; else ``for_`` where given (every
+    other alert's, for drills and tests); else the alert's own, or its family's and severity's."""
+    if "tier" in spec.extra_labels and spec.for_:  # one tier's rule: the plan's stabilization
+        return spec.for_
+    return for_ or spec.for_ or format_duration(config.alerting.for_seconds(spec.family, spec.severity))
 
 
 # libyaml's emitter where PyYAML has it: the same text (checked on the committed files), several
@@ -846,8 +855,8 @@ def alert_table(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runbook(config: Config) -> str:
-    """One entry per alert name, as an on-call reads it."""
+def runbook(config: Config, for_: str | None = None) -> str:
+    """One entry per alert name, as an on-call reads it (``for_``: as ``fleetwatch rules --for``)."""
     from .dashboards import panel_link
 
     seen: dict[str, AlertSpec] = {}
@@ -856,21 +865,23 @@ def runbook(config: Config) -> str:
     for a in alerts(config):
         seen.setdefault(a.name, a)
         severities.setdefault(a.name, set()).add(a.severity)
-        waits.setdefault(a.name, set()).add(f"{a.severity} {alert_for(config, a)}" + (
+        waits.setdefault(a.name, set()).add(f"{a.severity} {alert_for(config, a, for_)}" + (
             f" on tier {a.extra_labels['tier']}" if "tier" in a.extra_labels else ""))
     lines = ["# fleetwatch runbook", "",
-             "Generated by `fleetwatch rules` with the rules in `rules/`; every alert has an entry: what it means,",
-             "the PromQL that confirms it, the dashboard panel, the likely causes (most likely first), the",
-             "commands that check them, and what to do. `<tier>` is the alert's tier label, `<pod>` an engine",
-             "pod of that tier, `<fleetwatch>` fleetwatch's Service, `<config>` its config file. Dashboard links",
-             "are paths on your Grafana with the generated dashboards loaded.", ""]
+             "Generated by `fleetwatch rules` beside the rules it goes with; every alert has an entry: what it",
+             "means, the PromQL that confirms it, the dashboard panel, the likely causes (most likely first), the",
+             "commands that check them, and what to do. `<tier>` is the alert's tier label, `<namespace>` its",
+             "namespace, `<pod>` an engine pod of that tier, `<fleetwatch>` fleetwatch's Service, `<config>` its",
+             "config file. Dashboard links are paths on your Grafana with the generated dashboards loaded.", ""]
     for name in sorted(seen):
         r = seen[name].runbook
         board, title, link = panel_link(r.panel)
+        if seen[name].family != "self":  # an alert about a tier opens the panel on that tier
+            link += "&var-tier=<tier>"
         lines += [f"## {name}", "",
-                  f"Severity: {', '.join(sorted(severities[name]))}. Fires after ({'; '.join(sorted(waits[name]))}).",
+                  f"Severity: {', '.join(sorted(severities[name]))}. Fires after: {'; '.join(sorted(waits[name]))}.",
                   "", f"**What it means.** {r.meaning}", "", "**Confirm** (in Prometheus):", "", "```promql",
-                  *r.confirm, "```", "", f"**Dashboard.** [{board} › {title}]({link}&var-tier=<tier>)", "",
+                  *r.confirm, "```", "", f"**Dashboard.** [{board} › {title}]({link})", "",
                   "**Likely causes**, most likely first:", "",
                   *(f"{i}. {c}." if not c.endswith(".") else f"{i}. {c}" for i, c in enumerate(r.causes, 1)), "",
                   "**Check:**", "", "```sh", *r.commands, "```", "", f"**Do.** {r.do}", ""]
