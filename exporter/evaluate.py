@@ -475,8 +475,8 @@ def _verdict(plan: Plan, tier: str, total: int, tw: TierView, rate: Quantity, rp
                       None)
     partial = None
     if rps_now is None:
-        full = bool(window_seconds) and counts_toward_peak(tw.span(), window_seconds)
-        partial = Partial(rate.value, (rate.reason or "no arrival rate") if full and rate.value is None else
+        # no rate at all says why (targets down, warming up); a partial one how much of the window it spans
+        partial = Partial(rate.value, (rate.reason or "no arrival rate") if rate.value is None else
                           f"the window holds {seconds(tw.span())} of {seconds(window_seconds)} so far"
                           if window_seconds else "no full window observed yet")
     verdict = resize(plan, tier, total, rps_now, history, now, step13_critical, max_gap, floor, partial)

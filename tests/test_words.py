@@ -35,7 +35,9 @@ from fakes import FakeTarget, refused_url, write_config
 ROOT = Path(__file__).resolve().parents[1]
 
 # the chapter's numbering: "Step 13", "Steps 7-11", "9.3", "(9.2)", "section 9.1", and "(load)"
-BOOK = re.compile(r"\bSteps? \d|\b9\.[1-5]\b|\bsection 9\b|\(load\)")
+# a measured 9.5 (ms, s, %, x, ...) is a quantity, not a section: not after a digit or a dot, nor before a unit
+BOOK = re.compile(r"\bSteps? \d|(?<![\d.])\b9\.[1-5]\b(?!\d|\s*(ms|s|min|h|%|x|GiB|MiB|RPS|tokens)\b)"
+                  r"|\bsection 9\b|\(load\)")
 SCIENTIFIC = re.compile(r"\b\d+(\.\d+)?e[+-]?\d+\b")
 REPR = re.compile(r"\{'|\['|\('|object at 0x|\b_[A-Z]\w+|<class ")
 ONE_MANY = re.compile(r"(?<![\d.,])1 (tiers|targets|instances|scrapes|GPUs|hours|cycles|requests|tries|days|seconds|"
@@ -185,6 +187,7 @@ def test_nothing_a_user_reads_has(name: str, pattern: re.Pattern[str], texts: di
 
 def test_the_patterns_catch_what_they_must() -> None:
     assert BOOK.search("return to Step 1") and BOOK.search("guardrails (9.4)") and BOOK.search("(load)")
+    assert not BOOK.search("the window holds 9.5 ms of 5 min") and not BOOK.search("TTFT 9.2 s") and BOOK.search("see 9.3.")
     assert not BOOK.search("version 9.10") and not BOOK.search("49.3 ms")
     assert SCIENTIFIC.search("1.82e+03 RPS") and not SCIENTIFIC.search("h100e2 3e")
     assert REPR.search("{'15m': 4}") and REPR.search("_DeadlineHTTPConnection(host=")
