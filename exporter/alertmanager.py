@@ -95,9 +95,9 @@ def alerts_from_report(report: Report, ids: Identities) -> list[Alert]:
         if r.action in _RESIZE and not r.provisional:  # the rules, too, wait for a full window
             alert, severity = _RESIZE[r.action]
             count = r.recommended_instances if r.action != Action.RECHARACTERIZE else None
+            # the rule's description reads the deployed count from Prometheus; fleetwatch knows its own
             post(alert, severity, name, float(count) if count is not None else 1.0,
-                 {f'{INSTANCES}{{tier="{name}"}}': float(r.current_instances)} if r.current_instances is not None
-                 else None)
+                 {f'{INSTANCES}{{tier="{name}"}}': float(r.current_instances)})
         down = [f for f in t.findings if f.kind == "target_down" and f.status in _SEVERITY]
         if down:
             post(f"{PREFIX}TargetDown", "warning", name, float(len(down)))
