@@ -230,3 +230,19 @@ def test_alerting_block_is_read_and_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             load_config(str(bad))
         assert e.value.path == where, (where, str(e.value))
+
+
+def test_readme_states_the_alerting_for_defaults_the_code_has() -> None:
+    """README's config table gives each family's default for:, defined once in model.ALERT_FOR."""
+    from exporter.config import format_duration
+    from exporter.model import ALERT_FOR
+
+    row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| `alerting.for."))
+    defaults = row.split("|")[2]
+    for family, by in ALERT_FOR.items():
+        if set(by) == {"critical", "warning"}:
+            said = f"{family} {format_duration(by['critical'])} / {format_duration(by['warning'])}"
+        else:
+            ((severity, seconds),) = by.items()
+            said = f"{format_duration(seconds)} {severity}"
+        assert said in defaults, (family, said, defaults)
