@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .model import Config
     from .demo.scenarios import Scenario
     from .model import Slo
-    from .planner.curve import Curve
+    from .planner.curve import Curve, SweepPoint
 
 DESCRIPTION = f"""\
 fleetwatch watches an LLM inference fleet ({", ".join(e.title for e in ENGINES)}, and their GPUs
@@ -161,34 +161,65 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "plan", help="size a tier from a workload, a model and a GPU: the plan fleetwatch validates",
         description="Size one tier: classify the workload and rank the GPUs for it, check whether routing simple "
-                    "requests to a small model pays, compute the memory floor at the model's native precision and "
-                    "at the chosen one, pick TP/PP, read a concurrency sweep into the latency-throughput curve (the "
-                    "benchmark), derive the serving checklist, size the fleet and cost it. Without --sweep the "
-                    "values that need one are null with the reason. --from-report re-characterizes the workload from "
-                    "what a fleetwatch report observed and sizes again.",
+                    "requests to a small model pays, account for one instance's memory as vLLM does (weights from "
+                    "the checkpoint's quantization, KV cache per attention type, the start-up overhead) at the "
+                    "model's native precision and at the chosen one, pick a TP/PP layout vLLM accepts, read a "
+                    "concurrency sweep into the latency-throughput curve (the benchmark), derive the serving "
+                    "checklist, size the fleet and cost it. Without --sweep the instance count is a roofline "
+                    "estimate, labelled as one. --from-report re-characterizes the workload from a fleetwatch "
+                    "report; --workload-from derives it from the Prometheus that scrapes the fleet.",
         epilog="workload keys: input_tokens {p50,p95,p99}, output_tokens {p50,p95,p99}, peak_rps, average_rps, "
                "slo {ttft_p99, itl_p99}; optional online_share, concurrency_per_instance (32), safety_factor (0.2), "
-               "simple_share, shared_prefixes, lora {adapters, rank}. GPUs built in: H100, H200, A100, L40S, MI300X, "
-               "B200.")
-    pl.add_argument("--workload", "-w", required=True, help="the workload profile: lengths, peak, SLOs (YAML)")
-    pl.add_argument("--model", "-m", required=True, help="the model's Hugging Face config.json (or a YAML/JSON with "
-                                                         "the same keys and num_parameters)")
-    pl.add_argument("--gpu", "-g", required=True, help="the GPU to size on (H100, H200, A100, L40S, MI300X, B200, or "
-                                                       "one from --gpu-catalog)")
-    pl.add_argument("--weights", choices=["fp16", "bf16", "fp8", "int8", "int4"], default=None,
-                    help="weights precision (default: the model's torch_dtype)")
+               "simple_share, shared_prefixes, lora {adapters, rank}. GPUs built in: H100-SXM (H100), H100-PCIe, "
+               "H100-NVL, H200, H20, A100-40GB, A100-80GB, L4, L40S, MI300X, MI325X, B200, GB200.")
+    pl.add_argument("--workload", "-w", default=None, help="the workload profile: lengths, peak, SLOs (YAML)")
+    pl.add_argument("--workload-from", default=None, metavar="URL",
+                    help="derive the workload from this Prometheus (the one that scrapes the fleet): length "
+                         "percentiles, peak and average RPS, the daily profile, the prefix-cache hit rate, and the "
+                         "SLOs of the tier's current plan; writes it to --workload-out, then plans with it when "
+                         "--model and --gpu are given")
+    pl.add_argument("--range", default="7d", help="with --workload-from: how far back to look (default 7d)")
+    pl.add_argument("--at", type=float, default=None, metavar="UNIX_SECONDS",
+                    help="with --workload-from: the end of the range (default now)")
+    pl.add_argument("--workload-out", default="workload.yaml", metavar="FILE",
+                    help="with --workload-from: where to write the derived workload (default workload.yaml)")
+    pl.add_argument("--config", default=None, metavar="FLEET.yaml",
+                    help="with --workload-from: the fleet config whose tier plan gives the SLOs (default: the "
+                         "plan figures fleetwatch exports to that Prometheus)")
+    pl.add_argument("--bearer-token-file", default=None, help="with --workload-from: a file holding the token "
+                                                                 "Prometheus wants")
+    pl.add_argument("--model", "-m", default=None, help="the model's Hugging Face config.json (or a YAML/JSON with "
+                                                        "the same keys and num_parameters)")
+    pl.add_argument("--gpu", "-g", default=None, help="the GPU to size on (H100-SXM, A100-80GB, ...; an alias such as "
+                                                      "H100 or 'NVIDIA H100 80GB HBM3'; or one from --gpu-catalog)")
+    pl.add_argument("--weights", choices=["fp16", "bf16", "fp8", "int8", "int4", "mxfp4"], default=None,
+                    help="weights precision (default: the checkpoint's: its quantization_config, else torch_dtype)")
     pl.add_argument("--kv-cache", choices=["fp16", "bf16", "fp8"], default=None,
-                    help="KV cache precision (default: the model's native precision)")
+                    help="KV cache precision (default: vLLM's auto, the model's 16-bit dtype)")
+    pl.add_argument("--tp", type=int, default=None, help="pin tensor parallelism (default: the lowest vLLM accepts "
+                                                         "that holds the model)")
+    pl.add_argument("--pp", type=int, default=None, help="pin pipeline parallelism (default: 1; a model that needs "
+                                                         "more than a node is a verdict, not a silent PP)")
+    pl.add_argument("--ep", type=int, default=None, help="expert parallelism for a mixture-of-experts model: the "
+                                                         "experts spread over the TP group (equals --tp)")
+    pl.add_argument("--memory-model", choices=["vllm", "chapter"], default="vllm",
+                    help="vllm (default): gpu_memory_utilization x the HBM the device reports, less weights and "
+                         "vLLM's measured start-up overhead, is KV cache; chapter: activations 20%% of the weights "
+                         "and the framework 7.5%% of the VRAM")
+    pl.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                    help="vLLM's --gpu-memory-utilization (default 0.9)")
+    pl.add_argument("--max-num-batched-tokens", type=int, default=8192,
+                    help="vLLM's --max-num-batched-tokens, which sets its activation peak (default 8192)")
     pl.add_argument("--sweep", default=None, help="a concurrency sweep of this configuration: vllm bench serve "
                                                   "--save-result JSON (a file, a list, JSON lines or a directory) or a "
                                                   "CSV (concurrency,rps,ttft_p99,itl_p99[,mean_latency,gpu_utilization])")
     pl.add_argument("--gpu-catalog", default=None, help="YAML overriding or adding GPUs (name: {hbm_gb, hbm_tb_s, "
                                                         "tflops: {fp16, fp8, int8}, interconnect, interconnect_gb_s, "
-                                                        "hour_usd, gpus_per_node})")
+                                                        "hour_usd, gpus_per_node, reported_gib})")
     pl.add_argument("--from-report", default=None, metavar="REPORT.json",
                     help="re-characterize: replace the workload's lengths and peak with what this fleetwatch report "
                          "observed")
-    pl.add_argument("--tier", default=None, help="with --from-report: the report's tier to read")
+    pl.add_argument("--tier", default=None, help="with --from-report or --workload-from: the tier to read")
     pl.add_argument("--small-model", default=None, help="routing: the small model that simple requests would be "
                                                         "routed to (config.json); sized when routing pays")
     pl.add_argument("--small-gpu", default=None, help="its GPU (default: --gpu)")
@@ -297,17 +328,38 @@ def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
     return 0
 
 
-def _curve(sweep: str | None, slo: Slo) -> Curve | None:
-    """The usable-capacity curve of a sweep file or folder; what cannot be sized on names the file."""
+def _sweep_points(sweep: str) -> list[SweepPoint]:
     from .planner import files
+
+    return files.load_sweep(sweep)
+
+
+def _curve_of(sweep: str, points: list[SweepPoint], slo: Slo) -> Curve:
+    """The usable-capacity curve of a sweep's points; what cannot be sized on names the file."""
     from .planner.curve import usable_rps_at_slo
 
-    if not sweep:
-        return None
     try:
-        return usable_rps_at_slo(files.load_sweep(sweep), slo)
+        return usable_rps_at_slo(points, slo)
     except ValueError as e:
         raise ConfigError(sweep, "", str(e)) from None
+
+
+def _curve(sweep: str | None, slo: Slo) -> Curve | None:
+    return _curve_of(sweep, _sweep_points(sweep), slo) if sweep else None
+
+
+def _layout_args(args: argparse.Namespace) -> None:
+    """--tp/--pp/--ep and the vLLM settings: in range, or a usage error naming the flag."""
+    for flag in ("tp", "pp", "ep"):
+        v = getattr(args, flag)
+        if v is not None and not 1 <= v <= 512:
+            raise ValueError(f"--{flag}: expected a whole number from 1 to 512, got {v}")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise ValueError(f"--gpu-memory-utilization: expected a share above 0 and at most 1, got "
+                         f"{args.gpu_memory_utilization:g}")
+    if not 1 <= args.max_num_batched_tokens <= 10_000_000:
+        raise ValueError(f"--max-num-batched-tokens: expected a whole number from 1 to 10,000,000, got "
+                         f"{args.max_num_batched_tokens}")
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -316,17 +368,36 @@ def _plan(args: argparse.Namespace) -> int:
     from .planner import files
     from .planner.gpus import lookup, merge
     from .planner.render import plan_document, plan_yaml, report_json, report_text
-    from .planner.sizing import SmallTier, size, with_observed
+    from .planner.sizing import Engine, Layout, MemoryModel, SmallTier, size, with_observed
 
     try:
+        _layout_args(args)
+        if args.workload_from:
+            from .planner.observe import derive_to_file
+
+            written = derive_to_file(args)
+            print(f"wrote {written}", file=sys.stderr)
+            if not (args.model and args.gpu):
+                return 0
+            args.workload = written
+        missing = [f for f, v in (("--workload (or --workload-from)", args.workload), ("--model", args.model),
+                                  ("--gpu", args.gpu)) if not v]
+        if missing:
+            print(f"fleetwatch plan: needs {', '.join(missing)}", file=sys.stderr)
+            return 2
         wl = files.load_workload(args.workload)
         arch = files.load_architecture(args.model)
         catalogue = files.load_catalogue(args.gpu_catalog) if args.gpu_catalog else merge({})
         if args.from_report:
             _, inputs, outputs, peak = files.observed(args.from_report, args.tier)
             wl = with_observed(wl, inputs, outputs, peak)
-        curve = _curve(args.sweep, wl.slo)
         gpu = lookup(args.gpu, catalogue)
+        sweep_notes: list[str] = []
+        curve = None
+        if args.sweep:
+            points = _sweep_points(args.sweep)
+            sweep_notes = files.sweep_warnings(points, files.model_names(args.model, arch), gpu, catalogue)
+            curve = _curve_of(args.sweep, points, wl.slo)
         if args.lora_adapters is not None or args.lora_rank is not None:
             wl = replace(wl, lora_adapters=wl.lora_adapters if args.lora_adapters is None else args.lora_adapters,
                          lora_rank=wl.lora_rank if args.lora_rank is None else args.lora_rank)
@@ -337,13 +408,19 @@ def _plan(args: argparse.Namespace) -> int:
             small_curve = _curve(args.small_sweep, wl.slo)
             small = SmallTier(files.load_architecture(args.small_model), lookup(args.small_gpu or args.gpu, catalogue),
                               small_curve)
+        result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve,
+                      small=small, memory_model=MemoryModel(args.memory_model),
+                      layout=Layout(args.tp, args.pp, args.ep),
+                      engine=Engine(args.gpu_memory_utilization, args.max_num_batched_tokens),
+                      sweep_warnings=tuple(sweep_notes))
     except ConfigError as e:
         print(f"fleetwatch: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError) as e:  # the message itself, never the exception's repr of it
         print(f"fleetwatch: {e.args[0] if e.args else type(e).__name__}", file=sys.stderr)
         return 2
-    result = size(wl, arch, gpu, catalogue, weights=args.weights, kv_cache=args.kv_cache, curve=curve, small=small)
+    for w in result.warnings:  # on stderr as well, whatever the format: a pipe to a file still shows them
+        print(f"fleetwatch plan: warning: {w}", file=sys.stderr)
     if args.format == "json":
         print(report_json(result, plan_document(result, wl, curve, gpu.hour_usd)))
     elif args.format == "yaml":

@@ -297,7 +297,9 @@ _PLAN_REQUIRED = {"gpus_per_instance", "instances", "gpu_hour_cost_usd", "peak_r
 
 
 def _plan(c: Reader, v: Any, path: str) -> Plan:
-    m = c.mapping(v, path, _PLAN_REQUIRED | {"workload", "precision", "scale_down_stabilization"}, _PLAN_REQUIRED)
+    m = c.mapping(v, path, _PLAN_REQUIRED | {"workload", "precision", "scale_down_stabilization", "predicted"},
+                  _PLAN_REQUIRED)
+    predicted = c.optional(m, "predicted", path, lambda x, p: _predicted(c, x, p)) or {}
     return Plan(
         gpus_per_instance=c.integer(m["gpus_per_instance"], _join(path, "gpus_per_instance"), minimum=1),
         instances=c.integer(m["instances"], _join(path, "instances"), minimum=0),
@@ -310,7 +312,18 @@ def _plan(c: Reader, v: Any, path: str) -> Plan:
         precision=c.optional(m, "precision", path, lambda x, p: _precision(c, x, p)),
         scale_down_stabilization=(c.optional(m, "scale_down_stabilization", path, c.duration)
                                   or _default(Plan, "scale_down_stabilization")),
+        predicted_tokens_per_gpu_hour=predicted.get("tokens_per_gpu_hour"),
     )
+
+
+def _predicted(c: Reader, v: Any, path: str) -> dict[str, float | None]:
+    """What `fleetwatch plan` predicted (its `predicted:` block): numbers, or null where it had none."""
+    m = c.mapping(v, path, {"tokens_per_gpu_hour", "average_utilization", "kv_cache_tokens", "source"})
+    out: dict[str, float | None] = {}
+    for key in ("tokens_per_gpu_hour", "average_utilization", "kv_cache_tokens"):
+        out[key] = c.optional(m, key, path, lambda x, p: c.number(x, p, minimum=0, maximum=MAX_NUMBER))
+    c.optional(m, "source", path, c.string)
+    return out
 
 
 def _selector(c: Reader, v: Any, path: str) -> GpuSelector:

@@ -495,6 +495,7 @@ class Plan:
     workload: Workload | None = None
     precision: Precision | None = None
     scale_down_stabilization: float = 1800.0
+    predicted_tokens_per_gpu_hour: float | None = None  # what `fleetwatch plan` expected at average load
 
 
 @dataclass(frozen=True)

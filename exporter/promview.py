@@ -76,6 +76,11 @@ def _window(promql: str, seconds: float, offset: float = 0.0) -> str:
     return promql.replace("{w}", w).replace("{ws}", f"{seconds:g}")
 
 
+def windowed(promql: str, seconds: float) -> str:
+    """A catalogue PromQL over ``seconds`` (its ``{w}`` filled in)."""
+    return _window(promql, seconds)
+
+
 def inline(promql: str, config: Config, seconds: float) -> str:
     """A catalogue PromQL with what the rules would record written out, over ``seconds``."""
     return _window(written_out(promql, {key: _constant(config, get) for key, _, get in PLAN_FIGURES}), seconds)

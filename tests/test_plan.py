@@ -11,8 +11,8 @@ import pytest
 
 from exporter.sizing import recommended_instances
 from exporter.planner.architecture import count_params, from_hf_config, kv_bytes_per_token
-from exporter.planner.gpus import CATALOGUE
-from exporter.planner.sizing import Lengths, Workload, size
+from exporter.planner.gpus import CATALOGUE, lookup
+from exporter.planner.sizing import Lengths, MemoryModel, Workload, size
 from exporter.model import Slo
 
 from conftest import fixture_text
@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # public config.json excerpts (Hugging Face), the keys the planner reads
 LLAMA_3_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64, "num_hidden_layers": 80,
-               "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+               "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+               "model_type": "llama"}
 LLAMA_3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32,
-              "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+              "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16", "model_type": "llama"}
 FALCON_7B = {"hidden_size": 4544, "n_head": 71, "n_layer": 32, "multi_query": True, "vocab_size": 65024,
              "torch_dtype": "bfloat16"}
 GEMMA_7B = {"hidden_size": 3072, "intermediate_size": 24576, "num_attention_heads": 16, "num_key_value_heads": 16,
@@ -33,7 +34,7 @@ MISTRAL_NEMO = {"hidden_size": 5120, "intermediate_size": 14336, "num_attention_
                 "head_dim": 128, "num_hidden_layers": 40, "vocab_size": 131072, "torch_dtype": "bfloat16"}
 MIXTRAL_8X7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "num_hidden_layers": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
-                "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+                "tie_word_embeddings": False, "torch_dtype": "bfloat16", "model_type": "mixtral"}
 
 WORKLOAD = Workload(input_tokens=Lengths(900, 2000, 3500), output_tokens=Lengths(250, 500, 900), peak_rps=1500,
                     average_rps=600, slo=Slo(2.0, 0.05))
@@ -60,14 +61,15 @@ def test_kv_bytes_per_token_reads_kv_heads_and_an_explicit_head_dim() -> None:
 def test_parameters_are_counted_from_the_shapes_dense_and_moe() -> None:
     """By hand. Llama 3 70B, per layer: Q 8192 x 8192 = 67,108,864; K and V 2 x 8192 x 1024 = 16,777,216;
     O 67,108,864; gated MLP 3 x 8192 x 28672 = 704,643,072; two norms 16,384: 855,654,400, x 80 =
-    68,452,352,000; embeddings and LM head 2 x 128256 x 8192 = 2,101,346,304: 70,553,698,304 (70.6B).
+    68,452,352,000; embeddings and LM head 2 x 128256 x 8192 = 2,101,346,304; the final norm 8,192:
+    70,553,706,496 (70.6B).
     Mixtral 8x7B, per layer: attention 16,777,216 + 8,388,608 + 16,777,216 = 41,943,040; an expert
     3 x 4096 x 14336 = 176,160,768, eight of them 1,409,286,144; router 4096 x 8 = 32,768; norms 8,192:
-    1,451,270,144, x 32 = 46,440,644,608, + 2 x 32000 x 4096 = 262,144,000: 46,702,788,608 (46.7B).
-    Active (two experts): 41,943,040 + 352,321,536 + 32,768 + 8,192 = 394,305,536, x 32 + 262,144,000
-    = 12,879,921,152 (12.9B)."""
-    assert count_params(from_hf_config(LLAMA_3_70B)) == (70_553_698_304, 70_553_698_304)
-    assert count_params(from_hf_config(MIXTRAL_8X7B)) == (46_702_788_608, 12_879_921_152)
+    1,451,270,144, x 32 = 46,440,644,608, + 2 x 32000 x 4096 = 262,144,000, + the final norm 4,096:
+    46,702,792,704 (46.7B). Active (two experts): 41,943,040 + 352,321,536 + 32,768 + 8,192 = 394,305,536,
+    x 32 + 262,144,000 + 4,096 = 12,879,925,248 (12.9B)."""
+    assert count_params(from_hf_config(LLAMA_3_70B)) == (70_553_706_496, 70_553_706_496)
+    assert count_params(from_hf_config(MIXTRAL_8X7B)) == (46_702_792_704, 12_879_925_248)
     # a config that states its parameter count is taken at its word
     assert from_hf_config({**LLAMA_3_70B, "num_parameters": 70_600_000_000}).total_params == 70.6e9
 
@@ -87,8 +89,9 @@ def test_worked_example_70b_gqa_on_h100_fp16_against_fp8() -> None:
       -> 2 GPUs; floor 110.88 + 12 = 122.88 GB. TP 2: 4 replicas per node, twice as many.
     """
     arch = from_hf_config(LLAMA_3_70B)
-    fp16 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE)
-    fp8 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE, weights="fp8")
+    h100 = lookup("H100")
+    fp16 = size(WORKLOAD, arch, h100, CATALOGUE, memory_model=MemoryModel.CHAPTER)
+    fp8 = size(WORKLOAD, arch, h100, CATALOGUE, weights="fp8", memory_model=MemoryModel.CHAPTER)
     assert fp16.kv_bytes_per_token == fp8.kv_bytes_per_token == 327_680
     assert fp16.steps["4_memory_floor"]["kv_cache_bytes"] == 26_214_400_000
     assert (fp16.min_gpus, fp16.tp, fp16.pp) == (3, 4, 1)
@@ -99,18 +102,17 @@ def test_worked_example_70b_gqa_on_h100_fp16_against_fp8() -> None:
     assert step5["tp"] == {"native": 4, "chosen": 2}
     assert step5["replicas_per_node"] == {"native": 2, "chosen": 4}
     assert step5["changes"]["min_gpus"] == {"native": 3, "chosen": 2}
-    assert fp16.binding_constraint == fp8.binding_constraint == "memory"
-    # without a sweep the throughput figures are null, each with its reason
-    for key in ("usable_rps_per_instance", "instances", "total_gpus", "cost_per_million_tokens_usd"):
-        assert getattr(fp8, key) is None and fp8.reasons[key]
+    # without a sweep the instance count is the roofline estimate, and says so
+    assert fp16.binding_constraint == fp8.binding_constraint == "roofline_estimate"
+    assert fp8.estimate and fp8.instances is not None and fp8.steps["7_10_benchmark"]["estimate"] is True
 
 
 def test_an_fp8_kv_cache_and_pcie_change_what_step_5_and_6_decide() -> None:
     arch = from_hf_config(LLAMA_3_70B)
-    kv8 = size(WORKLOAD, arch, CATALOGUE["H100"], CATALOGUE, weights="fp8", kv_cache="fp8")
+    kv8 = size(WORKLOAD, arch, lookup("H100"), CATALOGUE, weights="fp8", kv_cache="fp8")
     assert kv8.kv_bytes_per_token == 327_680 // 2
     # L40S (48 GB, PCIe): 122.88 GB-class floor needs 4 GPUs; TP stops at 2 without NVLink, so PP 2
-    l40s = size(WORKLOAD, arch, CATALOGUE["L40S"], CATALOGUE, weights="fp8")
+    l40s = size(WORKLOAD, arch, CATALOGUE["L40S"], CATALOGUE, weights="fp8", memory_model=MemoryModel.CHAPTER)
     assert (l40s.tp, l40s.pp) == (2, l40s.min_gpus // 2 + l40s.min_gpus % 2)
     assert l40s.binding_constraint == "interconnect" and "pcie" in l40s.binding_reason
 

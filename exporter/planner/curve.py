@@ -26,6 +26,9 @@ class SweepPoint:
     itl_p99: float
     mean_latency: float | None = None  # mean arrival->finish seconds, for the Little's Law check
     gpu_utilization: float | None = None
+    itl_from_tpot: bool = False  # the result had no p99_itl_ms: its p99_tpot_ms stands in
+    model: str | None = None  # vLLM's result: the model_id it ran
+    gpu: str | None = None  # vLLM's result: a gpu (or device) metadata field, when the sweep set one
 
 
 @dataclass(frozen=True)

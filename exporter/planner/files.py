@@ -14,7 +14,7 @@ from ..files import loads_json, read_text
 from ..model import Slo
 from .architecture import Architecture, ArchitectureError, count_params, from_hf_config
 from .curve import SweepPoint
-from .gpus import CatalogueError, Gpu, merge
+from .gpus import CatalogueError, Gpu, canonical, merge
 from .sizing import Lengths, Workload
 from ..text import num
 
@@ -53,7 +53,9 @@ def _lengths(c: Reader, v: Any, path: str) -> Lengths:
 
 
 WORKLOAD_KEYS = {"input_tokens", "output_tokens", "peak_rps", "average_rps", "slo", "online_share",
-                 "concurrency_per_instance", "safety_factor", "simple_share", "shared_prefixes", "lora"}
+                 "concurrency_per_instance", "safety_factor", "simple_share", "shared_prefixes", "lora", "observed"}
+# what `plan --workload-from` records beside the figures: where they came from (read, not used)
+OBSERVED_KEYS = {"source", "tier", "range", "at", "requests", "prefix_cache_hit_ratio", "daily_profile_rps"}
 
 
 def load_workload(file: str) -> Workload:
@@ -66,6 +68,8 @@ def load_workload(file: str) -> Workload:
     if average > peak:
         raise c.err("average_rps", f"{num(average)} is above peak_rps {num(peak)}")
     lora = c.mapping(m["lora"], "lora", {"adapters", "rank"}, {"adapters", "rank"}) if m.get("lora") else {}
+    if m.get("observed") is not None:
+        c.mapping(m["observed"], "observed", OBSERVED_KEYS)
     safety = c.optional(m, "safety_factor", "", lambda v, p: c.number(v, p, minimum=0, maximum=2))
     online = c.optional(m, "online_share", "", lambda v, p: c.number(v, p, minimum=0, maximum=1))
     return Workload(
@@ -130,9 +134,49 @@ def _vllm_point(c: Reader, doc: Any, where: str) -> SweepPoint:
         raise c.err(f"{where}.max_concurrency", "a sweep point needs the concurrency it ran at (--max-concurrency)")
     itl = num("p99_itl_ms", "p99_tpot_ms")
     e2e = num("mean_e2el_ms", required=False)
+
+    def text(*keys: str) -> str | None:
+        v = next((doc[k] for k in keys if isinstance(doc.get(k), str) and doc[k].strip()), None)
+        return v.strip()[:200] if v else None
+
     return SweepPoint(concurrency=concurrency, rps=num("request_throughput") or 0.0,
                       ttft_p99=(num("p99_ttft_ms") or 0.0) / 1000, itl_p99=(itl or 0.0) / 1000,
-                      mean_latency=None if e2e is None else e2e / 1000)
+                      mean_latency=None if e2e is None else e2e / 1000,
+                      itl_from_tpot=doc.get("p99_itl_ms") is None, model=text("model_id", "model"),
+                      gpu=text("gpu", "gpu_type", "device", "hardware"))
+
+
+def model_names(file: str, arch: Architecture) -> set[str]:
+    """What the plan's model is called: the config's _name_or_path, the folder that holds it, and the
+    Hugging Face cache's models--org--name, each reduced to its last part, lower-case."""
+    names = {arch.name}
+    p = Path(file).resolve()
+    for part in p.parts[:-1]:
+        if part.startswith("models--"):
+            names.add(part.split("--")[-1])
+    names.add(p.parent.name)
+    return {n.rstrip("/").rsplit("/", 1)[-1].lower() for n in names if n}
+
+
+def sweep_warnings(points: list[SweepPoint], plan_models: set[str], gpu: Gpu,
+                   catalogue: Mapping[str, Gpu]) -> list[str]:
+    """What a sweep says that does not match the plan: ITL read from TPOT, another model, another GPU."""
+    out = []
+    tpot = sorted({p.concurrency for p in points if p.itl_from_tpot})
+    if tpot:
+        out.append(f"the sweep has no p99_itl_ms at concurrency {', '.join(map(str, tpot[:5]))}"
+                   + ("..." if len(tpot) > 5 else "") + ": its p99_tpot_ms (time per output token, averaged per "
+                   "request) stands in for ITL P99, and understates the P99 of single steps")
+    models = sorted({p.model for p in points if p.model})
+    other = [m for m in models if m.rstrip("/").rsplit("/", 1)[-1].lower() not in plan_models]
+    if other and plan_models:
+        out.append(f"the sweep ran {', '.join(other[:3])}, not the planned model ({', '.join(sorted(plan_models))}): "
+                   f"its throughput is another model's")
+    gpus = sorted({p.gpu for p in points if p.gpu})
+    wrong = [g for g in gpus if canonical(g, catalogue) != gpu.name and g.upper() != gpu.name.upper()]
+    if wrong:
+        out.append(f"the sweep ran on {', '.join(wrong[:3])}, not {gpu.name}: its throughput is another GPU's")
+    return out
 
 
 def load_sweep(file: str) -> list[SweepPoint]:
