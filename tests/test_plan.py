@@ -285,3 +285,93 @@ def test_step_3_routes_simple_requests_to_a_small_tier_and_sizes_each(tmp_path: 
     plain = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--weights", "fp8",
                             "--sweep", str(sweep), "--format", "json").stdout)
     assert plain["steps"]["3_routing"]["multi_tier"] is False
+
+
+# ---------------------------------------------------------------- what used to be answered silently
+
+
+def _result(tmp_path: Path, name: str, **fields: object) -> Path:
+    doc = {"backend": "vllm", "max_concurrency": 8, "completed": 1000, "request_throughput": 100.0,
+           "p99_ttft_ms": 1000.0, "p99_itl_ms": 30.0, **fields}
+    path = tmp_path / "results" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({k: v for k, v in doc.items() if v is not None}))
+    return path
+
+
+def test_a_sweep_of_another_model_or_gpu_or_with_tpot_for_itl_is_warned(tmp_path: Path) -> None:
+    _, workload, _ = _inputs(tmp_path)
+    folder = tmp_path / "Llama-3.1-70B"  # the config's folder names the model, as a Hugging Face download does
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_3_70B))
+    args = ["plan", "-w", str(workload), "-m", str(folder / "config.json"), "-g", "H100", "--format", "json",
+            "--sweep", str(tmp_path / "results")]
+    _result(tmp_path, "c8", model_id="meta-llama/Llama-3.1-70B", gpu="NVIDIA H100 80GB HBM3")
+    _result(tmp_path, "c16", max_concurrency=16, model_id="meta-llama/Llama-3.1-70B", gpu="H100-SXM")
+    clean = _cli(*args)
+    assert clean.returncode == 0 and json.loads(clean.stdout)["warnings"] == [], clean.stdout[-500:]
+    _result(tmp_path, "c32", max_concurrency=32, request_throughput=150.0, p99_itl_ms=None, p99_tpot_ms=40.0,
+            model_id="Qwen/Qwen3-32B", gpu="A100-80GB")
+    r = _cli(*args)
+    warnings = json.loads(r.stdout)["warnings"]
+    assert any("p99_tpot_ms" in w and "32" in w for w in warnings), warnings
+    assert any("Qwen/Qwen3-32B" in w and "planned model" in w for w in warnings), warnings
+    assert any("A100-80GB" in w and "H100-SXM" in w for w in warnings), warnings
+    assert all(f"warning: {w}" in r.stderr for w in warnings)  # on stderr too, whatever the format
+
+
+def test_gpu_names_variants_and_ambiguity_at_the_command_line(tmp_path: Path) -> None:
+    model, workload, sweep = _inputs(tmp_path)
+    plain = _cli("plan", "-w", str(workload), "-m", str(model), "-g", "A100", "--sweep", str(sweep))
+    assert plain.returncode == 2 and "A100 is ambiguous: say A100-40GB or A100-80GB" in plain.stderr
+    ok = _cli("plan", "-w", str(workload), "-m", str(model), "-g", "H100-80GB", "--sweep", str(sweep),
+              "--format", "json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["gpu"] == "H100-SXM"
+
+
+def test_without_a_sweep_the_count_is_a_labelled_estimate_and_tokens_per_gpu_hour_are_printed(tmp_path: Path) -> None:
+    model, workload, sweep = _inputs(tmp_path)
+    base = ["plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--weights", "fp8"]
+    est = json.loads(_cli(*base, "--format", "json").stdout)
+    assert est["estimate"] is True and est["binding_constraint"] == "roofline_estimate"
+    assert est["instances"] and est["plan"]["predicted"]["source"] == "roofline estimate"
+    assert "assumptions" in est["steps"]["7_10_benchmark"]
+    measured = json.loads(_cli(*base, "--sweep", str(sweep), "--format", "json").stdout)
+    assert measured["estimate"] is False and measured["plan"]["predicted"]["source"] == "sweep"
+    # tokens per GPU-hour at average load: 600 RPS x 250 output tokens x 3600 over the fleet's GPUs
+    assert measured["tokens_per_gpu_hour"] == pytest.approx(600 * 250 * 3600 / measured["total_gpus"])
+    table = _cli(*base, "--sweep", str(sweep)).stdout
+    assert f"{measured['tokens_per_gpu_hour']:,.0f} tokens per GPU-hour" in table
+    assert "ESTIMATE" in _cli(*base).stdout and "ESTIMATE" in _cli(*base, "--format", "yaml").stdout
+    plan_yaml = _cli(*base, "--sweep", str(sweep), "--format", "yaml").stdout
+    (tmp_path / "p.yaml").write_text(plan_yaml)
+    (tmp_path / "fleet.yaml").write_text("tiers:\n  h100:\n    plan: p.yaml\n    targets: [{vllm: 'http://x:1/m'}]\n")
+    from exporter.config import load_config
+
+    plan = load_config(str(tmp_path / "fleet.yaml")).tiers["h100"].plan
+    assert plan.predicted_tokens_per_gpu_hour == pytest.approx(measured["tokens_per_gpu_hour"], rel=1e-6)
+
+
+def test_fp8_kv_checklist_says_when_the_cache_is_already_fp8(tmp_path: Path) -> None:
+    arch = from_hf_config(LLAMA_3_70B)
+    kv8 = size(WORKLOAD, arch, lookup("H100"), CATALOGUE, weights="fp8", kv_cache="fp8")
+    item = next(i for i in kv8.steps["8_9_checklist"] if i["item"] == "fp8_kv_cache")
+    assert item["on"] is False and "already FP8" in item["why"]
+    kv16 = size(WORKLOAD, arch, lookup("H100"), CATALOGUE, weights="fp8")
+    assert "already" not in next(i for i in kv16.steps["8_9_checklist"] if i["item"] == "fp8_kv_cache")["why"]
+
+
+def test_tp_pp_flags_and_the_memory_model_at_the_command_line(tmp_path: Path) -> None:
+    model, workload, sweep = _inputs(tmp_path)
+    base = ["plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--sweep", str(sweep), "--format", "json"]
+    pinned = json.loads(_cli(*base, "--weights", "fp8", "--tp", "4").stdout)
+    assert (pinned["tp"], pinned["pp"]) == (4, 1) and "pinned" in pinned["steps"]["6_parallelism"]["why"]
+    bad = _cli(*base, "--tp", "3")
+    assert bad.returncode == 2 and "--tp 3: TP 3 does not divide the 64 attention heads" in bad.stderr
+    chapter = json.loads(_cli(*base, "--memory-model", "chapter").stdout)
+    vllm = json.loads(_cli(*base).stdout)
+    assert chapter["steps"]["5_precision"]["memory_model"] == "chapter"
+    assert vllm["steps"]["5_precision"]["memory_model"] == "vllm"
+    # the chapter's 20% activations reserve 28 GB for a 141 GB model; vLLM's profile a few GB
+    assert chapter["steps"]["5_precision"]["activations_bytes"] > 5 * vllm["steps"]["5_precision"]["activations_bytes"]
+    assert _cli(*base, "--gpu-memory-utilization", "1.5").returncode == 2

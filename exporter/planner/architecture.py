@@ -33,7 +33,8 @@ UNTIED_BY_DEFAULT = frozenset({
     "mistral3", "llama4_text", "llama4"})
 # keys a config class fills in when config.json leaves them out (a multimodal text_config often does)
 TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma3_text": {"vocab_size": 262_208, "sliding_window_pattern": 6, "head_dim": 256, "sliding_window": 4096},
+    "gemma3_text": {"vocab_size": 262_208, "sliding_window_pattern": 6, "head_dim": 256, "sliding_window": 4096,
+                    "num_attention_heads": 8, "num_key_value_heads": 4},
     "gemma2": {"sliding_window": 4096, "head_dim": 256},
 }
 QKV_BIAS_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"})  # biased Q, K and V, no key for it
@@ -121,6 +122,7 @@ class Architecture:
     qk_norm: bool = False
     norms_per_layer: int = 2
     expert_bias: bool = False  # gpt-oss: biased expert projections and router
+    router_bias: bool = False  # DeepSeek V3's aux-loss-free routing: a score-correction bias per expert
     attention_sinks: bool = False
     quantization: Quantization | None = None
     vision_params: float = 0.0
@@ -213,8 +215,7 @@ def parameters(arch: Architecture) -> Parameters:
         active = moe_layers * arch.experts_per_token * expert
         shared_width = arch.shared_intermediate or width * arch.shared_experts
         shared = moe_layers * 3 * h * shared_width if arch.shared_experts else 0
-        router = h * arch.experts + (arch.experts if arch.expert_bias or arch.model_type.startswith("deepseek_v3")
-                                     else 0)
+        router = h * arch.experts + (arch.experts if arch.expert_bias or arch.router_bias else 0)
         if arch.shared_intermediate:
             router += h  # Qwen2-MoE's gate on the shared expert
         other_moe = moe_layers * router
@@ -360,15 +361,26 @@ def _vision(v: Any, text_hidden: int) -> tuple[float, str | None]:
     """About how many parameters a ViT-style tower has (blocks, patch embedding, projector)."""
     if not isinstance(v, dict):
         return 0.0, None
-    name = str(v.get("model_type") or "vision tower")
-    h, i, n = (v.get(k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    name = str(v.get("model_type") or "vision_config")
+    h, i = v.get("hidden_size"), v.get("intermediate_size")
+    n = v.get("num_hidden_layers") or v.get("depth")  # Qwen2-VL's tower says depth
     if not all(isinstance(x, int) and x > 0 for x in (h, i, n)):
         return 0.0, name
     assert isinstance(h, int) and isinstance(i, int) and isinstance(n, int)
-    patch: int = v["patch_size"] if isinstance(v.get("patch_size"), int) else 14
-    channels: int = v["num_channels"] if isinstance(v.get("num_channels"), int) else 3
-    block = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
-    return float(n * block + patch * patch * channels * h + h * text_hidden), name
+    def whole(key: str, default: int) -> int:
+        x = v.get(key)
+        return x if isinstance(x, int) and not isinstance(x, bool) and x > 0 else default
+
+    patch = whole("patch_size", 14)
+    channels = whole("num_channels", whole("in_chans", 3))
+    gated = str(v.get("hidden_act", "")).lower() in ("silu", "swiglu")  # Qwen2.5-VL's tower: a gated MLP
+    block = 4 * h * h + 4 * h + (3 if gated else 2) * h * i + i + h + 4 * h
+    merge = whole("spatial_merge_size", 1)
+    wide = h * merge * merge  # the projector into the text model, from merged patches
+    out = whole("out_hidden_size", text_hidden)
+    temporal = whole("temporal_patch_size", 1)
+    projector = wide * wide + wide * out if merge > 1 else h * out
+    return float(n * block + temporal * patch * patch * channels * h + projector), name
 
 
 def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
@@ -431,10 +443,14 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
     vision_params, vision = _vision(vision_cfg, hidden)
     if vision and not vision_params:
         notes.append(f"the vision tower ({vision}) is not counted: its vision_config has no hidden_size, "
-                     f"intermediate_size and num_hidden_layers")
+                     f"intermediate_size and num_hidden_layers (or depth)")
     elif vision:
         notes.append(f"the vision tower ({vision}) counted approximately from vision_config: "
                      f"{vision_params / 1e9:.2f}B parameters")
+    cross = cfg.get("cross_attention_layers")
+    if isinstance(cross, list) and cross:
+        notes.append(f"{len(cross)} of {layers} layers cross-attend to the image: counted as self-attention layers, "
+                     f"so KV and parameters are approximate")
     mtp = _count(cfg, "num_nextn_predict_layers")
     if mtp:
         notes.append(f"{mtp} multi-token-prediction layer(s) in the checkpoint are not counted: vLLM loads them "
@@ -453,7 +469,8 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
         name=str(top.get("_name_or_path") or ""), mla=mla, sliding_window=window, sliding_layers=sliding,
         qkv_bias=attention_bias or model_type in QKV_BIAS_TYPES, o_bias=attention_bias,
         qk_norm=model_type in QK_NORM_TYPES, norms_per_layer=4 if model_type in SANDWICH_NORM_TYPES else 2,
-        expert_bias=model_type == "gpt_oss", attention_sinks=model_type == "gpt_oss", quantization=quant,
+        expert_bias=model_type == "gpt_oss", router_bias=cfg.get("topk_method") == "noaux_tc",
+        attention_sinks=model_type == "gpt_oss", quantization=quant,
         vision_params=vision_params, vision=vision, mtp_layers=mtp, notes=tuple(notes))
 
 

@@ -51,13 +51,19 @@ def queries(tier: str, seconds: float) -> dict[str, str]:
     w = format_duration(seconds)
     arrivals = f"sum by (tier) ({I.count_increase('prompt_tokens_per_request', sel)})"
     out["requests"] = arrivals.replace("{w}", w)
-    step = format_duration(PEAK_STEP)
+    peak = peak_step(seconds)
+    step = format_duration(peak)
     rate = f"sum by (tier) ({I.count_increase('prompt_tokens_per_request', sel)})".replace("{w}", step)
-    out["peak_rps"] = f"max_over_time(({rate} / {PEAK_STEP:g})[{w}:{step}])"
+    out["peak_rps"] = f"max_over_time(({rate} / {peak:g})[{w}:{step}])"
     out["prefix_cache_hit_ratio"] = windowed(catalogue.row("prefix_cache_hit_ratio").promql, seconds)
     out["slo_ttft_p99"] = f'max by (tier) (fleetwatch_plan_slo_ttft_p99_seconds{sel})'
     out["slo_itl_p99"] = f'max by (tier) (fleetwatch_plan_slo_itl_p99_seconds{sel})'
     return out
+
+
+def peak_step(seconds: float) -> float:
+    """The window of the peak's rate: 5 minutes, or a quarter of a range shorter than 20 minutes."""
+    return min(PEAK_STEP, max(1.0, seconds / 4))
 
 
 def profile_query(tier: str) -> str:
@@ -154,7 +160,7 @@ def workload_yaml(o: Observed, url: str) -> str:
     head = [f"# Workload of tier {o.tier}, derived by `fleetwatch plan --workload-from` from {url}",
             f"# over the {format_duration(o.seconds)} before {doc['observed']['at']}: length percentiles are "
             f"histogram_quantile over the engines' prompt and output histograms; peak_rps is the highest "
-            f"{format_duration(PEAK_STEP)} arrival rate; SLOs from {o.slo_source}.",
+            f"{format_duration(peak_step(o.seconds))} arrival rate; SLOs from {o.slo_source}.",
             "# Percentiles are interpolated within histogram buckets: as exact as the engine's buckets."]
     return "\n".join(head) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
 
@@ -199,8 +205,8 @@ def derive_to_file(args: argparse.Namespace) -> str:
         seconds = parse_duration(args.range)
     except ValueError as e:
         raise ValueError(f"--range: {e}") from None
-    if seconds < 60:
-        raise ValueError("--range: at least 1m (the rates need two scrapes)")
+    if seconds < 5:
+        raise ValueError("--range: at least 5s (a rate needs two scrapes in it)")
     at = time.time() if getattr(args, "at", None) is None else float(args.at)
     tier, slo, source = args.tier, None, ""
     if args.config:
