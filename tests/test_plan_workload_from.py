@@ -74,3 +74,18 @@ def test_daily_profile_averages_each_hour_of_the_day() -> None:
     profile = daily_profile(points)
     assert profile == tuple(float(h + 5) for h in range(24))
     assert daily_profile([(3600.0, float("nan"))])[0] is None
+
+
+def test_an_unreachable_prometheus_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "workload.yaml"
+    r = _cli("plan", "--workload-from", f"http://127.0.0.1:{port}", "--tier", "h100", "--range", "1h",
+             "--config", str(ROOT / "examples" / "fleet.yaml"), "--workload-out", str(out))
+    assert r.returncode == 2 and f"--workload-from http://127.0.0.1:{port}" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    bad = _cli("plan", "--workload-from", "http://127.0.0.1:9", "--range", "soon")
+    assert bad.returncode == 2 and "--range" in bad.stderr

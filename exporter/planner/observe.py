@@ -208,6 +208,8 @@ def derive_to_file(args: argparse.Namespace) -> str:
     if seconds < 5:
         raise ValueError("--range: at least 5s (a rate needs two scrapes in it)")
     at = time.time() if getattr(args, "at", None) is None else float(args.at)
+    if not math.isfinite(at) or at <= 0:
+        raise ValueError(f"--at: expected a Unix time in seconds, got {args.at}")
     tier, slo, source = args.tier, None, ""
     if args.config:
         tier, slo = _config_slo(args.config, args.tier)
