@@ -306,7 +306,9 @@ def test_the_report_states_vllms_kv_line_and_the_memory_source() -> None:
     plan = size(WL, from_hf_config(config("qwen3-32b")), lookup("H100"), CATALOGUE)
     cap = plan.steps["5_precision"]["kv_capacity"]
     assert cap["line"].startswith(f"KV cache: {plan.kv_capacity_tokens:,} tokens; maximum concurrency")
-    assert "P95 input + output (2,500 tokens)" in cap["line"]
+    arch = from_hf_config(config("qwen3-32b"))
+    assert f"P95 input + output (2,500 tokens, {2500 * kv_bytes_per_token(arch, 'bf16') / 2**20:,.0f} MiB of KV each)" \
+        in cap["line"]
     assert "vLLM's start-up memory profile" in plan.steps["5_precision"]["overhead_source"]
     assert plan.tokens_per_gpu_hour == pytest.approx(10 * 250 * 3600 / plan.total_gpus)  # type: ignore[operator]
 

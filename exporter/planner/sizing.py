@@ -495,7 +495,8 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
                 "kv_bytes_per_sequence": int(kv_bytes(arch, kv_cache, _seq_tokens(wl), tp)),
                 "sequence_tokens": _seq_tokens(wl),
                 "line": (f"KV cache: {int(per_gpu['tokens']):,} tokens; maximum concurrency "
-                         f"{per_gpu['concurrency']:.2f}x at P95 input + output ({_seq_tokens(wl):,.0f} tokens)")}
+                         f"{per_gpu['concurrency']:.2f}x at P95 input + output ({_seq_tokens(wl):,.0f} tokens, "
+                         f"{kv_bytes(arch, kv_cache, _seq_tokens(wl), tp) / 2**20:,.0f} MiB of KV each)")}
     warnings: list[str] = [*arch.notes, *sweep_warnings, *par["warnings"]]
     if per_gpu["available"] <= 0:
         warnings.append(f"at TP {tp} x PP {pp} the weights and overhead leave no memory for the KV cache "
