@@ -292,6 +292,9 @@ def test_quantized_checkpoints_fit_where_vllm_runs_them() -> None:
                      concurrency_per_instance=1)
     llama = size(small, from_hf_config(config("llama-3.1-70b")), lookup("H100"), CATALOGUE, weights="fp8")
     assert llama.tp == 1, llama.steps["6_parallelism"]
+    # Qwen3-235B-A22B-FP8 runs at TP 4 on H100 (vLLM's log in issue 21348 shows it): room for KV at TP 4
+    qwen = size(WL, from_hf_config(config("qwen3-235b-a22b-fp8")), lookup("H100"), CATALOGUE)
+    assert qwen.tp == 4 and qwen.kv_capacity_tokens and qwen.kv_capacity_tokens > 178_880
 
 
 def test_a_model_past_one_node_is_a_verdict_naming_the_nodes() -> None:
