@@ -481,7 +481,7 @@ def plan_series(key: str) -> str:
 # the plan's figures, exported as fleetwatch_plan_<key>{tier} gauges for the rules and dashboards
 PLAN_FIGURES: tuple[tuple[str, str, Callable[[Plan], float]], ...] = (
     ("instances", "Instances the plan decided (its fleet size).", lambda p: p.instances),
-    ("gpus_per_instance", "GPUs per instance (TP degree).", lambda p: p.gpus_per_instance),
+    ("gpus_per_instance", "GPUs per instance (TP x PP).", lambda p: p.gpus_per_instance),
     ("gpu_hour_cost_usd", "Cost of one GPU-hour in USD.", lambda p: p.gpu_hour_cost_usd),
     ("peak_rps", "Planned peak arrival rate of the tier (its workload profile), requests per second.",
      lambda p: p.peak_rps),

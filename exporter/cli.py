@@ -375,6 +375,9 @@ def _plan(args: argparse.Namespace) -> int:
         if args.workload_from:
             from .planner.observe import derive_to_file
 
+            if args.workload:
+                raise ValueError("--workload and --workload-from: give one (the second derives the first)")
+
             written = derive_to_file(args)
             print(f"wrote {written}", file=sys.stderr)
             if not (args.model and args.gpu):
@@ -402,6 +405,8 @@ def _plan(args: argparse.Namespace) -> int:
             wl = replace(wl, lora_adapters=wl.lora_adapters if args.lora_adapters is None else args.lora_adapters,
                          lora_rank=wl.lora_rank if args.lora_rank is None else args.lora_rank)
             if wl.lora_adapters and wl.lora_rank <= 0:
+                if args.lora_rank is not None:
+                    raise ValueError(f"--lora-rank {args.lora_rank}: adapters need a rank of at least 1")
                 raise ConfigError(args.workload, "lora.rank", "adapters need a rank (--lora-rank)")
         small = None
         if args.small_model:

@@ -297,6 +297,9 @@ _PLAN_REQUIRED = {"gpus_per_instance", "instances", "gpu_hour_cost_usd", "peak_r
 
 
 def _plan(c: Reader, v: Any, path: str) -> Plan:
+    if isinstance(v, dict) and "benchmark" in v and v["benchmark"] is None:
+        raise c.err(_join(path, "benchmark"), "null: this plan was made without a concurrency sweep; run "
+                                              "`fleetwatch plan --sweep` on a sweep of this configuration")
     m = c.mapping(v, path, _PLAN_REQUIRED | {"workload", "precision", "scale_down_stabilization", "predicted"},
                   _PLAN_REQUIRED)
     predicted = c.optional(m, "predicted", path, lambda x, p: _predicted(c, x, p)) or {}

@@ -281,6 +281,10 @@ def test_step_3_routes_simple_requests_to_a_small_tier_and_sizes_each(tmp_path: 
 
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert [d["instances"] for d in docs] == [large["plan"]["instances"], little["plan"]["instances"]]
+    # a small model given where routing does not pay is said, not dropped
+    ignored = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--weights", "fp8",
+                              "--sweep", str(sweep), "--small-model", str(small), "--format", "json").stdout)
+    assert any("small model is not sized" in w for w in ignored["warnings"])
     # no simple share, or a fleet of 8 GPUs or fewer: no routing
     plain = json.loads(_cli("plan", "-w", str(workload), "-m", str(model), "-g", "H100", "--weights", "fp8",
                             "--sweep", str(sweep), "--format", "json").stdout)
@@ -309,7 +313,8 @@ def test_a_sweep_of_another_model_or_gpu_or_with_tpot_for_itl_is_warned(tmp_path
     _result(tmp_path, "c8", model_id="meta-llama/Llama-3.1-70B", gpu="NVIDIA H100 80GB HBM3")
     _result(tmp_path, "c16", max_concurrency=16, model_id="meta-llama/Llama-3.1-70B", gpu="H100-SXM")
     clean = _cli(*args)
-    assert clean.returncode == 0 and json.loads(clean.stdout)["warnings"] == [], clean.stdout[-500:]
+    assert clean.returncode == 0, clean.stderr
+    assert not [w for w in json.loads(clean.stdout)["warnings"] if "sweep" in w], clean.stdout[-500:]
     _result(tmp_path, "c32", max_concurrency=32, request_throughput=150.0, p99_itl_ms=None, p99_tpot_ms=40.0,
             model_id="Qwen/Qwen3-32B", gpu="A100-80GB")
     r = _cli(*args)
@@ -350,6 +355,10 @@ def test_without_a_sweep_the_count_is_a_labelled_estimate_and_tokens_per_gpu_hou
 
     plan = load_config(str(tmp_path / "fleet.yaml")).tiers["h100"].plan
     assert plan.predicted_tokens_per_gpu_hour == pytest.approx(measured["tokens_per_gpu_hour"], rel=1e-6)
+    # an estimated plan is no yardstick yet: serve refuses it, saying why
+    (tmp_path / "p.yaml").write_text(_cli(*base, "--format", "yaml").stdout)
+    refused = _cli("validate-config", str(tmp_path / "fleet.yaml"))
+    assert refused.returncode == 2 and "without a concurrency sweep" in refused.stderr
 
 
 def test_fp8_kv_checklist_says_when_the_cache_is_already_fp8(tmp_path: Path) -> None:
@@ -368,6 +377,14 @@ def test_tp_pp_flags_and_the_memory_model_at_the_command_line(tmp_path: Path) ->
     assert (pinned["tp"], pinned["pp"]) == (4, 1) and "pinned" in pinned["steps"]["6_parallelism"]["why"]
     bad = _cli(*base, "--tp", "3")
     assert bad.returncode == 2 and "--tp 3: TP 3 does not divide the 64 attention heads" in bad.stderr
+    both = _cli(*base, "--workload-from", "http://127.0.0.1:9")
+    assert both.returncode == 2 and "give one" in both.stderr
+    rank = _cli(*base, "--lora-adapters", "8", "--lora-rank", "0")
+    assert rank.returncode == 2 and rank.stderr.startswith("fleetwatch: --lora-rank 0") and str(workload) not in rank.stderr
+    for url, words in (("ftp://x", "http:// or https://"), ("http://127.0.0.1:99999", "not a URL")):
+        r = _cli("plan", "--workload-from", url)
+        assert r.returncode == 2 and f"--workload-from {url}: " in r.stderr and words in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
     chapter = json.loads(_cli(*base, "--memory-model", "chapter").stdout)
     vllm = json.loads(_cli(*base).stdout)
     assert chapter["steps"]["5_precision"]["memory_model"] == "chapter"

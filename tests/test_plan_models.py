@@ -263,7 +263,8 @@ def test_tp_must_divide_kv_heads_or_be_a_multiple_and_replication_is_counted() -
     # so a GPU at TP 8 holds as much KV per token as at TP 4, twice the 4-heads-over-8-GPUs share
     assert kv_bytes_per_token(qwen, "bf16", tp=8) / 8 == kv_bytes_per_token(qwen, "bf16", tp=4) / 4
     assert kv_bytes_per_token(qwen, "bf16", tp=8) / 8 == 2 * kv_bytes_per_token(qwen, "bf16") / 8
-    ten = from_hf_config({**config("llama-3.1-8b"), "num_attention_heads": 40, "num_key_value_heads": 10})
+    ten = from_hf_config({**config("llama-3.1-8b"), "num_attention_heads": 40, "num_key_value_heads": 10,
+                                                  "head_dim": 128})
     assert tp_problem(ten, 4) and "10 KV heads" in (tp_problem(ten, 4) or "")
     plan = size(WL, ten, lookup("H100"), CATALOGUE, layout=Layout())
     assert plan.tp in (1, 2, 5, 10) and tp_problem(ten, plan.tp) is None
@@ -335,3 +336,77 @@ def test_the_model_fixtures_are_the_ones_sources_md_lists() -> None:
 
 def _arch(cfg: dict[str, Any]) -> Architecture:
     return from_hf_config(cfg)
+
+
+# ---------------------------------------------------------------- found by trying it as a new user would
+
+
+def test_configs_that_would_size_another_model_are_refused() -> None:
+    from exporter.planner.architecture import ArchitectureError
+
+    ds = config("deepseek-v3")
+    for key, words in (("kv_lora_rank", "needs kv_lora_rank"), ("moe_intermediate_size", "moe_intermediate_size")):
+        with pytest.raises(ArchitectureError, match=words):  # not MHA of 128 heads, not 5,923B parameters
+            from_hf_config({k: v for k, v in ds.items() if k != key})
+    with pytest.raises(ArchitectureError, match="num_local_experts: null"):  # not a dense 3B gpt-oss-120b
+        from_hf_config({**config("gpt-oss-120b"), "num_local_experts": None})
+    with pytest.raises(ArchitectureError, match="not a multiple of num_attention_heads"):
+        from_hf_config({**config("llama-3.1-70b"), "hidden_size": 8001})
+    odd = from_hf_config({**config("llama-3.1-8b"), "torch_dtype": "float64", "model_type": None})
+    assert any("float64" in n for n in odd.notes) and any("no model_type" in n for n in odd.notes)
+
+
+def test_the_estimate_reads_the_experts_a_batch_routes_to() -> None:
+    """gpt-oss-120b, 4 of 128 experts a token: a batch of b touches 1 - (124/128)^b of them, so past a few
+    dozen sequences a step reads nearly every expert, not the active 4."""
+    from exporter.planner.sizing import BANDWIDTH_EFFICIENCY, roofline
+
+    arch = from_hf_config(config("gpt-oss-120b"))
+    h100 = lookup("H100")
+    est = roofline(arch, WL, h100, None, "bf16", 1, 1, 1000)
+    b = est["batch"]
+    assert b > 1
+    p = parameters(arch)
+    total = weight_bytes(arch)
+    experts = total * p.experts / p.total
+    read = total - experts + experts * (1 - (1 - 4 / 128) ** b)
+    kv = kv_bytes(arch, "bf16", WL.input_tokens.p50 + WL.output_tokens.p50 / 2)
+    assert est["step_ms"] == pytest.approx((read + b * kv) / (h100.hbm_tb_s * 1e12 * BANDWIDTH_EFFICIENCY) * 1000)
+    assert read > 0.9 * total  # the batch touches nearly every expert
+    assert "dense fp16 TFLOPS" in est["assumptions"]  # MXFP4 weights compute with 16-bit activations
+
+
+def test_layout_words_say_what_was_pinned_and_what_was_chosen() -> None:
+    gemma = from_hf_config(config("gemma-3-27b-it"))
+    plan = size(WL, gemma, lookup("H100"), CATALOGUE, layout=Layout(tp=1))
+    par = plan.steps["6_parallelism"]
+    if plan.pp > 1:  # TP 1 cannot hold 27B at 16 bits with 32 sequences: PP is the planner's, and said
+        assert "chosen" in par["why"] and any("--tp 1 does not hold" in w for w in plan.warnings)
+    assert par["why"].startswith("pinned: TP 1")
+    pcie = size(WL, from_hf_config(config("qwen3-32b")), lookup("L40S"), CATALOGUE, layout=Layout(tp=4))
+    assert any("TP 4 over pcie" in w for w in pcie.warnings)
+    qwen = from_hf_config(config("qwen3-30b-a3b"))
+    ep_only = size(WL, qwen, lookup("H100"), CATALOGUE, layout=Layout(ep=2))
+    assert (ep_only.tp, ep_only.steps["6_parallelism"]["ep"]) == (2, 2)
+
+
+def test_estimate_failure_utilization_and_chapter_capacity_are_said() -> None:
+    # a decode step that misses the ITL SLO at any batch: the binding says the estimate failed, and why
+    tight = Workload(WL.input_tokens, WL.output_tokens, WL.peak_rps, WL.average_rps, Slo(2.0, 0.005))
+    slow = size(tight, from_hf_config(config("llama-3.1-70b")), lookup("H100"), CATALOGUE)
+    assert slow.instances is None and slow.binding_constraint == "roofline_estimate"
+    assert "misses the ITL SLO" in slow.binding_reason
+    # the utilization trap is a warning like the others (stderr, JSON), not only a line of the cost step
+    idle = Workload(WL.input_tokens, WL.output_tokens, peak_rps=20, average_rps=1, slo=WL.slo)
+    llama = from_hf_config(config("llama-3.1-8b"))
+    assert any("utilization trap" in w for w in size(idle, llama, lookup("H100"), CATALOGUE).warnings)
+    # the rule of thumb's KV room differs from vLLM's, and the KV line follows the memory model chosen
+    from exporter.planner.sizing import MemoryModel
+
+    chapter = size(WL, llama, lookup("H100"), CATALOGUE, memory_model=MemoryModel.CHAPTER)
+    vllm = size(WL, llama, lookup("H100"), CATALOGUE)
+    assert chapter.kv_capacity_tokens != vllm.kv_capacity_tokens
+    room = (0.925 * 80e9 - chapter.steps["5_precision"]["weights_bytes"] * 1.2) / kv_bytes_per_token(llama, "bf16")
+    assert chapter.kv_capacity_tokens == pytest.approx(room, abs=1)
+    # an MXFP4 re-quantization of a model that has no such checkpoint is said
+    assert any("--weights mxfp4" in w for w in size(WL, llama, lookup("H100"), CATALOGUE, weights="mxfp4").warnings)

@@ -37,6 +37,12 @@ TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
                     "num_attention_heads": 8, "num_key_value_heads": 4},
     "gemma2": {"sliding_window": 4096, "head_dim": 256},
 }
+MLA_TYPES = frozenset({"deepseek_v2", "deepseek_v3", "kimi_k2"})  # their attention is latent: kv_lora_rank is required
+# keys that, when a config writes them, must hold a number: a null there would size another model
+# (null experts: a dense 3B for gpt-oss-120b)
+NOT_NULL = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "num_local_experts",
+            "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "kv_lora_rank",
+            "qk_rope_head_dim", "qk_nope_head_dim")
 QKV_BIAS_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"})  # biased Q, K and V, no key for it
 QK_NORM_TYPES = frozenset({"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2"})  # RMSNorm on Q and K per head
 SANDWICH_NORM_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text"})  # four norms a layer, not two
@@ -391,6 +397,11 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**{k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}, **cfg["text_config"]}
     model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+    nulls = [k for k in NOT_NULL if k in cfg and cfg[k] is None]
+    if nulls:
+        raise ArchitectureError(f"{nulls[0]}: null where a whole number belongs")
+    if not model_type:
+        notes.append("no model_type: read as a generic decoder (no per-family defaults, biases or norms)")
     defaults = TYPE_DEFAULTS.get(model_type, {})
     filled = [k for k in defaults if cfg.get(k) is None]
     if filled and cfg is not top:
@@ -407,16 +418,26 @@ def from_hf_config(cfg: Mapping[str, Any]) -> Architecture:
         1 if cfg.get("multi_query") is True else heads)  # Falcon writes MQA as multi_query: true
     if heads % kv_heads:
         raise ArchitectureError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    head_dim = _int(cfg, "head_dim") or hidden // heads
-    if head_dim == 0:
-        raise ArchitectureError(f"hidden_size {hidden} is smaller than num_attention_heads {heads}: give head_dim")
-    dtype = _TORCH_DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"), "bf16")
+    head_dim = _int(cfg, "head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise ArchitectureError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: give "
+                                    f"head_dim")
+        head_dim = hidden // heads
+    written = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    dtype = _TORCH_DTYPES.get(written, "bf16")
+    if written not in _TORCH_DTYPES:
+        notes.append(f"torch_dtype {written} is not one vLLM serves: taken as bfloat16")
     experts = _int(cfg, "num_local_experts", "num_experts", "n_routed_experts") or 0
     params = cfg.get("num_parameters")
     if params is not None and (isinstance(params, bool) or not isinstance(params, (int, float))
                                or not 0 < params <= 1e15):
         raise ArchitectureError(f"num_parameters: expected a positive number up to 1e15, got {_json(params)}")
     mla = None
+    if model_type in MLA_TYPES and cfg.get("kv_lora_rank") is None:
+        raise ArchitectureError(f"a {model_type} config needs kv_lora_rank (its attention is a compressed latent)")
+    if model_type in MLA_TYPES | {"qwen2_moe", "qwen3_moe"} and experts and cfg.get("moe_intermediate_size") is None:
+        raise ArchitectureError(f"a {model_type} config with experts needs moe_intermediate_size")
     if cfg.get("kv_lora_rank") is not None:
         rope, nope = _int(cfg, "qk_rope_head_dim"), _int(cfg, "qk_nope_head_dim")
         if rope is None or nope is None:

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
@@ -199,8 +200,24 @@ def derive(url: str, tier: str | None, seconds: float, at: float, *, slo: Slo | 
     return observed(tier, seconds, at, answers, profile, slo, slo_source)
 
 
+def check_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port, or ValueError saying what is wrong."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError as e:
+        raise ValueError(f"not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host, e.g. http://prometheus:9090")
+    return url
+
+
 def derive_to_file(args: argparse.Namespace) -> str:
-    """The CLI's edge: derive, write the workload file, return its path. Errors are ConfigError."""
+    """The CLI's edge: derive, write the workload file, return its path. Errors are ValueError or ConfigError."""
+    try:
+        check_url(args.workload_from)
+    except ValueError as e:
+        raise ValueError(f"--workload-from {redact_url(args.workload_from)}: {e}") from None
     try:
         seconds = parse_duration(args.range)
     except ValueError as e:

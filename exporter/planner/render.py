@@ -130,8 +130,6 @@ def report_text(result: SizingResult) -> str:
                    f"{'n/a' if util is None else f'{util:.0%}'}, "
                    f"{'n/a' if tph is None else f'{tph:,.0f}'} tokens per GPU-hour at average load"
                    + (" (estimate)" if result.estimate else "") + f" ({c['why']})")
-        if c["warning"]:
-            out.append(f"        warning: {c['warning']}")
     out += [f"warning        {w}" for w in result.warnings]
     out += ["", f"binding constraint: {result.binding_constraint}: {result.binding_reason}"]
     return "\n".join(out)

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from ..sizing import recommended_instances
 from ..model import Precision, Slo
 from ..text import num, plural
-from .architecture import BYTES, Architecture, describe, kv_bytes, kv_bytes_per_token, lora_bytes, weight_bytes
+from .architecture import (BYTES, Architecture, describe, kv_bytes, kv_bytes_per_token, lora_bytes, parameters,
+                           weight_bytes)
 from .curve import Curve
 from .gpus import GIB, Gpu
 
@@ -221,14 +222,24 @@ def _parallelism(arch: Architecture, wl: Workload, gpu: Gpu, weights: str | None
 
     if layout.tp is not None or layout.pp is not None:
         tp, pp = layout.tp or 1, layout.pp or 1
+        chosen = ""
         if layout.tp is None:  # --pp alone: the lowest TP that fits with it
             tp = next((t for t in sizes if t <= cap and not tp_problem(arch, t) and fits(t, pp)), cap)
+            chosen = f"TP {tp} chosen to hold the model"
         elif layout.pp is None:
             pp = next((p for p in range(1, MAX_GPUS // tp + 1) if fits(tp, p)), 1)
+            if pp > 1:
+                chosen = f"PP {pp} chosen: TP {tp} alone does not hold the model"
+                warnings.append(f"--tp {tp} does not hold the model and {wl.concurrency_per_instance} sequences' KV: "
+                                f"it needs PP {pp} (pin --pp to choose, or a larger --tp)")
         if not fits(tp, pp):
             warnings.append(f"the pinned layout TP {tp} x PP {pp} does not hold {wl.concurrency_per_instance} "
                             f"sequences of P95 length: the KV cache will queue requests")
-        why = f"pinned: TP {tp}" + (f", PP {pp}" if pp > 1 else "")
+        why = ("pinned: " + ", ".join(f"{k} {getattr(layout, k.lower())}" for k in ("TP", "PP")
+                                      if getattr(layout, k.lower()) is not None) + (f"; {chosen}" if chosen else ""))
+        if tp > 2 and not gpu.switched_fabric:
+            warnings.append(f"TP {tp} over {gpu.interconnect}: every layer's all-reduce crosses PCIe; the planner "
+                            f"would stop at TP 2 and pipeline the rest")
     else:
         valid = [t for t in sizes if t <= cap and not tp_problem(arch, t)]
         tp = next((t for t in valid if t >= floor["min_gpus"] and fits(t, 1)), 0)
@@ -247,8 +258,8 @@ def _parallelism(arch: Architecture, wl: Workload, gpu: Gpu, weights: str | None
                 why = f"TP {tp} (the most {gpu.interconnect} carries), then PP {pp} within the node"
             else:
                 verdict = (f"the model does not fit one {node}-GPU {gpu.name} node: it needs TP {tp} x PP {pp} = "
-                           f"{tp * pp} GPUs, {nodes} nodes; plan it that way with --pp {pp}, or choose a larger GPU "
-                           f"or a lower precision")
+                           f"{tp * pp} GPUs, {nodes} nodes, as sized here; pin --pp {pp} to accept that layout, or "
+                           f"choose a larger GPU or a lower precision")
                 warnings.append(verdict)
                 why = f"no layout within one node holds it: TP {tp} x PP {pp} across {nodes} nodes"
     if layout.tp is not None and (problem := tp_problem(arch, tp)):
@@ -280,25 +291,41 @@ FLOPS_EFFICIENCY = 0.4
 ITL_P99_OVER_MEAN = 1.25  # a step's P99 over its mean, for batches that mix prefill chunks
 
 
+def _prefill_precision(label: str) -> str:
+    """The precision prefill's matmuls run at: weight-only INT4 and MXFP4 compute with 16-bit activations."""
+    return "fp16" if label in ("int4", "mxfp4", "bf16", "fp16", "fp32") else label
+
+
 def roofline(arch: Architecture, wl: Workload, gpu: Gpu, weights: str | None, kv: str, tp: int, pp: int,
              max_concurrency: float) -> dict[str, Any]:
     """A rough usable RPS per instance from HBM bandwidth (decode) and FLOPS (prefill): the largest
-    batch whose step meets the ITL SLO and fits the KV cache, and the requests a second it serves."""
-    n = tp * pp
+    batch whose step meets the ITL SLO and fits the KV cache, and the requests a second it serves.
+    A mixture-of-experts step reads the experts its batch routes to: 1 - (1 - k/E)^batch of them."""
     label = weights or arch.checkpoint_weights
-    active_share = arch.active_params / arch.total_params if arch.total_params else 1.0
-    weights_read = weight_bytes(arch, weights) * active_share
+    total_weights = weight_bytes(arch, weights)
+    p = parameters(arch) if arch.params is None else None
+    expert_bytes = total_weights * (p.experts / p.total) if p is not None and arch.experts and p.total else 0.0
+    fixed_bytes = total_weights - expert_bytes
     context = wl.input_tokens.p50 + wl.output_tokens.p50 / 2  # a sequence's mean length while it decodes
     kv_read = kv_bytes(arch, kv, context, tp)
-    bandwidth = gpu.hbm_tb_s * 1e12 * n * BANDWIDTH_EFFICIENCY / pp  # PP stages run one after another
+    # a PP stage reads its share of the weights one after another: one token's step sees TP GPUs' bandwidth
+    bandwidth = gpu.hbm_tb_s * 1e12 * tp * BANDWIDTH_EFFICIENCY
 
-    def step(batch: float) -> float:
-        return (weights_read + batch * kv_read) / bandwidth
+    def step(batch: int) -> float:
+        share = 1 - (1 - arch.experts_per_token / arch.experts) ** batch if arch.experts else 0.0
+        return (fixed_bytes + expert_bytes * share + batch * kv_read) / bandwidth
 
     limit = wl.slo.itl_p99 / ITL_P99_OVER_MEAN
-    batch = (limit * bandwidth - weights_read) / kv_read if kv_read > 0 else max_concurrency
-    batch = max(0.0, min(batch, max_concurrency))
-    flops = (gpu.tflops.get(label) or gpu.tflops.get("fp16") or 0.0) * 1e12 * n * FLOPS_EFFICIENCY / pp
+    cap = int(max_concurrency)
+    batch = 0
+    if cap >= 1 and step(1) <= limit:
+        lo, hi = 1, cap  # the step grows with the batch: the largest batch within the limit, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if step(mid) <= limit else (lo, mid - 1)
+        batch = lo
+    compute = _prefill_precision(label)
+    flops = (gpu.tflops.get(compute) or gpu.tflops.get("fp16") or 0.0) * 1e12 * tp * FLOPS_EFFICIENCY
     prefill = 2 * arch.active_params * wl.input_tokens.p50 / flops if flops else float("inf")
     prefill_p99 = 2 * arch.active_params * wl.input_tokens.p99 / flops if flops else float("inf")
     warnings = []
@@ -308,14 +335,22 @@ def roofline(arch: Architecture, wl: Workload, gpu: Gpu, weights: str | None, kv
     if prefill_p99 > wl.slo.ttft_p99:
         warnings.append(f"prefill of a P99 prompt takes about {num(prefill_p99)} s, past the TTFT SLO "
                         f"({num(wl.slo.ttft_p99)} s), before any queueing")
-    rps = 1 / (prefill + wl.output_tokens.p50 * step(batch) / batch) if batch >= 1 else 0.0
-    return {"estimate": True, "usable_rps_per_instance": rps, "batch": math.floor(batch),
+    if tp > gpu.gpus_per_node:
+        warnings.append(f"TP {tp} spans nodes: the estimate counts no inter-node all-reduce, which makes TP across "
+                        f"nodes slower than this")
+    # PP keeps pp micro-batches in flight: pp times the requests of one stage's batch
+    rps = pp / (prefill + wl.output_tokens.p50 * step(batch) / batch) if batch >= 1 else 0.0
+    read = fixed_bytes + (expert_bytes * (1 - (1 - arch.experts_per_token / arch.experts) ** max(batch, 1))
+                          if arch.experts else 0.0)
+    return {"estimate": True, "usable_rps_per_instance": rps, "batch": batch,
             "step_ms": step(max(batch, 1)) * 1000, "prefill_s": prefill, "warnings": warnings,
-            "assumptions": (f"decode reads the active weights ({num(weights_read / GIB)} GiB) and each sequence's KV "
-                            f"at {num(context)} tokens every step at {BANDWIDTH_EFFICIENCY:.0%} of "
-                            f"{num(gpu.hbm_tb_s)} TB/s x {n} GPUs; prefill at {FLOPS_EFFICIENCY:.0%} of dense "
-                            f"{label} TFLOPS; ITL P99 = {ITL_P99_OVER_MEAN:g} x the mean step; no queueing. A "
-                            f"measured sweep (--sweep) replaces this estimate")}
+            "assumptions": (f"each decode step reads the weights its batch uses ({num(read / GIB)} GiB"
+                            + (", the experts the batch routes to" if arch.experts else "")
+                            + f") and each sequence's KV at {num(context)} tokens, at {BANDWIDTH_EFFICIENCY:.0%} of "
+                            f"{num(gpu.hbm_tb_s)} TB/s x TP {tp}" + (f", PP {pp} stages pipelined" if pp > 1 else "")
+                            + f"; prefill at {FLOPS_EFFICIENCY:.0%} of dense {compute} TFLOPS; ITL P99 = "
+                            f"{ITL_P99_OVER_MEAN:g} x the mean step; no queueing. A measured sweep (--sweep) "
+                            f"replaces this estimate")}
 
 
 RESOURCE_WORDS = {"tflops": "tensor throughput (TFLOPS)", "hbm_tb_s": "memory bandwidth (HBM TB/s)"}
@@ -479,6 +514,12 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     if weights == arch.checkpoint_weights:
         weights = None  # the checkpoint's own precision: its quantization, not a re-quantization
     label = weights or arch.checkpoint_weights
+    if layout.ep is not None and layout.tp is None:
+        layout = replace(layout, tp=layout.ep)  # within an instance the experts spread over the TP group
+    early: list[str] = []
+    if weights in ("mxfp4", "int4") and not (arch.quantization and arch.quantization.weights == weights):
+        early.append(f"--weights {weights}: vLLM serves {weights.upper()} from a checkpoint quantized that way; "
+                     f"this sizes the model as if one existed")
     native_floor = _floor(arch, wl, gpu, None, _kv_dtype(arch, None), memory_model, engine)
     chosen = _floor(arch, wl, gpu, weights, kv_cache, memory_model, engine)
     changes = {k: {"native": native_floor[k], "chosen": chosen[k]}
@@ -489,6 +530,11 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     par = _parallelism(arch, wl, gpu, weights, kv_cache, memory_model, chosen, layout, engine)
     tp, pp = par["tp"], par["pp"]
     per_gpu = _per_gpu(arch, wl, gpu, weights, kv_cache, tp, pp, engine)
+    if memory_model is MemoryModel.CHAPTER:  # the rule of thumb's room: VRAM less 7.5%, less weights x 1.2
+        room = ((1 - FRAMEWORK) * gpu.hbm_bytes * tp * pp - chosen["weights_bytes"] - chosen["activations_bytes"]
+                - chosen["adapters_bytes"]) / (tp * pp)
+        per_gpu = {**per_gpu, "available": room, "tokens": max(0.0, room) / per_gpu["per_token"],
+                   "concurrency": max(0.0, room) / per_gpu["per_seq"]}
     capacity: dict[str, Any] = {"kv_capacity_tokens": int(per_gpu["tokens"]), "max_concurrency": round(per_gpu["concurrency"], 2),
                 "available_kv_bytes_per_gpu": int(per_gpu["available"]),
                 "kv_bytes_per_token_per_gpu": per_gpu["per_token"],
@@ -497,7 +543,7 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
                 "line": (f"KV cache: {int(per_gpu['tokens']):,} tokens; maximum concurrency "
                          f"{per_gpu['concurrency']:.2f}x at P95 input + output ({_seq_tokens(wl):,.0f} tokens, "
                          f"{kv_bytes(arch, kv_cache, _seq_tokens(wl), tp) / 2**20:,.0f} MiB of KV each)")}
-    warnings: list[str] = [*arch.notes, *sweep_warnings, *par["warnings"]]
+    warnings: list[str] = [*arch.notes, *early, *sweep_warnings, *par["warnings"]]
     if per_gpu["available"] <= 0:
         warnings.append(f"at TP {tp} x PP {pp} the weights and overhead leave no memory for the KV cache "
                         f"({num(per_gpu['available'] / GIB)} GiB per GPU): vLLM would not start")
@@ -546,6 +592,8 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
         binding, binding_why = Binding.ESTIMATE, (f"a roofline estimate, not a measurement: about {num(usable)} RPS "
                                                   f"per instance, so {num(wl.peak_rps)} peak RPS needs about "
                                                   f"{plural(instances, 'instance')}; run a sweep (--sweep) to replace it")
+    elif estimate is not None and estimate["warnings"]:
+        binding, binding_why = Binding.ESTIMATE, f"the roofline estimate serves no request: {estimate['warnings'][0]}"
     else:
         binding, binding_why = Binding.MEMORY, (f"the memory floor at this precision: "
                                                 f"{num(chosen['memory_floor_bytes'] / 1e9)} GB per instance needs "
@@ -555,6 +603,11 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
     elif pp > 1 and not gpu.switched_fabric and layout.pp is None:
         binding, binding_why = Binding.INTERCONNECT, par["warnings"][0]
     trap = utilization is not None and utilization < UTILIZATION_TRAP
+    trap_words = (f"average utilization {utilization:.0%} is below {UTILIZATION_TRAP:.0%}: the utilization trap "
+                  f"inflates the cost per token; fill idle capacity (offline batch, colocation) or scale down "
+                  f"off-peak") if trap and utilization is not None else None
+    if trap_words:
+        warnings.append(trap_words)
     routing = _routing(wl, total_gpus)
     tier_plans: list[SizingResult] = []
     if routing.get("multi_tier"):
@@ -570,6 +623,8 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
             tier_plans.append(sub)
         else:
             routing["tiers"][1]["reason"] = "give the small model (--small-model, --small-gpu, --small-sweep) to size it"
+    elif small is not None:
+        warnings.append(f"the small model is not sized: routing does not pay here ({routing['why']})")
     model_why = {"model": describe(arch), "parameters": arch.total_params, "active_parameters": arch.active_params,
                  "quantization": arch.quantization.why if arch.quantization else None, "notes": list(arch.notes)}
     steps = {
@@ -604,9 +659,7 @@ def size(wl: Workload, arch: Architecture, gpu: Gpu, catalogue: Mapping[str, Gpu
                      "average_utilization": utilization, "tokens_per_gpu_hour": tokens_per_gpu_hour,
                      "why": f"{num(gpu.hour_usd)} USD/GPU-hour x {total_gpus} GPUs / ({num(wl.average_rps)} average RPS x "
                             f"{num(wl.output_tokens.p50)} output tokens x 3600)",
-                     "warning": (f"average utilization {utilization:.0%} is below {UTILIZATION_TRAP:.0%}: the "
-                                 f"utilization trap inflates the cost per token; fill idle capacity "
-                                 f"(offline batch, colocation) or scale down off-peak") if trap else None}
+                     "warning": trap_words}
                     if cost is not None else {"reason": reasons.get("cost_per_million_tokens_usd",
                                                                      "no average traffic to spread the cost over")}),
     }
