@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.planner.architecture import (
-    Architecture, from_hf_config, kv_bytes, kv_bytes_per_token, parameters, weight_bytes)
+    from_hf_config, kv_bytes, kv_bytes_per_token, parameters, weight_bytes)
 from exporter.planner.gpus import CATALOGUE, Gpu, lookup
 from exporter.planner.sizing import Engine, Layout, Lengths, Workload, _per_gpu, size, tp_problem
 from exporter.model import Slo
@@ -332,10 +332,6 @@ def test_the_model_fixtures_are_the_ones_sources_md_lists() -> None:
     listed = fixture_text("models/SOURCES.md")
     for f in (FIXTURES / "models").glob("*.json"):
         assert f"`{f.name}`" in listed, f.name
-
-
-def _arch(cfg: dict[str, Any]) -> Architecture:
-    return from_hf_config(cfg)
 
 
 # ---------------------------------------------------------------- found by trying it as a new user would
