@@ -425,7 +425,7 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"fleetwatch: {e.args[0] if e.args else type(e).__name__}", file=sys.stderr)
         return 2
     for w in result.warnings:  # on stderr as well, whatever the format: a pipe to a file still shows them
-        print(f"fleetwatch plan: warning: {w}", file=sys.stderr)
+        print(f"fleetwatch: warning: {w}", file=sys.stderr)
     if args.format == "json":
         print(report_json(result, plan_document(result, wl, curve, gpu.hour_usd)))
     elif args.format == "yaml":
