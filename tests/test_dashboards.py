@@ -103,7 +103,15 @@ def _enums() -> dict[str, dict[str, str]]:
 _ENUM_FIELDS = {("thresholds", "mode"): "ThresholdsMode", ("color", "mode"): "FieldColorModeId"}
 
 
+# An annotation's target is the data source's own query type; @grafana/schema types it as the bare DataQuery and
+# does not ship Prometheus's, so it is checked against this one (strictly: no other keys) and then used as DataQuery.
+PROM_QUERY = "type PromQuery = DataQuery & { expr: string; legendFormat?: string };"
+
+
 def _ts(v: Any, enums: dict[str, dict[str, str]], parent: str = "", key: str = "") -> str:
+    if isinstance(v, dict) and (parent, key) == ("list", "target"):
+        body = "{" + ", ".join(f"{json.dumps(k)}: {_ts(x, enums, key, k)}" for k, x in v.items()) + "}"
+        return f"({body} satisfies PromQuery) as DataQuery"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{json.dumps(k)}: {_ts(x, enums, key, k)}" for k, x in v.items()) + "}"
     if isinstance(v, list):
@@ -132,8 +140,8 @@ def _tsc(name: str, source: str) -> subprocess.CompletedProcess[str]:
 def test_every_dashboard_type_checks_against_grafanas_schema() -> None:
     need((SCHEMA / "node_modules").exists(), NO_SCHEMA)
     enums = _enums()
-    lines = ["import type { Dashboard } from '@grafana/schema';",
-             f"import {{ {', '.join(sorted(set(_ENUM_FIELDS.values())))} }} from '@grafana/schema';"]
+    lines = ["import type { Dashboard, DataQuery } from '@grafana/schema';",
+             f"import {{ {', '.join(sorted(set(_ENUM_FIELDS.values())))} }} from '@grafana/schema';", PROM_QUERY]
     for i, (name, board) in enumerate(sorted(BOARDS.items())):
         lines.append(f"// {name}\nexport const d{i}: Dashboard = {_ts(board, enums)};")
     r = _tsc("check.generated.ts", "\n".join(lines) + "\n")
@@ -148,3 +156,10 @@ def test_the_schema_check_catches_a_bad_field() -> None:
     r = _tsc("bad.generated.ts", "import type { Dashboard } from '@grafana/schema';\n"
                                  f"export const d: Dashboard = {_ts(bad, _enums())};\n")
     assert r.returncode != 0 and "DashboardCursorSync" in r.stdout, r.stdout
+    # and an alert annotation whose query is not a Prometheus query (a misspelt key)
+    plan = BOARDS["fleetwatch-plan.json"]
+    anno = dict(plan["annotations"]["list"][0], target={"refId": "alerts", "exprs": "ALERTS"})
+    bad = dict(plan, annotations={"list": [anno]})
+    r = _tsc("bad.generated.ts", "import type { Dashboard, DataQuery } from '@grafana/schema';\n" + PROM_QUERY
+             + f"\nexport const d: Dashboard = {_ts(bad, _enums())};\n")
+    assert r.returncode != 0 and "exprs" in r.stdout, r.stdout

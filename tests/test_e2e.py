@@ -95,8 +95,9 @@ def fleet_scraped_by_prometheus(tmp_path: Path, scenario: str | Scenario = "heal
 NO_DATA_IN_DEMO = ("spec_decode", "lora_adapter", 'status=~"warning|critical"')
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """Every panel query of the generated dashboards, as Grafana would send it for all tiers."""
+def dashboard_queries(tier: str | None = None, instance: str | None = None) -> list[tuple[str, str]]:
+    """Every panel query of the generated dashboards, as Grafana would send it: for all tiers and instances
+    (the variables' "All", .*), or for one tier and one instance picked in the variables."""
     import json as _json
 
     from exporter.render.dashboards import build as dashboards
@@ -106,12 +107,28 @@ def dashboard_queries() -> list[tuple[str, str]]:
         board = _json.loads(text)
         for p in board["panels"]:
             for t in p.get("targets", []):
-                expr = (t["expr"].replace('tier="$tier"', 'tier="h100"').replace("$tier", ".+")
-                        .replace("$instance", ".+").replace("$__rate_interval_ms", str(int(WINDOW * 1000)))
+                expr = (t["expr"].replace('tier="$tier"', f'tier="{tier or "h100"}"').replace("$tier", tier or ".*")
+                        # a single value is regex-escaped, then escaped again as a PromQL string, as Grafana does
+                        .replace("$instance", re.escape(instance).replace("\\", "\\\\") if instance else ".*")
+                        .replace("$__rate_interval_ms", str(int(WINDOW * 1000)))
                         .replace("$__rate_interval", f"{WINDOW:g}s"))
                 if not any(s in expr for s in NO_DATA_IN_DEMO):
                     out.append((f"{name}: {p['title']}", expr))
     return out
+
+
+def variable_values(prom: Prometheus, name: str, tier: str) -> list[str]:
+    """What a dashboard variable lists, its label_values query asked of Prometheus as Grafana would."""
+    import json as _json
+
+    from exporter.render.dashboards import build as dashboards
+
+    board = _json.loads(dashboards()["fleetwatch-tier.json"])
+    var = next(v for v in board["templating"]["list"] if v["name"] == name)
+    m = re.fullmatch(r"label_values\((.*), (\w+)\)", var["query"]["query"])
+    assert m, var["query"]
+    selector, label = m[1].replace("$tier", tier), m[2]
+    return sorted({r["metric"][label] for r in prom.query(f"group by ({label}) ({selector})")})
 
 
 def wait_until(check: Callable[[], Any], timeout: float) -> Any:
@@ -197,9 +214,23 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
             # the other tier stayed out of it
             assert kv("h100") == []
             assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
-            # every dashboard panel's query, its variables substituted, returns data from this Prometheus
+            # every dashboard panel's query, its variables substituted, returns data from this Prometheus: at "All",
+            # and at one tier and one of the instances the instance variable lists for it
             empty = [(name, expr) for name, expr in dashboard_queries() if not prom.query(expr)]
             assert empty == [], empty
+            # (a plan check the overloaded h100 tier cannot predict has its data on a100: each query answers for
+            # one tier at least)
+            answered: dict[tuple[str, int], bool] = {}
+            for one in ("h100", "a100"):
+                instances = variable_values(prom, "instance", one)
+                assert instances and all(":" in i for i in instances), instances  # the engines' own instance label
+                for n, (name, expr) in enumerate(dashboard_queries(one, instances[0])):
+                    answered[(name, n)] = answered.get((name, n), False) or bool(prom.query(expr))
+            assert [k for k, ok in answered.items() if not ok] == []
+            # and the alert annotations mark the ScaleUp that fired
+            from exporter.render.dashboards import ALERTS
+
+            assert prom.query(ALERTS.replace("$tier", "h100")), "no annotation for the firing ScaleUp"
         finally:
             if prom is not None:
                 prom.stop()

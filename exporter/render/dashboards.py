@@ -83,7 +83,7 @@ class _Board:
             "tags": ["fleetwatch", "llm"], "editable": True, "graphTooltip": 1, "schemaVersion": SCHEMA_VERSION,
             "version": 1, "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
             "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
-            "templating": {"list": variables}, "annotations": {"list": []}, "links": [
+            "templating": {"list": variables}, "annotations": {"list": _annotations()}, "links": [
                 {"title": "fleetwatch", "type": "dashboards", "tags": ["fleetwatch"], "asDropdown": True,
                  "icon": "external link", "includeVars": True, "keepTime": True, "targetBlank": False,
                  "tooltip": "", "url": ""}],
@@ -144,8 +144,28 @@ def _variables() -> list[dict[str, Any]]:
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0,
          "options": [], "refresh": 1, "regex": "", "includeAll": False, "multi": False},
         query("tier", "Tier", "label_values(fleetwatch_plan_instances, tier)"),
-        query("instance", "Instance", f"label_values(fleetwatch_target_up{{{TIER}}}, instance)"),
+        # from the engines' own series, the ones the per-instance panels read: their instance label is the one
+        # Prometheus gave the target (host:port, or the pod where the PodMonitor relabels it), not fleetwatch's name
+        query("instance", "Instance", f"label_values({ENGINE_SERIES}, instance)"),
     ]
+
+
+# every engine's running-requests gauge, for the selected tiers: what the instance variable lists
+ENGINE_SERIES = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", {TIER}}}'
+ALERTS = 'ALERTS{alertname=~"Fleetwatch.*", alertstate="firing", tier=~"$tier"}'
+
+
+def _annotations() -> list[dict[str, Any]]:
+    """fleetwatch's firing alerts of the selected tiers, marked on every time-series panel."""
+    return [{"name": "fleetwatch alerts", "datasource": DS, "enable": True, "hide": False, "iconColor": "red",
+             "target": {"refId": "alerts", "expr": ALERTS, "legendFormat": "{{alertname}} {{tier}} {{severity}}"}}]
+
+
+def _link(title: str, uid: str, tooltip: str) -> dict[str, Any]:
+    """A link to another fleetwatch dashboard carrying the time range, the data source and the tier."""
+    return {"title": title, "type": "link", "url": f"/d/{uid}?var-tier=$tier&${{datasource:queryparam}}",
+            "tooltip": tooltip, "icon": "dashboard", "tags": [], "asDropdown": False, "includeVars": False,
+            "keepTime": True, "targetBlank": False}
 
 
 def fleet_overview() -> dict[str, Any]:
@@ -160,7 +180,11 @@ def fleet_overview() -> dict[str, Any]:
                           instant=True, table=True)],
                  "short", transformations=[{"id": "organize", "options": {
                      "excludeByName": {"Time": True}, "indexByName": {},
-                     "renameByName": {"Value": "exporters"}}}]), 8, 12)
+                     "renameByName": {"Value": "exporters"}}}],
+                 links=[_link("Tier $tier: drill-down", "fleetwatch-tier", "Latency, KV cache, queue and GPUs of "
+                                                                            "this tier"),
+                        _link("Tier $tier: plan validation", "fleetwatch-plan", "This tier against its sizing plan")]),
+          8, 12)
     for row in catalogue.ROWS:
         if not row.panel:
             continue
