@@ -53,8 +53,8 @@ def _either(template: str, canonical: str, suffix: str = "", selector: str = "")
     return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
 
 
-def rate(canonical: str) -> str:
-    return _either("rate({m}[{w}])", canonical)
+def rate(canonical: str, selector: str = "") -> str:
+    return _either("rate({m}[{w}])", canonical, "", selector)
 
 
 def increase(canonical: str) -> str:
@@ -72,6 +72,12 @@ def avg_over_time(canonical: str) -> str:
 def bucket_rate(canonical: str, selector: str = "") -> str:
     """``selector`` (``{instance=~"..."}``) narrows every name, for per-instance panels."""
     return _either("rate({m}[{w}])", canonical, "_bucket", selector)
+
+
+def histogram_rates(canonical: str, selector: str = "") -> tuple[str, str]:
+    """(rate of a histogram's _sum, rate of its _count): their ratio is the mean observation."""
+    return (_either("rate({m}[{w}])", canonical, "_sum", selector),
+            _either("rate({m}[{w}])", canonical, "_count", selector))
 
 
 def count_increase(canonical: str, selector: str = "") -> str:

@@ -105,7 +105,7 @@ def dashboard_queries(tier: str | None = None, instance: str | None = None) -> l
     out = []
     for name, text in dashboards().items():
         board = _json.loads(text)
-        for p in board["panels"]:
+        for p in [q for top in board["panels"] for q in (top, *top.get("panels", []))]:  # collapsed rows hold some
             for t in p.get("targets", []):
                 expr = (t["expr"].replace('tier="$tier"', f'tier="{tier or "h100"}"').replace("$tier", tier or ".*")
                         # a single value is regex-escaped, then escaped again as a PromQL string, as Grafana does

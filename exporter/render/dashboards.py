@@ -77,6 +77,20 @@ class _Board:
         self.add(panel, 24, 1)
         self._x = 24  # the next panel starts a new line
 
+    def collapsed(self, title: str, inner: list[tuple[dict[str, Any], int, int]]) -> None:
+        """A collapsed row holding ``inner`` (panel, width, height): the detail an overview opens on demand."""
+        self.row(title)
+        row = self.panels[-1]
+        row["collapsed"] = True
+        held = _Board(self.uid, self.title, self.description, _y=self._y + self._h)
+        held.panels = []
+        for panel, w, h in inner:
+            held.add(panel, w, h)
+        for p in held.panels:  # ids stay unique across the board
+            p["id"] = len(self.panels) + len(row["panels"]) + 1
+            row["panels"].append(p)
+        self._x = 24
+
     def json(self, variables: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "uid": self.uid, "title": self.title, "description": self.description,
@@ -252,6 +266,7 @@ def tier_drilldown() -> dict[str, Any]:
                   _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="queue_depth_littles_law"}}',
                           "{{tier}} Little's Law limit", "B")], "short"), 12, 8)
     per_gpu = {"memory": GPU_MEMORY_PER_GPU, "compute": GPU_COMPUTE_PER_GPU}
+    gpu_panels: list[tuple[dict[str, Any], int, int]] = []
     for what, expr in per_gpu.items():
         q = for_tiers(expr.replace("{w}", "$__rate_interval"))
         b.add(_panel("timeseries", f"GPU {what} per GPU", f"Each GPU of the selected tiers (the GPUs of the tier's "
@@ -259,7 +274,65 @@ def tier_drilldown() -> dict[str, Any]:
                      + ("used / (used + free + reserved)." if what == "memory" else
                         "SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL / 100."),
                      [_target(q, "{{tier}} {{Hostname}} GPU {{gpu}}", "A")], "percentunit"), 12, 8)
+    b.collapsed("Requests and tokens, per instance", _engine_detail())
     return b.json(_variables())
+
+
+ONE = '{tier=~"$tier", instance=~"$instance"}'  # the selected tiers' selected instances
+
+
+def _w(expr: str) -> str:
+    return expr.replace("{w}", "$__rate_interval")
+
+
+def _engine_detail() -> list[tuple[dict[str, Any], int, int]]:
+    """What vLLM's and SGLang's own dashboards show daily, from the engine registry's names: each panel
+    works on every engine that exposes the series (the description says which do not)."""
+    e2e_sum, e2e_count = I.histogram_rates("e2e_seconds", ONE)
+    quantiles = [_target(f"histogram_quantile({q}, sum by (tier, le) ({_w(I.bucket_rate('e2e_seconds', ONE))}))",
+                         f"{{{{tier}}}} P{round(q * 100)}", ref) for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))]
+    reasons = [f"sum by (tier, finished_reason) (rate({e.names['requests_finished'][0]}{ONE}[$__rate_interval]))"
+               for e in I.ENGINES if e.finished_reason_label == "finished_reason" and e.names.get("requests_finished")]
+    without = ", ".join(e.title for e in I.ENGINES if e.finished_reason_label != "finished_reason")
+
+    def heatmap(key: str, what: str) -> dict[str, Any]:
+        return _panel("heatmap", f"{what} length", f"How many requests finished per second at each {what.lower()} "
+                      f"length (tokens), per histogram bucket: the workload's shape, and its drift from the plan's "
+                      f"profile.",
+                      [dict(_target(f"sum by (le) ({_w(I.bucket_rate(key, ONE))})", "{{le}}", "A"),
+                            format="heatmap")], "short",
+                      options={"calculate": False, "yAxis": {"unit": "short"}, "cellGap": 1,
+                               "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}})
+
+    return [
+        (_panel("timeseries", "End-to-end request latency", "Arrival to last token, per tier: P50, P90 and P99 "
+                "(histogram_quantile over every instance's buckets) and the mean (sum over count). A P99 far above "
+                "TTFT + output x ITL means queueing before the engine.",
+                [*quantiles, _target(f"sum by (tier) ({_w(e2e_sum)}) / sum by (tier) ({_w(e2e_count)})",
+                                     "{{tier}} mean", "D")], "s"), 12, 8),
+        (_panel("timeseries", "Prompt and generation tokens per second", "Tokens the selected instances read "
+                "(prompt) and wrote (generation) per second: the throughput the plan's tokens per GPU-hour comes from.",
+                [_target(f"sum by (tier) ({_w(I.rate('prompt_tokens', ONE))})", "{{tier}} prompt", "A"),
+                 _target(f"sum by (tier) ({_w(I.rate('generation_tokens', ONE))})", "{{tier}} generation", "B")],
+                "short"), 12, 8),
+        (_panel("timeseries", "Running and waiting requests per instance", "Each instance's requests in its batch "
+                "(running) and in its queue (waiting). Waiting above zero for long on one instance while others idle "
+                "is a routing problem; on all of them, too few instances.",
+                [_target(f"sum by (tier, instance) ({I.instant('requests_running', ONE)})", "{{instance}} running", "A"),
+                 _target(f"sum by (tier, instance) ({I.instant('requests_waiting', ONE)})", "{{instance}} waiting",
+                         "B")], "short"), 12, 8),
+        (_panel("timeseries", "Preemptions per instance", "KV cache preemptions (SGLang: retractions) per second on "
+                "each instance: the KV cache ran out mid-generation and a request was pushed back. Any steady rate "
+                "means the KV budget is too small for the load.",
+                [_target(f"sum by (tier, instance) ({_w(I.rate('preemptions', ONE))})", "{{instance}}", "A")],
+                "short"), 12, 8),
+        (heatmap("prompt_tokens_per_request", "Prompt"), 12, 8),
+        (heatmap("generation_tokens_per_request", "Output"), 12, 8),
+        (_panel("timeseries", "Finished requests by reason", f"Requests finished per second by why they ended: stop "
+                f"(the model ended), length (max tokens reached), abort (the client left, or an error). A rise in "
+                f"abort is users giving up; in length, outputs cut short. Not exposed by {without}.",
+                [_target(" or ".join(reasons), "{{tier}} {{finished_reason}}", "A")], "short"), 24, 8),
+    ]
 
 
 _STEP13 = ("ttft_p99_vs_benchmark", "itl_p99_vs_benchmark", "gpu_utilization_vs_benchmark",
