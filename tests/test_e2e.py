@@ -224,8 +224,8 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
             for one in ("h100", "a100"):
                 instances = variable_values(prom, "instance", one)
                 assert instances and all(":" in i for i in instances), instances  # the engines' own instance label
-                for n, (name, expr) in enumerate(dashboard_queries(one, instances[0])):
-                    answered[(name, n)] = answered.get((name, n), False) or bool(prom.query(expr))
+                for at, (name, expr) in enumerate(dashboard_queries(one, instances[0])):
+                    answered[(name, at)] = answered.get((name, at), False) or bool(prom.query(expr))
             assert [k for k, ok in answered.items() if not ok] == []
             # and the alert annotations mark the ScaleUp that fired
             from exporter.render.dashboards import ALERTS

@@ -266,7 +266,6 @@ def tier_drilldown() -> dict[str, Any]:
                   _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="queue_depth_littles_law"}}',
                           "{{tier}} Little's Law limit", "B")], "short"), 12, 8)
     per_gpu = {"memory": GPU_MEMORY_PER_GPU, "compute": GPU_COMPUTE_PER_GPU}
-    gpu_panels: list[tuple[dict[str, Any], int, int]] = []
     for what, expr in per_gpu.items():
         q = for_tiers(expr.replace("{w}", "$__rate_interval"))
         b.add(_panel("timeseries", f"GPU {what} per GPU", f"Each GPU of the selected tiers (the GPUs of the tier's "
