@@ -573,7 +573,7 @@ _ENGINE_PODS = f"group by (namespace, pod, {_T}) ({I.instant('requests_running',
 PODDED_EXPORTERS = 'group by (instance) ({__name__=~"DCGM_FI_.+", pod!=""})'
 
 
-def _per_gpu(template: str) -> str:
+def per_gpu_promql(template: str) -> str:
     """``template`` (with ``{sel}`` where each DCGM selector goes) over the GPUs of each tier."""
     owned = template.replace("{sel}", _HAS_POD)
     unmapped = template.replace("{sel}", '{pod=""}')
@@ -581,14 +581,16 @@ def _per_gpu(template: str) -> str:
             f" or (({unmapped}) unless on (instance) {PODDED_EXPORTERS}))")
 
 
-def _dcgm(field: str) -> str:
+def dcgm_field(field: str) -> str:
+    """A DCGM field averaged over the window, with {sel} where its selector goes."""
     return f"avg_over_time(DCGM_FI_{field}{{sel}}[{{w}}])"
 
 
-_FB_USED, _FB_FREE, _FB_RESERVED = _dcgm("DEV_FB_USED"), _dcgm("DEV_FB_FREE"), _dcgm("DEV_FB_RESERVED")
+_FB_USED, _FB_FREE, _FB_RESERVED = dcgm_field("DEV_FB_USED"), dcgm_field("DEV_FB_FREE"), dcgm_field("DEV_FB_RESERVED")
 # FB_RESERVED is missing from older exporters: count it as 0 there, as fleetwatch does
-GPU_MEMORY_PER_GPU = _per_gpu(f"{_FB_USED} / ({_FB_USED} + {_FB_FREE} + ({_FB_RESERVED} or {_FB_USED} * 0))")
-GPU_COMPUTE_PER_GPU = _per_gpu(f"{_dcgm('PROF_SM_ACTIVE')} or {_dcgm('PROF_GR_ENGINE_ACTIVE')} or {_dcgm('DEV_GPU_UTIL')} / 100")
+GPU_MEMORY_PER_GPU = per_gpu_promql(f"{_FB_USED} / ({_FB_USED} + {_FB_FREE} + ({_FB_RESERVED} or {_FB_USED} * 0))")
+GPU_COMPUTE_PER_GPU = per_gpu_promql(f"{dcgm_field('PROF_SM_ACTIVE')} or {dcgm_field('PROF_GR_ENGINE_ACTIVE')}"
+                                     f" or {dcgm_field('DEV_GPU_UTIL')} / 100")
 
 _FINISHED = I.rate("requests_finished")
 

@@ -238,7 +238,16 @@ _DCGM_FAMILIES = (
     ("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB)."),
     ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active."),
     ("DCGM_FI_PROF_SM_ACTIVE", "The ratio of cycles an SM has at least 1 warp assigned."),
+    ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "Ratio of cycles the tensor (HMMA) pipe is active."),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
 )
+# the rest of a GPU's vital signs, made up from how busy it is (an H100 SXM's idle and loaded figures)
+IDLE_WATTS, BUSY_WATTS = 70.0, 690.0
+IDLE_CELSIUS, BUSY_CELSIUS = 32.0, 71.0
+IDLE_MHZ, BUSY_MHZ = 345, 1980
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM preallocates this share of each GPU for weights + KV cache
 RESERVED_MIB = 615  # what a real H200 reports reserved (fixtures/nvml)
 
@@ -262,7 +271,11 @@ def render_dcgm(node: str, slots: list[SimInstance | None]) -> str:
         free = total_mib - used - RESERVED_MIB
         values = {"DCGM_FI_DEV_GPU_UTIL": round(busy * 100), "DCGM_FI_DEV_FB_FREE": free, "DCGM_FI_DEV_FB_USED": used,
                   "DCGM_FI_DEV_FB_RESERVED": RESERVED_MIB, "DCGM_FI_PROF_GR_ENGINE_ACTIVE": busy * 0.97,
-                  "DCGM_FI_PROF_SM_ACTIVE": sm}
+                  "DCGM_FI_PROF_SM_ACTIVE": sm, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": round(sm * 0.6, 4),
+                  "DCGM_FI_DEV_MEM_COPY_UTIL": round(busy * 45),
+                  "DCGM_FI_DEV_POWER_USAGE": round(IDLE_WATTS + busy * (BUSY_WATTS - IDLE_WATTS), 1),
+                  "DCGM_FI_DEV_GPU_TEMP": round(IDLE_CELSIUS + busy * (BUSY_CELSIUS - IDLE_CELSIUS)),
+                  "DCGM_FI_DEV_SM_CLOCK": BUSY_MHZ if busy > 0 else IDLE_MHZ}
         for name, _ in _DCGM_FAMILIES:
             rows.append((name, labels, float(values[name])))
     for name, help_ in _DCGM_FAMILIES:

@@ -63,7 +63,7 @@ class _Board:
         if self._x + w > 24:
             self._x, self._y = 0, self._y + self._h
             self._h = 0
-        panel["id"] = len(self.panels) + 1
+        panel["id"] = self._next_id()
         panel["gridPos"] = {"x": self._x, "y": self._y, "w": w, "h": h}
         self.panels.append(panel)
         self._x += w
@@ -77,6 +77,9 @@ class _Board:
         self.add(panel, 24, 1)
         self._x = 24  # the next panel starts a new line
 
+    def _next_id(self) -> int:
+        return 1 + max((q["id"] for p in self.panels for q in (p, *p.get("panels", ()))), default=0)
+
     def collapsed(self, title: str, inner: list[tuple[dict[str, Any], int, int]]) -> None:
         """A collapsed row holding ``inner`` (panel, width, height): the detail an overview opens on demand."""
         self.row(title)
@@ -86,8 +89,8 @@ class _Board:
         held.panels = []
         for panel, w, h in inner:
             held.add(panel, w, h)
-        for p in held.panels:  # ids stay unique across the board
-            p["id"] = len(self.panels) + len(row["panels"]) + 1
+        for p in held.panels:  # ids stay unique across the board, collapsed rows' panels included
+            p["id"] = self._next_id()
             row["panels"].append(p)
         self._x = 24
 
@@ -274,7 +277,36 @@ def tier_drilldown() -> dict[str, Any]:
                         "SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL / 100."),
                      [_target(q, "{{tier}} {{Hostname}} GPU {{gpu}}", "A")], "percentunit"), 12, 8)
     b.collapsed("Requests and tokens, per instance", _engine_detail())
+    b.collapsed("GPU vital signs, per GPU", _gpu_detail())
     return b.json(_variables())
+
+
+# dcgm-exporter's default counters beside the utilization panels: field, title, unit, scale, what a bad value means
+GPU_VITALS = (
+    ("DEV_POWER_USAGE", "GPU power", "watt", 1.0, "Power draw. Pinned at the board's limit the GPU throttles its "
+     "clocks; far below it under load, the GPU waits on something else (memory, the host, the network)."),
+    ("DEV_GPU_TEMP", "GPU temperature", "celsius", 1.0, "Die temperature. Past about 85 C the GPU slows its clocks "
+     "to cool down: look at the node's cooling."),
+    ("DEV_SM_CLOCK", "SM clock", "hertz", 1e6, "Streaming-multiprocessor clock. A clock that drops under load while "
+     "power or temperature is at its limit is throttling, and every latency stretches with it."),
+    ("PROF_PIPE_TENSOR_ACTIVE", "Tensor-core activity", "percentunit", 1.0, "Share of cycles the tensor cores are "
+     "busy: the matrix math of prefill and decode. Low while SM activity is high means the GPU is busy on other "
+     "work (attention kernels, sampling, copies)."),
+    ("DEV_MEM_COPY_UTIL", "Memory-copy utilization", "percentunit", 0.01, "Share of time the memory controller is "
+     "busy: decode reads weights and KV cache every step, so a decode-heavy tier runs this high."),
+)
+
+
+def _gpu_detail() -> list[tuple[dict[str, Any], int, int]]:
+    out = []
+    for field_name, title, unit, scale, what in GPU_VITALS:
+        expr = catalogue.per_gpu_promql(catalogue.dcgm_field(field_name))
+        scaled = f"({expr}) * {scale:g}" if scale != 1.0 else expr
+        q = for_tiers(scaled.replace("{w}", "$__rate_interval"))
+        out.append((_panel("timeseries", title, f"{what} Each GPU of the selected tiers' engine pods (dcgm-exporter's "
+                                                f"DCGM_FI_{field_name}).",
+                           [_target(q, "{{tier}} {{Hostname}} GPU {{gpu}}", "A")], unit), 12, 8))
+    return out
 
 
 ONE = '{tier=~"$tier", instance=~"$instance"}'  # the selected tiers' selected instances
