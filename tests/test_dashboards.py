@@ -163,3 +163,39 @@ def test_the_schema_check_catches_a_bad_field() -> None:
     r = _tsc("bad.generated.ts", "import type { Dashboard, DataQuery } from '@grafana/schema';\n" + PROM_QUERY
              + f"\nexport const d: Dashboard = {_ts(bad, _enums())};\n")
     assert r.returncode != 0 and "exprs" in r.stdout, r.stdout
+
+
+REFERENCE = ROOT / "tests" / "fixtures" / "reference" / "dashboards"
+BOARD_TITLES = {"Fleet overview": "fleetwatch-fleet.json", "Tier drill-down": "fleetwatch-tier.json",
+                "Plan validation": "fleetwatch-plan.json"}
+
+
+def _readme_block(name: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"<!-- {name} -->\n", 1)[1].split(f"<!-- /{name} -->", 1)[0]
+
+
+def test_readme_lists_every_fleetwatch_panel_as_generated() -> None:
+    from exporter.render.dashboards import panel_table
+
+    assert _readme_block("panel table") == panel_table()
+
+
+def test_every_panel_of_the_dashboards_operators_run_is_covered_or_explained() -> None:
+    """vLLM production-stack's and NVIDIA's dashboards: each panel has a line naming fleetwatch's panel that covers it
+    (which must exist) or saying why none does."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in _readme_block("panel coverage").splitlines()[2:]]
+    listed = {(board, panel): why for board, panel, why in rows}
+    titles = {name: {p["title"] for p in panels(b) if p["type"] != "row"} for name, b in BOARDS.items()}
+    for f in sorted(REFERENCE.glob("*.json")):
+        ref = json.loads(f.read_text())
+        for p in panels(ref):
+            if p.get("type") == "row":
+                continue
+            why = listed.get((ref["title"], p["title"]))
+            assert why, f"{f.name}: {p['title']!r} is not in the README's coverage table"
+            named = re.findall(r"`(Fleet overview|Tier drill-down|Plan validation): ([^`]+)`", why)
+            assert named or why.startswith(("not covered", "not shown", "not yet")), (p["title"], why)
+            for board, panel in named:
+                assert panel in titles[BOARD_TITLES[board]], f"no fleetwatch panel {board}: {panel} ({why})"
+    assert len(listed) == len(rows)  # one line per panel

@@ -421,6 +421,21 @@ def panel_link(title: str) -> tuple[str, str, str]:
     raise KeyError(f"no generated panel is titled {title!r}")
 
 
+def panel_table() -> str:
+    """Every panel of the generated dashboards, as the README lists them: dashboard, row, panel, what it shows."""
+    lines = ["| dashboard | row | panel | what it shows |", "|---|---|---|---|"]
+    for board in (fleet_overview(), tier_drilldown(), plan_validation()):
+        row = ""
+        for top in board["panels"]:
+            for p in (top, *top.get("panels", ())):
+                if p["type"] == "row":
+                    row = p["title"]
+                    continue
+                words = p["description"].replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {board['title']} | {row} | {p['title']} | {words} |")
+    return "\n".join(lines) + "\n"
+
+
 def build() -> dict[str, str]:
     """File name -> dashboard JSON."""
     boards = {"fleetwatch-fleet.json": fleet_overview(), "fleetwatch-tier.json": tier_drilldown(),
