@@ -182,12 +182,12 @@ def test_readme_lists_every_fleetwatch_panel_as_generated() -> None:
 
 
 def test_every_panel_of_the_dashboards_operators_run_is_covered_or_explained() -> None:
-    """vLLM production-stack's and NVIDIA's dashboards: each panel has a line naming fleetwatch's panel that covers it
+    """vLLM's, vLLM production-stack's and NVIDIA's dashboards: each panel has a line naming fleetwatch's panel that covers it
     (which must exist) or saying why none does."""
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in _readme_block("panel coverage").splitlines()[2:]]
     listed = {(board, panel): why for board, panel, why in rows}
     titles = {name: {p["title"] for p in panels(b) if p["type"] != "row"} for name, b in BOARDS.items()}
-    for f in sorted(REFERENCE.glob("*.json")):
+    for f in sorted(REFERENCE.rglob("*.json")):
         ref = json.loads(f.read_text())
         for p in panels(ref):
             if p.get("type") == "row":
