@@ -39,6 +39,10 @@ _INPUTS = (
     Input("prompt_tokens_per_request", "histogram", "prompt-length histogram"),
     Input("generation_tokens_per_request", "histogram", "output-length histogram"),
     Input("e2e_seconds", "histogram", "end-to-end latency histogram"),
+    # a request's time in each phase (vLLM V1): read by the dashboards, not by a row
+    Input("queue_seconds", "histogram", "queue-time histogram"),
+    Input("prefill_seconds", "histogram", "prefill-time histogram"),
+    Input("decode_seconds", "histogram", "decode-time histogram"),
 )
 
 INPUTS: Mapping[str, Input] = {i.canonical: i for i in _INPUTS}

@@ -359,6 +359,14 @@ def _engine_detail() -> list[tuple[dict[str, Any], int, int]]:
                 "short"), 12, 8),
         (heatmap("prompt_tokens_per_request", "Prompt"), 12, 8),
         (heatmap("generation_tokens_per_request", "Output"), 12, 8),
+        (_panel("timeseries", "Queue, prefill and decode time", f"The mean time a finished request spent waiting in "
+                f"the queue, in prefill (its prompt) and in decode (its output), per tier. Queue time growing while "
+                f"prefill and decode hold is too few instances; prefill growing is longer prompts. Not exposed by "
+                f"{', '.join(e.title for e in I.ENGINES if 'queue_seconds' not in e.names)}.",
+                [_target(f"sum by (tier) ({_w(I.histogram_rates(key, ONE)[0])}) / "
+                         f"sum by (tier) ({_w(I.histogram_rates(key, ONE)[1])})", f"{{{{tier}}}} {what}", ref)
+                 for key, what, ref in (("queue_seconds", "queue", "A"), ("prefill_seconds", "prefill", "B"),
+                                        ("decode_seconds", "decode", "C"))], "s"), 12, 8),
         (_panel("timeseries", "Finished requests by reason", f"Requests finished per second by why they ended: stop "
                 f"(the model ended), length (max tokens reached), abort (the client left, or an error). A rise in "
                 f"abort is users giving up; in length, outputs cut short. Not exposed by {without}.",

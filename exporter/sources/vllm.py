@@ -36,6 +36,9 @@ NAMES: dict[str, tuple[str, ...]] = {
     "prompt_tokens_per_request": ("vllm:request_prompt_tokens",),
     "generation_tokens_per_request": ("vllm:request_generation_tokens",),
     "e2e_seconds": ("vllm:e2e_request_latency_seconds",),
+    "queue_seconds": ("vllm:request_queue_time_seconds",),
+    "prefill_seconds": ("vllm:request_prefill_time_seconds",),
+    "decode_seconds": ("vllm:request_decode_time_seconds",),
 }
 PREFIXES = ("vllm:", PROCESS_START)
 # the only lines split into labels and values
