@@ -199,3 +199,23 @@ def test_every_panel_of_the_dashboards_operators_run_is_covered_or_explained() -
             for board, panel in named:
                 assert panel in titles[BOARD_TITLES[board]], f"no fleetwatch panel {board}: {panel} ({why})"
     assert len(listed) == len(rows)  # one line per panel
+
+
+def test_runbook_links_name_alerts_the_rules_raise() -> None:
+    """Each panel's runbook link opens the entry of an alert the generated rules have, under the runbook variable."""
+    import yaml
+
+    from exporter.config import load_config
+    from exporter.render.rules import build
+
+    rules = yaml.safe_load(build(load_config(str(ROOT / "examples" / "fleet.yaml")))["fleetwatch.rules.yml"])
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    linked = [(p["title"], link["url"]) for b in BOARDS.values() for p in panels(b) for link in p.get("links", [])
+              if link["title"].startswith("Runbook: ")]
+    assert len(linked) >= 10, linked
+    anchors = {a.lower(): a for a in alerts}
+    for title, url in linked:
+        base, _, anchor = url.partition("#")
+        assert base == "${runbook}" and anchor in anchors, (title, url)
+    board = BOARDS["fleetwatch-fleet.json"]
+    assert any(v["name"] == "runbook" for v in board["templating"]["list"])

@@ -19,6 +19,7 @@ from .. import catalogue
 from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
                          written_out)
 from ..model import Band
+from .rules import PREFIX, runbook_url
 
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -164,6 +165,10 @@ def _variables() -> list[dict[str, Any]]:
         # from the engines' own series, the ones the per-instance panels read: their instance label is the one
         # Prometheus gave the target (host:port, or the pod where the PodMonitor relabels it), not fleetwatch's name
         query("instance", "Instance", f"label_values({ENGINE_SERIES}, instance)"),
+        # where runbook.md is published (alerting.runbook_url): the base of the panels' runbook links
+        {"type": "textbox", "name": "runbook", "label": "Runbook", "query": "runbook.md", "hide": 2,
+         "current": {"text": "runbook.md", "value": "runbook.md"}, "options": [],
+         "description": "Where your runbook.md is published (the config's alerting.runbook_url)"},
     ]
 
 
@@ -176,6 +181,21 @@ def _annotations() -> list[dict[str, Any]]:
     """fleetwatch's firing alerts of the selected tiers, marked on every time-series panel."""
     return [{"name": "fleetwatch alerts", "datasource": DS, "enable": True, "hide": False, "iconColor": "red",
              "target": {"refId": "alerts", "expr": ALERTS, "legendFormat": "{{alertname}} {{tier}} {{severity}}"}}]
+
+
+def _runbook_links(names: list[str]) -> list[dict[str, Any]]:
+    """Links to the runbook entries of the alerts a panel's quantity raises, under the runbook variable's base."""
+    return [{"title": f"Runbook: {n}", "type": "link", "url": runbook_url("${runbook}", n), "tooltip":
+             "What this alert means, how to confirm it, and what to do", "icon": "doc", "tags": [],
+             "asDropdown": False, "includeVars": False, "keepTime": False, "targetBlank": True} for n in names]
+
+
+def _alert_names(row: catalogue.Row) -> list[str]:
+    """Every alert a row's band can raise (its own, a below-side and a critical-above name where it has them)."""
+    if row.alert is None:
+        return []
+    return sorted({PREFIX + row.alert.alert_name(side == "above", severity)
+                   for severity, side in catalogue.SEVERITY_SIDES})
 
 
 def _link(title: str, uid: str, tooltip: str) -> dict[str, Any]:
@@ -213,7 +233,8 @@ def fleet_overview() -> dict[str, Any]:
                      _thresholds(_default_band(row.key)),
                      options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                               "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
-                              "orientation": "auto", "wideLayout": True, "showPercentChange": False}), 4, 4)
+                              "orientation": "auto", "wideLayout": True, "showPercentChange": False},
+                     links=_runbook_links(_alert_names(row))), 4, 4)
     b.add(_panel("timeseries", "Instances: needed, deployed, up", "Recommended = ceil(ceil(peak / usable) x "
                  "(1 + safety)), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
                  "against the engines deployed (seen in the last hour) and up, from their own up series. A "
