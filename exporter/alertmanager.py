@@ -25,10 +25,10 @@ import requests
 from .fetch import deadline, described, new_session
 from .secrets import redact, redact_url
 
-from .catalogue import INSTANCES
+from .catalogue import INSTANCES, PREFIX, runbook_url
 from .model import Action, Config, Report, Status
 from .config import parse_duration
-from .render.rules import FINDINGS, PREFIX, AlertSpec, alert_for, render, runbook_url
+from .render.rules import FINDINGS, AlertSpec, alert_for, render
 from .render.rules import alerts as rule_alerts
 from .text import num
 

@@ -509,6 +509,14 @@ PLAN_TERMS: dict[str, Callable[[Plan], float | None]] = {
 # config: the rules read them instead of carrying numbers, so a plan or band change is a config change.
 BAND_THRESHOLD = "fleetwatch_band_threshold"
 THRESHOLDS = "tier:fleetwatch_band_threshold:max"
+PREFIX = "Fleetwatch"  # every alert fleetwatch's rules raise is named Fleetwatch<stem>
+
+
+def runbook_url(base: str, name: str) -> str:
+    """The runbook entry of alert ``name`` under ``base`` (where runbook.md is published)."""
+    return f"{base}#{name.lower()}"
+
+
 SEVERITY_SIDES = (("warning", "above"), ("critical", "above"), ("warning", "below"), ("critical", "below"))
 
 

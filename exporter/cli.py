@@ -152,11 +152,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "files for import or provisioning. They need no config: the data source, tiers "
                                    "and instances are template variables. --check compares instead of writing and "
                                    "exits 1 on drift.")
-    g.add_argument("-o", "--out", required=True, help="output directory (e.g. grafana/)")
+    g.add_argument("-o", "--out", default=None, help="output directory (e.g. grafana/); needed unless --preview")
     g.add_argument("--configmap", default=None, metavar="FILE",
                    help="also write them as one ConfigMap labelled grafana_dashboard: \"1\" for Grafana's sidecar "
                         "(e.g. deploy/kubernetes/base/dashboards-configmap.yaml)")
     g.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ from what would be written")
+    g.add_argument("--preview", default=None, metavar="DIR",
+                   help="draw each dashboard from a real Prometheus (--prometheus) into DIR/<dashboard>.png, panel by "
+                        "panel in its grid, every variable at All: see them before importing (needs matplotlib)")
+    g.add_argument("--prometheus", default="http://localhost:9090", metavar="URL",
+                   help="with --preview: the Prometheus that scrapes the fleet and fleetwatch (default %(default)s)")
+    g.add_argument("--range", default="1h", help="with --preview: how far back the panels reach (default 1h)")
+    g.add_argument("--bearer-token-file", default=None, help="with --preview: a file holding Prometheus's token")
 
     pl = sub.add_parser(
         "plan", help="size a tier from a workload, a model and a GPU: the plan fleetwatch validates",
@@ -524,10 +531,46 @@ def _dashboards(args: argparse.Namespace) -> int:
     from .render.dashboards import build as dashboards, configmap
 
     boards = dashboards()
+    if args.preview:
+        return _preview(args)
+    if not args.out:
+        print("fleetwatch dashboards: needs -o DIR (or --preview DIR)", file=sys.stderr)
+        return 2
     files = {Path(args.out) / n: t for n, t in boards.items()}
     if args.configmap:
         files[Path(args.configmap)] = configmap(boards)
     return _write_or_check(files, "`fleetwatch dashboards` generates", args.check)
+
+
+def _preview(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .config import parse_duration
+    from .planner.observe import check_url
+    from .sources.prometheus_api import PrometheusError
+
+    try:
+        check_url(args.prometheus)
+        seconds = parse_duration(args.range)
+        import matplotlib  # noqa: F401 - said here, not mid-drawing
+    except ImportError:
+        print("fleetwatch dashboards --preview: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"fleetwatch dashboards --preview: {e}", file=sys.stderr)
+        return 2
+    from .render.preview import preview
+
+    try:
+        empty = preview(args.prometheus, Path(args.preview), seconds, time.time(), args.bearer_token_file)
+    except (PrometheusError, OSError) as e:
+        print(f"fleetwatch dashboards --preview: {redact_url(args.prometheus)}: {e}", file=sys.stderr)
+        return 2
+    for png, titles in empty.items():
+        print(f"wrote {Path(args.preview) / png}" + (f" ({len(titles)} panels without data: {', '.join(titles)})"
+                                                     if titles else ""))
+    return 0
 
 
 def _validate_config(args: argparse.Namespace) -> int:

@@ -219,3 +219,12 @@ def test_runbook_links_name_alerts_the_rules_raise() -> None:
         assert base == "${runbook}" and anchor in anchors, (title, url)
     board = BOARDS["fleetwatch-fleet.json"]
     assert any(v["name"] == "runbook" for v in board["templating"]["list"])
+
+
+def test_preview_and_out_flags_say_what_is_missing(tmp_path: Path) -> None:
+    bad = fleetwatch("dashboards", "--preview", str(tmp_path / "p"), "--prometheus", "ftp://x")
+    assert bad.returncode == 2 and "http:// or https://" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    down = fleetwatch("dashboards", "--preview", str(tmp_path / "p"), "--prometheus", "http://127.0.0.1:9")
+    assert down.returncode == 2 and "http://127.0.0.1:9" in down.stderr and len(down.stderr.splitlines()) == 1
+    none = fleetwatch("dashboards")
+    assert none.returncode == 2 and "-o DIR" in none.stderr

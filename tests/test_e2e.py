@@ -7,6 +7,7 @@ sends to a real Alertmanager, to which fleetwatch also posts its own verdicts.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 import threading
@@ -90,6 +91,10 @@ def fleet_scraped_by_prometheus(tmp_path: Path, scenario: str | Scenario = "heal
         demo.close()
 
 
+# panels the demo leaves empty in a preview: no speculative decoding, no LoRA, and no plan check or finding
+# that is not ok at the moment the picture is taken
+PREVIEW_EMPTY_IN_DEMO = {"Speculative decoding acceptance rate", "Adapter eviction rate", "Plan checks not ok",
+                         "Findings"}
 # what the demo cannot show: its engines run neither speculative decoding nor LoRA, and a plan
 # check is "not ok" only while one fails
 NO_DATA_IN_DEMO = ("spec_decode", "lora_adapter", 'status=~"warning|critical"')
@@ -231,6 +236,16 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
             from exporter.render.dashboards import ALERTS
 
             assert prom.query(ALERTS.replace("$tier", "h100")), "no annotation for the firing ScaleUp"
+            # and the dashboards drawn from this Prometheus (`fleetwatch dashboards --preview`): every panel but the
+            # ones the demo cannot fill has data (FLEETWATCH_PREVIEW_OUT keeps the pictures: docs/preview/)
+            from exporter.render.preview import preview
+
+            out = Path(os.environ.get("FLEETWATCH_PREVIEW_OUT") or tmp_path / "preview")
+            drawn = preview(prom.url, out, 60.0, time.time())
+            assert sorted(drawn) == ["fleetwatch-fleet.png", "fleetwatch-plan.png", "fleetwatch-tier.png"]
+            assert all((out / png).stat().st_size > 20_000 for png in drawn)
+            unfilled = {t for titles in drawn.values() for t in titles} - PREVIEW_EMPTY_IN_DEMO
+            assert unfilled == set(), drawn
         finally:
             if prom is not None:
                 prom.stop()

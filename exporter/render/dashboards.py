@@ -16,10 +16,9 @@ from typing import Any
 
 from .. import engines as I
 from .. import catalogue
-from ..catalogue import (GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
-                         written_out)
+from ..catalogue import (PREFIX, GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
+                         runbook_url, written_out)
 from ..model import Band
-from .rules import PREFIX, runbook_url
 
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -56,27 +55,25 @@ class _Board:
     title: str
     description: str
     panels: list[dict[str, Any]] = field(default_factory=list)
-    _y: int = 0
-    _x: int = 0
-    _h: int = 0
+    # the lowest free line of each of the grid's 24 columns: a panel sits as high as its columns allow, as
+    # Grafana's grid floats panels up
+    _sky: list[int] = field(default_factory=lambda: [0] * 24)
 
     def add(self, panel: dict[str, Any], w: int, h: int) -> None:
-        if self._x + w > 24:
-            self._x, self._y = 0, self._y + self._h
-            self._h = 0
+        # the highest place the panel fits, leftmost first: a tall panel leaves its side to the small ones
+        x = min(range(0, 25 - w), key=lambda at: (max(self._sky[at:at + w]), at))
+        y = max(self._sky[x:x + w])
         panel["id"] = self._next_id()
-        panel["gridPos"] = {"x": self._x, "y": self._y, "w": w, "h": h}
+        panel["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
         self.panels.append(panel)
-        self._x += w
-        self._h = max(self._h, h)
+        self._sky[x:x + w] = [y + h] * w
 
     def row(self, title: str, repeat: str | None = None) -> None:
-        self._x, self._y, self._h = 0, self._y + self._h, 0
+        self._sky = [max(self._sky)] * 24  # a row spans the grid below everything above it
         panel: dict[str, Any] = {"type": "row", "title": title, "collapsed": False, "panels": []}
         if repeat:
             panel["repeat"] = repeat
         self.add(panel, 24, 1)
-        self._x = 24  # the next panel starts a new line
 
     def _next_id(self) -> int:
         return 1 + max((q["id"] for p in self.panels for q in (p, *p.get("panels", ()))), default=0)
@@ -86,14 +83,12 @@ class _Board:
         self.row(title)
         row = self.panels[-1]
         row["collapsed"] = True
-        held = _Board(self.uid, self.title, self.description, _y=self._y + self._h)
-        held.panels = []
+        held = _Board(self.uid, self.title, self.description, _sky=[max(self._sky)] * 24)
         for panel, w, h in inner:
             held.add(panel, w, h)
         for p in held.panels:  # ids stay unique across the board, collapsed rows' panels included
             p["id"] = self._next_id()
             row["panels"].append(p)
-        self._x = 24
 
     def json(self, variables: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -15,13 +15,13 @@ import yaml
 
 from .. import catalogue, sizing
 from .. import engines as I
-from ..catalogue import INSTANCES, RECOMMENDED, SEVERITY_SIDES, Row, fleet_series, plan_series
+from ..catalogue import (INSTANCES, PREFIX, RECOMMENDED, SEVERITY_SIDES, Row, fleet_series, plan_series,
+                         runbook_url)
 from ..config import format_duration, parse_duration
 from ..evaluate import STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..guardrails import BREAKER_RANGE
 from ..model import Config, Threshold, TierConfig
 
-PREFIX = "Fleetwatch"
 FINDINGS: dict[str, tuple[str, str, tuple[str, ...], str]] = {  # kind -> (alert stem, meaning, causes, do)
     "input_length_drift": ("InputLengthDrift", "Input length P95 moved beyond the tolerance from the plan's workload "
                            "profile: the plan's capacity and KV sizing rest on lengths production no longer sends.",
@@ -124,10 +124,6 @@ class AlertSpec:
                 "labels": {"severity": self.severity, **self.extra_labels},
                 "annotations": {"summary": self.summary, "description": self.description,
                                 "runbook_url": runbook_url(runbook_base, self.name)}}
-
-
-def runbook_url(base: str, name: str) -> str:
-    return f"{base}#{name.lower()}"
 
 
 def _g(v: float) -> str:
