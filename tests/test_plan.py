@@ -381,7 +381,7 @@ def test_tp_pp_flags_and_the_memory_model_at_the_command_line(tmp_path: Path) ->
     assert both.returncode == 2 and "give one" in both.stderr
     rank = _cli(*base, "--lora-adapters", "8", "--lora-rank", "0")
     assert rank.returncode == 2 and rank.stderr.startswith("fleetwatch: --lora-rank 0") and str(workload) not in rank.stderr
-    for url, words in (("ftp://x", "http:// or https://"), ("http://127.0.0.1:99999", "not a URL")):
+    for url, words in (("ftp://x", "http:// or https://"), ("http://127.0.0.1:99999", "port must be a number")):
         r = _cli("plan", "--workload-from", url)
         assert r.returncode == 2 and f"--workload-from {url}: " in r.stderr and words in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1

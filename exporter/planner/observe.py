@@ -14,14 +14,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from .. import catalogue
 from .. import engines as I
-from ..config import ConfigError, exact_duration, format_duration, parse_duration
+from ..config import ConfigError, Reader, exact_duration, format_duration, parse_duration
 from ..model import PrometheusSource, Slo
 from ..promview import quantile_expr, windowed
 from ..secrets import redact_url
@@ -201,15 +200,11 @@ def derive(url: str, tier: str | None, seconds: float, at: float, *, slo: Slo | 
 
 
 def check_url(url: str) -> str:
-    """An http(s) URL with a host and a valid port, or ValueError saying what is wrong."""
+    """An http(s) URL with a host and a valid port, checked as the config's URLs are; ValueError says why not."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port out of range or not a number
-    except ValueError as e:
-        raise ValueError(f"not a URL ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL with a host, e.g. http://prometheus:9090")
-    return url
+        return Reader("").url(url, "")
+    except ConfigError as e:
+        raise ValueError(e.reason) from None
 
 
 def derive_to_file(args: argparse.Namespace) -> str:
