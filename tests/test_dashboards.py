@@ -15,7 +15,8 @@ import pytest
 
 from exporter.catalogue import ENGINE_SEEN
 
-from exporter.render.dashboards import PROCESS_SERIES, build
+from exporter.engines import ENGINES
+from exporter.render.dashboards import PROCESS_SERIES, QUERY_VARIABLES, build, scoped
 
 from conftest import need
 
@@ -60,7 +61,7 @@ def test_dashboards_follow_the_import_rules(name: str) -> None:
     board = BOARDS[name]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert {"tier", "instance"} <= set(variables)
+    assert set(QUERY_VARIABLES) <= set(variables)
     assert re.fullmatch(r"fleetwatch-[a-z]+", board["uid"])
     for p in panels(board):
         if p["type"] == "row":
@@ -79,6 +80,61 @@ def test_dashboards_follow_the_import_rules(name: str) -> None:
         # fleetwatch's own process series have no tier: a query of them alone is about fleetwatch itself
         tierless = set(re.findall(r"fleetwatch_\w+", expr)) <= set(PROCESS_SERIES) and "fleetwatch_" in expr
         assert "$tier" in expr or tierless, f"{name}: a query not narrowed to the selected tiers: {expr}"
+
+
+ENGINE_NAMES = sorted({n for e in ENGINES for names in e.names.values() for n in names}, key=len, reverse=True)
+SCOPE = ('cluster=~"$cluster"', 'namespace=~"$namespace"', 'model_name=~"$model"')
+
+
+def selectors_of_engines(expr: str) -> list[str]:
+    """The label matchers of every selector of an engine series in ``expr``: after a name written out, or
+    holding the name in a __name__ matcher."""
+    named = re.findall(r'\{([^{}]*__name__=~"([^"]*)"[^{}]*)\}', expr)
+    out = [body for body, names in named if set(names.split("|")) & set(ENGINE_NAMES)]
+    outside = re.sub(r'__name__=~"[^"]*"', "", expr)
+    for m in re.finditer(r'(?<![\w:"|])(' + "|".join(map(re.escape, ENGINE_NAMES)) + r')(?:_bucket|_sum|_count)?'
+                         r'(?![\w:])(\{[^{}]*\})?', outside):
+        out.append(m[2] or "")
+    return out
+
+
+def test_every_engine_series_is_narrowed_by_every_variable() -> None:
+    """cluster, namespace, model and tier narrow every engine selector of every panel and variable: a selector left
+    out would mix in another namespace's or model's engines once the operator picks one."""
+    checked = 0
+    for name, board in BOARDS.items():
+        exprs = [*queries(board), *(v["query"]["query"] for v in board["templating"]["list"]
+                                   if v["name"] == "instance")]
+        for expr in exprs:
+            for body in selectors_of_engines(expr):
+                checked += 1
+                assert all(m in body for m in SCOPE) and "$tier" in body, (name, body, expr)
+    assert checked > 100, checked
+
+
+def test_scoping_leaves_strings_and_recorded_series_alone() -> None:
+    text = '"vllm:num_requests_running"'
+    expr = (f'label_replace(vllm:num_requests_running, "from", {text}, "", "") and on (tier) '
+            f'tier:fleetwatch_instances:count and DCGM_FI_DEV_GPU_UTIL{{pod=""}}')
+    out = scoped(expr)
+    assert out.count(text) == 1 and "tier:fleetwatch_instances:count and" in out
+    assert selectors_of_engines(out) and all(m in b for b in selectors_of_engines(out) for m in SCOPE)
+    dcgm = re.search(r"DCGM_FI_DEV_GPU_UTIL\{([^}]*)\}", out)
+    assert dcgm and 'pod=""' in dcgm[1] and SCOPE[0] in dcgm[1] and "namespace" not in dcgm[1]
+    # a label the selector already matches keeps its matcher
+    assert scoped('vllm:num_requests_running{tier="a"}').count("tier=") == 1
+
+
+def test_each_variable_reads_only_the_ones_before_it() -> None:
+    """Grafana resolves chained variables in order: a variable reading itself or a later one never resolves."""
+    for name, board in BOARDS.items():
+        names = [v["name"] for v in board["templating"]["list"]]
+        assert [n for n in names if n in QUERY_VARIABLES] == list(QUERY_VARIABLES), name
+        for v in board["templating"]["list"]:
+            if v["type"] != "query":
+                continue
+            used = set(re.findall(r"\$(\w+)", v["query"]["query"]))
+            assert used <= set(names[:names.index(v["name"])]), (name, v["name"], used)
 
 
 def test_uids_are_unique_and_stable() -> None:

@@ -44,6 +44,11 @@ def host(url: str) -> str:
     return urlparse(url).netloc
 
 
+# the label a multi-cluster setup puts on every series it collects, so that the dashboards' cluster variable has a
+# value to pick
+CLUSTER = {"cluster": "demo"}
+
+
 def prometheus_config(demo: Any, fleetwatch_url: str | list[str], rules: Path, am_url: str | None = None) -> str:
     """The deploy example with this test's targets: static tier labels kept, Kubernetes jobs dropped.
     Several fleetwatch URLs are sidecars, one per instance."""
@@ -60,12 +65,14 @@ def prometheus_config(demo: Any, fleetwatch_url: str | list[str], rules: Path, a
         # the simulated dcgm-exporters label GPUs with their pod, as in Kubernetes: the engines carry
         # namespace and pod, as the Kubernetes job's relabeling gives them, so the GPU rows can join
         for inst, t in zip(demo.fleet.tiers[name].instances, tier.targets):
-            engines.append({"targets": [host(t.url)], "labels": {"tier": name, "namespace": "llm", "pod": inst.pod}})
-        dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name}})
+            engines.append({"targets": [host(t.url)], "labels": {"tier": name, "namespace": "llm", "pod": inst.pod,
+                                                                 **CLUSTER}})
+        dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name,
+                                                                                                  **CLUSTER}})
     jobs["llm-engines"]["static_configs"] = engines
     jobs["dcgm"]["static_configs"] = dcgm
     urls = [fleetwatch_url] if isinstance(fleetwatch_url, str) else fleetwatch_url
-    jobs["fleetwatch"]["static_configs"] = [{"targets": [host(u) for u in urls]}]
+    jobs["fleetwatch"]["static_configs"] = [{"targets": [host(u) for u in urls], "labels": CLUSTER}]
     for j in jobs.values():
         j["scrape_timeout"] = "900ms"
     doc["scrape_configs"] = list(jobs.values())
@@ -100,9 +107,8 @@ PREVIEW_EMPTY_IN_DEMO = {"Speculative decoding acceptance rate", "Adapter evicti
 NO_DATA_IN_DEMO = ("spec_decode", "lora_adapter", 'status=~"warning|critical"')
 
 
-def dashboard_queries(tier: str | None = None, instance: str | None = None) -> list[tuple[str, str]]:
-    """Every panel query of the generated dashboards, as Grafana would send it: for all tiers and instances
-    (the variables' "All", .*), or for one tier and one instance picked in the variables."""
+def dashboard_queries() -> list[tuple[str, str]]:
+    """Every panel query of the generated dashboards (collapsed rows hold some), its variables not yet substituted."""
     import json as _json
 
     from exporter.render.dashboards import build as dashboards
@@ -110,20 +116,29 @@ def dashboard_queries(tier: str | None = None, instance: str | None = None) -> l
     out = []
     for name, text in dashboards().items():
         board = _json.loads(text)
-        for p in [q for top in board["panels"] for q in (top, *top.get("panels", []))]:  # collapsed rows hold some
+        for p in [q for top in board["panels"] for q in (top, *top.get("panels", []))]:
             for t in p.get("targets", []):
-                expr = (t["expr"].replace('tier="$tier"', f'tier="{tier or "h100"}"').replace("$tier", tier or ".*")
-                        # a single value is regex-escaped, then escaped again as a PromQL string, as Grafana does
-                        .replace("$instance", re.escape(instance).replace("\\", "\\\\") if instance else ".*")
-                        .replace("$__rate_interval_ms", str(int(WINDOW * 1000)))
-                        .replace("$__rate_interval", f"{WINDOW:g}s"))
-                if not any(s in expr for s in NO_DATA_IN_DEMO):
-                    out.append((f"{name}: {p['title']}", expr))
+                if not any(s in t["expr"] for s in NO_DATA_IN_DEMO):
+                    out.append((f"{name}: {p['title']}", t["expr"]))
     return out
 
 
-def variable_values(prom: Prometheus, name: str, tier: str) -> list[str]:
-    """What a dashboard variable lists, its label_values query asked of Prometheus as Grafana would."""
+def substitute(expr: str, chosen: dict[str, str]) -> str:
+    """A query as Grafana sends it with the variables in ``chosen`` at one value each and the others at "All" (.*);
+    the fleet overview's row repeated per tier reads its one tier (h100 where none is chosen)."""
+    from exporter.render.dashboards import QUERY_VARIABLES
+
+    expr = expr.replace('tier="$tier"', f'tier="{chosen.get("tier", "h100")}"')
+    for name in QUERY_VARIABLES:
+        # a single value is regex-escaped, then escaped again as a PromQL string, as Grafana does
+        value = chosen.get(name)
+        expr = expr.replace(f"${name}", re.escape(value).replace("\\", "\\\\") if value is not None else ".*")
+    return expr.replace("$__rate_interval_ms", str(int(WINDOW * 1000))).replace("$__rate_interval", f"{WINDOW:g}s")
+
+
+def variable_values(prom: Prometheus, name: str, chosen: dict[str, str]) -> list[str]:
+    """What a dashboard variable lists, its label_values query asked of Prometheus as Grafana would, with the
+    variables before it at the values in ``chosen``."""
     import json as _json
 
     from exporter.render.dashboards import build as dashboards
@@ -132,8 +147,8 @@ def variable_values(prom: Prometheus, name: str, tier: str) -> list[str]:
     var = next(v for v in board["templating"]["list"] if v["name"] == name)
     m = re.fullmatch(r"label_values\((.*), (\w+)\)", var["query"]["query"])
     assert m, var["query"]
-    selector, label = m[1].replace("$tier", tier), m[2]
-    return sorted({r["metric"][label] for r in prom.query(f"group by ({label}) ({selector})")})
+    selector, label = substitute(m[1], chosen), m[2]
+    return sorted({r["metric"][label] for r in prom.query(f"group by ({label}) ({selector})") if label in r["metric"]})
 
 
 def wait_until(check: Callable[[], Any], timeout: float) -> Any:
@@ -221,21 +236,38 @@ def test_alerts_reach_alertmanager_for_the_right_tier_once(tmp_path: Path) -> No
             assert alertmanager.alerts(alertname="FleetwatchScaleUp", tier="a100") == []
             # every dashboard panel's query, its variables substituted, returns data from this Prometheus: at "All",
             # and at one tier and one of the instances the instance variable lists for it
-            empty = [(name, expr) for name, expr in dashboard_queries() if not prom.query(expr)]
+            queries = dashboard_queries()
+            empty = [(name, expr) for name, expr in queries if not prom.query(substitute(expr, {}))]
             assert empty == [], empty
-            # (a plan check the overloaded h100 tier cannot predict has its data on a100: each query answers for
-            # one tier at least)
+            # and at one value of every variable, each picked from what the variable lists once the ones before it
+            # are picked, as an operator narrows a dashboard (a plan check the overloaded h100 tier cannot predict
+            # has its data on a100: each query answers for one tier at least)
+            from exporter.render.dashboards import QUERY_VARIABLES
+
             answered: dict[tuple[str, int], bool] = {}
             for one in ("h100", "a100"):
-                instances = variable_values(prom, "instance", one)
-                assert instances and all(":" in i for i in instances), instances  # the engines' own instance label
-                for at, (name, expr) in enumerate(dashboard_queries(one, instances[0])):
-                    answered[(name, at)] = answered.get((name, at), False) or bool(prom.query(expr))
+                chosen: dict[str, str] = {}
+                for var in QUERY_VARIABLES:
+                    values = variable_values(prom, var, chosen)
+                    assert values, (var, chosen)
+                    chosen[var] = one if var == "tier" else values[0]
+                    assert chosen[var] in values, (var, values)
+                assert chosen["cluster"] == "demo" and chosen["namespace"] == "llm", chosen
+                assert chosen["model"] == demo.fleet.tiers[one].instances[0].engine.model_name, chosen
+                assert ":" in chosen["instance"], chosen  # the engines' own instance label (host:port)
+                for at, (name, expr) in enumerate(queries):
+                    answered[(name, at)] = answered.get((name, at), False) or bool(prom.query(substitute(expr, chosen)))
             assert [k for k, ok in answered.items() if not ok] == []
+            # each variable narrows every query that names it: at a value no series has, they answer nothing
+            for var in ("cluster", "namespace", "model", "instance"):
+                narrowed = [(name, expr) for name, expr in queries if f"${var}" in expr]
+                assert narrowed, var
+                kept = [name for name, expr in narrowed if prom.query(substitute(expr, {var: "nowhere"}))]
+                assert kept == [], (var, kept)
             # and the alert annotations mark the ScaleUp that fired
             from exporter.render.dashboards import ALERTS
 
-            assert prom.query(ALERTS.replace("$tier", "h100")), "no annotation for the firing ScaleUp"
+            assert prom.query(substitute(ALERTS, {"tier": "h100"})), "no annotation for the firing ScaleUp"
             # and the dashboards drawn from this Prometheus (`fleetwatch dashboards --preview`): every panel but the
             # ones the demo cannot fill has data (FLEETWATCH_PREVIEW_OUT keeps the pictures: docs/preview/)
             from exporter.render.preview import preview

@@ -100,6 +100,7 @@ class SimEngine:
         # GPU activity, exponentially averaged in simulated time
         self.busy_avg = 0.0
         self.sm_avg = 0.0
+        self.model_name = model_name  # the model_name label every series carries
         self._build_registry(model_name)
 
     # ------------------------------------------------------------------ metrics

@@ -11,6 +11,7 @@ version for us.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,56 @@ from ..model import Band
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 TIER = 'tier=~"$tier"'
+CLUSTER = 'cluster=~"$cluster"'
 # a tier filter for expressions that already aggregate by tier
-_TIER_ONLY = f'group by (tier) (fleetwatch_plan_instances{{{TIER}}})'
+_TIER_ONLY = f'group by (tier) (fleetwatch_plan_instances{{{TIER}, {CLUSTER}}})'
+
+# What the cluster, namespace and model variables narrow. Every scraped series carries the cluster where a
+# multi-cluster setup labels it; only the engines' series carry the engines' namespace (their pods') and model,
+# so those two narrow the engines, and the GPUs through the engine pods that hold them. At "All" (.*) a series
+# without the label still matches: each of the three labels is optional.
+QUERY_VARIABLES = ("cluster", "namespace", "tier", "model", "instance")  # in the order each narrows the next
+ENGINE_SCOPE = (("tier", "$tier"), ("cluster", "$cluster"), ("namespace", "$namespace"), ("model_name", "$model"))
+SCRAPED_SCOPE = (("cluster", "$cluster"),)
+_ENGINE_NAMES = frozenset(n + suffix for e in I.ENGINES for names in e.names.values() for n in names
+                          for suffix in ("", "_bucket", "_sum", "_count"))
+# a selector (with or without a metric name before it), a string, or a bare name: strings are skipped whole, so a
+# name inside a regex matcher is never taken for a selector
+_TOKENS = re.compile(r'(?P<name>[A-Za-z_:][\w:]*)?\{(?P<body>(?:[^}"]|"(?:[^"\\]|\\.)*")*)\}'
+                     r'|"(?:[^"\\]|\\.)*"|(?P<bare>[A-Za-z_:][\w:]*)')
+_NAME_MATCHER = re.compile(r'__name__=~?"([^"]*)"')
+
+
+def _scope_of(name: str, body: str) -> tuple[tuple[str, str], ...]:
+    """The matchers a selector of ``name`` (or of the __name__ matcher in ``body``) gets."""
+    named = _NAME_MATCHER.search(body)
+    names = set(named[1].split("|")) if named else {name}
+    if names and names <= _ENGINE_NAMES:
+        return ENGINE_SCOPE
+    if any(n.startswith(("DCGM_FI_", "fleetwatch_")) for n in names):
+        return SCRAPED_SCOPE
+    return ()  # recorded series (tier:...), up and ALERTS: the and-on-tier filters narrow them
+
+
+def scoped(expr: str) -> str:
+    """``expr`` with every engine selector narrowed to the selected tiers, clusters, namespaces and models, and
+    every other scraped series to the selected clusters; a label a selector already matches is left as it is."""
+    def one(m: re.Match[str]) -> str:
+        if m["bare"] is not None:
+            scope = _scope_of(m["bare"], "")
+            name, body = m["bare"], ""
+        elif m["body"] is not None:
+            scope = _scope_of(m["name"] or "", m["body"])
+            name, body = m["name"] or "", m["body"]
+        else:
+            return m[0]  # a string
+        have = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", re.sub(r'"(?:[^"\\]|\\.)*"', '""', body)))
+        added = [f'{label}=~"{value}"' for label, value in scope if label not in have]
+        if not added:
+            return m[0]
+        return f"{name}{{{', '.join(([body.strip()] if body.strip() else []) + added)}}}"
+
+    return _TOKENS.sub(one, expr)
 
 
 def for_tiers(expr: str) -> str:
@@ -105,7 +154,7 @@ class _Board:
 
 
 def _target(expr: str, legend: str, ref: str, instant: bool = False, table: bool = False) -> dict[str, Any]:
-    t: dict[str, Any] = {"refId": ref, "datasource": DS, "expr": expr, "legendFormat": legend,
+    t: dict[str, Any] = {"refId": ref, "datasource": DS, "expr": scoped(expr), "legendFormat": legend,
                          "range": not instant, "instant": instant}
     if table:
         t["format"] = "table"
@@ -153,10 +202,21 @@ def _variables() -> list[dict[str, Any]]:
                 "includeAll": True, "multi": True, "allValue": ".*", "sort": 1,
                 "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}
 
+    engines = "|".join(I.all_names("requests_running"))
     return [
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus", "hide": 0,
          "options": [], "refresh": 1, "regex": "", "includeAll": False, "multi": False},
-        query("tier", "Tier", "label_values(fleetwatch_plan_instances, tier)"),
+        # the label a multi-cluster setup (Thanos, Mimir, remote write) puts on every series; one Prometheus per
+        # cluster has none, and the variable lists nothing but All
+        query("cluster", "Cluster", f'label_values({{__name__=~"fleetwatch_plan_instances|{engines}"}}, cluster)'),
+        # the engines' namespaces (their pods', as the PodMonitor relabels them), not fleetwatch's own
+        query("namespace", "Namespace", f'label_values({{__name__=~"{engines}", {CLUSTER}}}, namespace)'),
+        # the planned tiers and the tiers of the engines in the selected namespaces (fleetwatch's own series carry
+        # its namespace, not the engines': picking a namespace lists the tiers that have engines in it)
+        query("tier", "Tier", f'label_values({{__name__=~"fleetwatch_plan_instances|{engines}", {CLUSTER}, '
+                              f'namespace=~"$namespace"}}, tier)'),
+        query("model", "Model", f'label_values({{__name__=~"{engines}", {TIER}, {CLUSTER}, namespace=~"$namespace"}}, '
+                                f'model_name)'),
         # from the engines' own series, the ones the per-instance panels read: their instance label is the one
         # Prometheus gave the target (host:port, or the pod where the PodMonitor relabels it), not fleetwatch's name
         query("instance", "Instance", f"label_values({ENGINE_SERIES}, instance)"),
@@ -167,9 +227,12 @@ def _variables() -> list[dict[str, Any]]:
     ]
 
 
-# every engine's running-requests gauge, for the selected tiers: what the instance variable lists
-ENGINE_SERIES = f'{{__name__=~"{"|".join(I.all_names("requests_running"))}", {TIER}}}'
-ALERTS = 'ALERTS{alertname=~"Fleetwatch.*", alertstate="firing", tier=~"$tier"}'
+# every engine's running-requests gauge, for the selected tiers, clusters, namespaces and models: what the
+# instance variable lists
+ENGINE_SERIES = scoped(f'{{__name__=~"{"|".join(I.all_names("requests_running"))}"}}')
+# fleetwatch's firing alerts of the selected tiers (recorded by the rules, they carry the tier and no cluster
+# unless the setup adds it on every series)
+ALERTS = for_tiers('ALERTS{alertname=~"Fleetwatch.*", alertstate="firing", tier=~"$tier"}')
 
 
 def _annotations() -> list[dict[str, Any]]:
@@ -194,8 +257,9 @@ def _alert_names(row: catalogue.Row) -> list[str]:
 
 
 def _link(title: str, uid: str, tooltip: str) -> dict[str, Any]:
-    """A link to another fleetwatch dashboard carrying the time range, the data source and the tier."""
-    return {"title": title, "type": "link", "url": f"/d/{uid}?var-tier=$tier&${{datasource:queryparam}}",
+    """A link to another fleetwatch dashboard carrying the time range, the tier and the other variables."""
+    return {"title": title, "type": "link", "url": f"/d/{uid}?var-tier=$tier&" + "&".join(
+                f"${{{v}:queryparam}}" for v in ("datasource", "cluster", "namespace", "model")),
             "tooltip": tooltip, "icon": "dashboard", "tags": [], "asDropdown": False, "includeVars": False,
             "keepTime": True, "targetBlank": False}
 
@@ -235,8 +299,9 @@ def fleet_overview() -> dict[str, Any]:
                  "against the engines deployed (seen in the last hour) and up, from their own up series. A "
                  "recommendation above the deployed count is a scale-up trigger.",
                  [_target(f"{RECOMMENDED}{{{one}}}", "recommended", "A"),
-                  _target(f"{INSTANCES}{{{one}}}", "deployed", "B"),
-                  _target(f"{INSTANCES_UP}{{{one}}}", "up", "C")], "short"), 24, 8)
+                  # written out: the engines deployed and up in the selected namespaces and models
+                  _target(fleet_series()[INSTANCES], "deployed", "B"),
+                  _target(fleet_series()[INSTANCES_UP], "up", "C")], "short"), 24, 8)
     return b.json(_variables())
 
 
@@ -418,7 +483,7 @@ def plan_validation() -> dict[str, Any]:
     b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated "
                  "rules) against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
                  [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
-                  _target(f"{INSTANCES}{{{TIER}}}", "deployed", "B", instant=True, table=True)],
+                  _target(fleet_series()[INSTANCES], "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)
     b.add(_panel("table", "Guardrails", "Gateway limits recommended from the observed histograms: "
                  "max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the circuit breaker at "

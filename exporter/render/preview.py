@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from ..model import PrometheusSource
 from ..sources.prometheus_api import PrometheusApi, PrometheusError
+from .dashboards import QUERY_VARIABLES, build
 
 COLUMNS = 24  # Grafana's grid
 MAX_SERIES = 12  # lines drawn per panel; the rest are counted in the legend
@@ -48,8 +49,10 @@ def substitute(expr: str, step: float, tier: str | None = None) -> str:
     window = f"{int(4 * step)}s"
     one = tier.replace("\\", "\\\\").replace('"', '\\"') if tier is not None else None
     expr = expr.replace('tier="$tier"', f'tier="{one}"' if one is not None else 'tier=~".*"')
-    return (expr.replace("$tier", one if one is not None else ".*").replace("$instance", ".*")
-            .replace("$__rate_interval_ms", str(int(4 * step * 1000))).replace("$__rate_interval", window))
+    expr = expr.replace("$tier", one if one is not None else ".*")
+    for name in QUERY_VARIABLES:
+        expr = expr.replace(f"${name}", ".*")
+    return (expr.replace("$__rate_interval_ms", str(int(4 * step * 1000))).replace("$__rate_interval", window))
 
 
 def _legend(template: str, labels: dict[str, str]) -> str:
@@ -203,8 +206,6 @@ def preview(url: str, out: Path, seconds: float, end: float, token_file: str | N
             verify: bool = True, boards: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Draw every generated dashboard from the Prometheus at ``url`` over the ``seconds`` before ``end``
     into ``out``/<dashboard>.png; returns each file's panels that showed no data (or an error)."""
-    from .dashboards import build
-
     api = PrometheusApi(PrometheusSource(url.rstrip("/"), token_file), timeout=TIMEOUT, max_bytes=MAX_BYTES,
                         verify=verify)
     step = max(1.0, seconds / 120)
