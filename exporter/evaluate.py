@@ -23,6 +23,8 @@ from .window import MAX_NAMED, Asks, Percentile, Quantity, TierView, TierWindow
 
 STEP13_TTFT_FACTOR = 1.30  # "more than 30% above benchmark"
 STEP13_UTIL_POINTS = 0.20  # "more than 20 points below", on the 0-1 scale
+PREFIX_HIT_FLOOR = 0.7  # x the benchmark's prefix cache hit ratio
+EVICTION_POINTS = 0.05  # above the benchmark's KV eviction ratio, on the 0-1 scale
 OPERATING_POINT_TOLERANCE = 0.15  # with no curve, compare only within +-15% of the operating point
 def peak_sample(tw: TierView, rps: float | None, window_seconds: float) -> float | None:
     """The window's RPS if it may count toward the observed peak: only over a full window."""
@@ -128,17 +130,18 @@ def step13_checks(plan: Plan, values: Mapping[str, Quantity], up: int) -> list[P
     if b.prefix_cache_hit_ratio is not None:
         obs = values["prefix_cache_hit_ratio"].value
         st = Status.UNKNOWN if obs is None else (
-            Status.WARNING if obs < 0.7 * b.prefix_cache_hit_ratio else Status.OK)
+            Status.WARNING if obs < PREFIX_HIT_FLOOR * b.prefix_cache_hit_ratio else Status.OK)
         out.append(PlanCheck("prefix_cache_hit_ratio_vs_benchmark", obs, b.prefix_cache_hit_ratio, st,
                              f"prefix cache hit ratio {_fmt(obs, '%')} vs benchmark {_fmt(b.prefix_cache_hit_ratio, '%')}"
-                             + (" (below 70% of the prediction)" if st is Status.WARNING else "")))
+                             + (f" (below {PREFIX_HIT_FLOOR:.0%} of the prediction)" if st is Status.WARNING else "")))
     if b.kv_cache_eviction_ratio is not None:
         obs = values["kv_cache_eviction_ratio"].value
         st = Status.UNKNOWN if obs is None else (
-            Status.WARNING if obs > b.kv_cache_eviction_ratio + 0.05 else Status.OK)
+            Status.WARNING if obs > b.kv_cache_eviction_ratio + EVICTION_POINTS else Status.OK)
         out.append(PlanCheck("kv_cache_eviction_ratio_vs_benchmark", obs, b.kv_cache_eviction_ratio, st,
                              f"KV eviction ratio {_fmt(obs, '%')} vs benchmark {_fmt(b.kv_cache_eviction_ratio, '%')}"
-                             + (" (more than 5 points above the prediction)" if st is Status.WARNING else "")))
+                             + (f" (more than {EVICTION_POINTS * 100:.0f} points above the prediction)"
+                                if st is Status.WARNING else "")))
     return out
 
 

@@ -137,6 +137,24 @@ def test_each_variable_reads_only_the_ones_before_it() -> None:
             assert used <= set(names[:names.index(v["name"])]), (name, v["name"], used)
 
 
+# what a description must say for each unit: a reader of the description alone knows what the numbers count
+UNIT_SAID = {"s": r"\bseconds\b", "percentunit": r"\bpercent\b", "reqps": r"\bper second\b", "currencyUSD": r"\bUSD\b",
+             "watt": r"\bwatts\b", "celsius": r"\bCelsius\b", "hertz": r"\bMHz\b",
+             "short": r"\b(requests|tokens|instances|per second|exporters|seconds|one row per finding)\b"}
+
+
+def test_every_description_says_its_unit() -> None:
+    said = 0
+    for name, board in BOARDS.items():
+        for p in panels(board):
+            if p["type"] == "row":
+                continue
+            unit = p["fieldConfig"]["defaults"]["unit"]
+            assert re.search(UNIT_SAID[unit], p["description"]), (name, p["title"], unit, p["description"])
+            said += 1
+    assert said > 40, said
+
+
 def test_uids_are_unique_and_stable() -> None:
     uids = [b["uid"] for b in BOARDS.values()]
     assert len(set(uids)) == len(uids)

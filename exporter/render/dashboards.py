@@ -19,6 +19,7 @@ from .. import engines as I
 from .. import catalogue
 from ..catalogue import (PREFIX, GPU_COMPUTE_PER_GPU, GPU_MEMORY_PER_GPU, INSTANCES, INSTANCES_UP, RECOMMENDED, fleet_series,
                          runbook_url, written_out)
+from ..evaluate import EVICTION_POINTS, PREFIX_HIT_FLOOR, STEP13_TTFT_FACTOR, STEP13_UTIL_POINTS
 from ..model import Band
 
 SCHEMA_VERSION = 39
@@ -264,14 +265,42 @@ def _link(title: str, uid: str, tooltip: str) -> dict[str, Any]:
             "keepTime": True, "targetBlank": False}
 
 
+# each row's unit, as a description says it
+UNIT_WORDS = {"s": "in seconds", "ratio": "in percent", "requests/s": "in requests per second",
+              "requests": "in requests", "1/s": "per second", "tokens/GPU-hour": "in tokens per GPU-hour",
+              "USD/1M tokens": "in USD per million tokens"}
+# what a bad value means, for the rows whose band raises no alert
+BAD_WITHOUT_ALERT = {
+    "requests_per_second": "Above the plan's peak for long, the tier gets more load than it was sized for: the "
+                           "instances panel shows whether it needs more.",
+    "tokens_per_gpu_hour": "Higher is better: a fall at steady load means each GPU serves fewer tokens (smaller "
+                           "batches, longer prompts, or instances idle).",
+    "cost_per_million_tokens_usd": "Lower is better: it rises when instances idle (low fleet utilization) or each "
+                                   "GPU serves fewer tokens.",
+}
+
+
+def stat_description(row: catalogue.Row) -> str:
+    """A row's stat: what it shows, its unit, where it is healthy and what a bad value means."""
+    spec = row.band
+    healthy = spec.target if "{ref" not in spec.target else f"below {spec.reference_name}"
+    # a load, or a figure to maximize or minimize, has no healthy range: the bad sentence says which way is bad
+    where = "" if spec.target in ("load", "maximize", "minimize") else f"; healthy: {healthy}"
+    bad = row.alert.meaning if row.alert is not None else BAD_WITHOUT_ALERT[row.key]
+    return (f"{row.help} Shown {UNIT_WORDS[row.unit]}{where}. {bad} (Its definition: {row.key} in the README's "
+            f"monitoring table.)")
+
+
 def fleet_overview() -> dict[str, Any]:
     b = _Board("fleetwatch-fleet", "fleetwatch / Fleet overview",
                "One row per hardware tier: the production monitoring table with its bands, the efficiency "
                "figures, and the instances the tier needs against those it has. Nothing is averaged across tiers.")
     b.row("Tier $tier", repeat="tier")
     one = 'tier="$tier"'
-    b.add(_panel("table", "Status of every row", "The current status of each catalogue row on this tier "
-                 "(ok, warning, critical, unknown), as fleetwatch evaluated it against the tier's own bands.",
+    b.add(_panel("table", "Status of every row", "How many of fleetwatch's exporters see each row of the "
+                 "monitoring table at each status on this tier now (ok, warning, critical, unknown), against the "
+                 "tier's own bands. Any warning or critical names the quantity to open first; unknown means a "
+                 "source is missing (an engine, a GPU exporter, or a plan figure).",
                  [_target(f'count by (metric, status) (fleetwatch_metric_status{{{one}}} == 1)', "{{metric}}", "A",
                           instant=True, table=True)],
                  "short", transformations=[{"id": "organize", "options": {
@@ -287,14 +316,14 @@ def fleet_overview() -> dict[str, Any]:
         # from the engines' series where the row has PromQL, so a tier of sidecars shows one value
         expr = (row_query(row.key).replace(TIER, one) if not row.gauge_only
                 else f"sum by (tier) (fleetwatch_{row.key}{{{one}}})")
-        b.add(_panel("stat", row.title, f"{row.help} Band: {row.key} in the monitoring table (README, Definitions).",
+        b.add(_panel("stat", row.title, stat_description(row),
                      [_target(expr, row.key, "A", instant=True)], row.grafana_unit,
                      _thresholds(_default_band(row.key)),
                      options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                               "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
                               "orientation": "auto", "wideLayout": True, "showPercentChange": False},
                      links=_runbook_links(_alert_names(row))), 4, 4)
-    b.add(_panel("timeseries", "Instances: needed, deployed, up", "Recommended = ceil(ceil(peak / usable) x "
+    b.add(_panel("timeseries", "Instances: needed, deployed, up", "In instances: recommended = ceil(ceil(peak / usable) x "
                  "(1 + safety)), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
                  "against the engines deployed (seen in the last hour) and up, from their own up series. A "
                  "recommendation above the deployed count is a scale-up trigger.",
@@ -311,21 +340,23 @@ def tier_drilldown() -> dict[str, Any]:
                "$__rate_interval, against the SLO and the plan's benchmark.")
     for key, slo, bench, what in (("ttft", "slo_ttft_p99_seconds", "benchmark_ttft_p99_seconds", "TTFT"),
                                   ("itl", "slo_itl_p99_seconds", "benchmark_itl_p99_seconds", "ITL")):
-        b.add(_panel("timeseries", f"{what} P50 and P99", f"Tier quantiles of {what} (histogram_quantile over the "
-                     f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99.",
+        b.add(_panel("timeseries", f"{what} P50 and P99", f"Tier quantiles of {what} in seconds (histogram_quantile over the "
+                     f"bucket rates of every instance of the tier), the P99 SLO and the benchmark's P99. P99 above "
+                     f"the SLO line is an SLO breach; far above the benchmark line at the same load, the workload is "
+                     f"no longer the one benchmarked.",
                      [_target(row_query(f"{key}_p50_seconds"), "{{tier}} P50", "A"),
                       _target(row_query(f"{key}_p99_seconds"), "{{tier}} P99", "B"),
                       _target(plan_query(slo), "{{tier}} SLO", "C"),
                       _target(plan_query(bench), "{{tier}} benchmark", "D")], "s"), 12, 8)
     sel = '{tier=~"$tier", instance=~"$instance"}'
-    b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99: an instance far "
-                 "above the others is a mixed-tier or straggler suspect.",
+    b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99, in seconds: an "
+                 "instance far above the others is a mixed-tier or straggler suspect.",
                  [_target(f"histogram_quantile(0.99, sum by (tier, instance, le) "
                           f"({I.bucket_rate('ttft_seconds', sel).replace('{w}', '$__rate_interval')}))",
                           "{{instance}}", "A")], "s"), 12, 8)
-    b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 against the observed RPS per "
-                 "instance, beside the benchmark's prediction at the same load (observed vs benchmark): points above the "
-                 "prediction by more than 30% ask to re-characterize the workload.",
+    b.add(_panel("xychart", "TTFT P99 against RPS per instance", "Observed TTFT P99 (seconds) against the observed "
+                 "requests per second per instance, beside the benchmark's prediction at the same load: points above "
+                 f"the prediction by more than {STEP13_TTFT_FACTOR - 1:.0%} ask to re-characterize the workload.",
                  [_target(for_tiers(f"{_inline(catalogue.row('requests_per_second').promql)} / on (tier) "
                                     f"({fleet_series()[INSTANCES_UP]})"),
                           "{{tier}} RPS per instance", "A"),
@@ -335,17 +366,17 @@ def tier_drilldown() -> dict[str, Any]:
                           "{{tier}} benchmark", "C")], "s",
                  options={"mapping": "auto", "series": [], "legend": {"showLegend": True, "displayMode": "list",
                                                                       "placement": "bottom", "calcs": []}}), 12, 8)
-    b.add(_panel("timeseries", "KV cache utilization", "Mean KV cache usage over the tier's instances; above 90% "
-                 "the KV cache becomes the bottleneck.",
+    b.add(_panel("timeseries", "KV cache utilization", "Mean KV cache usage over the tier's instances, in percent: "
+                 "above 90% the KV cache becomes the bottleneck.",
                  [_target(row_query("kv_cache_utilization_ratio"), "{{tier}}", "A")], "percentunit",
                  _thresholds(_default_band("kv_cache_utilization_ratio"))), 12, 8)
-    b.add(_panel("timeseries", "KV cache eviction", "Preemptions (SGLang: retractions) per finished request: above "
-                 "5% the KV budget is undersized, above 20% the memory pressure cascade.",
+    b.add(_panel("timeseries", "KV cache eviction", "Preemptions (SGLang: retractions) per finished request, in "
+                 "percent: above 5% the KV budget is undersized, above 20% the memory pressure cascade.",
                  [_target(row_query("kv_cache_eviction_ratio"), "{{tier}}", "A")], "percentunit",
                  _thresholds(_default_band("kv_cache_eviction_ratio"))), 12, 8)
     b.add(_panel("timeseries", "Queue depth and the Little's Law limit", "Waiting requests summed over the tier, "
-                 "against Little's Law's maximum safe depth (SLO TTFT P99 x arrival rate): warn at 80%, "
-                 "page at 90%.",
+                 "in requests, against Little's Law's maximum safe depth (SLO TTFT P99 x arrival rate): a queue at "
+                 "80% of it warns, at 90% pages, as requests then wait longer than the SLO allows.",
                  [_target(row_query("queue_depth_requests"), "{{tier}} waiting", "A"),
                   _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="queue_depth_littles_law"}}',
                           "{{tier}} Little's Law limit", "B")], "short"), 12, 8)
@@ -353,9 +384,11 @@ def tier_drilldown() -> dict[str, Any]:
     for what, expr in per_gpu.items():
         q = for_tiers(expr.replace("{w}", "$__rate_interval"))
         b.add(_panel("timeseries", f"GPU {what} per GPU", f"Each GPU of the selected tiers (the GPUs of the tier's "
-                     f"engine pods on a node-wide dcgm-exporter): {what} utilization, "
-                     + ("used / (used + free + reserved)." if what == "memory" else
-                        "SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL / 100."),
+                     f"engine pods on a node-wide dcgm-exporter): {what} utilization in percent, "
+                     + ("used / (used + free + reserved). Above 90-95% a spike can run it out of memory; below "
+                        "70% the GPUs hold more memory than the model and its KV cache use." if what == "memory" else
+                        "SM_ACTIVE, else GR_ENGINE_ACTIVE, else GPU_UTIL / 100. Below 60% while serving, the "
+                        "batches are small or the work is decode-bound: more load fits, or fewer GPUs would do."),
                      [_target(q, "{{tier}} {{Hostname}} GPU {{gpu}}", "A")], "percentunit"), 12, 8)
     b.collapsed("Requests and tokens, per instance", _engine_detail())
     b.collapsed("GPU vital signs, per GPU", _gpu_detail())
@@ -364,17 +397,17 @@ def tier_drilldown() -> dict[str, Any]:
 
 # dcgm-exporter's default counters beside the utilization panels: field, title, unit, scale, what a bad value means
 GPU_VITALS = (
-    ("DEV_POWER_USAGE", "GPU power", "watt", 1.0, "Power draw. Pinned at the board's limit the GPU throttles its "
+    ("DEV_POWER_USAGE", "GPU power", "watt", 1.0, "Power draw in watts. Pinned at the board's limit the GPU throttles its "
      "clocks; far below it under load, the GPU waits on something else (memory, the host, the network)."),
-    ("DEV_GPU_TEMP", "GPU temperature", "celsius", 1.0, "Die temperature. Past about 85 C the GPU slows its clocks "
-     "to cool down: look at the node's cooling."),
-    ("DEV_SM_CLOCK", "SM clock", "hertz", 1e6, "Streaming-multiprocessor clock. A clock that drops under load while "
-     "power or temperature is at its limit is throttling, and every latency stretches with it."),
+    ("DEV_GPU_TEMP", "GPU temperature", "celsius", 1.0, "Die temperature in degrees Celsius. Past about 85 C the GPU slows "
+     "its clocks to cool down: look at the node's cooling."),
+    ("DEV_SM_CLOCK", "SM clock", "hertz", 1e6, "Streaming-multiprocessor clock (DCGM reports MHz). A clock that drops under "
+     "load while power or temperature is at its limit is throttling, and every latency stretches with it."),
     ("PROF_PIPE_TENSOR_ACTIVE", "Tensor-core activity", "percentunit", 1.0, "Share of cycles the tensor cores are "
-     "busy: the matrix math of prefill and decode. Low while SM activity is high means the GPU is busy on other "
+     "busy, in percent: the matrix math of prefill and decode. Low while SM activity is high means the GPU is busy on other "
      "work (attention kernels, sampling, copies)."),
     ("DEV_MEM_COPY_UTIL", "Memory-copy utilization", "percentunit", 0.01, "Share of time the memory controller is "
-     "busy: decode reads weights and KV cache every step, so a decode-heavy tier runs this high."),
+     "busy, in percent: decode reads weights and KV cache every step, so a decode-heavy tier runs this high."),
 )
 
 
@@ -409,27 +442,28 @@ def _engine_detail() -> list[tuple[dict[str, Any], int, int]]:
 
     def heatmap(key: str, what: str) -> dict[str, Any]:
         return _panel("heatmap", f"{what} length", f"How many requests finished per second at each {what.lower()} "
-                      f"length (tokens), per histogram bucket: the workload's shape, and its drift from the plan's "
-                      f"profile.",
+                      f"length in tokens, per histogram bucket: the workload's shape. Mass moving to longer "
+                      f"{what.lower()}s than the plan's profile is drift: re-characterize the workload.",
                       [dict(_target(f"sum by (le) ({_w(I.bucket_rate(key, ONE))})", "{{le}}", "A"),
                             format="heatmap")], "short",
                       options={"calculate": False, "yAxis": {"unit": "short"}, "cellGap": 1,
                                "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}})
 
     return [
-        (_panel("timeseries", "End-to-end request latency", "Arrival to last token, per tier: P50, P90 and P99 "
+        (_panel("timeseries", "End-to-end request latency", "Arrival to last token in seconds, per tier: P50, P90 and P99 "
                 "(histogram_quantile over every instance's buckets) and the mean (sum over count). A P99 far above "
                 "TTFT + output x ITL means queueing before the engine.",
                 [*quantiles, _target(f"sum by (tier) ({_w(e2e_sum)}) / sum by (tier) ({_w(e2e_count)})",
                                      "{{tier}} mean", "D")], "s"), 12, 8),
         (_panel("timeseries", "Prompt and generation tokens per second", "Tokens the selected instances read "
-                "(prompt) and wrote (generation) per second: the throughput the plan's tokens per GPU-hour comes from.",
+                "(prompt) and wrote (generation) per second: the throughput the plan's tokens per GPU-hour comes from. "
+                "Generation falling while the arrival rate holds means each request decodes slower.",
                 [_target(f"sum by (tier) ({_w(I.rate('prompt_tokens', ONE))})", "{{tier}} prompt", "A"),
                  _target(f"sum by (tier) ({_w(I.rate('generation_tokens', ONE))})", "{{tier}} generation", "B")],
                 "short"), 12, 8),
         (_panel("timeseries", "Running and waiting requests per instance", "Each instance's requests in its batch "
-                "(running) and in its queue (waiting). Waiting above zero for long on one instance while others idle "
-                "is a routing problem; on all of them, too few instances.",
+                "(running) and in its queue (waiting), in requests. Waiting above zero for long on one instance while "
+                "others idle is a routing problem; on all of them, too few instances.",
                 [_target(f"sum by (tier, instance) ({I.instant('requests_running', ONE)})", "{{instance}} running", "A"),
                  _target(f"sum by (tier, instance) ({I.instant('requests_waiting', ONE)})", "{{instance}} waiting",
                          "B")], "short"), 12, 8),
@@ -440,7 +474,7 @@ def _engine_detail() -> list[tuple[dict[str, Any], int, int]]:
                 "short"), 12, 8),
         (heatmap("prompt_tokens_per_request", "Prompt"), 12, 8),
         (heatmap("generation_tokens_per_request", "Output"), 12, 8),
-        (_panel("timeseries", "Queue, prefill and decode time", f"The mean time a finished request spent waiting in "
+        (_panel("timeseries", "Queue, prefill and decode time", f"The mean time in seconds a finished request spent waiting in "
                 f"the queue, in prefill (its prompt) and in decode (its output), per tier. Queue time growing while "
                 f"prefill and decode hold is too few instances; prefill growing is longer prompts. Not exposed by "
                 f"{', '.join(e.title for e in I.ENGINES if 'queue_seconds' not in e.names)}.",
@@ -455,8 +489,26 @@ def _engine_detail() -> list[tuple[dict[str, Any], int, int]]:
     ]
 
 
-_STEP13 = ("ttft_p99_vs_benchmark", "itl_p99_vs_benchmark", "gpu_utilization_vs_benchmark",
-           "prefix_cache_hit_ratio_vs_benchmark", "kv_cache_eviction_ratio_vs_benchmark")
+# the checks of production against the plan's benchmark: title, unit, what is compared, what a bad value means
+_AWAY = ("production no longer matches the benchmark: re-characterize the workload (lengths, prefix reuse, peak) "
+         "and re-run the benchmark.")
+PLAN_CHECKS = {
+    "ttft_p99_vs_benchmark": ("TTFT P99 against the benchmark", "s", "TTFT P99",
+                              f"More than {STEP13_TTFT_FACTOR - 1:.0%} above the prediction: {_AWAY}"),
+    "itl_p99_vs_benchmark": ("ITL P99 against the benchmark", "s", "inter-token latency P99",
+                             f"More than {STEP13_TTFT_FACTOR - 1:.0%} above the prediction: {_AWAY}"),
+    "gpu_utilization_vs_benchmark": ("GPU utilization against the benchmark", "ratio", "GPU compute utilization",
+                                     f"More than {STEP13_UTIL_POINTS * 100:.0f} points below the prediction: {_AWAY}"),
+    "prefix_cache_hit_ratio_vs_benchmark": ("Prefix cache hit rate against the benchmark", "ratio",
+                                            "prefix cache hit rate", f"Below {PREFIX_HIT_FLOOR:.0%} of the prediction: "
+                                            "requests that share a prefix no longer reach the instance that cached "
+                                            "it (routing), or the workload reuses less than benchmarked."),
+    "kv_cache_eviction_ratio_vs_benchmark": ("KV cache eviction against the benchmark", "ratio",
+                                             "preemptions per finished request",
+                                             f"More than {EVICTION_POINTS * 100:.0f} points above the prediction:"
+                                             " the KV cache holds less than the benchmark's did (longer "
+                                             "prompts or outputs, or a smaller KV budget)."),
+}
 
 
 # fleetwatch's own series that belong to no tier (the "fleetwatch itself" panel reads them whole)
@@ -467,27 +519,33 @@ def plan_validation() -> dict[str, Any]:
     b = _Board("fleetwatch-plan", "fleetwatch / Plan validation",
                "Observed vs benchmark over time: every check of production against the sizing plan's benchmark at equivalent "
                "RPS, the SLOs and Little's Law; the findings; the gateway guardrails fleetwatch recommends.")
-    for check in _STEP13:
-        unit = "s" if check.startswith(("ttft", "itl")) else "percentunit"
-        b.add(_panel("timeseries", check.replace("_", " "), f"Observed against the benchmark's prediction at the "
-                     f"observed RPS per instance ({check}); critical beyond the observed-vs-benchmark limits.",
+    for check, (title, unit, what, bad) in PLAN_CHECKS.items():
+        b.add(_panel("timeseries", title, f"Observed {what} against what the plan's benchmark predicts at the same "
+                     f"requests per second per instance, {UNIT_WORDS[unit]}. {bad} No prediction outside the "
+                     f"benchmark's curve (it is never extrapolated).",
                      [_target(f'fleetwatch_plan_check_observed{{{TIER}, check="{check}"}}', "{{tier}} observed", "A"),
                       _target(f'fleetwatch_plan_check_predicted{{{TIER}, check="{check}"}}', "{{tier}} predicted",
-                              "B")], unit), 12, 8)
-    b.add(_panel("table", "Plan checks not ok", "Every plan check whose status is warning or critical now.",
+                              "B")], catalogue.GRAFANA_UNITS[unit]), 12, 8)
+    b.add(_panel("table", "Plan checks not ok", "Every check of this tier against its plan (SLOs, "
+                 "Little's Law, the benchmark) that is warning or critical now, with the observed and predicted "
+                 "values, each in its own unit (seconds, percent or requests): each is a reason the plan no longer "
+                 "describes production.",
                  [_target(f'fleetwatch_plan_check_status{{{TIER}, status=~"warning|critical"}} == 1', "", "A",
                           instant=True, table=True)], "short"), 12, 8)
     b.add(_panel("table", "Findings", "Current findings (target down, drift, runaway generation, mixed tier, ...) "
-                 "with the instance to blame.",
+                 "with the instance to blame, one row per finding: each is a problem fleetwatch found that no band "
+                 "shows.",
                  [_target(f"fleetwatch_finding{{{TIER}}} == 1", "", "A", instant=True, table=True)], "short"), 12, 8)
     b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated "
-                 "rules) against those deployed: the ScaleUp and ScaleDown alerts fire on these two.",
+                 "rules) against those deployed, in instances: more needed than deployed is a scale-up; the ScaleUp "
+                 "and ScaleDown alerts fire on these two.",
                  [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
                   _target(fleet_series()[INSTANCES], "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)
-    b.add(_panel("table", "Guardrails", "Gateway limits recommended from the observed histograms: "
-                 "max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the circuit breaker at "
-                 "80-90% of Little's Law's limit.",
+    b.add(_panel("table", "Guardrails", "Gateway limits recommended from the observed histograms, in "
+                 "tokens and requests: max_input_tokens 2-3x input P95, max_output_tokens 1.5-2.5x output P99, the "
+                 "circuit breaker at 80-90% of Little's Law's limit. A gateway set looser lets one runaway request or "
+                 "burst take the tier past its SLO.",
                  [_target(f"fleetwatch_guardrail_recommended{{{TIER}}}", "", "A", instant=True, table=True)],
                  "short"), 12, 8)
     b.add(_panel("timeseries", "fleetwatch itself", "Whether fleetwatch is checking the fleet: seconds since its last "
