@@ -12,14 +12,14 @@ import requests
 from fakes import free_port
 
 
-def wait_ready(proc: "subprocess.Popen[bytes]", url: str, log: Path, name: str) -> None:
-    """Poll ``url``/-/ready until the binary answers; fail with its log if it exits."""
+def wait_ready(proc: "subprocess.Popen[bytes]", url: str, log: Path, name: str, path: str = "/-/ready") -> None:
+    """Poll ``url``/-/ready (or ``path``) until the binary answers; fail with its log if it exits."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited: {log.read_text()[-2000:]}")
         try:
-            if requests.get(url + "/-/ready", timeout=1).status_code == 200:
+            if requests.get(url + path, timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -145,3 +145,62 @@ class Alertmanager:
         import shutil
 
         shutil.rmtree(Path(self.dir) / "data", ignore_errors=True)
+
+
+class _Process:
+    """A binary on a loopback port with its own directory and log, ready once ``path`` answers 200."""
+
+    def __init__(self, name: str, args: list[str], path: str = "/health") -> None:
+        self.dir = tempfile.mkdtemp(prefix=f"fw-{name}-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(self.dir) / "log.txt", "w")
+        self.proc = subprocess.Popen([a.replace("{dir}", self.dir).replace("{port}", str(self.port)) for a in args],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_ready(self.proc, self.url, Path(self.dir) / "log.txt", name, path)
+
+    def stop(self) -> None:
+        terminate(self.proc)
+        self.log.close()
+
+
+class VictoriaMetrics(_Process):
+    """Single-node VictoriaMetrics: remote-write target and Prometheus-compatible query API. Points become visible
+    after -search.latencyOffset (30 s by default, 1 s here: the simulated fleet is fast)."""
+
+    def __init__(self, binary: str, *flags: str) -> None:
+        super().__init__("victoria-metrics", [binary, "-httpListenAddr=127.0.0.1:{port}", "-storageDataPath={dir}/data",
+                                              "-retentionPeriod=100y", "-search.latencyOffset=1s",
+                                              "-search.disableCache", "-loggerLevel=WARN", *flags])
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = requests.get(self.url + "/api/v1/query", params=params, timeout=10).json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+
+class VMAgent(_Process):
+    """One vmagent shard of ``members``: scrapes its share of the targets in ``config_text``, writes to ``write_url``."""
+
+    def __init__(self, binary: str, config_text: str, write_url: str, member: int = 0, members: int = 1) -> None:
+        cfg = Path(tempfile.mkdtemp(prefix="fw-vmagent-cfg-")) / "scrape.yml"
+        cfg.write_text(config_text)
+        super().__init__(f"vmagent-{member}", [
+            binary, "-httpListenAddr=127.0.0.1:{port}", f"-promscrape.config={cfg}",
+            f"-remoteWrite.url={write_url}/api/v1/write", "-remoteWrite.tmpDataPath={dir}/rw",
+            "-remoteWrite.flushInterval=500ms", f"-promscrape.cluster.membersCount={members}",
+            f"-promscrape.cluster.memberNum={member}", "-loggerLevel=WARN"])
+
+
+class VMAlert(_Process):
+    """vmalert running ``rules`` against ``datasource``: recorded series written back there, alerts to ``notifier``."""
+
+    def __init__(self, binary: str, rules: Path, datasource: str, notifier: str, interval: str = "1s") -> None:
+        super().__init__("vmalert", [
+            binary, "-httpListenAddr=127.0.0.1:{port}", f"-rule={rules}", f"-datasource.url={datasource}",
+            f"-remoteWrite.url={datasource}", f"-remoteRead.url={datasource}", f"-notifier.url={notifier}",
+            f"-evaluationInterval={interval}", "-remoteWrite.flushInterval=500ms", "-disableAlertgroupLabel",
+            "-loggerLevel=WARN"])

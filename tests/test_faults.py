@@ -88,17 +88,23 @@ def test_faulty_targets_are_contained(tmp_path: Path) -> None:
         th = threading.Thread(target=serve, args=(cfg,), kwargs={"stop": stop, "on_ready": ready.append})
         th.start()
         try:
-            deadline = time.monotonic() + 20
+            # generous: on a loaded machine a cycle with a hanging target takes its whole scrape timeout and more
+            deadline = time.monotonic() + 60
             while not ready and time.monotonic() < deadline:
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{ready[0].port}"
             text = ""
+
+            def cycles() -> float:
+                m = re.search(r"^fleetwatch_cycles_total (\S+)$", text, re.M)
+                return float(m[1]) if m else 0.0
+
             while time.monotonic() < deadline:
                 text = requests.get(url + "/metrics", timeout=5).text
-                if "fleetwatch_cycles_total 3.0" in text:
+                if cycles() >= 3:
                     break
                 time.sleep(0.2)
-            assert "fleetwatch_cycles_total 3.0" in text
+            assert cycles() >= 3, text
             for inst, reason in (("refused", "refused"), ("hang", "timeout"), ("garbage", "malformed"),
                                  ("huge", "too_large")):
                 assert (f'fleetwatch_scrape_errors_total{{instance="{inst}",reason="{reason}",source="vllm",'
