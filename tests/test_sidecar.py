@@ -14,6 +14,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,37 +161,48 @@ def _one(prom: Prometheus, expr: str) -> dict[str, float]:
     return {r["metric"].get("tier", ""): float(r["value"][1]) for r in prom.query(expr)}
 
 
+def write_rules(demo: Any, where: Path) -> Path:
+    """The rules generated for the demo's config (for: 2s, evaluated every second) under ``where``: the rule file."""
+    for name, text in build(demo.config, for_="2s", eval_interval="1s").items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_text(text)
+    return where / "fleetwatch.rules.yml"
+
+
+def start_sidecars(demo: Any, stack: ExitStack) -> list[str]:
+    """One sidecar per instance of the simulated fleet, as the kustomize sidecar overlay deploys them, stopped
+    when ``stack`` closes: their /metrics URLs."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def join() -> None:
+        for th in threads:
+            th.join(20)
+
+    stack.callback(join)
+    stack.callback(stop.set)  # last in, first out: stop, then join
+    urls: list[str] = []
+    for name, tier in demo.config.tiers.items():
+        for inst, t in zip(demo.fleet.tiers[name].instances, tier.targets):
+            cfg = sidecar_config(demo.config, name, SidecarSettings(url=t.url, dcgm=t.dcgm), pod=inst.pod,
+                                 namespace="llm")
+            ready: list[Server] = []
+            th = threading.Thread(target=serve, args=(cfg,), kwargs={"stop": stop, "on_ready": ready.append},
+                                  daemon=True)
+            th.start()
+            threads.append(th)
+            assert wait_until(functools.partial(list, ready), 10), "a sidecar did not start"
+            urls.append(f"http://127.0.0.1:{ready[0].port}/metrics")
+    return urls
+
+
 @pytest.mark.integration
 def test_sidecars_and_fleet_mode_agree_on_the_recommended_count(tmp_path: Path) -> None:
     prometheus_bin = binary("prometheus")
     with ExitStack() as stack:
         demo, fleet_url = stack.enter_context(fleet_and_fleetwatch(STEADY, 1.0, 10.0))
-        # one sidecar per instance, as the kustomize sidecar overlay deploys them
-        stop = threading.Event()
-        threads: list[threading.Thread] = []
-        def join() -> None:
-            for th in threads:
-                th.join(20)
-
-        stack.callback(join)
-        stack.callback(stop.set)  # last in, first out: stop, then join
-        sidecar_urls: list[str] = []
-        for name, tier in demo.config.tiers.items():
-            for inst, t in zip(demo.fleet.tiers[name].instances, tier.targets):
-                cfg = sidecar_config(demo.config, name, SidecarSettings(url=t.url, dcgm=t.dcgm), pod=inst.pod,
-                                     namespace="llm")
-                ready: list[Server] = []
-                th = threading.Thread(target=serve, args=(cfg,), kwargs={"stop": stop, "on_ready": ready.append},
-                                      daemon=True)
-                th.start()
-                threads.append(th)
-                assert wait_until(functools.partial(list, ready), 10), "a sidecar did not start"
-                sidecar_urls.append(f"http://127.0.0.1:{ready[0].port}/metrics")
-        rules = tmp_path / "rules"
-        for fname, text in build(demo.config, for_="2s", eval_interval="1s").items():
-            (rules / fname).parent.mkdir(parents=True, exist_ok=True)
-            (rules / fname).write_text(text)
-        rule_file = rules / "fleetwatch.rules.yml"
+        sidecar_urls = start_sidecars(demo, stack)
+        rule_file = write_rules(demo, tmp_path / "rules")
         fleet = Prometheus(prometheus_bin, prometheus_config(demo, fleet_url, rule_file))
         stack.callback(fleet.stop)
         sidecars = Prometheus(prometheus_bin, prometheus_config(demo, sidecar_urls, rule_file))
