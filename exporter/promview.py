@@ -37,6 +37,7 @@ class Answers:
         self._query = query
         self._known: dict[str, Result] = dict(known or {})
         self._failed: dict[str, Exception] = {}  # a query that failed is not asked again this cycle
+        self._index: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], float]] = {}
         self._lock = threading.Lock()
 
     def get(self, expr: str) -> Result:
@@ -57,7 +58,16 @@ class Answers:
         return result
 
     def by(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
-        return {tuple(m.get(k, "") for k in labels): v for m, v in self.get(expr)}
+        """``expr``'s answer keyed by ``labels``: indexed once per cycle, as every instance of a tier looks up its
+        own value in it (a fresh index per lookup made a cycle quadratic in the instances)."""
+        key = (expr, labels)
+        with self._lock:
+            index = self._index.get(key)
+        if index is None:
+            index = {tuple(m.get(k, "") for k in labels): v for m, v in self.get(expr)}
+            with self._lock:
+                self._index[key] = index
+        return index
 
 
 # ---------------------------------------------------------------- PromQL, from the catalogue
@@ -147,6 +157,7 @@ class PromTierView:
         if up is None:
             up = {k[1]: v > 0 for k, v in answers.by(up_expr(label), "tier", label).items() if k[0] == tier}
         self._up = dict(sorted(up.items()))
+        self._up_now = tuple(i for i, ok in self._up.items() if ok)  # asked for every instance: kept
 
     @property
     def tier(self) -> str:
@@ -157,7 +168,7 @@ class PromTierView:
         return tuple(self._up)
 
     def up(self) -> tuple[str, ...]:
-        return tuple(i for i, ok in self._up.items() if ok)
+        return self._up_now
 
     def down(self) -> tuple[str, ...]:
         return tuple(i for i, ok in self._up.items() if not ok)
