@@ -232,7 +232,7 @@ def main() -> None:
         base = rows[0]
         print()
         print(f"| instances | series in the store | import | cycle wall | its queries ({base['queries']}) | "
-              f"fleetwatch CPU | x {base['size']} | store CPU (cycle + history) | peak RSS | history read |")
+              f"fleetwatch CPU | x {base['size']} | store CPU (history + 2 cycles) | peak RSS | history read |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['size']:,} | {r['series']:,} | {r['import_s']:.0f} s | {r['wall']:.2f} s | "
