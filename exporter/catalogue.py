@@ -692,11 +692,12 @@ ROWS: tuple[Row, ...] = (
         f"{_sum(I.increase('preemptions'))} / {_sum(I.increase('requests_finished'))}",
         band("below 5%", warning_above=0.05, critical_above=0.20, inclusive=("warning_above",)),
         _by_status("KV budget undersized for current traffic.",
-                   "Above 20%: degraded state presenting as a latency problem rather than a memory problem "
-                   "(the memory pressure cascade)."),
+                   "Above 20%: preempted requests recompute their prompts, which needs more KV cache and preempts "
+                   "others in turn: it presents as a latency problem rather than a memory one."),
         ("preemptions", "requests_finished"), op="increase", evidence=_FINISHED_N,
         alert=RowAlert("KVCacheEvictionHigh", "Requests are preempted for KV space: above 5% the KV budget is "
-                       "undersized; above 20% it is the memory pressure cascade, which shows up as latency.",
+                       "undersized; above 20% preempted requests recompute their prompts and preempt others in turn, which "
+                       "shows up as latency.",
                        "Preemptions per finished request, KV usage, prompt P95 against the plan.",
                        "Add KV capacity (instances, quantized KV, offload) or cap input length; re-characterize if "
                        "prompts grew.",

@@ -120,6 +120,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="which engine version the simulated instances emulate (default: vllm-0.33)")
     d.add_argument("--listen", default="127.0.0.1:0",
                    help="host:port for fleetwatch's own /metrics (default: a free loopback port)")
+    d.add_argument("--prometheus-config", metavar="FILE",
+                   help="write a Prometheus config that scrapes the demo's engines, GPUs and fleetwatch (their "
+                        "ports change every run), for `prometheus --config.file FILE` and then `fleetwatch "
+                        "dashboards --preview`")
 
     r = sub.add_parser("rules", help="generate Prometheus recording/alerting rules, their promtool tests and runbook",
                        description="Generate, from the metric catalogue: recording rules "
@@ -517,12 +521,15 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .demo.run import run_demo
 
     if args.log_level == "info":  # the reports are the output; per-cycle logs would drown them
         logging.getLogger("exporter.daemon").setLevel(logging.WARNING)
     return run_demo(args.scenario, duration=args.duration, fmt=args.format, remeasure=args.remeasure,
-                    flavour=args.engine, listen=args.listen)
+                    flavour=args.engine, listen=args.listen,
+                    prometheus_config=Path(args.prometheus_config) if args.prometheus_config else None)
 
 
 def _dashboards(args: argparse.Namespace) -> int:
@@ -638,6 +645,9 @@ def _check(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     require_targets(cfg)
+    from .daemon import collect_garbage_rarely
+
+    collect_garbage_rarely()  # two scrapes of every target and an evaluation: as serve's cycle
     window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
     sleep: Callable[[float], None] = time.sleep
     if cfg.prometheus is None and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb":

@@ -147,3 +147,50 @@ def test_shipped_plan_is_what_the_sweep_measures(tier: str) -> None:
         assert got.ttft_p99 == pytest.approx(point.ttft_p99, rel=1e-5)
         assert got.itl_p99 == pytest.approx(point.itl_p99, rel=1e-5)
         assert got.gpu_utilization == pytest.approx(point.gpu_utilization, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_the_demo_writes_a_prometheus_config_that_scrapes_all_of_it(tmp_path: Path) -> None:
+    """`demo --prometheus-config`: a real Prometheus reading the file scrapes every engine, dcgm-exporter and
+    fleetwatch, with the labels the dashboards' GPU panels join on."""
+    import time
+
+    from conftest import binary
+    from realbins import Prometheus
+
+    prometheus_bin = binary("prometheus")
+    cfg = tmp_path / "prometheus.yml"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    demo = subprocess.Popen([sys.executable, "-m", "exporter", "demo", "--duration", "60s", "--format", "json",
+                             "--prometheus-config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+    prom = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (cfg.exists() and cfg.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.2)  # waiting for another process to write the file
+        assert cfg.exists(), "the demo wrote no Prometheus config"
+        prom = Prometheus(prometheus_bin, cfg.read_text())
+
+        def up() -> dict[str, float]:
+            assert prom is not None
+            return {r["metric"]["job"]: float(r["value"][1]) for r in prom.query("sum by (job) (up)")}
+
+        import yaml
+
+        listed = {j["job_name"]: float(sum(len(sc["targets"]) for sc in j["static_configs"]))
+                  for j in yaml.safe_load(cfg.read_text())["scrape_configs"]}
+        assert listed["llm-engines"] == 7 and listed["fleetwatch"] == 1 and listed["dcgm"] >= 1, listed
+        deadline = time.monotonic() + 30
+        while up() != listed and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert up() == listed  # every target it lists, up
+        engines = prom.query("vllm:num_requests_running")
+        assert {r["metric"]["tier"] for r in engines} == {"h100", "a100"}
+        assert all(r["metric"]["namespace"] == "llm" and r["metric"]["pod"] for r in engines)
+        assert prom.query('DCGM_FI_DEV_FB_USED{pod=~".+"}')  # the GPUs held by the engine pods
+    finally:
+        if prom is not None:
+            prom.stop()
+        demo.terminate()
+        demo.wait(30)

@@ -60,17 +60,9 @@ def prometheus_config(demo: Any, fleetwatch_url: str | list[str], rules: Path, a
     else:
         doc["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [host(am_url)]}]}]
     jobs = {j["job_name"]: j for j in doc["scrape_configs"] if "kubernetes_sd_configs" not in j}
-    engines, dcgm = [], []
-    for name, tier in demo.config.tiers.items():
-        # the simulated dcgm-exporters label GPUs with their pod, as in Kubernetes: the engines carry
-        # namespace and pod, as the Kubernetes job's relabeling gives them, so the GPU rows can join
-        for inst, t in zip(demo.fleet.tiers[name].instances, tier.targets):
-            engines.append({"targets": [host(t.url)], "labels": {"tier": name, "namespace": "llm", "pod": inst.pod,
-                                                                 **CLUSTER}})
-        dcgm.append({"targets": sorted({host(t.dcgm) for t in tier.targets if t.dcgm}), "labels": {"tier": name,
-                                                                                                  **CLUSTER}})
-    jobs["llm-engines"]["static_configs"] = engines
-    jobs["dcgm"]["static_configs"] = dcgm
+    for job, static in demo.scrape_targets().items():
+        # the label a multi-cluster setup puts on every series
+        jobs[job]["static_configs"] = [{**sc, "labels": {**sc["labels"], **CLUSTER}} for sc in static]
     urls = [fleetwatch_url] if isinstance(fleetwatch_url, str) else fleetwatch_url
     jobs["fleetwatch"]["static_configs"] = [{"targets": [host(u) for u in urls], "labels": CLUSTER}]
     for j in jobs.values():

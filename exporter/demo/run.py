@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Protocol, TextIO
+from typing import Any, Callable, Generator, Protocol, TextIO
 
 import yaml
 
@@ -96,6 +96,32 @@ class Demo:
     def close(self) -> None:
         self.servers.close()
         self.workdir.cleanup()
+
+    def scrape_targets(self) -> dict[str, list[dict[str, Any]]]:
+        """The static targets a Prometheus scrapes this fleet with, by job: each engine with its tier, and the
+        namespace and pod a Kubernetes scrape would give it (the simulated dcgm-exporters label each GPU with the
+        pod that holds it, and the GPU rows join the two on namespace and pod); each dcgm-exporter with its tier."""
+        from urllib.parse import urlparse
+
+        engines: list[dict[str, Any]] = []
+        dcgm: list[dict[str, Any]] = []
+        for name, tier in self.config.tiers.items():
+            for inst, t in zip(self.fleet.tiers[name].instances, tier.targets):
+                engines.append({"targets": [urlparse(t.url).netloc],
+                                "labels": {"tier": name, "namespace": "llm", "pod": inst.pod}})
+            dcgm.append({"targets": sorted({urlparse(t.dcgm).netloc for t in tier.targets if t.dcgm}),
+                         "labels": {"tier": name}})
+        return {"llm-engines": engines, "dcgm": dcgm}
+
+    def prometheus_config(self, fleetwatch: str) -> str:
+        """A Prometheus config scraping this fleet and fleetwatch's /metrics at ``fleetwatch`` (host:port)."""
+        jobs: list[dict[str, Any]] = [{"job_name": job, "static_configs": static}
+                                      for job, static in self.scrape_targets().items()]
+        jobs.append({"job_name": "fleetwatch", "honor_labels": True, "static_configs": [{"targets": [fleetwatch]}]})
+        doc = {"global": {"scrape_interval": f"{INTERVAL_SECONDS:g}s", "evaluation_interval": f"{INTERVAL_SECONDS:g}s"},
+               "scrape_configs": jobs}
+        return ("# The demo fleet, for a Prometheus beside `fleetwatch demo`: its ports change every run.\n"
+                + yaml.safe_dump(doc, sort_keys=False))
 
 
 def start_fleet(scenario: str | Scenario = "healthy", *, flavour: str = DEFAULT_FLAVOUR, seed: int = 0,
@@ -183,8 +209,9 @@ def reports(demo: Demo, clock: Clock, duration: float | None, snapshot: Snapshot
 def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: str = "table",
              remeasure: bool = False, flavour: str = DEFAULT_FLAVOUR, listen: str = "127.0.0.1:0",
              out: TextIO = sys.stdout, stop: threading.Event | None = None,
-             on_ready: Callable[[str], None] | None = None) -> int:
-    """The command. Returns the exit status (0, also on Ctrl-C)."""
+             on_ready: Callable[[str], None] | None = None, prometheus_config: Path | None = None) -> int:
+    """The command. Returns the exit status (0, also on Ctrl-C). ``prometheus_config``: where to write a
+    Prometheus config that scrapes the demo (``--prometheus-config``)."""
     stop = stop or threading.Event()
     plans = None
     plans_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -200,11 +227,15 @@ def run_demo(scenario: str = "healthy", *, duration: float | None = None, fmt: s
     def started(daemon: Daemon) -> None:
         assert daemon.server is not None
         url = f"http://{demo.config.listen_host}:{daemon.server.port}/metrics"
+        scraped = ""
+        if prometheus_config is not None:
+            prometheus_config.write_text(demo.prometheus_config(f"{demo.config.listen_host}:{daemon.server.port}"))
+            scraped = f"\n  a Prometheus config that scrapes it all: {prometheus_config}"
         # what is running, before the first report: on stdout with the reports, except beside JSON lines,
         # which a program reads one document at a time
         print(f"fleetwatch demo: scenario {scenario}: {sc.what_happens}.\n"
               f"  fleetwatch should catch: {sc.must_catch}.\n"
-              f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}\n"
+              f"  fleet config: {demo.config_path}\n  fleetwatch /metrics: {url}{scraped}\n"
               f"  a report every {INTERVAL_SECONDS:g}s over a {WINDOW_SECONDS:g}s window; Ctrl-C to stop.",
               file=sys.stderr if fmt == "json" else out, flush=True)
         if on_ready is not None:

@@ -305,7 +305,7 @@ def fleet_overview() -> dict[str, Any]:
                           instant=True, table=True)],
                  "short", transformations=[{"id": "organize", "options": {
                      "excludeByName": {"Time": True}, "indexByName": {},
-                     "renameByName": {"Value": "exporters"}}}],
+                     "renameByName": {"Value": "fleetwatch exporters"}}}],
                  links=[_link("Tier $tier: drill-down", "fleetwatch-tier", "Latency, KV cache, queue and GPUs of "
                                                                             "this tier"),
                         _link("Tier $tier: plan validation", "fleetwatch-plan", "This tier against its sizing plan")]),
@@ -327,7 +327,7 @@ def fleet_overview() -> dict[str, Any]:
                  "(1 + safety)), recorded by the generated rules (load rules/fleetwatch.rules.yml), "
                  "against the engines deployed (seen in the last hour) and up, from their own up series. A "
                  "recommendation above the deployed count is a scale-up trigger.",
-                 [_target(f"{RECOMMENDED}{{{one}}}", "recommended", "A"),
+                 [_target(for_tiers(f"{RECOMMENDED}{{{one}}}"), "recommended", "A"),
                   # written out: the engines deployed and up in the selected namespaces and models
                   _target(fleet_series()[INSTANCES], "deployed", "B"),
                   _target(fleet_series()[INSTANCES_UP], "up", "C")], "short"), 24, 8)
@@ -350,7 +350,8 @@ def tier_drilldown() -> dict[str, Any]:
                       _target(plan_query(bench), "{{tier}} benchmark", "D")], "s"), 12, 8)
     sel = '{tier=~"$tier", instance=~"$instance"}'
     b.add(_panel("timeseries", "TTFT P99 per instance", "Each selected instance's own TTFT P99, in seconds: an "
-                 "instance far above the others is a mixed-tier or straggler suspect.",
+                 "instance far above the others of its tier is slower than they are: hardware other than the "
+                 "tier's (a mixed pool), or one instance in trouble (thermal throttling, a bad node).",
                  [_target(f"histogram_quantile(0.99, sum by (tier, instance, le) "
                           f"({I.bucket_rate('ttft_seconds', sel).replace('{w}', '$__rate_interval')}))",
                           "{{instance}}", "A")], "s"), 12, 8)
@@ -371,7 +372,8 @@ def tier_drilldown() -> dict[str, Any]:
                  [_target(row_query("kv_cache_utilization_ratio"), "{{tier}}", "A")], "percentunit",
                  _thresholds(_default_band("kv_cache_utilization_ratio"))), 12, 8)
     b.add(_panel("timeseries", "KV cache eviction", "Preemptions (SGLang: retractions) per finished request, in "
-                 "percent: above 5% the KV budget is undersized, above 20% the memory pressure cascade.",
+                 "percent: above 5% the KV budget is undersized; above 20% preempted requests recompute their "
+                 "prompts, which takes more KV cache and preempts more, and every latency climbs.",
                  [_target(row_query("kv_cache_eviction_ratio"), "{{tier}}", "A")], "percentunit",
                  _thresholds(_default_band("kv_cache_eviction_ratio"))), 12, 8)
     b.add(_panel("timeseries", "Queue depth and the Little's Law limit", "Waiting requests summed over the tier, "
@@ -539,7 +541,7 @@ def plan_validation() -> dict[str, Any]:
     b.add(_panel("table", "Resize verdict", "Instances the tier needs (the fleet-size arithmetic, recorded by the generated "
                  "rules) against those deployed, in instances: more needed than deployed is a scale-up; the ScaleUp "
                  "and ScaleDown alerts fire on these two.",
-                 [_target(f"{RECOMMENDED}{{{TIER}}}", "recommended", "A", instant=True, table=True),
+                 [_target(for_tiers(f"{RECOMMENDED}{{{TIER}}}"), "recommended", "A", instant=True, table=True),
                   _target(fleet_series()[INSTANCES], "deployed", "B", instant=True, table=True)],
                  "short"), 12, 8)
     b.add(_panel("table", "Guardrails", "Gateway limits recommended from the observed histograms, in "

@@ -37,6 +37,7 @@ class PanelData:
     x: int = 0
     y: int = 0
     series: list[tuple[str, list[tuple[float, float]]]] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)  # each series' query (its refId), in the same order
     error: str | None = None
 
     @property
@@ -58,6 +59,13 @@ def substitute(expr: str, step: float, tier: str | None = None) -> str:
 def _legend(template: str, labels: dict[str, str]) -> str:
     text = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m[1], ""), template).strip()
     return text or ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "__name__") or "value"
+
+
+def _row(template: str, labels: dict[str, str]) -> str:
+    """A table row's text: its legend, then every label that tells rows apart (a table shows them all)."""
+    words = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("__name__", "job"))
+    legend = re.sub(r"\{\{\s*\w+\s*\}\}", "", template).strip()
+    return f"{legend} {words}".strip() or "value"
 
 
 def all_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,11 +117,14 @@ def fetch(board: dict[str, Any], api: PrometheusApi, start: float, end: float, s
             for t in p.get("targets", []):
                 expr = substitute(t["expr"], step, tier)
                 if p["type"] in ("stat", "table") or t.get("instant"):
-                    d.series += [(_legend(t.get("legendFormat", ""), labels), [(end, v)])
-                                 for labels, v in api.query(expr, end)]
+                    got = [(_row(t.get("legendFormat", ""), labels) if p["type"] == "table"
+                            else _legend(t.get("legendFormat", ""), labels), [(end, v)])
+                           for labels, v in api.query(expr, end)]
                 else:
-                    d.series += [(_legend(t.get("legendFormat", ""), labels), points)
-                                 for labels, points in api.query_range(expr, start, end, step)]
+                    got = [(_legend(t.get("legendFormat", ""), labels), points)
+                           for labels, points in api.query_range(expr, start, end, step)]
+                d.series += got
+                d.refs += [t["refId"]] * len(got)
         except PrometheusError as e:
             d.error = str(e)
         out.append(d)
@@ -156,6 +167,8 @@ def draw(title: str, panels: Sequence[PanelData], path: Path) -> None:
         if d.kind == "row":
             fig.text(0.01, bottom + height / 2, d.title, fontsize=11, fontweight="bold", va="center")
             continue
+        if d.kind in ("timeseries", "xychart", "heatmap"):  # room for the value axis's numbers
+            left, width = left + 0.022, width - 0.024
         ax = fig.add_axes((left, bottom, width, max(height, 0.01)))
         ax.set_title(d.title, fontsize=9, loc="left")
         ax.tick_params(labelsize=6)
@@ -169,7 +182,7 @@ def draw(title: str, panels: Sequence[PanelData], path: Path) -> None:
             ax.text(0.5, 0.45, _number(v, d.unit), ha="center", va="center", fontsize=18, transform=ax.transAxes)
             ax.axis("off")
         elif d.kind == "table":
-            lines = [f"{name[:60]}: {_number(pts[-1][1], d.unit)}" for name, pts in d.series[:8] if pts]
+            lines = [f"{name[:110]}: {_number(pts[-1][1], d.unit)}" for name, pts in d.series[:8] if pts]
             more = len(d.series) - 8
             ax.text(0.01, 0.95, "\n".join(lines) + (f"\n… {more} more" if more > 0 else ""), va="top", fontsize=6,
                     family="monospace", transform=ax.transAxes)
@@ -181,6 +194,19 @@ def draw(title: str, panels: Sequence[PanelData], path: Path) -> None:
             bars = [(le, v - (cumulative[i - 1][1] if i else 0.0)) for i, (le, v) in enumerate(cumulative)]
             ax.bar(range(len(bars)), [v for _, v in bars], color="tab:orange")
             ax.set_xticks(range(len(bars)), [f"{le:g}" for le, _ in bars], rotation=90, fontsize=5)
+        elif d.kind == "xychart":  # the first query's series across, the others' against them, tier by tier
+            first = d.refs[0]
+            across = {name.split()[0]: dict(pts) for (name, pts), ref in zip(d.series, d.refs) if ref == first}
+            for (name, pts), ref in zip(d.series, d.refs):
+                xs = across.get(name.split()[0], {})
+                paired = [(xs[t], v) for t, v in pts if t in xs and ref != first]
+                if paired:
+                    ax.scatter([x for x, _ in paired], [v for _, v in paired], s=4, label=name[:40])
+            ax.set_xlabel(next(name for name, ref in zip((n for n, _ in d.series), d.refs) if ref == first)
+                          .split(" ", 1)[-1], fontsize=6)
+            if d.unit:
+                ax.set_ylabel(d.unit, fontsize=6)
+            ax.legend(fontsize=5, loc="upper left")
         else:
             t0 = min(t for _, pts in d.series for t, _ in pts[:1])
             for name, pts in d.series[:MAX_SERIES]:
