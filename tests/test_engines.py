@@ -58,3 +58,15 @@ def test_a_sidecar_beside_trtllm_finds_it_on_its_default_port(tmp_path: Path) ->
     side = sidecar_config(cfg, "h200", SidecarSettings(engine="trtllm"))
     (t,) = side.tiers["h200"].targets
     assert (t.engine, t.url) == ("trtllm", f"http://127.0.0.1:{engine('trtllm').default_port}/metrics")
+
+
+def test_the_parsers_skip_what_only_the_dashboards_read() -> None:
+    """An input named for the dashboards' PromQL alone costs a scrape nothing: no parser keeps its lines."""
+    dashboards_only = {c for c, i in INPUTS.items() if not i.parsed}
+    assert dashboards_only  # the phase histograms of vLLM V1
+    text = fixture_text("vllm/generated/vllm-0.33.0/snapshot-20.prom")
+    sample = engine("vllm").parse(text)
+    for c in dashboards_only:
+        raw = engine("vllm").names.get(c, ())
+        assert raw and all(n + "_bucket" in text for n in raw), c  # the capture has them
+        assert c not in sample.histograms, c

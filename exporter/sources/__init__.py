@@ -224,6 +224,7 @@ def read_inputs(index: dict[str, list[Sample]], names: Names, *, skip: frozenset
     """Every input the engine exposes (``names``, its table), summed over the engine's own labels,
     first present name first; the parsers handle the inputs in ``skip`` themselves."""
     out = Canonical()
+    names = {c: raw for c, raw in names.items() if INPUTS[c].parsed}
     for canonical, raw in names.items():
         kind = INPUTS[canonical].kind
         if not raw or canonical in skip:
@@ -259,9 +260,12 @@ def process_start(idx: Mapping[str, Sequence[Sample]], gauges: dict[str, float])
 
 def wanted(names: Names, *extra: str) -> frozenset[str]:
     """Every sample name a parser reads: the engine's table (a histogram's as _bucket, _sum and
-    _count) plus ``extra``. The exposition parser skips every other line."""
+    _count; not the inputs only the dashboards read) plus ``extra``. The exposition parser skips every other
+    line."""
     out = set(extra)
     for canonical, raw in names.items():
+        if not INPUTS[canonical].parsed:
+            continue
         for n in raw:
             out |= {n + s for s in ("_bucket", "_sum", "_count")} if INPUTS[canonical].kind == "histogram" else {n}
     return frozenset(out)
