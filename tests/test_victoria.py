@@ -142,13 +142,15 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path) -> N
         assert len(everything) > 2 * engines  # the engines, a sidecar each, and the dcgm-exporters
 
         # the alerts that reach each Alertmanager settle on the same problems, the resize trigger among them
+        # (each tier's own problem among them: a100's KV eviction may fire some seconds after h100's ScaleUp)
+        expected = {("FleetwatchScaleUp", "h100", "critical"), ("FleetwatchKVCacheEvictionHigh", "a100", "critical")}
+
         def agreed() -> set[tuple[str, str, str]] | None:
             a, b = alert_keys(am_prom), alert_keys(am_vm)
-            return a if a == b and ("FleetwatchScaleUp", "h100", "critical") in a else None
+            return a if a == b and expected <= a else None
 
-        settled = wait_until(agreed, 120)
+        settled = wait_until(agreed, 150)
         assert settled, (sorted(alert_keys(am_prom)), sorted(alert_keys(am_vm)))
-        assert ("FleetwatchKVCacheEvictionHigh", "a100", "critical") in settled
 
         # fleetwatch reading either store, at three instants: every row, every status and the resize verdict agree
         worst: dict[str, float] = {}
