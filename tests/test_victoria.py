@@ -9,8 +9,8 @@ only where MetricsQL does by design, and the tolerances say by how much:
 - a recorded series reaches VictoriaMetrics through remote write (vmalert's flush, then
   ``-search.latencyOffset``), so a rule that reads another rule's result sees it a few seconds late, not in the
   same evaluation as Prometheus's rule group does: the chain that ends in the resize verdict settles later;
-- both look back 5 minutes for an instant value, and both honour the stale markers vmagent and Prometheus write
-  when a target goes away.
+- both look back 5 minutes for an instant value (no target goes away in this test: stale markers are not
+  exercised).
 """
 from __future__ import annotations
 
@@ -141,16 +141,25 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path) -> N
         engines = sum(len(t.targets) for t in demo.config.tiers.values())
         assert len(everything) > 2 * engines  # the engines, a sidecar each, and the dcgm-exporters
 
-        # the alerts that reach each Alertmanager settle on the same problems, the resize trigger among them
-        # (each tier's own problem among them: a100's KV eviction may fire some seconds after h100's ScaleUp)
+        # the alerts that reach each Alertmanager agree: each tier's own problem in both (a100's KV eviction may
+        # fire some seconds after h100's ScaleUp), the other tier's in neither, and every alert that fires all
+        # through 20 s in one fires in the other within them (an alert on a band line may flap in one store only,
+        # as the two rate()s differ by a sample's worth)
         expected = {("FleetwatchScaleUp", "h100", "critical"), ("FleetwatchKVCacheEvictionHigh", "a100", "critical")}
-
-        def agreed() -> set[tuple[str, str, str]] | None:
-            a, b = alert_keys(am_prom), alert_keys(am_vm)
-            return a if a == b and expected <= a else None
-
-        settled = wait_until(agreed, 150)
-        assert settled, (sorted(alert_keys(am_prom)), sorted(alert_keys(am_vm)))
+        assert wait_until(lambda: expected <= alert_keys(am_prom) and expected <= alert_keys(am_vm), 150), (
+            sorted(alert_keys(am_prom)), sorted(alert_keys(am_vm)))
+        seen: dict[str, dict[tuple[str, str, str], int]] = {"prometheus": {}, "victoria": {}}
+        looks = 20
+        for _ in range(looks):
+            for name, am in (("prometheus", am_prom), ("victoria", am_vm)):
+                for key in alert_keys(am):
+                    seen[name][key] = seen[name].get(key, 0) + 1
+            time.sleep(1)  # Alertmanager's state, a second apart
+        for one, other in (("prometheus", "victoria"), ("victoria", "prometheus")):
+            steady = {k for k, n in seen[one].items() if n == looks}
+            assert expected <= steady and steady <= set(seen[other]), (one, sorted(steady - set(seen[other])))
+            assert not {("FleetwatchScaleUp", "a100", "critical"),
+                        ("FleetwatchKVCacheEvictionHigh", "h100", "critical")} & set(seen[one]), one
 
         # fleetwatch reading either store, at three instants: every row, every status and the resize verdict agree
         worst: dict[str, float] = {}
