@@ -22,7 +22,7 @@ from . import state
 from .alertmanager import AlertmanagerClient
 from .collector import Snapshot, make_registry
 from .secrets import redact_url
-from .daemon import Pipeline, Server, collect_garbage_rarely, return_freed_memory
+from .daemon import Pipeline, Server, return_freed_memory
 from .evaluate import plan_shortfall
 from .gpus import LOCAL
 from .model import Config, Mode, Report
@@ -173,7 +173,6 @@ def serve(config: Config, *, scraper: Scraper | None = None, stop: threading.Eve
           on_ready: Callable[[Server], None] | None = None, watch: bool = False) -> int:
     """``fleetwatch serve``: until SIGTERM or SIGINT (or ``stop``)."""
     return_freed_memory()
-    collect_garbage_rarely()
     stop = stop or threading.Event()
     with Daemon(config, SERVE, scraper=scraper) as daemon, ExitStack() as view:
         _log_start(daemon)
