@@ -69,3 +69,19 @@ def alertmanager() -> Iterator[Alertmanager]:
     am = Alertmanager(binary("prometheus-alertmanager"))
     yield am
     am.stop()
+
+
+@pytest.fixture
+def alone_on_the_machine() -> Iterator[None]:
+    """Held by the tests whose processes compare their cycles or stores in real time (1,000 targets beside one,
+    two stores beside each other): under xdist they take turns, so that one does not starve the other's cycles
+    on a 2-core machine. A lock file, as the workers are separate processes."""
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "fleetwatch-tests-alone.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waits for the other such test to finish
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

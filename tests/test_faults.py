@@ -200,7 +200,7 @@ def sigterm_and_check(proc: "subprocess.Popen[str]", cycles_before: float) -> st
     return stderr
 
 
-def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path) -> None:
+def test_serve_beside_every_hostile_kind_of_target(tmp_path: Path, alone_on_the_machine: None) -> None:
     texts = snapshots()
     good_alone = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
     good_mixed = FakeTarget(body_fn=lambda n: texts[min(n, 20)])

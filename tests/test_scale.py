@@ -33,7 +33,7 @@ def _rss_kb(pid: int) -> int:
         return int(next(ln.split()[1] for ln in fh if ln.startswith("VmHWM:")))
 
 
-def test_serve_at_1000_targets_with_1_percent_hostile(tmp_path: Path) -> None:
+def test_serve_at_1000_targets_with_1_percent_hostile(tmp_path: Path, alone_on_the_machine: None) -> None:
     texts = snapshots()
     fleet = ReplayFleet(texts)
     alone_target = FakeTarget(body_fn=lambda n: texts[min(n, 20)])

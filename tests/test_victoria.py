@@ -103,7 +103,7 @@ def alert_keys(am: Alertmanager) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.integration
-def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path) -> None:
+def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path, alone_on_the_machine: None) -> None:
     bins = {name: binary(name) for name in ("prometheus", "prometheus-alertmanager", "victoria-metrics", "vmagent",
                                             "vmalert")}
     with ExitStack() as stack:
