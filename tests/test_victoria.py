@@ -142,8 +142,9 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path, alon
         assert len(everything) > 2 * engines  # the engines, a sidecar each, and the dcgm-exporters
 
         # the alerts that reach each Alertmanager agree: each tier's own problem in both (a100's KV eviction may
-        # fire some seconds after h100's ScaleUp, and flap: its ratio runs near the critical line), and every alert that fires all through 20 s in one fires in the other within them
-        # (an alert on a band line may flap in one store only, as the two rate()s differ by a sample's worth)
+        # fire some seconds after h100's ScaleUp, and flap: its ratio runs near the critical line), and every
+        # alert that fires all through 20 s in one fires in the other within them (an alert on a band line may
+        # flap in one store only, as the two rate()s differ by a sample's worth)
         expected = {("FleetwatchScaleUp", "h100", "critical"), ("FleetwatchKVCacheEvictionHigh", "a100", "critical")}
         assert wait_until(lambda: expected <= alert_keys(am_prom) and expected <= alert_keys(am_vm), 150), (
             sorted(alert_keys(am_prom)), sorted(alert_keys(am_vm)))
