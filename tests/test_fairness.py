@@ -78,7 +78,7 @@ def test_a_job_no_worker_started_before_the_deadline_is_not_started_not_failed()
 
 
 @pytest.mark.integration
-def test_900_hanging_targets_never_starve_100_healthy_ones(tmp_path: Path) -> None:
+def test_900_hanging_targets_never_starve_100_healthy_ones(tmp_path: Path, alone_on_the_machine: None) -> None:
     texts = snapshots()
     healthy = ReplayFleet(texts)
     hanging = HangingFleet()
