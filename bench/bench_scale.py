@@ -127,10 +127,12 @@ def one_size(n: int, port: int, fixtures: Path) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     from exporter.collector import make_registry
-    from exporter.daemon import Pipeline
+    from exporter.daemon import Pipeline, collect_garbage_rarely
     from exporter.model import Benchmark, Config, Plan, Slo, Target, TierConfig
     from exporter.scrape import Scraper
 
+    if os.environ.get("FLEETWATCH_BENCH_GC") != "python":  # python: Python's own thresholds, for a comparison
+        collect_garbage_rarely()  # as the serve command does
     before = rss_kb()
     plan = Plan(2, n, 4.1, 24.0 * n / 4, 0.2, Slo(2.0, 0.05), Benchmark(8, 1.2, 0.035, 0.78))
     targets = tuple(Target(f"i{i}", "vllm", f"http://127.0.0.1:{port}/vllm/{i}/metrics",

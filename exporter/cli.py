@@ -625,6 +625,9 @@ def _serve(args: argparse.Namespace) -> int:
             print("fleetwatch: --watch needs a terminal on stdout (not a pipe, not TERM=dumb)", file=sys.stderr)
             return 2
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    from .daemon import collect_garbage_rarely
+
+    collect_garbage_rarely()  # this process runs cycles until it is stopped
     try:
         return serve(cfg, watch=watch)
     except StateLocked as e:
@@ -645,6 +648,9 @@ def _check(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     require_targets(cfg)
+    from .daemon import collect_garbage_rarely
+
+    collect_garbage_rarely()  # two scrapes of every target and an evaluation: as serve's cycle
     window = args.window if args.window is not None else (cfg.window if cfg.prometheus else 15.0)
     sleep: Callable[[float], None] = time.sleep
     if cfg.prometheus is None and sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb":

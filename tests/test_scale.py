@@ -39,7 +39,9 @@ def test_serve_at_1000_targets_with_1_percent_hostile(tmp_path: Path, alone_on_t
     alone_target = FakeTarget(body_fn=lambda n: texts[min(n, 20)])
     hostile = {name: FakeTarget(mode=name) for name in HOSTILE}
     hostile["nan"] = FakeTarget(body_fn=lambda n: _mutated(texts[min(n, 20)], "vllm:num_requests_waiting", "NaN"))
-    extra = f"interval: {INTERVAL:g}s\nwindow: 30s\nscrape_timeout: 8s"
+    # a window longer than the run: each process's fourth cycle holds every scrape it made, captures 0 to 3,
+    # even if a starved cycle ran late and the scheduler skipped a turn (a 30 s window then held 1 to 3)
+    extra = f"interval: {INTERVAL:g}s\nwindow: {(CYCLES + 2) * INTERVAL:g}s\nscrape_timeout: 8s"
     good = [{"vllm": fleet.url(i), "name": f"good-{i}"} for i in range(HEALTHY)]
     bad = [{"vllm": refused_url(), "name": "refused"}] + [{"vllm": t.url, "name": n} for n, t in hostile.items()]
     assert len(good) + len(bad) == 1000 and len(bad) == 10
