@@ -100,6 +100,28 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="time between the two scrapes (default: 15s); with source: prometheus, the window "
                         "evaluated back from now (default: the config's window), with no wait")
 
+    b = sub.add_parser(
+        "backtest", help="replay a stretch of the fleet's history from Prometheus through the plan, one cycle a step",
+        description="Read the fleet's history from a Prometheus (or any engine with its HTTP API) and evaluate it "
+                    "every --step from --from to --to as a live cycle at that time would have: the rows over the "
+                    "window ending there, the resize verdict from the history up to then, the schedule and the "
+                    "findings. Prints, per tier, the time spent above each SLO, when the tier was undersized or in "
+                    "the utilization trap, the instances deployed, recommended and scheduled, GPU-hours and cost, "
+                    "and each --plan set beside the current one on the same traffic.",
+        epilog="times: 2026-11-26T00:00:00Z, 2026-11-26 14:00 (UTC), Unix seconds, now, now-7d\n"
+               "example: fleetwatch backtest -c fleet.yaml --from now-7d --plan h100=plans/h100-b.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--config", "-c", required=True, help="fleet config YAML (its tiers, plans and window)")
+    b.add_argument("--from", dest="start", required=True, metavar="TIME", help="start of the replay")
+    b.add_argument("--to", dest="end", default="now", metavar="TIME", help="end of the replay (default: now)")
+    b.add_argument("--step", type=_duration, default=300.0,
+                   help="time between two replayed cycles (default: 5m)")
+    b.add_argument("--plan", action="append", default=[], metavar="TIER=FILE",
+                   help="also evaluate TIER's traffic against this plan file (repeatable)")
+    b.add_argument("--prometheus", metavar="URL",
+                   help="the Prometheus API to read (default: the config's source.prometheus.url)")
+    b.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
+
     d = sub.add_parser("demo", help="run a simulated two-tier fleet and fleetwatch against it (no GPU needed)",
                        description="Start simulated vLLM instances (4 x H100 TP2, 3 x A100 TP4) and their "
                                    "dcgm-exporters on free loopback ports, run fleetwatch against them every 5s "
@@ -669,9 +691,86 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if report.critical else 0
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .backtest import backtest, format_json, format_table, parse_time
+    from .config import load_plan
+    from .model import Plan, PrometheusSource
+    from .planner.observe import check_url
+    from .sources.prometheus_api import PrometheusApi, PrometheusError
+
+    cfg = load_config(args.config)
+    if args.prometheus:
+        try:
+            check_url(args.prometheus)
+        except ValueError as e:
+            print(f"fleetwatch backtest: --prometheus: {e}", file=sys.stderr)
+            return 2
+        source = cfg.prometheus or PrometheusSource(args.prometheus)
+        cfg = replace(cfg, prometheus=replace(source, url=args.prometheus.rstrip("/")))
+    if cfg.prometheus is None:
+        raise ConfigError(cfg.path, "source", "backtest reads the fleet's history from Prometheus: set "
+                                              "source.prometheus in the config, or pass --prometheus URL")
+    now = time.time()
+    try:
+        start, end = parse_time(args.start, now), parse_time(args.end, now)
+    except ValueError as e:
+        print(f"fleetwatch backtest: --from/--to: {e}", file=sys.stderr)
+        return 2
+    if end <= start:
+        print("fleetwatch backtest: --to must be after --from", file=sys.stderr)
+        return 2
+    alternatives: dict[str, dict[str, Plan]] = {}
+    for item in args.plan:
+        tier, sep, file = item.partition("=")
+        if not sep or not file:
+            print(f"fleetwatch backtest: --plan {item!r}: expected TIER=FILE", file=sys.stderr)
+            return 2
+        if tier not in cfg.tiers:
+            print(f"fleetwatch backtest: --plan {item!r}: the config has no tier {tier!r} (it has "
+                  f"{', '.join(cfg.tiers)})", file=sys.stderr)
+            return 2
+        alternatives.setdefault(tier, {})[os.path.basename(file)] = load_plan(file)
+    verify: bool | str = cfg.ca_file if (cfg.tls_verify and cfg.ca_file) else cfg.tls_verify
+    # a week of a large fleet in one range query takes Prometheus a while; each is still bounded
+    api = PrometheusApi(cfg.prometheus, timeout=RANGE_QUERY_TIMEOUT, max_bytes=RANGE_QUERY_MAX_BYTES, verify=verify)
+    progress = _progress_bar("replaying") if sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb" else None
+    try:
+        result = backtest(cfg, api.query_range, start, end, args.step, alternatives=alternatives, progress=progress)
+    except PrometheusError as e:
+        print(f"fleetwatch backtest: cannot read the history from prometheus: {e.reason}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
+    sys.stdout.write(format_json(result) if args.format == "json" else format_table(result))
+    return 0
+
+
+RANGE_QUERY_TIMEOUT = 120.0  # seconds, per range query
+RANGE_QUERY_MAX_BYTES = 256 * 1024 * 1024  # a week at 5m of per-instance series of a large fleet
+
+
+def _progress_bar(what: str) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr (a terminal only), redrawn at most every percent."""
+    shown = [-1]
+
+    def draw(done: int, total: int) -> None:
+        pct = 100 * done // max(1, total)
+        if pct == shown[0] and done != total:
+            return
+        shown[0] = pct
+        bar = "#" * (pct * 30 // 100)
+        sys.stderr.write(f"\r{what} [{bar:<30}] {pct:3d}% ({done:,} of {total:,} steps)")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return draw
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _serve, "check": _check, "validate-config": _validate_config, "rules": _rules_command,
-    "dashboards": _dashboards, "plan": _plan, "demo": _demo, "inject": _inject,
+    "dashboards": _dashboards, "plan": _plan, "demo": _demo, "inject": _inject, "backtest": _backtest,
 }
 
 if __name__ == "__main__":

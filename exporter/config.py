@@ -508,6 +508,17 @@ def _alerting(c: Reader, v: Any, path: str) -> Alerting:
     return Alerting(for_=for_, runbook_url=url)
 
 
+def load_plan(file: str) -> Plan:
+    """A plan file on its own (``fleetwatch backtest --plan``), validated as a tier's ``plan:`` file is."""
+    c = Reader(file)
+    if not os.path.lexists(file):
+        raise c.err("", "plan file not found")
+    raw = load_yaml(file, "plan", read_text(file, MAX_FILE_BYTES, "plan"))
+    if raw is None:
+        raise c.err("", "the file is empty")
+    return _plan(c, raw, "")
+
+
 def load_config(file: str, *, known_rows: set[str] | None = None) -> Config:
     """Read and validate a fleet config. Raises ConfigError with a one-line message."""
     if known_rows is None:

@@ -88,8 +88,9 @@ def active_targets(agent: VMAgent) -> set[str]:
 
 
 def backed_report(demo: Any, url: str, at: float) -> Report:
-    """What `fleetwatch serve` with ``source: prometheus`` at ``url`` reports at ``at``."""
-    cfg = replace(demo.config, prometheus=PrometheusSource(url, instance_label="pod"),
+    """What `fleetwatch serve` with ``source: prometheus`` at ``url`` reports at ``at``. Its queries get 10 s, not
+    the demo's 0.8 s cycle deadline: this compares answers, and a loaded CI machine slows both stores."""
+    cfg = replace(demo.config, prometheus=PrometheusSource(url, instance_label="pod"), scrape_timeout=10.0,
                   tiers={n: replace(t, targets=()) for n, t in demo.config.tiers.items()})
     reader = PrometheusReader(cfg)
     try:

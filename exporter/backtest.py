@@ -1,0 +1,515 @@
+"""``fleetwatch backtest``: a stored stretch of the fleet's history replayed through the plan, one cycle per
+step, as the Prometheus-backed daemon would have seen it at that time.
+
+Each step asks the backed mode's own questions (exporter/promview.py: the catalogue's PromQL, the instances
+up, the percentiles findings ask). Each question is sent once, as a range query over the whole stretch:
+Prometheus evaluates a range query at every step exactly as an instant query at that time, so what step
+``t`` reads is what a cycle at ``t`` would have read. The resize verdict at ``t`` rests on the history up to
+``t`` only. Pure: the range queries come in through a function; exporter/cli.py gives it the HTTP API.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+from .evaluate import ASKS, HistoryPoint, evaluate, history_step, replay_history
+from .model import Config, Plan, Status, TierReport
+from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
+from .promview import rows as row_values
+from .schedule import annotate
+
+Labels = Mapping[str, str]
+RangeResult = Sequence[tuple[Labels, Sequence[tuple[float, float]]]]
+RangeQuery = Callable[[str, float, float, float], RangeResult]  # (expr, start, end, step)
+
+MAX_POINTS = 10_000  # steps per range query; Prometheus refuses more than 11,000 points per series
+POOL = 8  # range queries at once: the same restraint toward a shared Prometheus as a live cycle's
+SLOS = (("ttft_p99", "ttft_p99_seconds", "TTFT P99"), ("itl_p99", "itl_p99_seconds", "ITL P99"))
+
+
+def step_times(start: float, end: float, step: float) -> list[float]:
+    """The replayed cycles: ``start``, ``start + step``, ... up to ``end``."""
+    n = int(math.floor((end - start) / step + 1e-9))
+    return [start + k * step for k in range(n + 1)]
+
+
+class RangeAnswers:
+    """Every expression's answer at every step of a range, each expression asked once (in ranges of at most
+    MAX_POINTS steps). ``at(t)`` is a cycle's query function at step ``t``. Safe for several threads."""
+
+    def __init__(self, query_range: RangeQuery, start: float, end: float, step: float) -> None:
+        self._query_range = query_range
+        self.start, self.end, self.step = start, end, step
+        self.queries = 0  # range queries sent
+        self._known: dict[str, dict[int, list[tuple[Labels, float]]]] = {}
+        self._failed: dict[str, Exception] = {}
+        self._lock = threading.Lock()
+
+    def _index(self, t: float) -> int:
+        return round((t - self.start) / self.step)
+
+    def _ask(self, expr: str) -> dict[int, list[tuple[Labels, float]]]:
+        out: dict[int, list[tuple[Labels, float]]] = {}
+        s = self.start
+        while s <= self.end + 1e-9:
+            e = min(self.end, s + (MAX_POINTS - 1) * self.step)
+            with self._lock:
+                self.queries += 1
+            for labels, points in self._query_range(expr, s, e, self.step):
+                for ts, v in points:
+                    out.setdefault(self._index(ts), []).append((labels, v))
+            s = e + self.step
+        return out
+
+    def series(self, expr: str) -> dict[int, list[tuple[Labels, float]]]:
+        """``expr`` at every step: step index -> (labels, value) per series."""
+        with self._lock:
+            hit, failed = self._known.get(expr), self._failed.get(expr)
+        if failed is not None:
+            raise failed
+        if hit is not None:
+            return hit
+        try:
+            got = self._ask(expr)
+        except Exception as e:
+            with self._lock:
+                self._failed[expr] = e
+            raise
+        with self._lock:
+            self._known[expr] = got
+        return got
+
+    def at(self, t: float) -> Query:
+        k = self._index(t)
+
+        def query(expr: str) -> Result:
+            return self.series(expr).get(k, [])
+        return query
+
+    def prefetch(self, exprs: Iterable[str]) -> list[Exception]:
+        """Ask ``exprs`` at once on a small pool; the errors (each also raised again where its answer is used)."""
+        errors: list[Exception] = []
+        with ThreadPoolExecutor(max_workers=POOL, thread_name_prefix="promql-range") as pool:
+            for f in [pool.submit(self.series, e) for e in exprs]:
+                try:
+                    f.result()
+                except Exception as e:  # noqa: BLE001 - a failed question leaves its rows unknown, as live
+                    errors.append(e)
+        return errors
+
+
+# ---------------------------------------------------------------- one tier at one step
+
+
+@dataclass(frozen=True)
+class TierStep:
+    """What a cycle at ``at`` concluded for one tier: the figures a backtest summarises and plots."""
+
+    at: float
+    values: Mapping[str, float | None]  # row key -> value
+    statuses: Mapping[str, Status]
+    deployed: int  # instances Prometheus knew (up or not)
+    up: int
+    recommended: int | None
+    action: str
+    scheduled: int | None  # what the learned schedule asked for at that time
+    findings: tuple[str, ...]  # kinds of the findings that were not ok
+    trap: bool  # fleet utilization below its band: the utilization trap
+    error: str | None = None
+
+
+def tier_step(t: float, tr: TierReport) -> TierStep:
+    util = tr.metrics.get("fleet_utilization_ratio")
+    trap = bool(util and util.value is not None and util.band and util.band.warning_below
+                and util.band.warning_below.below(util.value))
+    return TierStep(
+        at=t, values={k: m.value for k, m in tr.metrics.items()}, statuses={k: m.status for k, m in tr.metrics.items()},
+        deployed=tr.instances_total, up=tr.instances_up, recommended=tr.resize.recommended_instances,
+        action=str(tr.resize.action), scheduled=tr.schedule.now if tr.schedule else None,
+        findings=tuple(sorted({f.kind for f in tr.findings if f.status is not Status.OK})), trap=trap, error=tr.error)
+
+
+def _history_until(points: Sequence[HistoryPoint], stamps: Sequence[float], t: float,
+                   keep: float) -> list[HistoryPoint]:
+    lo, hi = bisect.bisect_right(stamps, t - keep), bisect.bisect_right(stamps, t)
+    return list(points[lo:hi])
+
+
+def history_points(config: Config, answers: RangeAnswers) -> dict[str, list[HistoryPoint]]:
+    """Each tier's arrival rate over the stretch and the history before it, with what each point would have
+    recommended: the live mode's history, read once for the whole stretch."""
+    expr, _ = row_queries(config, config.window)["requests_per_second"]
+    by_tier: dict[str, list[tuple[float, float | None]]] = {}
+    for k, result in sorted(answers.series(expr).items()):
+        for labels, v in result:
+            by_tier.setdefault(labels.get("tier", ""), []).append((answers.start + k * answers.step, v))
+    return {name: replay_history(t.plan, by_tier.get(name, [])) for name, t in config.tiers.items()}
+
+
+def replay(config: Config, answers: RangeAnswers, history: Mapping[str, Sequence[HistoryPoint]],
+           progress: Callable[[int, int], None] | None = None) -> dict[str, list[TierStep]]:
+    """Every step of ``answers``'s range, evaluated as a live cycle: tier -> its steps, oldest first."""
+    assert config.prometheus is not None
+    label, seconds = config.prometheus.instance_label, config.window
+    times = step_times(answers.start, answers.end, answers.step)
+    stamps = {n: [p.timestamp for p in pts] for n, pts in history.items()}
+    out: dict[str, list[TierStep]] = {name: [] for name in config.tiers}
+    for i, t in enumerate(times):
+        cycle = Answers(answers.at(t))
+        views = {name: PromTierView(name, cycle, seconds, config.interval, label) for name in config.tiers}
+        rows = row_values(config, cycle, seconds)
+        hist = {n: _history_until(history.get(n, ()), stamps.get(n, []), t, config.history) for n in config.tiers}
+        report = annotate(evaluate(config, views, hist, t, seconds, rows=rows), config, hist, t, {})
+        for name, tr in report.tiers.items():
+            out[name].append(tier_step(t, tr))
+        if progress is not None:
+            progress(i + 1, len(times))
+    return out
+
+
+def questions(config: Config) -> list[str]:
+    """What every replayed cycle asks: sent once each, before the steps are evaluated."""
+    assert config.prometheus is not None
+    return prefetch(config, config.window, config.prometheus.instance_label, ASKS)
+
+
+# ---------------------------------------------------------------- what the steps add up to
+
+
+@dataclass(frozen=True)
+class Period:
+    """A run of consecutive steps where something held: ``start`` to ``end`` (the last such step)."""
+
+    start: float
+    end: float
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"from": self.start, "to": self.end, "detail": self.detail}
+
+
+def periods(steps: Sequence[TierStep], holds: Callable[[TierStep], bool],
+            detail: Callable[[list[TierStep]], str] = lambda run: "") -> list[Period]:
+    out: list[Period] = []
+    run: list[TierStep] = []
+    for s in list(steps) + [None]:
+        if s is not None and holds(s):
+            run.append(s)
+            continue
+        if run:
+            out.append(Period(run[0].at, run[-1].at, detail(run)))
+            run = []
+    return out
+
+
+def curve_at(plan: Plan, field_name: str, per_instance_rps: float) -> tuple[float | None, bool]:
+    """The benchmark's ``field_name`` at ``per_instance_rps`` and whether that load is beyond what the
+    benchmark measured. Interpolated on the curve (with the operating point); below its first point the first
+    point's value (a lighter load is no slower); beyond its last point, (None, True)."""
+    b = plan.benchmark
+    given = {p.rps: v for p in b.curve if (v := getattr(p, field_name)) is not None}
+    given.setdefault(b.usable_rps_per_instance, getattr(b, field_name))
+    pts = sorted(given.items())
+    if per_instance_rps > pts[-1][0] * (1 + 1e-9):
+        return None, True
+    if per_instance_rps <= pts[0][0]:
+        return pts[0][1], False
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= per_instance_rps <= x1:
+            return (y0 if x1 == x0 else y0 + (y1 - y0) * (per_instance_rps - x0) / (x1 - x0)), False
+    return pts[-1][1], False
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """One plan against the replayed traffic: what it would have run, cost, and the minutes its own
+    benchmark curve says the SLO would have been broken at the RPS per instance it would have had."""
+
+    name: str
+    instances: int
+    gpu_hours: float
+    cost_usd: float
+    slo_violation_minutes: float
+    beyond_benchmark_minutes: float  # load past the curve's last point: counted as violating
+    unknown_minutes: float  # steps whose RPS Prometheus could not give
+
+    def as_dict(self) -> dict[str, object]:
+        return {"plan": self.name, "instances": self.instances, "gpu_hours": self.gpu_hours, "cost_usd": self.cost_usd,
+                "slo_violation_minutes": self.slo_violation_minutes,
+                "beyond_benchmark_minutes": self.beyond_benchmark_minutes, "unknown_minutes": self.unknown_minutes}
+
+
+def plan_outcome(name: str, plan: Plan, steps: Sequence[TierStep], step: float) -> PlanOutcome:
+    violating = beyond = unknown = 0.0
+    for s in steps:
+        rps = s.values.get("requests_per_second")
+        if rps is None or not math.isfinite(rps):
+            unknown += step
+            continue
+        per = rps / plan.instances
+        broken = False
+        for fld, _, _ in SLOS:
+            v, past = curve_at(plan, fld, per)
+            if past:
+                beyond += step
+                broken = True
+                break
+            if v is not None and v > getattr(plan.slo, fld):
+                broken = True
+        violating += step if broken else 0.0
+    hours = len(steps) * step / 3600
+    gpu_hours = plan.instances * plan.gpus_per_instance * hours
+    return PlanOutcome(name, plan.instances, gpu_hours, gpu_hours * plan.gpu_hour_cost_usd, violating / 60,
+                       beyond / 60, unknown / 60)
+
+
+@dataclass(frozen=True)
+class TierSummary:
+    tier: str
+    seconds: float  # the stretch the steps stand for
+    steps: int
+    outside_slo_seconds: Mapping[str, float]  # "ttft_p99" / "itl_p99" -> seconds the observed P99 was above it
+    unknown_slo_seconds: Mapping[str, float]
+    undersized: tuple[Period, ...]  # scale_up recommended
+    oversized: tuple[Period, ...]  # scale_down recommended
+    # the window's arrivals above what the instances up could serve (up x the plan's usable RPS): the
+    # moments the tier was short, where the resize verdict sizes for the peak over the whole history
+    over_capacity: tuple[Period, ...]
+    utilization_trap: tuple[Period, ...]
+    findings: Mapping[str, float]  # finding kind -> seconds it was raised
+    deployed: tuple[int, int]  # min, max
+    recommended: tuple[int, int] | None
+    scheduled: tuple[int, int] | None
+    gpu_hours: Mapping[str, float | None]  # used / plan / recommended / schedule
+    cost_usd: Mapping[str, float | None]
+    plans: tuple[PlanOutcome, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"tier": self.tier, "seconds": self.seconds, "steps": self.steps,
+                "outside_slo_seconds": dict(self.outside_slo_seconds),
+                "unknown_slo_seconds": dict(self.unknown_slo_seconds),
+                "undersized": [p.as_dict() for p in self.undersized],
+                "oversized": [p.as_dict() for p in self.oversized],
+                "over_capacity": [p.as_dict() for p in self.over_capacity],
+                "utilization_trap": [p.as_dict() for p in self.utilization_trap],
+                "findings_seconds": dict(self.findings),
+                "instances": {"deployed": list(self.deployed),
+                              "recommended": list(self.recommended) if self.recommended else None,
+                              "scheduled": list(self.scheduled) if self.scheduled else None},
+                "gpu_hours": dict(self.gpu_hours), "cost_usd": dict(self.cost_usd),
+                "plans": [p.as_dict() for p in self.plans]}
+
+
+def _span(xs: Iterable[int | None]) -> tuple[int, int] | None:
+    known = [x for x in xs if x is not None]
+    return (min(known), max(known)) if known else None
+
+
+def _needs(run: list[TierStep]) -> str:
+    top = max(run, key=lambda s: s.recommended or 0)
+    return f"needs {top.recommended}, has {top.deployed}"
+
+
+def _over(s: TierStep, plan: Plan) -> bool:
+    rps = s.values.get("requests_per_second")
+    return rps is not None and math.isfinite(rps) and rps > s.up * plan.benchmark.usable_rps_per_instance
+
+
+def _short(run: list[TierStep]) -> str:
+    top = max(run, key=lambda s: s.values.get("requests_per_second") or 0.0)
+    return f"peak {top.values.get('requests_per_second') or 0:.1f} RPS on {top.up} up"
+
+
+def summarise(tier: str, plan: Plan, steps: Sequence[TierStep], step: float,
+              alternatives: Mapping[str, Plan] | None = None, plan_name: str = "current") -> TierSummary:
+    outside = {fld: 0.0 for fld, _, _ in SLOS}
+    unknown = {fld: 0.0 for fld, _, _ in SLOS}
+    findings: dict[str, float] = {}
+    for s in steps:
+        for fld, key, _ in SLOS:
+            v = s.values.get(key)
+            if v is None or not math.isfinite(v):
+                unknown[fld] += step
+            elif v > getattr(plan.slo, fld):
+                outside[fld] += step
+        for kind in s.findings:
+            findings[kind] = findings.get(kind, 0.0) + step
+    g = plan.gpus_per_instance
+
+    def gpu_hours(counts: Iterable[int | None]) -> float | None:
+        xs = list(counts)
+        if not xs or any(x is None for x in xs):
+            return None
+        return sum(x or 0 for x in xs) * g * step / 3600
+
+    hours = {"used": gpu_hours(s.deployed for s in steps),
+             "plan": plan.instances * g * len(steps) * step / 3600,
+             "recommended": gpu_hours(s.recommended for s in steps),
+             "schedule": gpu_hours(s.scheduled for s in steps)}
+    plans = [plan_outcome(plan_name, plan, steps, step)]
+    plans += [plan_outcome(name, p, steps, step) for name, p in (alternatives or {}).items()]
+    return TierSummary(
+        tier=tier, seconds=len(steps) * step, steps=len(steps), outside_slo_seconds=outside,
+        unknown_slo_seconds=unknown,
+        undersized=tuple(periods(steps, lambda s: s.action == "scale_up", _needs)),
+        oversized=tuple(periods(steps, lambda s: s.action == "scale_down", _needs)),
+        over_capacity=tuple(periods(steps, lambda s: _over(s, plan), _short)),
+        utilization_trap=tuple(periods(steps, lambda s: s.trap)),
+        findings=findings, deployed=_span(s.deployed for s in steps) or (0, 0),
+        recommended=_span(s.recommended for s in steps), scheduled=_span(s.scheduled for s in steps),
+        gpu_hours=hours,
+        cost_usd={k: (v * plan.gpu_hour_cost_usd if v is not None else None) for k, v in hours.items()},
+        plans=tuple(plans))
+
+
+# ---------------------------------------------------------------- the command's input and output
+
+
+def parse_time(text: str, now: float) -> float:
+    """``--from``/``--to``: RFC 3339 or a UTC date and time (2026-11-26T00:00:00Z, 2026-11-26 14:00,
+    2026-11-26), Unix seconds, ``now``, or ``now-7d`` / ``-7d`` (a duration before now)."""
+    from datetime import datetime, timezone
+
+    from .config import parse_duration
+
+    s = text.strip()
+    if s == "now":
+        return now
+    rel = s[3:] if s.startswith("now") else s
+    if rel.startswith("-") and rel[1:2].isdigit() and not rel[1:].replace(".", "", 1).isdigit():
+        return now - parse_duration(rel[1:])
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: use 2026-11-26T00:00:00Z, 2026-11-26 14:00 (UTC), Unix "
+                         f"seconds, now or now-7d") from None
+    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def clock(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")
+
+
+def span_text(seconds: float) -> str:
+    """3h05m, 12m, 45s: a stretch of time as an operator reads it."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    h, m = divmod(s // 60, 60)
+    rest = s % 60
+    out = f"{h}h{m:02d}m" if h else f"{m}m"
+    return out + (f"{rest:02d}s" if rest and not h else "")
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """What ``fleetwatch backtest`` found: per tier, its steps and their summary."""
+
+    start: float
+    end: float
+    step: float
+    window: float
+    steps: Mapping[str, Sequence[TierStep]]
+    tiers: Mapping[str, TierSummary]
+    queries: int  # range queries sent
+    failed: tuple[str, ...] = ()  # questions Prometheus could not answer (their rows are unknown)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"from": self.start, "to": self.end, "step_seconds": self.step, "window_seconds": self.window,
+                "range_queries": self.queries, "failed_queries": list(self.failed),
+                "tiers": {n: s.as_dict() for n, s in self.tiers.items()},
+                "steps": {n: [{"at": s.at, "requests_per_second": s.values.get("requests_per_second"),
+                               "ttft_p99_seconds": s.values.get("ttft_p99_seconds"),
+                               "itl_p99_seconds": s.values.get("itl_p99_seconds"),
+                               "fleet_utilization_ratio": s.values.get("fleet_utilization_ratio"),
+                               "deployed": s.deployed, "up": s.up, "recommended": s.recommended,
+                               "scheduled": s.scheduled, "action": s.action, "findings": list(s.findings)}
+                              for s in steps] for n, steps in self.steps.items()}}
+
+
+def _money(v: float | None) -> str:
+    return "unknown" if v is None else f"${v:,.0f}" if v >= 100 else f"${v:,.2f}"
+
+
+def _hours(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{span_text(part)} ({100 * part / whole:.1f}%)" if whole else span_text(part)
+
+
+def _periods(ps: Sequence[Period], limit: int = 6) -> str:
+    if not ps:
+        return "never"
+    shown = [f"{clock(p.start)} to {clock(p.end)}" + (f" ({p.detail})" if p.detail else "") for p in ps[:limit]]
+    return "; ".join(shown) + (f"; and {len(ps) - limit} more" if len(ps) > limit else "")
+
+
+def format_table(bt: Backtest) -> str:
+    lines = [f"backtest {clock(bt.start)} to {clock(bt.end)} UTC, a cycle every {span_text(bt.step)} over a "
+             f"{span_text(bt.window)} window ({bt.queries} range queries)"]
+    if bt.failed:
+        lines.append(f"  {len(bt.failed)} questions went unanswered; the rows that need them are unknown at "
+                     f"every step")
+    for name, s in bt.tiers.items():
+        lines += ["", f"tier {name}"]
+        for fld, _, title in SLOS:
+            unknown = s.unknown_slo_seconds[fld]
+            lines.append(f"  {title} above the SLO: {_share(s.outside_slo_seconds[fld], s.seconds)}"
+                         + (f", unknown {span_text(unknown)}" if unknown else ""))
+        lines.append(f"  undersized (scale up): {_periods(s.undersized)}")
+        lines.append(f"  oversized (scale down): {_periods(s.oversized)}")
+        lines.append(f"  over capacity (arrivals above what the instances up serve): {_periods(s.over_capacity)}")
+        lines.append(f"  utilization trap (fleet utilization below its band): {_periods(s.utilization_trap)}")
+        if s.findings:
+            lines.append("  findings: " + ", ".join(f"{k} {span_text(v)}" for k, v in sorted(s.findings.items())))
+        rec = f"{s.recommended[0]}-{s.recommended[1]}" if s.recommended else "unknown"
+        sch = f"{s.scheduled[0]}-{s.scheduled[1]}" if s.scheduled else "unknown"
+        dep = str(s.deployed[0]) if s.deployed[0] == s.deployed[1] else f"{s.deployed[0]}-{s.deployed[1]}"
+        lines.append(f"  instances: deployed {dep}, recommended {rec}, scheduled {sch}")
+        lines.append("  GPU-hours: " + ", ".join(f"{k} {_hours(v)}" for k, v in s.gpu_hours.items())
+                     + "; cost: " + ", ".join(f"{k} {_money(v)}" for k, v in s.cost_usd.items()))
+        lines.append("  plans on this traffic (SLO minutes from each plan's benchmark curve at the RPS per "
+                     "instance it would have had):")
+        width = max(len(p.name) for p in s.plans)
+        lines.append(f"    {'plan':<{width}}  instances  GPU-hours      cost  SLO-violation min  beyond benchmark min")
+        for p in s.plans:
+            lines.append(f"    {p.name:<{width}}  {p.instances:>9}  {_hours(p.gpu_hours):>9}  {_money(p.cost_usd):>8}  "
+                         f"{p.slo_violation_minutes:>17.0f}  {p.beyond_benchmark_minutes:>20.0f}")
+    return "\n".join(lines) + "\n"
+
+
+def format_json(bt: Backtest) -> str:
+    import json
+
+    return json.dumps(bt.as_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def backtest(config: Config, query_range: RangeQuery, start: float, end: float, step: float, *,
+             alternatives: Mapping[str, Mapping[str, Plan]] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Backtest:
+    """Replay ``start`` to ``end`` every ``step`` through ``config``'s plans (and ``alternatives``, per tier: plan
+    name -> plan), reading the fleet's history through ``query_range``."""
+    answers = RangeAnswers(query_range, start, end, step)
+    failed = answers.prefetch(questions(config))
+    # the history before the stretch too, as a daemon running then would have held it
+    history = history_points(config, RangeAnswers(query_range, start - config.history, end, history_step(config)))
+    steps = replay(config, answers, history, progress)
+    alternatives = alternatives or {}
+    tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),
+                             plan_name="current" + (f" ({os.path.basename(t.plan_file)})" if t.plan_file else ""))
+             for name, t in config.tiers.items()}
+    return Backtest(start, end, step, config.window, steps, tiers, answers.queries + 1,
+                    tuple(dict.fromkeys(str(e).splitlines()[0] if str(e) else type(e).__name__ for e in failed)))

@@ -1,0 +1,251 @@
+"""`fleetwatch backtest` against a real Prometheus that watched a simulated day.
+
+The day is the demo's engine model on the wall clock, compressed as the demo's days are: an h100 morning
+inside its bands, an undersized afternoon (140% of the tier's usable capacity) and a utilization-trap
+night (15%). Prometheus scrapes it every second with the generated rules loaded and `fleetwatch serve`
+beside it, so the stored history is what a live deployment leaves, with honest timestamps. The backtest
+then replays that stretch, and its findings are checked against the scenario's own timeline and against
+figures the test computes itself from the same series.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+import yaml
+
+from exporter.backtest import Backtest, backtest, curve_at, parse_time, periods, plan_outcome, span_text, TierStep
+from exporter.config import load_plan
+from exporter.demo.fleet import TierBehaviour
+from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
+from exporter.model import PrometheusSource, Status
+from exporter.render.rules import build
+from exporter.sources.prometheus_api import PrometheusApi
+
+from conftest import binary
+from realbins import Prometheus
+from test_e2e import fleet_and_fleetwatch, prometheus_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = ROOT / "exporter" / "demo" / "plans"
+WINDOW, INTERVAL, STEP = 10.0, 1.0, 2.0
+MORNING, AFTERNOON, NIGHT, END = 0.0, 40.0, 85.0, 140.0  # run seconds of the compressed day
+
+
+def h100_load(t: float) -> float:
+    return 0.57 if t < AFTERNOON else 1.4 if t < NIGHT else 0.15
+
+
+DAY = Scenario("day", "h100: a morning in band, an undersized afternoon, a utilization-trap night",
+               "scale_up in the afternoon, the utilization trap at night",
+               {"h100": TierBehaviour(load=h100_load), "a100": TierBehaviour(load=HEALTHY_LOAD["a100"])})
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_parse_time_reads_what_an_operator_types() -> None:
+    now = 1_800_000_000.0
+    assert parse_time("now", now) == now
+    assert parse_time("now-7d", now) == now - 7 * 86400
+    assert parse_time("-90m", now) == now - 5400
+    assert parse_time("1700000000", now) == 1_700_000_000.0
+    assert parse_time("2026-11-26T00:00:00Z", now) == parse_time("2026-11-26", now) == 1795651200.0
+    assert parse_time("2026-11-26 14:00", now) == 1795651200.0 + 14 * 3600
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("yesterday", now)
+
+
+def test_span_text() -> None:
+    assert [span_text(s) for s in (45, 60, 125, 3600 + 5 * 60, 26 * 3600)] == ["45s", "1m", "2m05s", "1h05m", "26h00m"]
+
+
+def _step(at: float, **kw: Any) -> TierStep:
+    base: dict[str, Any] = dict(values={}, statuses={}, deployed=4, up=4, recommended=4, action="hold", scheduled=None,
+                                findings=(), trap=False)
+    return TierStep(at=at, **{**base, **kw})
+
+
+def test_periods_join_consecutive_steps_only() -> None:
+    steps = [_step(t, trap=t in (2, 3, 4, 8)) for t in range(10)]
+    assert [(p.start, p.end) for p in periods(steps, lambda s: s.trap)] == [(2, 4), (8, 8)]
+    assert periods(steps[:2], lambda s: s.trap) == []
+
+
+def test_a_plan_is_read_on_its_own_curve_never_extrapolated() -> None:
+    plan = load_plan(str(PLANS / "h100.yaml"))
+    pts = sorted((p.rps, p.ttft_p99) for p in plan.benchmark.curve if p.ttft_p99 is not None)
+    (x0, y0), (x1, y1) = pts[2], pts[3]
+    mid = (x0 + x1) / 2
+    v, beyond = curve_at(plan, "ttft_p99", mid)
+    assert v == pytest.approx((y0 + y1) / 2) and not beyond
+    assert curve_at(plan, "ttft_p99", pts[0][0] / 2) == (pts[0][1], False)  # a lighter load is no slower
+    assert curve_at(plan, "ttft_p99", pts[-1][0] * 1.01) == (None, True)  # beyond the benchmark
+    # a step whose load is past the curve counts as violating; one step's RPS unknown counts as unknown
+    steps = [_step(0, values={"requests_per_second": pts[-1][0] * plan.instances * 2}),
+             _step(60, values={"requests_per_second": None}),
+             _step(120, values={"requests_per_second": pts[0][0] * plan.instances})]
+    out = plan_outcome("p", plan, steps, 60.0)
+    assert (out.slo_violation_minutes, out.beyond_benchmark_minutes, out.unknown_minutes) == (1.0, 1.0, 1.0)
+    assert out.gpu_hours == pytest.approx(plan.instances * plan.gpus_per_instance * 3 / 60)
+
+
+# ---------------------------------------------------------------- a real Prometheus that watched a day
+
+
+@pytest.fixture(scope="module")
+def watched_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The compressed day, watched live by Prometheus (rules loaded) and fleetwatch: its config, the
+    Prometheus, and the day's start (run second 0) and end as Unix times."""
+    prometheus_bin = binary("prometheus")
+    tmp = tmp_path_factory.mktemp("day")
+    with fleet_and_fleetwatch(DAY, INTERVAL, WINDOW, for_=2.0) as (demo, fleetwatch_url):
+        rules = tmp / "rules"
+        for name, text in build(demo.config, eval_interval="1s").items():
+            (rules / name).parent.mkdir(parents=True, exist_ok=True)
+            (rules / name).write_text(text)
+        prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml"))
+        try:
+            day_start = time.time() - demo.fleet.now  # the fleet's run second 0, on the wall clock
+            while demo.fleet.now < END:  # the day passes on the wall clock: nothing to simulate faster
+                time.sleep(1.0)
+            config = replace(demo.config, prometheus=PrometheusSource(prom.url))
+            yield {"config": config, "prom": prom, "start": day_start, "end": day_start + END, "demo": demo,
+                   "rules": rules}
+        finally:
+            prom.stop()
+
+
+def _replay(day: dict[str, Any], **kw: Any) -> Backtest:
+    cfg = day["config"]
+    api = PrometheusApi(cfg.prometheus, timeout=30, max_bytes=64 << 20)
+    try:
+        return backtest(cfg, api.query_range, day["start"] + WINDOW, day["end"], STEP, **kw)
+    finally:
+        api.close()
+
+
+@pytest.mark.integration
+def test_backtest_finds_the_undersized_afternoon_and_the_night_trap(watched_day: dict[str, Any]) -> None:
+    bt = _replay(watched_day)
+    start = watched_day["start"]
+    h100, a100 = bt.tiers["h100"], bt.tiers["a100"]
+    assert bt.failed == ()
+    # scale-up comes once the window holds afternoon traffic, and not before
+    first_up = min(s.at for s in bt.steps["h100"] if s.action == "scale_up") - start
+    assert AFTERNOON < first_up <= AFTERNOON + WINDOW + 2 * STEP, first_up
+    assert h100.undersized and h100.undersized[0].start - start == first_up
+    assert "needs 7, has 4" in h100.undersized[0].detail, h100.undersized
+    # the traffic of the moment needed more than was deployed: the afternoon, give or take a window
+    over = h100.over_capacity
+    assert len(over) == 1, over
+    assert AFTERNOON < over[0].start - start <= AFTERNOON + WINDOW
+    assert NIGHT < over[0].end - start <= NIGHT + WINDOW + STEP
+    # the night's utilization trap, once the window holds only night traffic
+    trap = h100.utilization_trap
+    assert trap and NIGHT < trap[0].start - start <= NIGHT + WINDOW + 2 * STEP, trap
+    assert trap[-1].end == bt.steps["h100"][-1].at
+    assert all(p.start - start > NIGHT for p in trap), trap
+    # the afternoon broke the TTFT SLO, and only then
+    assert h100.outside_slo_seconds["ttft_p99"] > 0
+    late = [s.at - start for s in bt.steps["h100"]
+            if (v := s.values.get("ttft_p99_seconds")) is not None and v > watched_day["config"].tiers["h100"].plan.slo.ttft_p99]
+    assert late and AFTERNOON < min(late) and max(late) <= NIGHT + WINDOW + STEP, late
+    # a100 was healthy all day: no resize, no trap
+    assert not a100.undersized and not a100.utilization_trap and not a100.over_capacity
+    assert {s.action for s in bt.steps["a100"]} <= {"hold"}, {s.action for s in bt.steps["a100"]}
+    # GPU-hours: the instances Prometheus saw, at the plan's GPUs each, over the steps
+    plan = watched_day["config"].tiers["h100"].plan
+    assert h100.deployed == (4, 4)
+    assert h100.gpu_hours["used"] == pytest.approx(4 * plan.gpus_per_instance * h100.steps * STEP / 3600)
+    # statuses are the live ones: the night's fleet utilization row is below its band
+    night = [s for s in bt.steps["h100"] if s.at - start > NIGHT + WINDOW]
+    assert night and all(s.statuses["fleet_utilization_ratio"] is not Status.OK for s in night)
+
+
+def _hand_rps(day: dict[str, Any], tier: str) -> list[tuple[float, float]]:
+    """The tier's arrival rate at each step, asked of Prometheus by the test's own query (not the catalogue's)."""
+    r = requests.get(day["prom"].url + "/api/v1/query_range", params={
+        "query": f'sum(rate(vllm:request_success_total{{tier="{tier}"}}[{WINDOW:g}s]))',
+        "start": f"{day['start'] + WINDOW:.3f}", "end": f"{day['end']:.3f}", "step": f"{STEP:g}"}, timeout=30)
+    (series,) = r.json()["data"]["result"]
+    return [(float(t), float(v)) for t, v in series["values"]]
+
+
+def _hand_minutes(plan_doc: dict[str, Any], instances: int, rps: list[tuple[float, float]]) -> float:
+    """Minutes the plan's own curve says break the SLO, computed here from the plan file's numbers."""
+    def seconds(v: str) -> float:
+        return float(v[:-2]) / 1000 if v.endswith("ms") else float(v[:-1])
+
+    b, slo = plan_doc["benchmark"], plan_doc["slo"]
+    curve = sorted([(p["rps"], seconds(p["ttft_p99"]), seconds(p["itl_p99"])) for p in b["curve"]]
+                   + [(b["usable_rps_per_instance"], seconds(b["ttft_p99"]), seconds(b["itl_p99"]))])
+    bad = 0
+    for _, total in rps:
+        x = total / instances
+        if x > curve[-1][0]:
+            bad += 1
+            continue
+        for (x0, t0, i0), (x1, t1, i1) in zip([curve[0]] + curve, curve):
+            if x <= x1:
+                f = 0.0 if x1 == x0 or x <= x0 else (x - x0) / (x1 - x0)
+                ttft, itl = t0 + f * (t1 - t0), i0 + f * (i1 - i0)
+                bad += ttft > seconds(slo["ttft_p99"]) or itl > seconds(slo["itl_p99"])
+                break
+    return bad * STEP / 60
+
+
+@pytest.mark.integration
+def test_a_bigger_plan_would_have_held_the_afternoon_at_a_cost(watched_day: dict[str, Any], tmp_path: Path) -> None:
+    doc = yaml.safe_load((PLANS / "h100.yaml").read_text())
+    bigger = {**doc, "instances": 7}
+    (tmp_path / "h100-b.yaml").write_text(yaml.safe_dump(bigger))
+    bt = _replay(watched_day, alternatives={"h100": {"h100-b.yaml": load_plan(str(tmp_path / "h100-b.yaml"))}})
+    current, b = bt.tiers["h100"].plans
+    assert b.name == "h100-b.yaml" and (current.instances, b.instances) == (4, 7)
+    rps = _hand_rps(watched_day, "h100")
+    assert len(rps) == bt.tiers["h100"].steps
+    # by hand: the same series, the plan file's curve, each plan's instance count
+    assert current.slo_violation_minutes == pytest.approx(_hand_minutes(doc, 4, rps), abs=2 * STEP / 60)
+    assert b.slo_violation_minutes == pytest.approx(_hand_minutes(bigger, 7, rps), abs=2 * STEP / 60)
+    assert b.slo_violation_minutes < current.slo_violation_minutes
+    hours = len(rps) * STEP / 3600
+    assert b.gpu_hours == pytest.approx(7 * doc["gpus_per_instance"] * hours)
+    assert current.gpu_hours == pytest.approx(4 * doc["gpus_per_instance"] * hours)
+    assert b.cost_usd == pytest.approx(b.gpu_hours * doc["gpu_hour_cost_usd"]) and b.cost_usd > current.cost_usd
+
+
+@pytest.mark.integration
+def test_the_command_prints_the_table_and_the_json(watched_day: dict[str, Any], tmp_path: Path) -> None:
+    cfg = dict(yaml.safe_load(Path(watched_day["demo"].config_path).read_text()))
+    cfg["source"] = {"prometheus": {"url": watched_day["prom"].url}}
+    for tier in cfg["tiers"].values():
+        tier.pop("targets")
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "h100-b.yaml").write_text(yaml.safe_dump({**yaml.safe_load((PLANS / "h100.yaml").read_text()),
+                                                          "instances": 7}))
+    args = [sys.executable, "-m", "exporter", "backtest", "-c", str(tmp_path / "fleet.yaml"),
+            "--from", f"{watched_day['start'] + WINDOW:.0f}", "--to", f"{watched_day['end']:.0f}", "--step", "2s",
+            "--plan", f"h100={tmp_path / 'h100-b.yaml'}"]
+    table = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    assert "tier h100" in table.stdout and "undersized (scale up): " in table.stdout
+    assert "h100-b.yaml" in table.stdout and "utilization trap" in table.stdout
+    assert "\r" not in table.stderr  # no progress bar off a terminal
+    out = subprocess.run(args + ["--format", "json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["tiers"]["h100"]["undersized"] and doc["tiers"]["h100"]["utilization_trap"]
+    assert [p["plan"] for p in doc["tiers"]["h100"]["plans"]] == ["current (h100.yaml)", "h100-b.yaml"]
+    assert all(math.isfinite(s["deployed"]) for s in doc["steps"]["h100"])
+    # a bad --plan is a usage error, said in one line
+    bad = subprocess.run(args[:-2] + ["--plan", "h200=x.yaml"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "no tier 'h200'" in bad.stderr, bad.stderr
