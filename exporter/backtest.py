@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .evaluate import ASKS, HistoryPoint, evaluate, history_step, replay_history
+from .evaluate import ASKS, HistoryPoint, evaluate, history_step, peak_sample, replay_history
 from .model import Config, Plan, Status, TierReport
 from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
 from .promview import rows as row_values
@@ -141,8 +141,8 @@ def _history_until(points: Sequence[HistoryPoint], stamps: Sequence[float], t: f
 
 
 def history_points(config: Config, answers: RangeAnswers) -> dict[str, list[HistoryPoint]]:
-    """Each tier's arrival rate over the stretch and the history before it, with what each point would have
-    recommended: the live mode's history, read once for the whole stretch."""
+    """Each tier's arrival rate over ``answers``'s range, with what each point would have recommended: what a
+    daemon started at the range's end reads back from Prometheus."""
     expr, _ = row_queries(config, config.window)["requests_per_second"]
     by_tier: dict[str, list[tuple[float, float | None]]] = {}
     for k, result in sorted(answers.series(expr).items()):
@@ -153,20 +153,27 @@ def history_points(config: Config, answers: RangeAnswers) -> dict[str, list[Hist
 
 def replay(config: Config, answers: RangeAnswers, history: Mapping[str, Sequence[HistoryPoint]],
            progress: Callable[[int, int], None] | None = None) -> dict[str, list[TierStep]]:
-    """Every step of ``answers``'s range, evaluated as a live cycle: tier -> its steps, oldest first."""
+    """Every step of ``answers``'s range, evaluated as a live cycle: tier -> its steps, oldest first.
+    ``history`` is what a daemon started at the range's start read back; each step then adds its own point,
+    as each live cycle does."""
     assert config.prometheus is not None
     label, seconds = config.prometheus.instance_label, config.window
     times = step_times(answers.start, answers.end, answers.step)
-    stamps = {n: [p.timestamp for p in pts] for n, pts in history.items()}
+    held = {n: [p for p in history.get(n, ()) if p.timestamp < answers.start] for n in config.tiers}
+    stamps = {n: [p.timestamp for p in pts] for n, pts in held.items()}
     out: dict[str, list[TierStep]] = {name: [] for name in config.tiers}
     for i, t in enumerate(times):
         cycle = Answers(answers.at(t))
         views = {name: PromTierView(name, cycle, seconds, config.interval, label) for name in config.tiers}
         rows = row_values(config, cycle, seconds)
-        hist = {n: _history_until(history.get(n, ()), stamps.get(n, []), t, config.history) for n in config.tiers}
+        hist = {n: _history_until(held[n], stamps[n], t, config.history) for n in config.tiers}
         report = annotate(evaluate(config, views, hist, t, seconds, rows=rows), config, hist, t, {})
         for name, tr in report.tiers.items():
             out[name].append(tier_step(t, tr))
+            if tr.error is None:  # as Pipeline._evaluate appends after each cycle
+                rps = peak_sample(views[name], tr.metrics["requests_per_second"].value, config.window)
+                held[name].append(HistoryPoint(t, rps, tr.resize.recommended_instances))
+                stamps[name].append(t)
         if progress is not None:
             progress(i + 1, len(times))
     return out
@@ -446,6 +453,10 @@ def _hours(v: float | None) -> str:
     return "unknown" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
 
 
+def _minutes(v: float) -> str:
+    return f"{v:,.0f}" if v >= 10 else f"{v:.1f}"
+
+
 def _share(part: float, whole: float) -> str:
     return f"{span_text(part)} ({100 * part / whole:.1f}%)" if whole else span_text(part)
 
@@ -453,7 +464,11 @@ def _share(part: float, whole: float) -> str:
 def _periods(ps: Sequence[Period], limit: int = 6) -> str:
     if not ps:
         return "never"
-    shown = [f"{clock(p.start)} to {clock(p.end)}" + (f" ({p.detail})" if p.detail else "") for p in ps[:limit]]
+    def until(p: Period) -> str:  # the end without its date when it is the start's
+        a, b = clock(p.start), clock(p.end)
+        return b.split(" ", 1)[1] if a.split(" ")[0] == b.split(" ")[0] else b
+
+    shown = [f"{clock(p.start)} to {until(p)}" + (f" ({p.detail})" if p.detail else "") for p in ps[:limit]]
     return "; ".join(shown) + (f"; and {len(ps) - limit} more" if len(ps) > limit else "")
 
 
@@ -487,7 +502,7 @@ def format_table(bt: Backtest) -> str:
         lines.append(f"    {'plan':<{width}}  instances  GPU-hours      cost  SLO-violation min  beyond benchmark min")
         for p in s.plans:
             lines.append(f"    {p.name:<{width}}  {p.instances:>9}  {_hours(p.gpu_hours):>9}  {_money(p.cost_usd):>8}  "
-                         f"{p.slo_violation_minutes:>17.0f}  {p.beyond_benchmark_minutes:>20.0f}")
+                         f"{_minutes(p.slo_violation_minutes):>17}  {_minutes(p.beyond_benchmark_minutes):>20}")
     return "\n".join(lines) + "\n"
 
 
@@ -504,8 +519,9 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
     name -> plan), reading the fleet's history through ``query_range``."""
     answers = RangeAnswers(query_range, start, end, step)
     failed = answers.prefetch(questions(config))
-    # the history before the stretch too, as a daemon running then would have held it
-    history = history_points(config, RangeAnswers(query_range, start - config.history, end, history_step(config)))
+    # the history before the stretch, as a daemon started then would have read it back
+    hstep = history_step(config)
+    history = history_points(config, RangeAnswers(query_range, start - config.history, start - hstep, hstep))
     steps = replay(config, answers, history, progress)
     alternatives = alternatives or {}
     tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),
