@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .alertreplay import FLAPPING_EPISODES, AlertReplay, AlertRule, Firing, Route, evaluate_rule, flapping, notifications
 from .evaluate import ASKS, HistoryPoint, evaluate, history_step, peak_sample, replay_history
 from .model import Config, Plan, Status, TierReport
 from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
@@ -431,11 +432,13 @@ class Backtest:
     tiers: Mapping[str, TierSummary]
     queries: int  # range queries sent
     failed: tuple[str, ...] = ()  # questions Prometheus could not answer (their rows are unknown)
+    alerts: AlertReplay | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"from": self.start, "to": self.end, "step_seconds": self.step, "window_seconds": self.window,
                 "range_queries": self.queries, "failed_queries": list(self.failed),
                 "tiers": {n: s.as_dict() for n, s in self.tiers.items()},
+                "alerts": self.alerts.as_dict() if self.alerts else None,
                 "steps": {n: [{"at": s.at, "requests_per_second": s.values.get("requests_per_second"),
                                "ttft_p99_seconds": s.values.get("ttft_p99_seconds"),
                                "itl_p99_seconds": s.values.get("itl_p99_seconds"),
@@ -503,7 +506,30 @@ def format_table(bt: Backtest) -> str:
         for p in s.plans:
             lines.append(f"    {p.name:<{width}}  {p.instances:>9}  {_hours(p.gpu_hours):>9}  {_money(p.cost_usd):>8}  "
                          f"{_minutes(p.slo_violation_minutes):>17}  {_minutes(p.beyond_benchmark_minutes):>20}")
+    if bt.alerts is not None:
+        lines += [""] + _alert_lines(bt.alerts)
     return "\n".join(lines) + "\n"
+
+
+def _alert_name(labels: Labels | Sequence[tuple[str, str]]) -> str:
+    d = dict(labels)
+    rest = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("alertname",))
+    return f"{d.get('alertname', '?')} {{{rest}}}"
+
+
+def _alert_lines(a: AlertReplay) -> list[str]:
+    lines = [f"alerts: {len(a.episodes)} firing episodes, {len(a.notifications)} notifications Alertmanager would "
+             f"have sent"]
+    for f in a.episodes[:40]:
+        until = f"resolved {clock(f.end)}" if f.end is not None else "still firing at the end"
+        lines.append(f"  {clock(f.start)}  {_alert_name(f.labels)}  {until}")
+    if len(a.episodes) > 40:
+        lines.append(f"  and {len(a.episodes) - 40} more (--format json lists every one)")
+    for k, n in a.flapping.items():
+        lines.append(f"  flapping: {_alert_name(k)} fired {n} times")
+    for rule, why in a.unanswered.items():
+        lines.append(f"  not replayed: {rule}: {why}")
+    return lines
 
 
 def format_json(bt: Backtest) -> str:
@@ -512,8 +538,38 @@ def format_json(bt: Backtest) -> str:
     return json.dumps(bt.as_dict(), indent=2, allow_nan=False) + "\n"
 
 
+def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: float, end: float, *,
+                  route: Route | None = None, flap: int = FLAPPING_EPISODES) -> AlertReplay:
+    """What ``rules`` would have fired from ``start`` to ``end``, and what Alertmanager would have sent.
+    Each expression is one range query at its group's interval, from its ``for:`` before ``start``."""
+    by_interval: dict[float, list[AlertRule]] = {}
+    for r in rules:
+        by_interval.setdefault(r.interval, []).append(r)
+    episodes: list[Firing] = []
+    unanswered: dict[str, str] = {}
+    for interval, group in by_interval.items():
+        # evaluations on multiples of the interval, as far back as the longest for: needs
+        lead = math.ceil(max(r.for_seconds for r in group) / interval) * interval
+        first = math.floor((start - lead) / interval) * interval
+        answers = RangeAnswers(query_range, first, end, interval)
+        for err in answers.prefetch(dict.fromkeys(r.expr for r in group)):
+            del err  # said per rule below
+        times = step_times(first, end, interval)
+        for r in group:
+            try:
+                got = answers.series(r.expr)
+            except Exception as e:  # noqa: BLE001 - one rule Prometheus cannot answer is said, not fatal
+                unanswered[f"{r.name} ({r.labels.get('severity', '')})".replace(" ()", "")] = str(e)[:200]
+                continue
+            episodes += [f for f in evaluate_rule(r, times, got) if f.end is None or f.end > start]
+    episodes.sort(key=lambda f: (f.start, f.labels))
+    return AlertReplay(tuple(episodes), tuple(notifications(episodes, route or Route(), end)),
+                       flapping(episodes, flap), unanswered)
+
+
 def backtest(config: Config, query_range: RangeQuery, start: float, end: float, step: float, *,
              alternatives: Mapping[str, Mapping[str, Plan]] | None = None,
+             rules: Sequence[AlertRule] = (), route: Route | None = None, flap: int = FLAPPING_EPISODES,
              progress: Callable[[int, int], None] | None = None) -> Backtest:
     """Replay ``start`` to ``end`` every ``step`` through ``config``'s plans (and ``alternatives``, per tier: plan
     name -> plan), reading the fleet's history through ``query_range``."""
@@ -527,5 +583,7 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
     tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),
                              plan_name="current" + (f" ({os.path.basename(t.plan_file)})" if t.plan_file else ""))
              for name, t in config.tiers.items()}
+    alerts = replay_alerts(rules, query_range, start, end, route=route, flap=flap) if rules else None
     return Backtest(start, end, step, config.window, steps, tiers, answers.queries + 1,
-                    tuple(dict.fromkeys(str(e).splitlines()[0] if str(e) else type(e).__name__ for e in failed)))
+                    tuple(dict.fromkeys(str(e).splitlines()[0] if str(e) else type(e).__name__ for e in failed)),
+                    alerts)

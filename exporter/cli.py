@@ -17,6 +17,7 @@ from .engines import ENGINES, engine_names
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .alertreplay import AlertRule, Route
     from .model import Config
     from .demo.scenarios import Scenario
     from .model import Slo
@@ -120,7 +121,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="also evaluate TIER's traffic against this plan file (repeatable)")
     b.add_argument("--prometheus", metavar="URL",
                    help="the Prometheus API to read (default: the config's source.prometheus.url)")
+    b.add_argument("--rules", metavar="FILE",
+                   help="the Prometheus rule file whose alerts to replay (default: the rules `fleetwatch rules` "
+                        "generates from the config); a PrometheusRule manifest works too")
+    b.add_argument("--alertmanager-config", metavar="FILE",
+                   help="Alertmanager's config: its root route's group_by and intervals decide the notifications "
+                        "(default: Alertmanager's defaults)")
+    b.add_argument("--flapping", type=int, default=3, metavar="N",
+                   help="an alert that fired more than N times in the replay is listed as flapping (default: 3)")
+    b.add_argument("--no-alerts", action="store_true", help="replay the rows and verdicts only")
     b.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
+    b.add_argument("--report", metavar="DIR",
+                   help="also write DIR/index.html with plots per tier (PNG; needs matplotlib: pip install "
+                        "matplotlib); it opens offline")
 
     d = sub.add_parser("demo", help="run a simulated two-tier fleet and fleetwatch against it (no GPU needed)",
                        description="Start simulated vLLM instances (4 x H100 TP2, 3 x A100 TP4) and their "
@@ -732,19 +745,64 @@ def _backtest(args: argparse.Namespace) -> int:
                   f"{', '.join(cfg.tiers)})", file=sys.stderr)
             return 2
         alternatives.setdefault(tier, {})[os.path.basename(file)] = load_plan(file)
+    rules, route = _backtest_alerting(cfg, args)
+    if args.report:
+        try:
+            import matplotlib  # noqa: F401 - said before the replay, not after it
+        except ImportError:
+            print("fleetwatch backtest --report: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
     verify: bool | str = cfg.ca_file if (cfg.tls_verify and cfg.ca_file) else cfg.tls_verify
     # a week of a large fleet in one range query takes Prometheus a while; each is still bounded
     api = PrometheusApi(cfg.prometheus, timeout=RANGE_QUERY_TIMEOUT, max_bytes=RANGE_QUERY_MAX_BYTES, verify=verify)
     progress = _progress_bar("replaying") if sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb" else None
     try:
-        result = backtest(cfg, api.query_range, start, end, args.step, alternatives=alternatives, progress=progress)
+        result = backtest(cfg, api.query_range, start, end, args.step, alternatives=alternatives, rules=rules,
+                          route=route, flap=args.flapping, progress=progress)
     except PrometheusError as e:
         print(f"fleetwatch backtest: cannot read the history from prometheus: {e.reason}: {e}", file=sys.stderr)
         return 1
     finally:
         api.close()
     sys.stdout.write(format_json(result) if args.format == "json" else format_table(result))
+    if args.report:
+        from pathlib import Path
+
+        from .render.report import write_report
+
+        index = write_report(result, cfg, Path(args.report))
+        print(f"fleetwatch backtest: report written to {index}", file=sys.stderr)
     return 0
+
+
+def _backtest_alerting(cfg: "Config", args: argparse.Namespace) -> tuple[list["AlertRule"], "Route | None"]:
+    """The alerting rules to replay and Alertmanager's root route, from the files named (ConfigError if bad)."""
+    from .alertreplay import alert_rules, route_from
+    from .config import load_yaml
+    from .render.rules import rule_groups
+
+    if args.no_alerts:
+        return [], None
+    if args.rules:
+        doc = load_yaml(args.rules, "rules")
+        if isinstance(doc, dict) and doc.get("kind") == "PrometheusRule":
+            doc = doc.get("spec")
+        if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):
+            raise ConfigError(args.rules, "groups", "expected a Prometheus rule file (groups: [...])")
+        try:
+            rules = alert_rules(doc, cfg.interval)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(args.rules, "groups", f"not a valid rule file: {e}") from None
+    else:
+        rules = alert_rules({"groups": rule_groups(cfg)}, cfg.interval)
+    route = None
+    if args.alertmanager_config:
+        am = load_yaml(args.alertmanager_config, "Alertmanager config")
+        try:
+            route = route_from(am if isinstance(am, dict) else None)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(args.alertmanager_config, "route", f"not a valid route: {e}") from None
+    return rules, route
 
 
 RANGE_QUERY_TIMEOUT = 120.0  # seconds, per range query

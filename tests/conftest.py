@@ -46,6 +46,7 @@ INSTALL = {
     "vmagent": "apt-get install victoria-metrics",
     "vmalert": "apt-get install victoria-metrics",
     "tmux": "apt-get install tmux",
+    "chromium": "apt-get install chromium",
     "openssl": "apt-get install openssl",
     "docker": "apt-get install docker.io, then start dockerd",
     "debootstrap": "apt-get install debootstrap",

@@ -23,7 +23,8 @@ import pytest
 import requests
 import yaml
 
-from exporter.backtest import Backtest, backtest, curve_at, parse_time, periods, plan_outcome, span_text, TierStep
+from exporter.alertreplay import AlertRule, Firing, Route, alert_rules, evaluate_rule, flapping, notifications
+from exporter.backtest import Backtest, TierStep, backtest, curve_at, parse_time, periods, plan_outcome, span_text
 from exporter.config import load_plan
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
@@ -116,12 +117,14 @@ def watched_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         prom = Prometheus(prometheus_bin, prometheus_config(demo, fleetwatch_url, rules / "fleetwatch.rules.yml"))
         try:
             day_start = time.time() - demo.fleet.t  # the fleet's run second 0, on the wall clock
-            watched = time.time()  # Prometheus's first scrapes: a replay starts a window after them
+            # Prometheus's first scrapes: a replay starts two windows after them, as a rate over a window in which
+            # a series begins is not extrapolated to the window's start (it reads low)
+            watched = time.time()
             while demo.fleet.t < END:  # the day passes on the wall clock: nothing to simulate faster
                 time.sleep(1.0)
             config = replace(demo.config, prometheus=PrometheusSource(prom.url))
             yield {"config": config, "prom": prom, "start": day_start, "end": day_start + END, "demo": demo,
-                   "rules": rules, "from": watched + WINDOW + 1}
+                   "rules": rules, "from": watched + 2 * WINDOW}
         finally:
             prom.stop()
 
@@ -176,9 +179,12 @@ def test_backtest_finds_the_undersized_afternoon_and_the_night_trap(watched_day:
 
 
 def _hand_rps(day: dict[str, Any], tier: str) -> list[tuple[float, float]]:
-    """The tier's arrival rate at each step, asked of Prometheus by the test's own query (not the catalogue's)."""
+    """The tier's arrival rate at each step, asked of Prometheus by the test's own query (not the catalogue's):
+    requests completed, plus the growth of those running and waiting, over the window."""
+    sel, w = f'{{tier="{tier}"}}', f"[{WINDOW:g}s]"
     r = requests.get(day["prom"].url + "/api/v1/query_range", params={
-        "query": f'sum(rate(vllm:request_success_total{{tier="{tier}"}}[{WINDOW:g}s]))',
+        "query": f"sum(rate(vllm:request_success_total{sel}{w})) + (sum(delta(vllm:num_requests_running{sel}{w})) + "
+                 f"sum(delta(vllm:num_requests_waiting{sel}{w}))) / {WINDOW:g}",
         "start": f"{day['from']:.3f}", "end": f"{day['end']:.3f}", "step": f"{STEP:g}"}, timeout=30)
     (series,) = r.json()["data"]["result"]
     return [(float(t), float(v)) for t, v in series["values"]]
@@ -253,3 +259,118 @@ def test_the_command_prints_the_table_and_the_json(watched_day: dict[str, Any], 
     # a bad --plan is a usage error, said in one line
     bad = subprocess.run(args[:-2] + ["--plan", "h200=x.yaml"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "no tier 'h200'" in bad.stderr, bad.stderr
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def _rule(for_seconds: float = 2.0) -> AlertRule:
+    return AlertRule("X", "x > 1", for_seconds, {"severity": "warning"}, "g", 1.0)
+
+
+def test_an_alert_fires_after_for_and_resolves_at_the_first_evaluation_without_it() -> None:
+    times = [float(t) for t in range(10)]
+    on = {k: [({"tier": "h100"}, 2.0)] for k in (1, 2, 3, 4, 6, 7)}
+    eps = evaluate_rule(_rule(2.0), times, on)
+    # pending at 1, firing at 3 (2 s later), gone at 5; pending again at 6, never firing before 8 (gone)
+    assert [(f.active_at, f.start, f.end) for f in eps] == [(1.0, 3.0, 5.0)]
+    assert dict(eps[0].labels) == {"alertname": "X", "severity": "warning", "tier": "h100"}
+    # for: 0 fires at the first evaluation; a NaN answer is no answer
+    eps = evaluate_rule(_rule(0.0), times, {**on, 8: [({"tier": "h100"}, float("nan"))]})
+    assert [(f.start, f.end) for f in eps] == [(1.0, 5.0), (6.0, 8.0)]
+    # still firing at the end
+    assert evaluate_rule(_rule(0.0), times, {9: [({}, 1.0)]})[0].end is None
+
+
+def _episode(start: float, end: float | None, **labels: str) -> Firing:
+    return Firing(tuple(sorted({"alertname": "X", **labels}.items())), start, start, end)
+
+
+def test_notifications_follow_group_wait_group_interval_and_repeat_interval() -> None:
+    route = Route(group_by=("alertname",), group_wait=10, group_interval=60, repeat_interval=300)
+    a, b = _episode(0, 200, tier="h100"), _episode(30, None, tier="a100")
+    sent = notifications([a, b], route, end=1000)
+    # first flush at group_wait with the one firing; b joins at the next group_interval; a's resolution at the
+    # first flush after 200; then b alone again every repeat_interval
+    assert [(n.at, len(n.firing), len(n.resolved)) for n in sent] == [
+        (10, 1, 0), (70, 2, 0), (250, 1, 1), (550, 1, 0), (850, 1, 0)]
+    # grouped by every label ('...'), each alert is its own group
+    each = notifications([a, b], Route(group_by=None, group_wait=10, group_interval=60, repeat_interval=300), 100)
+    assert sorted((n.at, n.firing[0]) for n in each) == [(10, a.labels), (40, b.labels)]
+    assert flapping([_episode(t, t + 1) for t in range(5)], more_than=3) == {a.labels[:1]: 5}
+
+
+def _alerts_fired(prom: Prometheus, start: float, end: float) -> dict[tuple[tuple[str, str], ...], list[float]]:
+    """Prometheus's own ALERTS series over the range: each firing identity and the times it was firing."""
+    r = requests.get(prom.url + "/api/v1/query_range", params={
+        "query": 'ALERTS{alertstate="firing"}', "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"}, timeout=30)
+    out = {}
+    for s in r.json()["data"]["result"]:
+        labels = {k: v for k, v in s["metric"].items() if k not in ("__name__", "alertstate")}
+        out[tuple(sorted(labels.items()))] = [float(t) for t, _ in s["values"]]
+    return out
+
+
+@pytest.mark.integration
+def test_the_replayed_alerts_are_those_prometheus_fired_live(watched_day: dict[str, Any]) -> None:
+    rules = alert_rules(yaml.safe_load((watched_day["rules"] / "fleetwatch.rules.yml").read_text()))
+    assert {r.interval for r in rules} == {INTERVAL}
+    start, end = watched_day["from"], watched_day["end"] - 2  # the last seconds: both have evaluated them
+    bt = _replay(watched_day, rules=rules)
+    assert bt.alerts is not None and not bt.alerts.unanswered
+    replayed = [f for f in bt.alerts.episodes if f.start <= end]
+    live = _alerts_fired(watched_day["prom"], start, end)
+    # exactly the alerts Prometheus fired over the same stretch, by name and labels
+    assert {f.labels for f in replayed} == set(live), (sorted({f.labels for f in replayed} ^ set(live)))
+    assert any(dict(k)["alertname"] == "FleetwatchScaleUp" and dict(k)["tier"] == "h100" for k in live)
+    assert any(dict(k)["alertname"] == "FleetwatchUtilizationTrap" and dict(k)["tier"] == "h100" for k in live)
+    # and at the same times, within an evaluation interval either way (the live group's phase is its own)
+    for f in replayed:
+        seen = live[f.labels]
+        assert any(abs(t - max(f.start, start)) <= INTERVAL + 1 for t in seen), (f, seen[:5])
+        if f.end is not None and f.end <= end:
+            assert any(abs(t - (f.end - INTERVAL)) <= INTERVAL + 1 for t in seen), (f, seen[-5:])
+
+
+# ---------------------------------------------------------------- the report
+
+
+CHECKER = """<!doctype html><html><body><iframe id="f" src="report/index.html"></iframe><pre id="out">pending</pre>
+<script>document.getElementById("f").addEventListener("load", function () {
+  document.getElementById("out").textContent = JSON.stringify(Array.from(this.contentDocument.images).map(
+    function (i) { return [i.getAttribute("src"), i.complete, i.naturalWidth, i.naturalHeight]; }));
+});</script></body></html>"""
+
+
+def _images_in_chromium(chromium: str, page_dir: Path) -> list[list[Any]]:
+    """Every <img> of page_dir/report/index.html as headless Chromium loaded it: [src, complete, width, height]."""
+    (page_dir / "check.html").write_text(CHECKER)
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=5000", "--dump-dom", (page_dir / "check.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="out">(.*?)</pre>', out.stdout, re.S)
+    assert m and m[1] != "pending", (out.stdout[-2000:], out.stderr[-2000:])
+    return list(json.loads(m[1]))
+
+
+@pytest.mark.integration
+def test_the_report_opens_offline_with_every_plot(watched_day: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from exporter.render.report import write_report
+
+    chromium = binary("chromium")
+    rules = alert_rules(yaml.safe_load((watched_day["rules"] / "fleetwatch.rules.yml").read_text()))
+    doc = yaml.safe_load((PLANS / "h100.yaml").read_text())
+    (tmp_path / "h100-b.yaml").write_text(yaml.safe_dump({**doc, "instances": 7}))
+    bt = _replay(watched_day, rules=rules, alternatives={"h100": {"h100-b.yaml": load_plan(str(tmp_path / "h100-b.yaml"))}})
+    index = write_report(bt, watched_day["config"], tmp_path / "report")
+    text = index.read_text()
+    assert "http://" not in text and "https://" not in text  # nothing to fetch: it opens offline
+    assert "h100-b.yaml" in text and "FleetwatchScaleUp" in text
+    images = _images_in_chromium(chromium, tmp_path)
+    # three plots per tier, each loaded and drawn at its size
+    assert len(images) == 3 * len(bt.tiers), images
+    assert all(complete and w > 400 and h > 100 for _, complete, w, h in images), images
+    # the check can fail: a missing plot is reported as not loaded
+    (tmp_path / "report" / images[0][0]).unlink()
+    assert _images_in_chromium(chromium, tmp_path)[0][2] == 0
