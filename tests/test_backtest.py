@@ -162,11 +162,11 @@ def test_backtest_finds_the_undersized_afternoon_and_the_night_trap(watched_day:
     assert trap and NIGHT < trap[0].start - start <= NIGHT + WINDOW + 2 * STEP, trap
     assert trap[-1].end == bt.steps["h100"][-1].at
     assert all(p.start - start > NIGHT for p in trap), trap
-    # the afternoon broke the TTFT SLO, and only then
+    # the afternoon broke the TTFT SLO; not before, and it cleared once the night drained the afternoon's queue
     assert h100.outside_slo_seconds["ttft_p99"] > 0
     late = [s.at - start for s in bt.steps["h100"]
             if (v := s.values.get("ttft_p99_seconds")) is not None and v > watched_day["config"].tiers["h100"].plan.slo.ttft_p99]
-    assert late and AFTERNOON < min(late) and max(late) <= NIGHT + WINDOW + STEP, late
+    assert late and AFTERNOON < min(late) and max(late) < END - 2 * WINDOW, late
     # a100 was healthy all day: no resize, no trap
     assert not a100.undersized and not a100.utilization_trap and not a100.over_capacity
     assert {s.action for s in bt.steps["a100"]} <= {"hold"}, {s.action for s in bt.steps["a100"]}
