@@ -14,6 +14,7 @@ Notifications follow Alertmanager's grouping at the root route: a group's first 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +33,17 @@ class AlertRule:
     labels: Mapping[str, str]
     group: str
     interval: float
+
+
+def recordings(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The series the recording rules of a rule file write, and the expression each records."""
+    return {str(r["record"]): str(r["expr"]) for g in doc.get("groups") or [] for r in g.get("rules") or []
+            if "record" in r}
+
+
+def reads(rule: AlertRule, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` (recorded series) ``rule``'s expression reads."""
+    return [n for n in names if re.search(r"(?<![\w:])" + re.escape(n) + r"(?![\w:])", rule.expr)]
 
 
 def alert_rules(doc: Mapping[str, Any], default_interval: float = 60.0) -> list[AlertRule]:

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .alertreplay import FLAPPING_EPISODES, AlertReplay, AlertRule, Firing, Route, evaluate_rule, flapping, notifications
+from .alertreplay import (FLAPPING_EPISODES, AlertReplay, AlertRule, Firing, Route, evaluate_rule, flapping,
+                          notifications, reads)
 from .evaluate import ASKS, HistoryPoint, evaluate, history_step, peak_sample, replay_history
 from .model import Config, Plan, Status, TierReport
 from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
@@ -507,7 +508,7 @@ def format_table(bt: Backtest) -> str:
             lines.append(f"    {p.name:<{width}}  {p.instances:>9}  {_hours(p.gpu_hours):>9}  {_money(p.cost_usd):>8}  "
                          f"{_minutes(p.slo_violation_minutes):>17}  {_minutes(p.beyond_benchmark_minutes):>20}")
     if bt.alerts is not None:
-        lines += [""] + _alert_lines(bt.alerts)
+        lines += [""] + _alert_lines(bt.alerts, bt.start)
     return "\n".join(lines) + "\n"
 
 
@@ -517,18 +518,19 @@ def _alert_name(labels: Labels | Sequence[tuple[str, str]]) -> str:
     return f"{d.get('alertname', '?')} {{{rest}}}"
 
 
-def _alert_lines(a: AlertReplay) -> list[str]:
+def _alert_lines(a: AlertReplay, start: float) -> list[str]:
     lines = [f"alerts: {len(a.episodes)} firing episodes, {len(a.notifications)} notifications Alertmanager would "
              f"have sent"]
     for f in a.episodes[:40]:
         until = f"resolved {clock(f.end)}" if f.end is not None else "still firing at the end"
-        lines.append(f"  {clock(f.start)}  {_alert_name(f.labels)}  {until}")
+        since = "" if f.start >= start else f" (firing since {clock(f.start)}, before the replay)"
+        lines.append(f"  {clock(max(f.start, start))}  {_alert_name(f.labels)}  {until}{since}")
     if len(a.episodes) > 40:
         lines.append(f"  and {len(a.episodes) - 40} more (--format json lists every one)")
     for k, n in a.flapping.items():
         lines.append(f"  flapping: {_alert_name(k)} fired {n} times")
     for rule, why in a.unanswered.items():
-        lines.append(f"  not replayed: {rule}: {why}")
+        lines.append(f"  {rule}: {why}" if why.startswith("replayed") else f"  not replayed: {rule}: {why}")
     return lines
 
 
@@ -538,15 +540,58 @@ def format_json(bt: Backtest) -> str:
     return json.dumps(bt.as_dict(), indent=2, allow_nan=False) + "\n"
 
 
+COVERAGE_POINTS = 200  # steps of the check that a recorded series exists over the stretch
+
+
+def _coverage(expr: str, query_range: RangeQuery, start: float, end: float) -> float:
+    """The share of the stretch's coarse steps at which ``expr`` has a value."""
+    step = max(1.0, (end - start) / COVERAGE_POINTS)
+    got = query_range(f"count({expr})", start, end, step)
+    return max((len(points) for _, points in got), default=0) / len(step_times(start, end, step))
+
+
+def unrecorded(recorded: Mapping[str, str], query_range: RangeQuery, start: float, end: float) -> dict[str, float]:
+    """Recorded series that Prometheus holds for less of ``start`` to ``end`` than their recording rule's
+    expression has data: name -> the share of the stretch missing (1.0: never recorded; the rules were not
+    loaded then). A series whose expression has no data either is not missing: an alert on it could not fire."""
+    out = {}
+    for name, expr in recorded.items():
+        have = _coverage(f'{{__name__="{name}"}}', query_range, start, end)
+        if have < 1.0:
+            could = _coverage(expr, query_range, start, end)
+            if could > have + 1e-9:
+                out[name] = could - have
+    return out
+
+
+def rule_title(r: AlertRule) -> str:
+    return f"{r.name} ({r.labels['severity']})" if r.labels.get("severity") else r.name
+
+
 def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: float, end: float, *,
-                  route: Route | None = None, flap: int = FLAPPING_EPISODES) -> AlertReplay:
+                  route: Route | None = None, flap: int = FLAPPING_EPISODES, recorded: Mapping[str, str] | None = None
+                  ) -> AlertReplay:
     """What ``rules`` would have fired from ``start`` to ``end``, and what Alertmanager would have sent.
-    Each expression is one range query at its group's interval, from its ``for:`` before ``start``."""
-    by_interval: dict[float, list[AlertRule]] = {}
-    for r in rules:
-        by_interval.setdefault(r.interval, []).append(r)
+    Each expression is one range query at its group's interval, from its ``for:`` before ``start``. A rule
+    that reads a series of ``recorded`` (the recording rules' output) which Prometheus never recorded over
+    the stretch, though its inputs were there, is not replayed, and said: its alerts would look like silence."""
     episodes: list[Firing] = []
     unanswered: dict[str, str] = {}
+    recorded = recorded or {}
+    names = {n for r in rules for n in reads(r, list(recorded))}
+    missing = unrecorded({n: e for n, e in recorded.items() if n in names}, query_range, start, end)
+    by_interval: dict[float, list[AlertRule]] = {}
+    for r in rules:
+        gone = [n for n in reads(r, list(missing)) if missing[n] > 0.99]
+        if gone:
+            unanswered[rule_title(r)] = (f"reads {gone[0]}, which Prometheus did not record over the stretch though "
+                                         f"its inputs were there: were the recording rules loaded then?")
+            continue
+        partly = reads(r, list(missing))
+        if partly:
+            unanswered[rule_title(r)] = (f"replayed, but {partly[0]} was not recorded for {100 * missing[partly[0]]:.0f}% "
+                                         f"of the stretch where its inputs were: no alert there")
+        by_interval.setdefault(r.interval, []).append(r)
     for interval, group in by_interval.items():
         # evaluations on multiples of the interval, as far back as the longest for: needs
         lead = math.ceil(max(r.for_seconds for r in group) / interval) * interval
@@ -559,7 +604,7 @@ def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: fl
             try:
                 got = answers.series(r.expr)
             except Exception as e:  # noqa: BLE001 - one rule Prometheus cannot answer is said, not fatal
-                unanswered[f"{r.name} ({r.labels.get('severity', '')})".replace(" ()", "")] = str(e)[:200]
+                unanswered[rule_title(r)] = str(e)[:200]
                 continue
             episodes += [f for f in evaluate_rule(r, times, got) if f.end is None or f.end > start]
     episodes.sort(key=lambda f: (f.start, f.labels))
@@ -569,7 +614,8 @@ def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: fl
 
 def backtest(config: Config, query_range: RangeQuery, start: float, end: float, step: float, *,
              alternatives: Mapping[str, Mapping[str, Plan]] | None = None,
-             rules: Sequence[AlertRule] = (), route: Route | None = None, flap: int = FLAPPING_EPISODES,
+             rules: Sequence[AlertRule] = (), recorded: Mapping[str, str] | None = None, route: Route | None = None,
+             flap: int = FLAPPING_EPISODES,
              progress: Callable[[int, int], None] | None = None) -> Backtest:
     """Replay ``start`` to ``end`` every ``step`` through ``config``'s plans (and ``alternatives``, per tier: plan
     name -> plan), reading the fleet's history through ``query_range``."""
@@ -583,7 +629,7 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
     tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),
                              plan_name="current" + (f" ({os.path.basename(t.plan_file)})" if t.plan_file else ""))
              for name, t in config.tiers.items()}
-    alerts = replay_alerts(rules, query_range, start, end, route=route, flap=flap) if rules else None
+    alerts = replay_alerts(rules, query_range, start, end, route=route, flap=flap, recorded=recorded) if rules else None
     return Backtest(start, end, step, config.window, steps, tiers, answers.queries + 1,
                     tuple(dict.fromkeys(str(e).splitlines()[0] if str(e) else type(e).__name__ for e in failed)),
                     alerts)

@@ -745,7 +745,7 @@ def _backtest(args: argparse.Namespace) -> int:
                   f"{', '.join(cfg.tiers)})", file=sys.stderr)
             return 2
         alternatives.setdefault(tier, {})[os.path.basename(file)] = load_plan(file)
-    rules, route = _backtest_alerting(cfg, args)
+    rules, recorded, route = _backtest_alerting(cfg, args)
     if args.report:
         try:
             import matplotlib  # noqa: F401 - said before the replay, not after it
@@ -758,7 +758,7 @@ def _backtest(args: argparse.Namespace) -> int:
     progress = _progress_bar("replaying") if sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb" else None
     try:
         result = backtest(cfg, api.query_range, start, end, args.step, alternatives=alternatives, rules=rules,
-                          route=route, flap=args.flapping, progress=progress)
+                          recorded=recorded, route=route, flap=args.flapping, progress=progress)
     except PrometheusError as e:
         print(f"fleetwatch backtest: cannot read the history from prometheus: {e.reason}: {e}", file=sys.stderr)
         return 1
@@ -775,26 +775,28 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backtest_alerting(cfg: "Config", args: argparse.Namespace) -> tuple[list["AlertRule"], "Route | None"]:
-    """The alerting rules to replay and Alertmanager's root route, from the files named (ConfigError if bad)."""
-    from .alertreplay import alert_rules, route_from
+def _backtest_alerting(cfg: "Config", args: argparse.Namespace
+                       ) -> tuple[list["AlertRule"], dict[str, str], "Route | None"]:
+    """The alerting rules to replay, the series their recording rules write, and Alertmanager's root route, from
+    the files named (ConfigError if bad)."""
+    from .alertreplay import alert_rules, recordings, route_from
     from .config import load_yaml
     from .render.rules import rule_groups
 
     if args.no_alerts:
-        return [], None
+        return [], {}, None
     if args.rules:
         doc = load_yaml(args.rules, "rules")
         if isinstance(doc, dict) and doc.get("kind") == "PrometheusRule":
             doc = doc.get("spec")
         if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):
             raise ConfigError(args.rules, "groups", "expected a Prometheus rule file (groups: [...])")
-        try:
-            rules = alert_rules(doc, cfg.interval)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(args.rules, "groups", f"not a valid rule file: {e}") from None
     else:
-        rules = alert_rules({"groups": rule_groups(cfg)}, cfg.interval)
+        doc = {"groups": rule_groups(cfg)}
+    try:
+        rules, recorded = alert_rules(doc, cfg.interval), recordings(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(args.rules or cfg.path, "groups", f"not a valid rule file: {e}") from None
     route = None
     if args.alertmanager_config:
         am = load_yaml(args.alertmanager_config, "Alertmanager config")
@@ -802,7 +804,7 @@ def _backtest_alerting(cfg: "Config", args: argparse.Namespace) -> tuple[list["A
             route = route_from(am if isinstance(am, dict) else None)
         except (TypeError, ValueError) as e:
             raise ConfigError(args.alertmanager_config, "route", f"not a valid route: {e}") from None
-    return rules, route
+    return rules, recorded, route
 
 
 RANGE_QUERY_TIMEOUT = 120.0  # seconds, per range query
