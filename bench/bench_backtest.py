@@ -58,50 +58,57 @@ def day_shape(t: float) -> float:
     return 0.75 - 0.45 * math.cos(2 * math.pi * ((t % 86400) - 4 * 3600) / 86400)
 
 
-def openmetrics(path: Path, days: float, scrape: float, per_tier: int, sim_seconds: float, end: float) -> int:
-    """Write the week as OpenMetrics (one series after another, families together); the samples written."""
+BLOCK = 7200.0  # promtool writes 2 h blocks, and reads its whole input for each: one input file per block
+
+
+def openmetrics(out_dir: Path, days: float, scrape: float, per_tier: int, sim_seconds: float, end: float
+                ) -> list[Path]:
+    """Write the week as OpenMetrics, one file per 2 h block (series one after another, families together):
+    the files, oldest first."""
     stamps, sim = simulate(sim_seconds / 3600, scrape)
     sim["h200"] = sim["h100"]
     wanted = read_by_backtest()
     n = int(days * 86400 / scrape)
     times = [end - (n - k) * scrape for k in range(1, n + 1)]
     shape = [day_shape(t) for t in times]
-    families: dict[str, list[str]] = {}
+    series: list[tuple[str, str, list[float]]] = []  # (name, labels, one simulated engine's values)
     for ti, tier in enumerate(sorted(sim)):
         for i in range(per_tier):
             engine, _ = sim[tier][i % len(sim[tier])]
             labels = f'tier="{tier}",namespace="llm",pod="{tier}-vllm-{i}",job="llm-engines",' \
                      f'instance="10.{ti}.{i // 250}.{i % 250}:8000"'
-            families.setdefault("up", []).append(labels)
+            series.append(("up", labels, [1.0]))
             for (name, lab), values in engine.items():
                 if name in wanted and len(values) == len(stamps):
                     inner = ",".join(f'{k}="{v}"' for k, v in lab if k not in ("tier", "pod", "namespace", "instance",
                                                                                   "job"))
-                    families.setdefault(name, []).append((inner + "," if inner else "") + labels + "\x00" +
-                                                         ",".join(map(repr, values)))
-    written = 0
-    with path.open("w") as out:
-        for name, series in families.items():
-            for s in series:
-                labels, _, raw = s.partition("\x00")
-                values = [float(v) for v in raw.split(",")] if raw else []
-                counter = bool(COUNTER.search(name))
-                lines = []
+                    series.append((name, (inner + "," if inner else "") + labels, values))
+    series.sort(key=lambda s: s[0])  # a family's series together
+    totals = [values[0] for _, _, values in series]  # each counter's running value, carried across files
+    files: list[Path] = []
+    k = 0
+    while k < n:
+        block_end = (math.floor(times[k] / BLOCK) + 1) * BLOCK
+        ks = [j for j in range(k, n) if times[j] < block_end]
+        path = out_dir / f"part-{len(files):04d}.om"
+        with path.open("w") as out:
+            for idx, (name, labels, values) in enumerate(series):
                 if name == "up":
-                    lines = [f"up{{{labels}}} 1 {t:.0f}\n" for t in times]
-                elif counter:
+                    out.writelines(f"up{{{labels}}} 1 {times[j]:.0f}\n" for j in ks)
+                elif COUNTER.search(name):
                     incs = [max(0.0, b - a) for a, b in zip(values, values[1:])] or [0.0]
-                    total = values[0]
-                    for k, t in enumerate(times):
-                        total += incs[k % len(incs)] * shape[k]
-                        lines.append(f"{name}{{{labels}}} {total:.6g} {t:.0f}\n")
+                    total = totals[idx]
+                    for j in ks:
+                        total += incs[j % len(incs)] * shape[j]
+                        out.write(f"{name}{{{labels}}} {total:.6g} {times[j]:.0f}\n")
+                    totals[idx] = total
                 else:
-                    lines = [f"{name}{{{labels}}} {values[k % len(values)] * shape[k]:.6g} {t:.0f}\n"
-                             for k, t in enumerate(times)]
-                out.writelines(lines)
-                written += len(lines)
-        out.write("# EOF\n")
-    return written
+                    out.writelines(f"{name}{{{labels}}} {values[j % len(values)] * shape[j]:.6g} {times[j]:.0f}\n"
+                                   for j in ks)
+            out.write("# EOF\n")
+        files.append(path)
+        k = ks[-1] + 1
+    return files
 
 
 def write_config(work: Path, url: str, window: float) -> Path:
@@ -145,15 +152,16 @@ def main() -> None:
         cache.mkdir(parents=True)
         end = math.floor(time.time() / 3600) * 3600 - 3 * 3600  # whole hours, clear of Prometheus's head block
         t0 = time.perf_counter()
-        om = cache / "week.om"
-        samples = openmetrics(om, args.days, args.scrape, args.instances, args.sim, end)
-        print(f"wrote {samples:,} samples ({om.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t0:.0f} s",
+        files = openmetrics(cache, args.days, args.scrape, args.instances, args.sim, end)
+        size = sum(f.stat().st_size for f in files)
+        print(f"wrote {len(files)} OpenMetrics files ({size / 2**20:,.0f} MiB) in {time.perf_counter() - t0:.0f} s",
               flush=True)
         t0 = time.perf_counter()
-        subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)], check=True,
-                       stdout=subprocess.DEVNULL)
+        for f in files:
+            subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(f), str(data)], check=True,
+                           stdout=subprocess.DEVNULL)
+            f.unlink()
         print(f"promtool made the blocks in {time.perf_counter() - t0:.0f} s", flush=True)
-        om.unlink()
         end_file.write_text(str(end))
     end_at = float(end_file.read_text())
     port = 19390 + os.getpid() % 500
@@ -178,7 +186,7 @@ def main() -> None:
         check = run(base + ["backtest", "-c", str(config), "--from", f"{end_at - 1:.0f}", "--to", f"{end_at:.0f}", "--format",
                             "json"], prom.pid)
         bt = run(base + ["backtest", "-c", str(config), "--from", f"{start:.0f}", "--to", f"{end_at:.0f}", "--step",
-                         f"{args.step:g}", "--format", "json"], prom.pid)
+                         f"{args.step:g}s", "--format", "json"], prom.pid)
         import json
 
         doc = json.loads(str(bt["stdout"]))

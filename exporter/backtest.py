@@ -15,7 +15,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .alertreplay import (FLAPPING_EPISODES, AlertReplay, AlertRule, Firing, Route, evaluate_rule, flapping,
                           notifications, reads)
@@ -23,7 +23,7 @@ from .evaluate import ASKS, HistoryPoint, evaluate, history_step, peak_sample, r
 from .model import Config, Plan, Status, TierReport
 from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
 from .promview import rows as row_values
-from .schedule import annotate
+from .schedule import scheduled_now
 
 Labels = Mapping[str, str]
 RangeResult = Sequence[tuple[Labels, Sequence[tuple[float, float]]]]
@@ -86,6 +86,11 @@ class RangeAnswers:
             self._known[expr] = got
         return got
 
+    def asked(self) -> list[str]:
+        """Every expression asked so far (answered or not)."""
+        with self._lock:
+            return list(self._known) + list(self._failed)
+
     def at(self, t: float) -> Query:
         k = self._index(t)
 
@@ -125,14 +130,14 @@ class TierStep:
     error: str | None = None
 
 
-def tier_step(t: float, tr: TierReport) -> TierStep:
+def tier_step(t: float, tr: TierReport, scheduled: int | None) -> TierStep:
     util = tr.metrics.get("fleet_utilization_ratio")
     trap = bool(util and util.value is not None and util.band and util.band.warning_below
                 and util.band.warning_below.below(util.value))
     return TierStep(
         at=t, values={k: m.value for k, m in tr.metrics.items()}, statuses={k: m.status for k, m in tr.metrics.items()},
         deployed=tr.instances_total, up=tr.instances_up, recommended=tr.resize.recommended_instances,
-        action=str(tr.resize.action), scheduled=tr.schedule.now if tr.schedule else None,
+        action=str(tr.resize.action), scheduled=scheduled,
         findings=tuple(sorted({f.kind for f in tr.findings if f.status is not Status.OK})), trap=trap, error=tr.error)
 
 
@@ -153,32 +158,65 @@ def history_points(config: Config, answers: RangeAnswers) -> dict[str, list[Hist
     return {name: replay_history(t.plan, by_tier.get(name, [])) for name, t in config.tiers.items()}
 
 
-def replay(config: Config, answers: RangeAnswers, history: Mapping[str, Sequence[HistoryPoint]],
-           progress: Callable[[int, int], None] | None = None) -> dict[str, list[TierStep]]:
-    """Every step of ``answers``'s range, evaluated as a live cycle: tier -> its steps, oldest first.
-    ``history`` is what a daemon started at the range's start read back; each step then adds its own point,
-    as each live cycle does."""
+def replay(config: Config, stretches: Iterable[RangeAnswers], history: Mapping[str, Sequence[HistoryPoint]],
+           progress: Callable[[int], None] | None = None) -> dict[str, list[TierStep]]:
+    """Every step of each of ``stretches`` (consecutive, oldest first), evaluated as a live cycle: tier -> its
+    steps, oldest first. ``history`` is what a daemon started at the first step read back; each step then adds
+    its own point, as each live cycle does."""
     assert config.prometheus is not None
     label, seconds = config.prometheus.instance_label, config.window
-    times = step_times(answers.start, answers.end, answers.step)
-    held = {n: [p for p in history.get(n, ()) if p.timestamp < answers.start] for n in config.tiers}
-    stamps = {n: [p.timestamp for p in pts] for n, pts in held.items()}
+    held: dict[str, list[HistoryPoint]] | None = None
+    stamps: dict[str, list[float]] = {}
     out: dict[str, list[TierStep]] = {name: [] for name in config.tiers}
-    for i, t in enumerate(times):
-        cycle = Answers(answers.at(t))
-        views = {name: PromTierView(name, cycle, seconds, config.interval, label) for name in config.tiers}
-        rows = row_values(config, cycle, seconds)
-        hist = {n: _history_until(held[n], stamps[n], t, config.history) for n in config.tiers}
-        report = annotate(evaluate(config, views, hist, t, seconds, rows=rows), config, hist, t, {})
-        for name, tr in report.tiers.items():
-            out[name].append(tier_step(t, tr))
-            if tr.error is None:  # as Pipeline._evaluate appends after each cycle
-                rps = peak_sample(views[name], tr.metrics["requests_per_second"].value, config.window)
-                held[name].append(HistoryPoint(t, rps, tr.resize.recommended_instances))
-                stamps[name].append(t)
-        if progress is not None:
-            progress(i + 1, len(times))
+    for answers in stretches:
+        if held is None:
+            held = {n: [p for p in history.get(n, ()) if p.timestamp < answers.start] for n in config.tiers}
+            stamps = {n: [p.timestamp for p in pts] for n, pts in held.items()}
+        for t in step_times(answers.start, answers.end, answers.step):
+            cycle = Answers(answers.at(t))
+            views = {name: PromTierView(name, cycle, seconds, config.interval, label) for name in config.tiers}
+            rows = row_values(config, cycle, seconds)
+            hist = {n: _history_until(held[n], stamps[n], t, config.history) for n in config.tiers}
+            # the schedule's count for now only: a report's day of upcoming bins and its utilization levers (each
+            # a pass over the whole history) are not needed at every step, and were two thirds of a week's replay
+            report = evaluate(config, views, hist, t, seconds, rows=rows)
+            for name, tr in report.tiers.items():
+                tc = config.tiers[name]
+                out[name].append(tier_step(t, tr, scheduled_now(hist[name], tc.plan, t, tc.schedule)))
+                if tr.error is None:  # as Pipeline._evaluate appends after each cycle
+                    rps = peak_sample(views[name], tr.metrics["requests_per_second"].value, config.window)
+                    held[name].append(HistoryPoint(t, rps, tr.resize.recommended_instances))
+                    stamps[name].append(t)
+            if progress is not None:
+                progress(1)
     return out
+
+
+CHUNK_STEPS = 288  # a day at 5m: Prometheus answers the next stretch's range queries while this one is evaluated
+
+
+def stretches(query_range: RangeQuery, start: float, end: float, step: float, asked: list[str],
+              sent: list[RangeAnswers], failed: list[Exception]) -> Iterator[RangeAnswers]:
+    """``start`` to ``end`` in stretches of CHUNK_STEPS steps, each with ``asked`` already answered; the next
+    stretch's queries run while the caller evaluates this one. A question first asked while a stretch was
+    evaluated joins ``asked`` for the stretches after the next."""
+    times = step_times(start, end, step)
+    spans = [(times[i], times[min(i + CHUNK_STEPS, len(times)) - 1]) for i in range(0, len(times), CHUNK_STEPS)]
+
+    def load(span: tuple[float, float], exprs: list[str]) -> RangeAnswers:
+        answers = RangeAnswers(query_range, span[0], span[1], step)
+        failed.extend(answers.prefetch(exprs))
+        sent.append(answers)
+        return answers
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-ahead") as ahead:
+        upcoming = ahead.submit(load, spans[0], list(asked))
+        for k in range(len(spans)):
+            answers = upcoming.result()
+            if k + 1 < len(spans):
+                upcoming = ahead.submit(load, spans[k + 1], list(asked))
+            yield answers
+            asked.extend(e for e in answers.asked() if e not in asked)
 
 
 def questions(config: Config) -> list[str]:
@@ -618,18 +656,30 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
              flap: int = FLAPPING_EPISODES,
              progress: Callable[[int, int], None] | None = None) -> Backtest:
     """Replay ``start`` to ``end`` every ``step`` through ``config``'s plans (and ``alternatives``, per tier: plan
-    name -> plan), reading the fleet's history through ``query_range``."""
-    answers = RangeAnswers(query_range, start, end, step)
-    failed = answers.prefetch(questions(config))
-    # the history before the stretch, as a daemon started then would have read it back
-    hstep = history_step(config)
-    history = history_points(config, RangeAnswers(query_range, start - config.history, start - hstep, hstep))
-    steps = replay(config, answers, history, progress)
+    name -> plan), reading the fleet's history through ``query_range``. The alerts' range queries run beside
+    the replay of the rows."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-alerts") as side:
+        alerts_later = (side.submit(replay_alerts, rules, query_range, start, end, route=route, flap=flap,
+                                    recorded=recorded) if rules else None)
+        # the history before the stretch, as a daemon started then would have read it back
+        hstep = history_step(config)
+        history = history_points(config, RangeAnswers(query_range, start - config.history, start - hstep, hstep))
+        sent: list[RangeAnswers] = []
+        failed: list[Exception] = []
+        total, done = len(step_times(start, end, step)), [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+        steps = replay(config, stretches(query_range, start, end, step, questions(config), sent, failed), history,
+                       tick)
+        alerts = alerts_later.result() if alerts_later is not None else None
     alternatives = alternatives or {}
     tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),
                              plan_name="current" + (f" ({os.path.basename(t.plan_file)})" if t.plan_file else ""))
              for name, t in config.tiers.items()}
-    alerts = replay_alerts(rules, query_range, start, end, route=route, flap=flap, recorded=recorded) if rules else None
-    return Backtest(start, end, step, config.window, steps, tiers, answers.queries + 1,
+    return Backtest(start, end, step, config.window, steps, tiers, sum(a.queries for a in sent) + 1,
                     tuple(dict.fromkeys(str(e).splitlines()[0] if str(e) else type(e).__name__ for e in failed)),
                     alerts)

@@ -116,6 +116,16 @@ def schedule(history: Sequence[HistoryPoint], plan: Plan, now: float, s: Schedul
                                 for i in range(int(DAY // s.bin))))
 
 
+def scheduled_now(history: Sequence[HistoryPoint], plan: Plan, now: float, s: ScheduleSettings,
+                  measured_cold_start: float | None = None) -> int | None:
+    """``schedule(...).now`` alone: the count that must run at ``now`` (None while the profile is unknown),
+    without the day of upcoming bins a report lists."""
+    profile = learn(history, s)
+    if profile.kind == "unknown":
+        return None
+    return scheduled(profile, plan, now, lead_time(s, measured_cold_start)[0], s)
+
+
 def utilization_levers(history: Sequence[HistoryPoint], plan: Plan, deployed: int,
                        tokens_per_request: float | None) -> UtilizationLevers:
     """Figures from the history: idle windows by hour of day, scale-down time and savings, batch fill."""

@@ -76,7 +76,7 @@ def draw_tier(bt: Backtest, config: Config, tier: str, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside, not over
         fig.autofmt_xdate()
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.07, right=0.70, bottom=0.24, top=0.88)  # the same plot area whatever the legend
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
         names.append(name)
