@@ -21,7 +21,7 @@ from .alertreplay import (FLAPPING_EPISODES, AlertReplay, AlertRule, Firing, Rou
                           notifications, reads)
 from .evaluate import ASKS, HistoryPoint, evaluate, history_step, peak_sample, replay_history
 from .model import Config, Plan, Status, TierReport
-from .promview import Answers, PromTierView, Query, Result, prefetch, row_queries
+from .promview import Answers, Memo, PromTierView, Query, Result, prefetch, row_queries
 from .promview import rows as row_values
 from .schedule import scheduled_now
 
@@ -48,8 +48,7 @@ class RangeAnswers:
         self._query_range = query_range
         self.start, self.end, self.step = start, end, step
         self.queries = 0  # range queries sent
-        self._known: dict[str, dict[int, list[tuple[Labels, float]]]] = {}
-        self._failed: dict[str, Exception] = {}
+        self._memo: Memo[dict[int, list[tuple[Labels, float]]]] = Memo(self._ask)
         self._lock = threading.Lock()
 
     def _index(self, t: float) -> int:
@@ -70,26 +69,11 @@ class RangeAnswers:
 
     def series(self, expr: str) -> dict[int, list[tuple[Labels, float]]]:
         """``expr`` at every step: step index -> (labels, value) per series."""
-        with self._lock:
-            hit, failed = self._known.get(expr), self._failed.get(expr)
-        if failed is not None:
-            raise failed
-        if hit is not None:
-            return hit
-        try:
-            got = self._ask(expr)
-        except Exception as e:
-            with self._lock:
-                self._failed[expr] = e
-            raise
-        with self._lock:
-            self._known[expr] = got
-        return got
+        return self._memo.get(expr)
 
     def asked(self) -> list[str]:
         """Every expression asked so far (answered or not)."""
-        with self._lock:
-            return list(self._known) + list(self._failed)
+        return self._memo.asked()
 
     def at(self, t: float) -> Query:
         k = self._index(t)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from . import engines as I
 from .engines import ENGINES
@@ -26,21 +26,22 @@ from .window import Asks, Quantity
 Labels = Mapping[str, str]
 Result = Sequence[tuple[Labels, float]]
 Query = Callable[[str], Result]
+T = TypeVar("T")
 
 SOURCE = "prometheus"  # every row's `source` in this mode: the PromQL's `or` branches do not say which held
 
 
-class Answers:
-    """Query results of one cycle, by expression. Prefetched concurrently, or asked when first needed."""
+class Memo(Generic[T]):
+    """Answers by expression, each asked once; a failure is remembered and raised again, not asked again.
+    Safe for several threads (two asking one expression at once may both send it)."""
 
-    def __init__(self, query: Query, known: Mapping[str, Result] | None = None) -> None:
-        self._query = query
-        self._known: dict[str, Result] = dict(known or {})
-        self._failed: dict[str, Exception] = {}  # a query that failed is not asked again this cycle
-        self._index: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], float]] = {}
+    def __init__(self, ask: Callable[[str], T], known: Mapping[str, T] | None = None) -> None:
+        self._ask = ask
+        self._known: dict[str, T] = dict(known or {})
+        self._failed: dict[str, Exception] = {}
         self._lock = threading.Lock()
 
-    def get(self, expr: str) -> Result:
+    def get(self, expr: str) -> T:
         with self._lock:
             hit, failed = self._known.get(expr), self._failed.get(expr)
         if failed is not None:
@@ -48,7 +49,7 @@ class Answers:
         if hit is not None:
             return hit
         try:
-            result = self._query(expr)
+            result = self._ask(expr)
         except Exception as e:
             with self._lock:
                 self._failed[expr] = e
@@ -56,6 +57,23 @@ class Answers:
         with self._lock:
             self._known[expr] = result
         return result
+
+    def asked(self) -> list[str]:
+        """Every expression asked so far, answered or not."""
+        with self._lock:
+            return list(self._known) + list(self._failed)
+
+
+class Answers:
+    """Query results of one cycle, by expression. Prefetched concurrently, or asked when first needed."""
+
+    def __init__(self, query: Query, known: Mapping[str, Result] | None = None) -> None:
+        self._memo: Memo[Result] = Memo(query, known)
+        self._index: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, expr: str) -> Result:
+        return self._memo.get(expr)
 
     def by(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
         """``expr``'s answer keyed by ``labels``: indexed once per cycle, as every instance of a tier looks up its
