@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 
 from typing import TYPE_CHECKING, Callable
@@ -103,12 +104,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "backtest", help="replay a stretch of the fleet's history from Prometheus through the plan, one cycle a step",
-        description="Read the fleet's history from a Prometheus (or any engine with its HTTP API) and evaluate it "
-                    "every --step from --from to --to as a live cycle at that time would have: the rows over the "
-                    "window ending there, the resize verdict from the history up to then, the schedule and the "
-                    "findings. Prints, per tier, the time spent above each SLO, when the tier was undersized or in "
-                    "the utilization trap, the instances deployed, recommended and scheduled, GPU-hours and cost, "
-                    "and each --plan set beside the current one on the same traffic.",
+        description=textwrap.fill(
+            "Read the fleet's history from a Prometheus (or any engine with its HTTP API) and evaluate it every --step "
+            "from --from to --to as a live cycle at that time would have: the rows over the window ending there, the "
+            "resize verdict from the history up to then, the schedule and the findings. Prints, per tier, the time "
+            "spent above each SLO, when the tier was undersized or in the utilization trap, the instances deployed, "
+            "recommended and scheduled, GPU-hours and cost, and each --plan set beside the current one on the same "
+            "traffic; then the alerts the rules would have fired and the notifications Alertmanager would have sent.",
+            width=100),
         epilog="times: 2026-11-26T00:00:00Z, 2026-11-26 14:00 (UTC), Unix seconds, now, now-7d\n"
                "example: fleetwatch backtest -c fleet.yaml --from now-7d --plan h100=plans/h100-b.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
