@@ -35,9 +35,23 @@ SLOS = (("ttft_p99", "ttft_p99_seconds", "TTFT P99"), ("itl_p99", "itl_p99_secon
 
 
 def step_times(start: float, end: float, step: float) -> list[float]:
-    """The replayed cycles: ``start``, ``start + step``, ... up to ``end``."""
+    """A range query's evaluation times: ``start``, ``start + step``, ... up to ``end``, both ends included."""
     n = int(math.floor((end - start) / step + 1e-9))
     return [start + k * step for k in range(n + 1)]
+
+
+MAX_CYCLES = 100_000  # a month at 30 s; more is a --step mistaken for a scrape interval
+
+
+def cycle_times(start: float, end: float, step: float) -> list[float]:
+    """The replayed cycles from ``start`` to ``end``: each stands for the ``step`` before it, so they end at
+    ``end`` and together cover exactly ``end - start`` (one cycle, at ``end``, when that is less than a step)."""
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"the step must be a positive duration, got {step:g}s")
+    n = max(1, int(math.floor((end - start) / step + 1e-9)))
+    if n > MAX_CYCLES:
+        raise ValueError(f"{n:,} cycles from --from to --to at this --step: at most {MAX_CYCLES:,}; use a longer step")
+    return [end - (n - 1 - k) * step for k in range(n)]
 
 
 class RangeAnswers:
@@ -348,7 +362,8 @@ def _needs(run: list[TierStep]) -> str:
 
 def _over(s: TierStep, plan: Plan) -> bool:
     rps = s.values.get("requests_per_second")
-    return rps is not None and math.isfinite(rps) and rps > s.up * plan.benchmark.usable_rps_per_instance
+    # with none up there is no capacity to be over: the window's tail after the fleet went away
+    return rps is not None and math.isfinite(rps) and s.up > 0 and rps > s.up * plan.benchmark.usable_rps_per_instance
 
 
 def _short(run: list[TierStep]) -> str:
@@ -494,7 +509,8 @@ def _periods(ps: Sequence[Period], limit: int = 6) -> str:
         a, b = clock(p.start), clock(p.end)
         return b.split(" ", 1)[1] if a.split(" ")[0] == b.split(" ")[0] else b
 
-    shown = [f"{clock(p.start)} to {until(p)}" + (f" ({p.detail})" if p.detail else "") for p in ps[:limit]]
+    shown = [(f"{clock(p.start)} to {until(p)}" if p.end > p.start else f"at {clock(p.start)}")
+             + (f" ({p.detail})" if p.detail else "") for p in ps[:limit]]
     return "; ".join(shown) + (f"; and {len(ps) - limit} more" if len(ps) > limit else "")
 
 
@@ -551,6 +567,12 @@ def _alert_lines(a: AlertReplay, start: float) -> list[str]:
         lines.append(f"  and {len(a.episodes) - 40} more (--format json lists every one)")
     for k, n in a.flapping.items():
         lines.append(f"  flapping: {_alert_name(k)} fired {n} times")
+    for note in a.notifications[:20]:
+        what = ", ".join([f"{len(note.firing)} firing"] + ([f"{len(note.resolved)} resolved"] if note.resolved else []))
+        group = ", ".join(f"{k}={v}" for k, v in note.group) or "one group"
+        lines.append(f"  notification {clock(note.at)}  {{{group}}}: {what}")
+    if len(a.notifications) > 20:
+        lines.append(f"  and {len(a.notifications) - 20} more notifications (--format json lists every one)")
     for rule, why in a.unanswered.items():
         lines.append(f"  {rule}: {why}" if why.startswith("replayed") else f"  not replayed: {rule}: {why}")
     return lines
@@ -572,17 +594,19 @@ def _coverage(expr: str, query_range: RangeQuery, start: float, end: float) -> f
     return max((len(points) for _, points in got), default=0) / len(step_times(start, end, step))
 
 
-def unrecorded(recorded: Mapping[str, str], query_range: RangeQuery, start: float, end: float) -> dict[str, float]:
+def unrecorded(recorded: Mapping[str, str], query_range: RangeQuery, start: float, end: float
+               ) -> dict[str, tuple[float, float]]:
     """Recorded series that Prometheus holds for less of ``start`` to ``end`` than their recording rule's
-    expression has data: name -> the share of the stretch missing (1.0: never recorded; the rules were not
-    loaded then). A series whose expression has no data either is not missing: an alert on it could not fire."""
+    expression has data: name -> (the share of the stretch it was recorded for, the share its expression had
+    data for). (0, x): never recorded, the rules were not loaded then. A series whose expression has no data
+    either is not missing: an alert on it could not fire."""
     out = {}
     for name, expr in recorded.items():
         have = _coverage(f'{{__name__="{name}"}}', query_range, start, end)
         if have < 1.0:
             could = _coverage(expr, query_range, start, end)
-            if could > have + 1e-9:
-                out[name] = could - have
+            if could > have + 0.01:
+                out[name] = (have, could)
     return out
 
 
@@ -602,21 +626,23 @@ def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: fl
     recorded = recorded or {}
     names = {n for r in rules for n in reads(r, list(recorded))}
     missing = unrecorded({n: e for n, e in recorded.items() if n in names}, query_range, start, end)
-    by_interval: dict[float, list[AlertRule]] = {}
+    by_interval: dict[tuple[float, float], list[AlertRule]] = {}
     for r in rules:
-        gone = [n for n in reads(r, list(missing)) if missing[n] > 0.99]
+        gone = [n for n in reads(r, list(missing)) if missing[n][0] == 0.0]
         if gone:
-            unanswered[rule_title(r)] = (f"reads {gone[0]}, which Prometheus did not record over the stretch though "
+            unanswered[rule_title(r)] = (f"reads {gone[0]}, which Prometheus never recorded over the stretch though "
                                          f"its inputs were there: were the recording rules loaded then?")
             continue
         partly = reads(r, list(missing))
         if partly:
-            unanswered[rule_title(r)] = (f"replayed, but {partly[0]} was not recorded for {100 * missing[partly[0]]:.0f}% "
-                                         f"of the stretch where its inputs were: no alert there")
-        by_interval.setdefault(r.interval, []).append(r)
-    for interval, group in by_interval.items():
-        # evaluations on multiples of the interval, as far back as the longest for: needs
-        lead = math.ceil(max(r.for_seconds for r in group) / interval) * interval
+            have, could = missing[partly[0]]
+            unanswered[rule_title(r)] = (f"replayed, but {partly[0]} was recorded over {100 * have:.0f}% of the "
+                                         f"stretch where its inputs were there over {100 * could:.0f}%: no alert "
+                                         f"in the rest")
+        # each rule evaluated from its own for: before the stretch, on multiples of its group's interval
+        lead = math.ceil(r.for_seconds / r.interval) * r.interval
+        by_interval.setdefault((r.interval, lead), []).append(r)
+    for (interval, lead), group in by_interval.items():
         first = math.floor((start - lead) / interval) * interval
         answers = RangeAnswers(query_range, first, end, interval)
         for err in answers.prefetch(dict.fromkeys(r.expr for r in group)):
@@ -642,6 +668,7 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
     """Replay ``start`` to ``end`` every ``step`` through ``config``'s plans (and ``alternatives``, per tier: plan
     name -> plan), reading the fleet's history through ``query_range``. The alerts' range queries run beside
     the replay of the rows."""
+    cycle_times(start, end, step)  # a bad step or too many cycles: said before anything is asked
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-alerts") as side:
         alerts_later = (side.submit(replay_alerts, rules, query_range, start, end, route=route, flap=flap,
                                     recorded=recorded) if rules else None)
@@ -650,15 +677,16 @@ def backtest(config: Config, query_range: RangeQuery, start: float, end: float, 
         history = history_points(config, RangeAnswers(query_range, start - config.history, start - hstep, hstep))
         sent: list[RangeAnswers] = []
         failed: list[Exception] = []
-        total, done = len(step_times(start, end, step)), [0]
+        times = cycle_times(start, end, step)
+        total, done = len(times), [0]
 
         def tick(n: int) -> None:
             done[0] += n
             if progress is not None:
                 progress(done[0], total)
 
-        steps = replay(config, stretches(query_range, start, end, step, questions(config), sent, failed), history,
-                       tick)
+        steps = replay(config, stretches(query_range, times[0], end, step, questions(config), sent, failed),
+                       history, tick)
         alerts = alerts_later.result() if alerts_later is not None else None
     alternatives = alternatives or {}
     tiers = {name: summarise(name, t.plan, steps[name], step, alternatives.get(name),

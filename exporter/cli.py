@@ -371,8 +371,12 @@ def _write_or_check(files: "dict[Path, str]", source: str, check: bool) -> int:
             print(f"{p}: differs from what {source}; regenerate and commit", file=sys.stderr)
         return 1 if stale else 0
     for p, text in files.items():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text, encoding="utf-8")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text, encoding="utf-8")
+        except OSError as e:  # -o naming a file, a read-only place: said in one line, as a usage error
+            print(f"fleetwatch: cannot write {p}: {e.strerror or e} (-o names a directory)", file=sys.stderr)
+            return 2
         print(f"wrote {p}")
     return 0
 
@@ -737,6 +741,13 @@ def _backtest(args: argparse.Namespace) -> int:
     if end <= start:
         print("fleetwatch backtest: --to must be after --from", file=sys.stderr)
         return 2
+    from .backtest import cycle_times
+
+    try:
+        cycle_times(start, end, args.step)
+    except ValueError as e:
+        print(f"fleetwatch backtest: --step: {e}", file=sys.stderr)
+        return 2
     alternatives: dict[str, dict[str, Plan]] = {}
     for item in args.plan:
         tier, sep, file = item.partition("=")
@@ -754,6 +765,15 @@ def _backtest(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401 - said before the replay, not after it
         except ImportError:
             print("fleetwatch backtest --report: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+        try:  # a directory it cannot write is said now, not after the replay
+            os.makedirs(args.report, exist_ok=True)
+            probe = os.path.join(args.report, ".fleetwatch-write-test")
+            with open(probe, "w", encoding="utf-8"):
+                pass
+            os.unlink(probe)
+        except OSError as e:
+            print(f"fleetwatch backtest --report: cannot write to {args.report}: {e.strerror or e}", file=sys.stderr)
             return 2
     verify: bool | str = cfg.ca_file if (cfg.tls_verify and cfg.ca_file) else cfg.tls_verify
     # a week of a large fleet in one range query takes Prometheus a while; each is still bounded
@@ -773,7 +793,11 @@ def _backtest(args: argparse.Namespace) -> int:
 
         from .render.report import write_report
 
-        index = write_report(result, cfg, Path(args.report))
+        try:
+            index = write_report(result, cfg, Path(args.report))
+        except OSError as e:
+            print(f"fleetwatch backtest --report: cannot write the report: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"fleetwatch backtest: report written to {index}", file=sys.stderr)
     return 0
 
@@ -803,6 +827,8 @@ def _backtest_alerting(cfg: "Config", args: argparse.Namespace
     route = None
     if args.alertmanager_config:
         am = load_yaml(args.alertmanager_config, "Alertmanager config")
+        if not isinstance(am, dict) or not isinstance(am.get("route"), dict):
+            raise ConfigError(args.alertmanager_config, "route", "no route: is this an Alertmanager config?")
         try:
             route = route_from(am if isinstance(am, dict) else None)
         except (TypeError, ValueError) as e:

@@ -25,7 +25,8 @@ import yaml
 
 from exporter.alertreplay import (AlertRule, Firing, Route, alert_rules, evaluate_rule, flapping, notifications,
                                   recordings)
-from exporter.backtest import Backtest, TierStep, backtest, curve_at, parse_time, periods, plan_outcome, span_text
+from exporter.backtest import (Backtest, TierStep, backtest, curve_at, cycle_times, parse_time, periods, plan_outcome,
+                               span_text)
 from exporter.config import load_plan
 from exporter.demo.fleet import TierBehaviour
 from exporter.demo.scenarios import HEALTHY_LOAD, Scenario
@@ -67,6 +68,16 @@ def test_parse_time_reads_what_an_operator_types() -> None:
     assert parse_time("2026-11-26 14:00", now) == 1795651200.0 + 14 * 3600
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday", now)
+
+
+def test_cycles_end_at_to_and_cover_exactly_the_stretch() -> None:
+    times = cycle_times(1000.0, 1300.0, 10.0)
+    assert times[-1] == 1300.0 and len(times) == 30 and times[0] == 1010.0  # each stands for the 10 s before it
+    assert cycle_times(1000.0, 1001.0, 300.0) == [1001.0]  # less than a step: one cycle, at the end
+    with pytest.raises(ValueError, match="positive"):
+        cycle_times(0.0, 100.0, 0.0)
+    with pytest.raises(ValueError, match="use a longer step"):
+        cycle_times(0.0, 30 * 86400.0, 1.0)
 
 
 def test_span_text() -> None:
@@ -186,14 +197,14 @@ def test_backtest_finds_the_undersized_afternoon_and_the_night_trap(watched_day:
     assert dark and all(s.statuses["fleet_utilization_ratio"] is not Status.OK for s in dark)
 
 
-def _hand_rps(day: dict[str, Any], tier: str) -> list[tuple[float, float]]:
+def _hand_rps(day: dict[str, Any], tier: str, first: float) -> list[tuple[float, float]]:
     """The tier's arrival rate at each step, asked of Prometheus by the test's own query (not the catalogue's):
     requests completed, plus the growth of those running and waiting, over the window."""
     sel, w = f'{{tier="{tier}"}}', f"[{WINDOW:g}s]"
     r = requests.get(day["prom"].url + "/api/v1/query_range", params={
         "query": f"sum(rate(vllm:request_success_total{sel}{w})) + (sum(delta(vllm:num_requests_running{sel}{w})) + "
                  f"sum(delta(vllm:num_requests_waiting{sel}{w}))) / {WINDOW:g}",
-        "start": f"{day['from']:.3f}", "end": f"{day['end']:.3f}", "step": f"{STEP:g}"}, timeout=30)
+        "start": f"{first:.3f}", "end": f"{day['end']:.3f}", "step": f"{STEP:g}"}, timeout=30)
     (series,) = r.json()["data"]["result"]
     return [(float(t), float(v)) for t, v in series["values"]]
 
@@ -229,7 +240,7 @@ def test_a_bigger_plan_would_have_held_the_afternoon_at_a_cost(watched_day: dict
     bt = _replay(watched_day, alternatives={"h100": {"h100-b.yaml": load_plan(str(tmp_path / "h100-b.yaml"))}})
     current, b = bt.tiers["h100"].plans
     assert b.name == "h100-b.yaml" and (current.instances, b.instances) == (4, 7)
-    rps = _hand_rps(watched_day, "h100")
+    rps = _hand_rps(watched_day, "h100", bt.steps["h100"][0].at)
     assert len(rps) == bt.tiers["h100"].steps
     # by hand: the same series, the plan file's curve, each plan's instance count
     assert current.slo_violation_minutes == pytest.approx(_hand_minutes(doc, 4, rps), abs=2 * STEP / 60)
@@ -273,6 +284,12 @@ def test_the_command_prints_the_table_and_the_json(watched_day: dict[str, Any], 
     steps = re.search(r"\((\d+) of (\d+) steps\)", screen)
     assert steps and steps[1] == steps[2] == str(len(doc["steps"]["h100"])), screen
     assert screen.count("replaying [") == 1, screen  # redrawn on one line, not a line per step
+    # bad input is a usage error, said in one line, before anything is replayed
+    for extra, said in ((["--step", "0s"], "positive"), (["--step", "1s", "--from", "now-60d"], "use a longer step"),
+                        (["--report", "/proc/fleetwatch-report"], "cannot write to /proc/fleetwatch-report"),
+                        (["--alertmanager-config", str(tmp_path / "fleet.yaml")], "is this an Alertmanager config?")):
+        bad = subprocess.run(args + extra, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, (extra, bad.stderr)
     # a bad --plan is a usage error, said in one line
     bad = subprocess.run(args[:-2] + ["--plan", "h200=x.yaml"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "no tier 'h200'" in bad.stderr, bad.stderr
