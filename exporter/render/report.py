@@ -145,8 +145,8 @@ def page(bt: Backtest, config: Config, images: dict[str, list[str]]) -> str:
             out.append(f"<li>{e(title)} above the SLO for {e(span_text(s.outside_slo_seconds[fld]))}</li>")
         for what, ps in (("undersized (scale up)", s.undersized), ("over capacity", s.over_capacity),
                          ("utilization trap", s.utilization_trap)):
-            said = "; ".join(f"{clock(p.start)} to {clock(p.end)}" + (f" ({p.detail})" if p.detail else "")
-                             for p in ps[:6]) or "never"
+            said = "; ".join((f"{clock(p.start)} to {clock(p.end)}" if p.end > p.start else f"at {clock(p.start)}")
+                             + (f" ({p.detail})" if p.detail else "") for p in ps[:6]) or "never"
             out.append(f"<li>{e(what)}: {e(said)}</li>")
         out.append("</ul>")
         for img in images.get(name, []):
