@@ -360,10 +360,11 @@ def _needs(run: list[TierStep]) -> str:
     return f"needs {top.recommended}, has {top.deployed}"
 
 
-def _over(s: TierStep, plan: Plan) -> bool:
-    rps = s.values.get("requests_per_second")
-    # with none up there is no capacity to be over: the window's tail after the fleet went away
-    return rps is not None and math.isfinite(rps) and s.up > 0 and rps > s.up * plan.benchmark.usable_rps_per_instance
+def _over(s: TierStep) -> bool:
+    """Arrivals above what the instances up serve: the catalogue's fleet utilization (arrivals over up x the
+    plan's usable RPS) above 1. Unknown with none up: no capacity to be over."""
+    util = s.values.get("fleet_utilization_ratio")
+    return util is not None and math.isfinite(util) and util > 1.0
 
 
 def _short(run: list[TierStep]) -> str:
@@ -404,7 +405,7 @@ def summarise(tier: str, plan: Plan, steps: Sequence[TierStep], step: float,
         unknown_slo_seconds=unknown,
         undersized=tuple(periods(steps, lambda s: s.action == "scale_up", _needs)),
         oversized=tuple(periods(steps, lambda s: s.action == "scale_down", _needs)),
-        over_capacity=tuple(periods(steps, lambda s: _over(s, plan), _short)),
+        over_capacity=tuple(periods(steps, _over, _short)),
         utilization_trap=tuple(periods(steps, lambda s: s.trap)),
         findings=findings, deployed=_span(s.deployed for s in steps) or (0, 0),
         recommended=_span(s.recommended for s in steps), scheduled=_span(s.scheduled for s in steps),
@@ -645,8 +646,7 @@ def replay_alerts(rules: Sequence[AlertRule], query_range: RangeQuery, start: fl
     for (interval, lead), group in by_interval.items():
         first = math.floor((start - lead) / interval) * interval
         answers = RangeAnswers(query_range, first, end, interval)
-        for err in answers.prefetch(dict.fromkeys(r.expr for r in group)):
-            del err  # said per rule below
+        answers.prefetch(dict.fromkeys(r.expr for r in group))  # a failed one is raised again, and said, below
         times = step_times(first, end, interval)
         for r in group:
             try:
